@@ -1,0 +1,97 @@
+"""The one exception hierarchy for Inkwell's domain errors.
+
+Every error carries a stable machine `code`, a `message` saying what was wrong and how to fix
+it, and the HTTP status it maps to (used by the single error map in each web component).
+"""
+
+from __future__ import annotations
+
+
+class InkwellError(Exception):
+    """Base class: a domain error with a code, a fix-it message and an HTTP status."""
+
+    code = "inkwell_error"
+    status_code = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class DataError(InkwellError):
+    """Training or evaluation data is missing, corrupt or inconsistent."""
+
+    code = "data_error"
+    status_code = 500
+
+
+class DataNotFoundError(DataError):
+    code = "data_not_found"
+
+
+class DataCorruptError(DataError):
+    code = "data_corrupt"
+
+
+class InvalidInputError(InkwellError):
+    """A client sent something we cannot use (4xx)."""
+
+    code = "invalid_input"
+    status_code = 422
+
+
+class InvalidImageError(InvalidInputError):
+    code = "invalid_image"
+
+
+class ImageTooLargeError(InvalidInputError):
+    code = "image_too_large"
+    status_code = 413
+
+
+class NoInkError(InvalidInputError):
+    code = "no_ink"
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    code = "unsupported_media_type"
+    status_code = 415
+
+
+class PayloadTooLargeError(InvalidInputError):
+    code = "payload_too_large"
+    status_code = 413
+
+
+class AuthError(InkwellError):
+    code = "unauthorized"
+    status_code = 401
+
+
+class NotFoundError(InkwellError):
+    code = "not_found"
+    status_code = 404
+
+
+class ConflictError(InkwellError):
+    code = "conflict"
+    status_code = 409
+
+
+class ModelNotFoundError(InkwellError):
+    """No model version exists for the requested name/alias/version."""
+
+    code = "model_not_found"
+    status_code = 404
+
+
+class ModelNotReadyError(InkwellError):
+    code = "model_not_ready"
+    status_code = 503
+
+
+class RegistryUnavailableError(InkwellError):
+    code = "registry_unavailable"
+    status_code = 503

@@ -1,0 +1,164 @@
+"""Turn real photos and scans into MNIST-format 28x28 digits, the way MNIST itself was made.
+
+Steps (the same code in trainer and service): decode safely with size limits → grayscale in
+[0, 1] (alpha composited) → detect ink polarity from the border → stretch contrast → crop to
+the ink → scale the longer side to 20 px keeping aspect → paste into 28x28 so that the centre
+of mass is at the centre.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from inkwell.errors import ImageTooLargeError, InvalidImageError, NoInkError
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+PREPROCESSING_VERSION = "mnist-v1"
+# Minimum ink contrast (0..1) between the background and the darkest/brightest stroke.
+MIN_CONTRAST = 0.15
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Decode limits that stop huge images and decompression bombs before any pixel is read."""
+
+    max_pixels: int = 16_000_000
+    max_side: int = 8_000
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
+    """Decode PNG/JPEG/BMP/WebP bytes into a float32 grayscale array in [0, 1] (1 = white)."""
+    limits = limits or ImageLimits()
+    if not data:
+        raise InvalidImageError(
+            "The image is empty (0 bytes). Send the bytes of a PNG, JPEG, BMP or WebP file."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in SUPPORTED_FORMATS:
+                raise InvalidImageError(
+                    f"Image format {image.format} is not supported; send PNG, JPEG, BMP or WebP."
+                )
+            width, height = image.size
+            if width * height > limits.max_pixels or max(width, height) > limits.max_side:
+                raise ImageTooLargeError(
+                    f"The image is {width}x{height} pixels; the limit is {limits.max_pixels:,} "
+                    f"pixels and {limits.max_side} px per side. Crop or downscale it first."
+                )
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(
+            f"The image declares too many pixels ({exc}). Send a smaller image."
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(
+            "The bytes are not a readable image. Send a PNG, JPEG, BMP or WebP file."
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(
+            f"The image could not be decoded ({exc}); it is truncated or corrupt. "
+            "Send the complete file."
+        ) from exc
+    return to_grayscale(image)
+
+
+def to_grayscale(image: Image.Image) -> np.ndarray:
+    """PIL image → float32 (H, W) in [0, 1]; transparency is composited so the ink stays visible."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[..., 3]
+        luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if float(alpha.min()) < 0.99:
+            opaque = alpha > 0.5
+            ink_is_dark = not opaque.any() or float(luma[opaque].mean()) < 0.5
+            background = 1.0 if ink_is_dark else 0.0
+            return (luma * alpha + background * (1 - alpha)).astype(np.float32)
+        return luma.astype(np.float32)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float32)
+        peak = float(array.max()) or 1.0
+        return (array / peak).astype(np.float32)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def ink_map(gray: np.ndarray) -> np.ndarray:
+    """Grayscale (1 = white) → ink intensity in [0, 1] (1 = ink), polarity from the border."""
+    if gray.ndim != 2 or gray.size == 0:
+        raise InvalidImageError(f"Expected a 2-D grayscale image, got shape {gray.shape}.")
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = float(np.median(border))
+    ink = gray if background < 0.5 else 1.0 - gray
+    bg_level = float(np.median(np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])))
+    peak = float(ink.max())
+    if peak - bg_level < MIN_CONTRAST:
+        raise NoInkError(
+            "No ink found: the image is blank or has too little contrast. Send an image with a "
+            "dark digit on light paper (or light on dark)."
+        )
+    return np.clip((ink - bg_level) / (peak - bg_level), 0.0, 1.0).astype(np.float32)
+
+
+def to_mnist(ink: np.ndarray, box: int = 20, size: int = 28) -> np.ndarray:
+    """Ink map (1 = ink) → (28, 28) float32: crop, fit into `box`, centre by centre of mass."""
+    mask = ink > 0.25
+    if not mask.any():
+        raise NoInkError("No ink found in the image. Send an image that contains a digit.")
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    scale = box / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = Image.fromarray((crop * 255).astype(np.uint8)).resize(
+        (new_w, new_h), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
+    )
+    small = np.asarray(resized, dtype=np.float32) / 255.0
+    canvas = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_h) // 2, (size - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = small
+    cy, cx = ndimage.center_of_mass(canvas)
+    shift = (size / 2 - 0.5 - cy, size / 2 - 0.5 - cx)
+    centred = ndimage.shift(canvas, shift, order=1, mode="constant", cval=0.0)
+    return np.clip(centred, 0.0, 1.0).astype(np.float32)
+
+
+def preprocess_gray(gray: np.ndarray) -> np.ndarray:
+    """Grayscale (1 = white, any polarity) → MNIST-format (28, 28) float32 in [0, 1]."""
+    return to_mnist(ink_map(gray))
+
+
+def preprocess_bytes(data: bytes, limits: ImageLimits | None = None) -> np.ndarray:
+    """Encoded image bytes → MNIST-format (28, 28) float32 in [0, 1]."""
+    return preprocess_gray(decode_image(data, limits))
+
+
+def validate_mnist_array(values: object) -> np.ndarray:
+    """A client's 28x28 array (0..1 floats or 0..255 ints, ink = high) → float32 (28, 28)."""
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidImageError(
+            "The pixel array is malformed: send a 28x28 list of lists of numbers."
+        ) from exc
+    if array.shape != (28, 28):
+        raise InvalidImageError(
+            f"The pixel array has shape {list(array.shape)}; send exactly 28 rows of 28 numbers."
+        )
+    if not np.isfinite(array).all():
+        raise InvalidImageError("The pixel array contains NaN or infinity; send finite numbers.")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise InvalidImageError(
+            f"Pixel values range over [{low}, {high}]; use 0..1 floats or 0..255 integers."
+        )
+    if high > 1.0:
+        array = array / 255.0
+    return array

@@ -1,0 +1,284 @@
+"""The only module that talks to MLflow: tracking runs, registering versions, aliases, loading.
+
+A registered version's artifacts are a folder `model/` with `weights.pt` (a `state_dict`, loaded
+with `weights_only=True`) and `model.json` (architecture config, preprocessing, metadata), so
+loading never unpickles code. Promotion uses aliases (`stable`, `canary`), never stages.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.tracking import MlflowClient
+
+from inkwell.errors import ModelNotFoundError, RegistryUnavailableError
+from inkwell.model import DigitNet, ModelConfig
+from inkwell.preprocessing import PREPROCESSING_VERSION
+from inkwell.settings import CoreSettings
+
+WEIGHTS_FILE = "weights.pt"
+META_FILE = "model.json"
+ARTIFACT_DIR = "model"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version as the rest of Inkwell sees it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    aliases: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedDigitModel:
+    """A digit model ready for inference, with where it came from."""
+
+    model: DigitNet
+    info: VersionInfo
+    meta: dict[str, Any]
+
+
+class Registry:
+    """MLflow tracking + model registry bound to one tracking URI."""
+
+    def __init__(self, settings: CoreSettings | None = None) -> None:
+        self.settings = settings or CoreSettings()
+        self.tracking_uri = self.settings.resolved_tracking_uri
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    # ---- tracking -------------------------------------------------------------------------
+    def experiment_id(self, name: str | None = None) -> str:
+        """Get or create the experiment; embedded stores keep artifacts under `home`."""
+        name = name or self.settings.experiment
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = None
+        if not self.tracking_uri.startswith(("http://", "https://", "databricks")):
+            self.settings.artifact_root.mkdir(parents=True, exist_ok=True)
+            location = self.settings.artifact_root.as_uri()
+        try:
+            return str(self.client.create_experiment(name, artifact_location=location))
+        except MlflowException:  # created concurrently by another process
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    @contextmanager
+    def start_run(
+        self,
+        run_name: str,
+        *,
+        nested: bool = False,
+        tags: Mapping[str, str] | None = None,
+        experiment: str | None = None,
+    ) -> Iterator[Run]:
+        """Start a (possibly nested) MLflow run in the Inkwell experiment."""
+        with mlflow.start_run(
+            run_name=run_name,
+            experiment_id=self.experiment_id(experiment),
+            nested=nested,
+            tags=dict(tags or {}),
+        ) as run:
+            yield run
+
+    @staticmethod
+    def log_params(params: Mapping[str, Any]) -> None:
+        mlflow.log_params({k: v for k, v in params.items() if v is not None})
+
+    @staticmethod
+    def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    @staticmethod
+    def log_dict(data: Any, artifact_file: str) -> None:
+        mlflow.log_dict(data, artifact_file)
+
+    @staticmethod
+    def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    @staticmethod
+    def set_tags(tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    # ---- registry -------------------------------------------------------------------------
+    def register_files(
+        self,
+        name: str,
+        run_id: str,
+        files: Mapping[str, Path],
+        meta: Mapping[str, Any],
+        *,
+        tags: Mapping[str, str] | None = None,
+        aliases: tuple[str, ...] = (),
+    ) -> VersionInfo:
+        """Log `files` + `model.json` under the run's `model/` and register them as a version."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / ARTIFACT_DIR
+            folder.mkdir()
+            for target, path in files.items():
+                (folder / target).write_bytes(Path(path).read_bytes())
+            (folder / META_FILE).write_text(json.dumps(dict(meta), indent=2, default=str))
+            self.client.log_artifacts(run_id, str(folder), ARTIFACT_DIR)
+        artifact_uri = self.client.get_run(run_id).info.artifact_uri
+        try:
+            self.client.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = self.client.create_model_version(
+            name, source=f"{artifact_uri}/{ARTIFACT_DIR}", run_id=run_id, tags=dict(tags or {})
+        )
+        for alias in aliases:
+            self.client.set_registered_model_alias(name, alias, version.version)
+        return self.get_version(name, str(version.version))
+
+    def register_digit_model(
+        self,
+        model: DigitNet,
+        run_id: str,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        aliases: tuple[str, ...] = (),
+        name: str | None = None,
+    ) -> VersionInfo:
+        """Register a trained `DigitNet` (state_dict + config + preprocessing) as a new version."""
+        with tempfile.TemporaryDirectory() as tmp:
+            weights = Path(tmp) / WEIGHTS_FILE
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            torch.save(state, weights)
+            full_meta = {
+                "kind": "digits",
+                "architecture": "DigitNet",
+                "config": model.config.to_dict(),
+                "preprocessing": PREPROCESSING_VERSION,
+                "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
+                **dict(meta or {}),
+            }
+            return self.register_files(
+                name or self.settings.model_name,
+                run_id,
+                {WEIGHTS_FILE: weights},
+                full_meta,
+                tags=tags,
+                aliases=aliases,
+            )
+
+    def _wrap(self, name: str, mv: Any) -> VersionInfo:
+        return VersionInfo(
+            name=name,
+            version=str(mv.version),
+            run_id=mv.run_id,
+            source=str(mv.source),
+            aliases=tuple(getattr(mv, "aliases", ()) or ()),
+            tags=dict(mv.tags or {}),
+        )
+
+    def get_version(self, name: str, ref: str) -> VersionInfo:
+        """Resolve `ref` (an alias such as `stable`, or a version number) to a version."""
+        try:
+            if ref.isdigit():
+                mv = self.client.get_model_version(name, ref)
+            else:
+                mv = self.client.get_model_version_by_alias(name, ref)
+        except RestException as exc:
+            raise ModelNotFoundError(
+                f"Model {name!r} has no version {ref!r}. Train one with `inkwell train`, or "
+                "check the alias/version (see `inkwell models`)."
+            ) from exc
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise ModelNotFoundError(
+                    f"Model {name!r} has no version {ref!r}. Train one with `inkwell train`, or "
+                    "check the alias/version (see `inkwell models`)."
+                ) from exc
+            raise RegistryUnavailableError(f"MLflow registry error: {exc}") from exc
+        except Exception as exc:  # network errors from a remote tracking server
+            raise RegistryUnavailableError(
+                f"MLflow at {self.tracking_uri} is unreachable ({exc}). Check INKWELL_TRACKING_URI."
+            ) from exc
+        return self._wrap(name, mv)
+
+    def find_version(self, name: str, ref: str) -> VersionInfo | None:
+        """Like `get_version`, but None when it does not exist."""
+        try:
+            return self.get_version(name, ref)
+        except ModelNotFoundError:
+            return None
+
+    def list_versions(self, name: str) -> list[VersionInfo]:
+        """All versions of `name`, newest first."""
+        try:
+            found = self.client.search_model_versions(f"name='{name}'")
+        except MlflowException:
+            return []
+        versions = [self._wrap(name, mv) for mv in found]
+        return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        try:
+            self.client.delete_registered_model_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+    def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+
+    def download(self, info: VersionInfo, dst: Path | None = None) -> Path:
+        """Download a version's `model/` folder; returns the local folder."""
+        target = dst or Path(tempfile.mkdtemp(prefix=f"inkwell-{info.name}-v{info.version}-"))
+        for attempt in range(3):
+            try:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=info.source, dst_path=str(target), tracking_uri=self.tracking_uri
+                )
+                return Path(local)
+            except Exception as exc:
+                if attempt == 2:
+                    raise RegistryUnavailableError(
+                        f"Could not download {info.name} v{info.version} from {info.source}: {exc}"
+                    ) from exc
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def load_digit_model(self, ref: str = "stable", name: str | None = None) -> LoadedDigitModel:
+        """Load `inkwell-digits@ref` (alias or version) as an eval-mode `DigitNet`."""
+        name = name or self.settings.model_name
+        info = self.get_version(name, ref)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.download(info, Path(tmp))
+            meta = json.loads((folder / META_FILE).read_text())
+            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
+        model.load_state_dict(state)
+        model.eval()
+        return LoadedDigitModel(model=model, info=info, meta=meta)

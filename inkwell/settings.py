@@ -1,0 +1,81 @@
+"""Settings shared by every Inkwell process.
+
+Each process has exactly one settings class (`CoreSettings` for the CLI, and one subclass per
+component with its own env prefix). The fields defined here are shared by all of them and are
+read from the same `INKWELL_*` variables whatever the component's prefix, so one environment
+configures the whole system. Every default works on one machine with no server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+STABLE = "stable"
+CANARY = "canary"
+VARIANTS = (STABLE, CANARY)
+
+
+def _shared(name: str, *extra: str) -> AliasChoices:
+    """Env aliases for a field shared by all components (prefix-independent)."""
+    return AliasChoices(f"INKWELL_{name}", *extra)
+
+
+def default_home() -> Path:
+    """Where embedded state lives by default (registry, artifacts, sample store)."""
+    return Path.home() / ".inkwell"
+
+
+class CoreSettings(BaseSettings):
+    """Settings every process reads: where data, state and the model registry live."""
+
+    model_config = SettingsConfigDict(env_prefix="INKWELL_", extra="ignore", populate_by_name=True)
+
+    home: Path = Field(default_factory=default_home, validation_alias=_shared("HOME"))
+    data_dir: Path | None = Field(
+        default=None,
+        validation_alias=_shared("DATA_DIR"),
+        description="Directory holding the four MNIST IDX .gz files.",
+    )
+    allow_download: bool = Field(
+        default=False,
+        validation_alias=_shared("ALLOW_DOWNLOAD"),
+        description="Download MNIST with torchvision when no local copy is found (needs internet).",
+    )
+    tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=_shared("TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        description="MLflow tracking URI; default sqlite:///<home>/mlflow.db.",
+    )
+    experiment: str = Field(default="inkwell", validation_alias=_shared("EXPERIMENT"))
+    model_name: str = Field(default="inkwell-digits", validation_alias=_shared("MODEL_NAME"))
+    cheque_model_name: str = Field(
+        default="inkwell-cheques", validation_alias=_shared("CHEQUE_MODEL_NAME")
+    )
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=_shared("DATABASE_URL"),
+        description="SQLAlchemy URL of the sample store; default sqlite:///<home>/inkwell.db.",
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI, defaulting to a sqlite file under `home`."""
+        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Artifact store used with the embedded (sqlite) tracking URI."""
+        return self.home / "mlartifacts"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The sample-store URL, defaulting to a sqlite file under `home`."""
+        return self.database_url or f"sqlite:///{self.home / 'inkwell.db'}"
