@@ -8,6 +8,7 @@ loading never unpickles code. Promotion uses aliases (`stable`, `canary`), never
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -58,6 +59,7 @@ class Registry:
 
     def __init__(self, settings: CoreSettings | None = None) -> None:
         self.settings = settings or CoreSettings()
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.tracking_uri = self.settings.resolved_tracking_uri
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
@@ -236,7 +238,10 @@ class Registry:
             found = self.client.search_model_versions(f"name='{name}'")
         except MlflowException:
             return []
-        versions = [self._wrap(name, mv) for mv in found]
+        # search results carry no aliases; fetch each version to get them
+        versions = [
+            self._wrap(name, self.client.get_model_version(name, mv.version)) for mv in found
+        ]
         return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
