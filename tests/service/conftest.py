@@ -148,7 +148,11 @@ class LiveService:
 
 
 def service_env(registry: TrainedRegistry, **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INKWELL_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("INKWELL_") and k != "MLFLOW_TRACKING_URI"
+    }
     env.update(
         {
             "PYTHONPATH": str(REPO),
