@@ -188,7 +188,9 @@ def start_service(
     """Start real service processes through the `inkwell service` CLI; all killed afterwards."""
     started: list[LiveService] = []
 
-    def start(variant: str = STABLE, *, env: dict[str, str] | None = None) -> LiveService:
+    def start(
+        variant: str = STABLE, *, env: dict[str, str] | None = None, wait: bool = True
+    ) -> LiveService:
         port = free_port()
         log = tmp_path / f"service-{len(started)}.log"
         code = "from inkwell.cli import main; main()"
@@ -201,7 +203,8 @@ def start_service(
         )
         service = LiveService(process, f"http://127.0.0.1:{port}", log)
         started.append(service)
-        wait_ready(service.url, process, log)
+        if wait:
+            wait_ready(service.url, process, log)
         return service
 
     yield start

@@ -24,6 +24,7 @@ from tests.service.conftest import (
     encode,
     free_port,
     service_env,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,8 +47,10 @@ def predict(client: httpx.Client, url: str, image: bytes) -> httpx.Response:
 def test_real_uvicorn_process_serves_both_variants_and_metrics(
     start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
 ) -> None:
-    stable = start_service(STABLE)
-    canary = start_service(CANARY)
+    stable = start_service(STABLE, wait=False)
+    canary = start_service(CANARY, wait=False)
+    for service in (stable, canary):
+        wait_ready(service.url, service.process, service.log)
     image = encode(trained_registry.test_images[0])
     with httpx.Client(timeout=10) as client:
         one = predict(client, stable.url, image).json()
