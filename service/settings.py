@@ -44,6 +44,10 @@ class ServiceSettings(CoreSettings):
         default=2.0, ge=0.0, description="How long the oldest queued request waits for company."
     )
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
+    optimize_model: bool = Field(
+        default=True,
+        description="Serve a frozen, oneDNN-fused TorchScript copy (checked against eager).",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Keys accepted in the X-API-Key header (comma-separated in the environment).",

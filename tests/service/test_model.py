@@ -70,3 +70,20 @@ def test_unreachable_registry_before_first_load_is_not_ready(
     assert not model.ready
     with pytest.raises(ModelNotReadyError):
         model.predict(np.zeros((1, 28, 28), np.float32))
+
+
+def test_optimised_forward_agrees_with_the_eager_model(trained_registry: TrainedRegistry) -> None:
+    import torch
+
+    optimised = DigitModel(trained_registry.settings(), STABLE)
+    eager = DigitModel(trained_registry.settings(), STABLE, optimize=False)
+    optimised.load()
+    eager.load()
+    assert optimised.current is not None and optimised.current.optimized
+    assert eager.current is not None and not eager.current.optimized
+    images = trained_registry.test_images[:37].astype(np.float32) / 255.0
+    fast = optimised.predict(images).probabilities
+    with torch.inference_mode():
+        reference = torch.softmax(eager.current.model(torch.from_numpy(images)[:, None]), 1)
+    np.testing.assert_allclose(fast, reference.numpy(), atol=1e-4)
+    np.testing.assert_allclose(eager.predict(images).probabilities, reference.numpy(), atol=1e-6)
