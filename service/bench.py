@@ -1,11 +1,12 @@
 """`inkwell bench service`: load-test real service processes on localhost.
 
-Starts one service process per configuration (micro-batched, then naive per-request), drives
-each with the same closed-loop load of single-image PNG requests at a fixed concurrency for a
-fixed time, then measures the batch route against the bare model forward pass of the same
-version with the same torch threads. The load generator is a minimal keep-alive HTTP/1.1 client
-on asyncio streams: an HTTP library would spend more CPU per request than the service does,
-and on a small machine the generator shares the cores with the service.
+Starts one service process per configuration (micro-batched and naive per-request) and drives
+them in turn, for several interleaved rounds, with the same closed-loop load of single-image
+requests at a fixed concurrency for a fixed time; then measures the batch routes against the
+bare forward pass the service runs (same version, same torch threads, best of before/after).
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams: an HTTP library
+would spend more CPU per request than the service does, and on a small machine the generator
+shares the cores with the service.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -59,6 +60,20 @@ class LoadResult:
     def images_rate(self) -> float:
         return self.rate * self.images_per_request
 
+    @classmethod
+    def merge(cls, runs: list[LoadResult]) -> LoadResult:
+        """Several runs of one configuration as one."""
+        return cls(
+            name=runs[0].name,
+            requests=sum(r.requests for r in runs),
+            errors=sum(r.errors for r in runs),
+            seconds=sum(r.seconds for r in runs),
+            latencies_ms=[ms for r in runs for ms in r.latencies_ms],
+            correct=sum(r.correct for r in runs),
+            images_per_request=runs[0].images_per_request,
+            service_cpu_s=sum(r.service_cpu_s for r in runs),
+        )
+
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
@@ -69,12 +84,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_request(path: str, body: bytes, content_type: str) -> bytes:
+def http_request(
+    path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def v2_binary_request(images: np.ndarray, model_name: str) -> bytes:
+    """An Open Inference Protocol infer request with the input as binary FP32."""
+    raw = (images.astype("<f4") / 255.0).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [len(images), 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    return http_request(
+        f"/v2/models/{model_name}/infer",
+        header + raw,
+        "application/octet-stream",
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def answered_digits(answer: dict[str, Any]) -> list[int]:
+    """The digits in a v1 single, v1 batch or v2 infer response."""
+    if "digit" in answer:
+        return [answer["digit"]]
+    if "predictions" in answer:
+        return [p["digit"] for p in answer["predictions"]]
+    return next(o["data"] for o in answer["outputs"] if o["name"] == "digit")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -133,12 +183,7 @@ async def _closed_loop(
                 result.latencies_ms.append((done - sent) * 1000)
                 if not labels:
                     continue
-                answer = json.loads(body)
-                digits = (
-                    [answer["digit"]]
-                    if "digit" in answer
-                    else [p["digit"] for p in answer["predictions"]]
-                )
+                digits = answered_digits(json.loads(body))
                 result.correct += sum(int(d == y) for d, y in zip(digits, labels, strict=True))
         finally:
             writer.close()
@@ -204,7 +249,9 @@ class ForwardRate:
     cpu_ms_per_image: float
 
 
-def bare_forward_rate(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> ForwardRate:
+def bare_forward_rate(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seconds: float
+) -> ForwardRate:
     """`softmax(model(x))` alone (no HTTP, no parsing), same batch, same threads."""
     with torch.inference_mode():
         model(x)
@@ -230,8 +277,9 @@ def bench_service(
     batch_images: Annotated[int, typer.Option(help="Images per batch request.")] = 256,
     batch_concurrency: Annotated[int, typer.Option(help="Concurrent batch clients.")] = 2,
     variant: Annotated[str, typer.Option(help="Alias to benchmark: stable or canary.")] = "stable",
-    max_wait_ms: Annotated[float, typer.Option(help="Micro-batch max wait.")] = 2.0,
+    max_wait_ms: Annotated[float, typer.Option(help="Micro-batch max wait.")] = 0.0,
     max_size: Annotated[int, typer.Option(help="Micro-batch max size.")] = 32,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds per configuration.")] = 3,
     payload: Annotated[
         str, typer.Option(help="Single-image body: png (decoded and normalised) or json pixels.")
     ] = "png",
@@ -242,6 +290,7 @@ def bench_service(
     from inkwell.cli import console
     from inkwell.data import load_split
     from inkwell.registry import Registry
+    from service.model import optimize_for_cpu
     from service.settings import ServiceSettings
 
     settings = ServiceSettings()
@@ -265,16 +314,25 @@ def bench_service(
         )
         for img, label in zip(images, labels, strict=True)
     ]
-    batches = []
-    for start in range(0, 512, batch_images):
-        chunk = images[start : start + batch_images]
-        if len(chunk) < batch_images:
-            break
+    if not 1 <= batch_images <= 512:
+        raise typer.BadParameter("1 to 512", param_hint="--batch-images")
+    batch_sets: dict[str, list[tuple[bytes, list[int]]]] = {"v1 JSON": [], "v2 binary FP32": []}
+    for start in range(0, 512 - batch_images + 1, batch_images):
+        chunk, chunk_labels = (
+            images[start : start + batch_images],
+            labels[start : start + batch_images],
+        )
         body = json.dumps({"images": chunk.tolist()}).encode()
-        batch_request = http_request("/v1/digits/predict/batch", body, JSON)
-        batches.append((batch_request, labels[start : start + batch_images]))
-    if not batches:
-        raise typer.BadParameter("at most 512", param_hint="--batch-images")
+        batch_sets["v1 JSON"].append(
+            (http_request("/v1/digits/predict/batch", body, JSON), chunk_labels)
+        )
+        batch_sets["v2 binary FP32"].append(
+            (v2_binary_request(chunk, settings.model_name), chunk_labels)
+        )
+    batch_routes = {
+        "v1 JSON": "POST /v1/digits/predict/batch, JSON 0..255 arrays",
+        "v2 binary FP32": f"POST /v2/models/{settings.model_name}/infer, binary FP32",
+    }
     load1 = os.getloadavg()[0]
     console.print(
         f"model {loaded.info.name} v{version} ({variant}); {os.cpu_count()} CPUs, load average "
@@ -296,17 +354,30 @@ def bench_service(
         },
         "naive per-request (max 1)": {"INKWELL_SERVICE_MICROBATCH_MAX_SIZE": "1"},
     }
-    results: list[LoadResult] = []
-    batch_result: LoadResult | None = None
+    batch_results: dict[str, LoadResult] = {}
     bare = ForwardRate(float("nan"), float("nan"))
     torch.set_num_threads(settings.torch_threads)
     x = torch.from_numpy(images[:batch_images].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    with tempfile.TemporaryDirectory(prefix="inkwell-bench-") as tmp:
-        for index, (name, extra) in enumerate(configs.items()):
-            console.print(f"[bold]{name}[/bold]: {concurrency} clients, {duration:g} s ...")
-            log = Path(tmp) / f"service-{index}.log"
-            with service_process({**base_env, **extra}, log) as service:
-                results.append(
+    # The bare forward pass is the one the service runs: optimised when the service optimises.
+    forward = optimize_for_cpu(loaded.model) if settings.optimize_model else loaded.model
+    kind = "optimised" if settings.optimize_model else "eager"
+    with tempfile.TemporaryDirectory(prefix="inkwell-bench-") as tmp, ExitStack() as stack:
+        # Both configurations run side by side (the idle one costs nothing) and take turns,
+        # round after round, so drifting load from other processes hits both alike.
+        services = {
+            name: stack.enter_context(
+                service_process({**base_env, **extra}, Path(tmp) / f"service-{index}.log")
+            )
+            for index, (name, extra) in enumerate(configs.items())
+        }
+        rounds_of: dict[str, list[LoadResult]] = {name: [] for name in configs}
+        for round_index in range(rounds):
+            for name, service in services.items():
+                console.print(
+                    f"round {round_index + 1}/{rounds} [bold]{name}[/bold]: "
+                    f"{concurrency} clients, {duration:g} s ..."
+                )
+                rounds_of[name].append(
                     run_load(
                         service,
                         singles,
@@ -317,28 +388,31 @@ def bench_service(
                         images_per_request=1,
                     )
                 )
-                if index == 0:
-                    console.print(
-                        f"[bold]batch route[/bold]: {batch_images} images/request, "
-                        f"{batch_concurrency} clients ..."
-                    )
-                    bare_before = bare_forward_rate(loaded.model, x, duration / 2)
-                    batch_result = run_load(
-                        service,
-                        batches,
-                        concurrency=batch_concurrency,
-                        duration=duration,
-                        warmup=warmup,
-                        name="batch",
-                        images_per_request=batch_images,
-                    )
-                    bare_after = bare_forward_rate(loaded.model, x, duration / 2)
-                    bare = max(bare_before, bare_after, key=lambda r: r.images_per_s)
+        results = [LoadResult.merge(runs) for runs in rounds_of.values()]
+        batched = next(iter(services.values()))
+        bare_before = bare_forward_rate(forward, x, duration / 2)
+        for batch_name, batch_requests in batch_sets.items():
+            console.print(
+                f"[bold]batch route, {batch_name}[/bold]: {batch_images} "
+                f"images/request, {batch_concurrency} clients ..."
+            )
+            batch_results[batch_name] = run_load(
+                batched,
+                batch_requests,
+                concurrency=batch_concurrency,
+                duration=duration,
+                warmup=warmup,
+                name=batch_name,
+                images_per_request=batch_images,
+            )
+        bare_after = bare_forward_rate(forward, x, duration / 2)
+        bare = max(bare_before, bare_after, key=lambda r: r.images_per_s)
 
     table = Table(
         "configuration", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "accuracy %",
         "service CPU ms/req",
-        title=f"single-image {payload} requests, concurrency {concurrency}, {duration:g} s each",
+        title=f"single-image {payload} requests, concurrency {concurrency}, "
+        f"{rounds} x {duration:g} s each, interleaved",
     )  # fmt: skip
     for r in results:
         table.add_row(
@@ -352,30 +426,38 @@ def bench_service(
             f"{r.cpu_ms_per_request:.2f}",
         )
     console.print(table)
-    if batch_result is not None:
-        ratio = batch_result.images_rate / bare.images_per_s
-        cpu_ratio = bare.cpu_ms_per_image / (batch_result.cpu_ms_per_request / batch_images)
+    if batch_results:
         batch_table = Table(
-            "measure", "images/s", "p50 ms", "p99 ms", "CPU ms/image",
-            title=f"batch route ({batch_images} JSON images/request) vs bare forward pass",
+            "measure", "images/s", "p50 ms", "p99 ms", "errors", "CPU ms/image",
+            "vs bare: images/s", "vs bare: CPU",
+            title=f"batch routes ({batch_images} images/request) vs the bare forward pass",
         )  # fmt: skip
+        for batch_name, result in batch_results.items():
+            cpu_per_image = result.cpu_ms_per_request / batch_images
+            batch_table.add_row(
+                f"{batch_routes[batch_name]} ({batch_concurrency} clients)",
+                f"{result.images_rate:,.0f}",
+                f"{result.percentile(50):.1f}",
+                f"{result.percentile(99):.1f}",
+                str(result.errors),
+                f"{cpu_per_image:.3f}",
+                f"{100 * result.images_rate / bare.images_per_s:.0f} %",
+                f"{100 * bare.cpu_ms_per_image / cpu_per_image:.0f} %",
+            )
         batch_table.add_row(
-            f"POST /v1/digits/predict/batch ({batch_concurrency} clients)",
-            f"{batch_result.images_rate:,.0f}",
-            f"{batch_result.percentile(50):.1f}",
-            f"{batch_result.percentile(99):.1f}",
-            f"{batch_result.cpu_ms_per_request / batch_images:.3f}",
-        )
-        batch_table.add_row(
-            f"bare forward, batch {batch_images}, {settings.torch_threads} thread(s), best of 2",
+            f"bare {kind} forward, batch {batch_images}, {settings.torch_threads} thread(s), "
+            "best of 2",
             f"{bare.images_per_s:,.0f}",
             "",
             "",
+            "",
             f"{bare.cpu_ms_per_image:.3f}",
+            "100 %",
+            "100 %",
         )
         console.print(batch_table)
         console.print(
-            f"batch route / bare forward: {100 * ratio:.0f} % of the images/s; "
-            f"{100 * cpu_ratio:.0f} % by CPU cost per image (less sensitive to other load)"
+            "vs bare: images/s = route images/s / bare images/s; CPU = bare CPU per image / "
+            "service CPU per image (less sensitive to other load on the machine)."
         )
     console.print(f"load average after: {os.getloadavg()[0]:.2f}")
