@@ -86,7 +86,7 @@ class TrainerSettings(CoreSettings):
         default=2.0, gt=0, description="Embedding distance above factor x the reference 99th pct."
     )
     ood_max_entropy: float = Field(
-        default=1.9,
+        default=2.2,
         gt=0,
         description="Stable-model entropy (nats) above which an image is not digit-like.",
     )

@@ -10,7 +10,7 @@ Checks, in order (the first that fails gives the reason):
 - `label_conflict`: the stable model is very confident of another class;
 - `user_disagreement`: the user's labels disagree with the stable model far more often than
   other users' do (`rate > max(floor, factor x other users' median rate)`), which catches
-  shuffled or systematically wrong labels that individual checks miss. All of that user's
+  shuffled or systematically wrong labels that individual checks miss. The user's remaining
   samples in the batch are quarantined.
 
 Pure: tensors and bytes in, a report out. The caller stores the verdicts.
@@ -68,7 +68,7 @@ class ValidationRules:
     min_ink_pixels: int = 12
     max_ink_fraction: float = 0.6
     ood_distance_factor: float = 2.0
-    ood_max_entropy: float = 1.9
+    ood_max_entropy: float = 2.2
     label_conflict_confidence: float = 0.999
     user_disagreement_floor: float = 0.35
     user_disagreement_factor: float = 3.0
@@ -191,11 +191,13 @@ def validate(
     wrong: dict[str, list[bool]] = defaultdict(list)
     survivors: list[Candidate] = []
     for i, (cand, _) in enumerate(usable):
-        disagrees = bool(predicted[i].item() != labels[i])
-        wrong[cand.user_id].append(disagrees)
         if distance[i] > report.ood_threshold or entropy[i] > rules.ood_max_entropy:
             report.quarantined[cand.sample_id] = NOT_DIGIT_LIKE
-        elif disagrees and confidence[i] >= rules.label_conflict_confidence:
+            continue
+        # a user's disagreement rate counts every digit-like sample, label conflicts included
+        disagrees = bool(predicted[i].item() != labels[i])
+        wrong[cand.user_id].append(disagrees)
+        if disagrees and confidence[i] >= rules.label_conflict_confidence:
             report.quarantined[cand.sample_id] = LABEL_CONFLICT
         else:
             survivors.append(cand)
@@ -207,10 +209,6 @@ def validate(
             report.quarantined[cand.sample_id] = USER_DISAGREEMENT
         else:
             report.accepted.append(cand.sample_id)
-    for cand, _ in usable:
-        if cand.user_id in flagged:
-            report.quarantined[cand.sample_id] = USER_DISAGREEMENT
-    report.accepted = [i for i in report.accepted if i not in report.quarantined]
     return report
 
 
