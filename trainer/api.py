@@ -66,5 +66,4 @@ async def metrics(worker: WorkerDep) -> Response:
 @router.get("/healthz")
 async def healthz(worker: WorkerDep) -> dict[str, Any]:
     """Alive, and whether the worker thread is polling."""
-    thread = worker._thread
-    return {"status": "ok", "worker_alive": bool(thread and thread.is_alive())}
+    return {"status": "ok", "worker_alive": worker.alive}

@@ -23,6 +23,7 @@ from trainer.pipeline import Retrainer, RetrainOutcome
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger("inkwell.trainer")
+FAILURE_BACKOFF_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Worker:
         self.last_outcome: RetrainOutcome | None = None
         self.last_error: str | None = None
         self.last_poll: datetime | None = None
+        self._retry_at = 0.0  # after a failed retrain, wait before the automatic rule retries
 
     # ---- polling ---------------------------------------------------------------------------
     def pending(self) -> Pending:
@@ -93,7 +95,7 @@ class Worker:
         self.last_poll = datetime.now(UTC)
         self.retrainer.metrics.pending.set(pending.count)
         reason = "manual" if self._manual.is_set() else decide_trigger(pending, self.settings)
-        if reason is None:
+        if reason is None or (reason != "manual" and time.monotonic() < self._retry_at):
             return None
         self._manual.clear()
         try:
@@ -103,8 +105,12 @@ class Worker:
             return None
         except InkwellError as exc:
             self.last_error = f"{exc.code}: {exc.message}"
+            self._retry_at = time.monotonic() + FAILURE_BACKOFF_SECONDS
             log.error("retrain failed: %s", self.last_error)
             return None
+        except Exception:
+            self._retry_at = time.monotonic() + FAILURE_BACKOFF_SECONDS
+            raise
         self.last_outcome, self.last_error = outcome, None
         log.info(
             "retrain job %s: version %s %s in %.1f s",
@@ -145,6 +151,11 @@ class Worker:
             self._stop.clear()
             self._thread = threading.Thread(target=self.run_forever, name="trainer", daemon=True)
             self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the polling thread is running."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float | None = None) -> None:
         self._stop.set()

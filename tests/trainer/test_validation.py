@@ -42,7 +42,9 @@ def cand(i: int, user: str, image: np.ndarray, label: int) -> Candidate:
 def test_broken_blank_smudged_and_duplicate_uploads_are_quarantined(
     model: DigitNet, reference: DigitReference, mnist: MnistArrays
 ) -> None:
-    good = [cand(i + 1, "alice", mnist.test_images[i], int(mnist.test_labels[i])) for i in range(10)]
+    good = [
+        cand(i + 1, "alice", mnist.test_images[i], int(mnist.test_labels[i])) for i in range(10)
+    ]
     blank = cand(20, "alice", np.zeros((28, 28), np.uint8), 1)
     smudge = cand(21, "alice", np.full((28, 28), 255, np.uint8), 8)
     broken = Candidate(22, "alice", 3, b"\x89PNG truncated", mnist.test_images[0].tobytes())
@@ -70,7 +72,11 @@ def test_duplicates_of_already_trained_samples_are_quarantined(
 
     sample = cand(1, "carol", mnist.test_images[7], int(mnist.test_labels[7]))
     report = validate(
-        [sample], model, reference, ValidationRules(), known_pixel_hashes={pixel_hash(sample.pixels)}
+        [sample],
+        model,
+        reference,
+        ValidationRules(),
+        known_pixel_hashes={pixel_hash(sample.pixels)},
     )
     assert report.quarantined == {1: DUPLICATE}
 
@@ -84,7 +90,9 @@ def test_images_far_from_any_digit_are_quarantined(
         image = np.zeros((28, 28), np.uint8)
         image[rng.random((28, 28)) < 0.25] = 255
         noise.append(cand(100 + i, "eve", image, i))
-    digits = [cand(i + 1, "alice", mnist.test_images[i], int(mnist.test_labels[i])) for i in range(20)]
+    digits = [
+        cand(i + 1, "alice", mnist.test_images[i], int(mnist.test_labels[i])) for i in range(20)
+    ]
 
     report = validate([*digits, *noise], model, reference, ValidationRules())
 
