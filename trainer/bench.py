@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
 from inkwell.cli import console
@@ -73,7 +74,7 @@ def run_split(
     results = run_split_mnist(
         train, test, methods=methods, buffers=buffers, seeds=seeds, cfg=cfg, on_result=report
     )
-    console.print(_split_table(results))
+    Console(width=160).print(_split_table(results))
     return [
         {
             "method": r.method,

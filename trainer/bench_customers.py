@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pydantic import SecretStr
+from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
@@ -184,6 +185,7 @@ def run_customers(
     settings = TrainerSettings(
         home=home,
         min_new_samples=samples_per_user,
+        new_user_min_samples=samples_per_user,  # each user's whole batch in one retrain
         debounce_seconds=2.0,
         poll_seconds=0.5,
         threads=threads,
@@ -241,16 +243,17 @@ def run_customers(
             row["base_untouched_accuracy"] = base_untouched
             rows.append(row)
             console.print(
-                f"user {u}: {row['status']} v{row['version']} in {latency:.1f} s; MNIST "
-                f"{100 * row['mnist_accuracy']:.2f} % (drop {row['mnist_drop_pp']:+.2f} pp); style "
-                f"{100 * before_style:.1f} -> {100 * row['style_accuracy']:.2f} %"
+                f"user {u} ({style.describe()}): {row['status']} v{row['version']} in "
+                f"{latency:.1f} s; MNIST {100 * row['mnist_accuracy']:.2f} % (drop "
+                f"{row['mnist_drop_pp']:+.2f} pp); style {100 * before_style:.1f} -> "
+                f"{100 * row['style_accuracy']:.2f} %; gate: {row['reasons']}"
             )
     finally:
         worker.stop(timeout=600)
         close()
         if not keep_home:
             shutil.rmtree(home, ignore_errors=True)
-    console.print(_table(rows))
+    Console(width=160).print(_table(rows))
     return {"upload_path": path, "users": rows, "base_mnist_accuracy": base_acc}
 
 
@@ -305,7 +308,6 @@ def _measure(
 def _table(rows: list[dict[str, Any]]) -> Table:
     table = Table(
         "user",
-        "style",
         "gate",
         "s to canary",
         "MNIST test %",
@@ -321,7 +323,6 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         prev = row["previous_users_style_accuracy"]
         table.add_row(
             str(row["user"]),
-            row["style"],
             f"{row['status']} v{row['version']}",
             f"{row['seconds_to_canary']:.1f}",
             f"{100 * row['mnist_accuracy']:.2f}",

@@ -21,6 +21,7 @@ KEY = "admin-secret"
 def worker(trainer_home: object, monkeypatch: pytest.MonkeyPatch, store: SampleStore) -> Worker:
     monkeypatch.setenv("INKWELL_TRAINER_ADMIN_API_KEY", KEY)
     monkeypatch.setenv("INKWELL_TRAINER_MIN_NEW_SAMPLES", "1000")  # only manual triggers
+    monkeypatch.setenv("INKWELL_TRAINER_NEW_USER_MIN_SAMPLES", "1000")
     settings = TrainerSettings()
     return Worker(Retrainer(settings, store=store), settings)
 
@@ -85,7 +86,7 @@ def test_manual_trigger_retrains_at_the_next_poll(
     mnist: MnistArrays,
 ) -> None:
     upload(store, "bob", mnist.test_images[300:324], mnist.test_labels[300:324])
-    assert worker.poll_once() is None  # 24 < 1000 pending: the automatic rule waits
+    assert worker.poll_once() is None  # 24 < 1000 pending: the automatic rules wait
 
     response = client.post("/v1/retrain", headers={"X-API-Key": KEY})
     assert response.status_code == 202 and response.json()["pending"] == 24
@@ -100,3 +101,43 @@ def test_manual_trigger_retrains_at_the_next_poll(
     else:
         assert status["canary_version"] is None
     assert worker.retrainer.registry.find_version("inkwell-digits", outcome.version)
+
+
+@pytest.mark.integration
+def test_the_trainer_process_serves_its_admin_api(trainer_home: object) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.trainer.conftest import REPO
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code = "import sys; from inkwell.cli import main; sys.argv = sys.argv[1:]; main()"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "inkwell", "trainer", "--port", str(port)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, "the trainer exited"
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the trainer never answered"
+                time.sleep(0.5)
+        assert health == {"status": "ok", "worker_alive": True}
+        status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=10).json()
+        assert status["pending"]["count"] == 0 and status["stable_version"] is None
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
