@@ -95,3 +95,9 @@ class ModelNotReadyError(InkwellError):
 class RegistryUnavailableError(InkwellError):
     code = "registry_unavailable"
     status_code = 503
+
+
+class NothingToTrainError(ConflictError):
+    """A retrain was requested but no accepted samples are waiting."""
+
+    code = "nothing_to_train"
