@@ -95,3 +95,17 @@ class ModelNotReadyError(InkwellError):
 class RegistryUnavailableError(InkwellError):
     code = "registry_unavailable"
     status_code = 503
+
+
+class UpstreamUnavailableError(InkwellError):
+    """A service behind the router did not answer (refused, reset or timed out)."""
+
+    code = "upstream_unavailable"
+    status_code = 502
+
+
+class MetricsUnavailableError(InkwellError):
+    """Metrics needed for a decision could not be read (Prometheus or /metrics targets down)."""
+
+    code = "metrics_unavailable"
+    status_code = 503

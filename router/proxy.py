@@ -1,0 +1,522 @@
+"""The one module that forwards requests over the network: stable/canary reverse proxy.
+
+For a model route (digits, cheques, Open Inference Protocol models) the proxy picks the variant
+(`routing.choose`), forwards the request unchanged, retries a failed canary answer on stable
+(the client never sees the canary's error), feeds the circuit breaker, mirrors a copy to the
+canary in shadow mode, remembers the prediction for delayed labels, and records metrics by
+variant and model version. Every other route goes to stable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from inkwell.errors import InvalidInputError, PayloadTooLargeError, UpstreamUnavailableError
+from inkwell.settings import CANARY, STABLE
+from router import metrics as m
+from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from router.feedback import Served, ServedMemory, score
+from router.metrics import RouterMetrics
+from router.payload import peek, prediction_of, version_of
+from router.routing import (
+    USER_HEADER,
+    VARIANT_HEADER,
+    Split,
+    choose,
+    parse_override,
+    should_shadow,
+    validate_user_id,
+)
+from router.settings import RouterSettings
+
+log = logging.getLogger("inkwell.router")
+
+MODEL_PREFIXES = ("/v1/digits/", "/v1/cheques/", "/v2/models/")
+SAMPLES_PATH = "/v1/samples"
+KNOWN_PREFIXES = ("/v1/", "/v2/")
+# Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus ones httpx recomputes.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"content-encoding",
+    }
+)
+ANSWERED_HEADER = b"x-inkwell-variant"
+FALLBACK_HEADER = b"x-inkwell-fallback"
+UNKNOWN_VERSION = "unknown"
+
+
+def route_template(path: str) -> str:
+    """A low-cardinality route label: ids and model names become placeholders."""
+    if not path.startswith(KNOWN_PREFIXES):
+        return "other"
+    parts = path.strip("/").split("/")
+    if len(parts) > 6:
+        return "other"
+    if parts[:2] == ["v2", "models"] and len(parts) > 2:
+        parts[2] = "{model}"
+        if len(parts) > 4 and parts[3] == "versions":
+            parts[4] = "{version}"
+    return "/" + "/".join("{id}" if p.isdigit() else p for p in parts)
+
+
+def is_model_route(path: str) -> bool:
+    return path.startswith(MODEL_PREFIXES)
+
+
+@dataclass
+class Backend:
+    """One service (stable or canary) and what we know about it."""
+
+    variant: str
+    url: str
+    client: httpx.AsyncClient
+    timeout: httpx.Timeout
+    served_version: str | None = None  # from the last probe or answer
+    ready: bool = False
+    probed_at: float = 0.0
+
+
+@dataclass
+class Attempt:
+    """The outcome of sending one request to one backend."""
+
+    outcome: str
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
+    seconds: float
+    version: str
+    document: Any = None  # the parsed JSON answer of a model route
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in m.FAILED_OUTCOMES
+
+
+def _make_client(url: str, settings: RouterSettings) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=settings.max_connections,
+        max_keepalive_connections=settings.max_connections,
+        keepalive_expiry=30.0,
+    )
+    return httpx.AsyncClient(base_url=url, limits=limits, follow_redirects=False)
+
+
+class Proxy:
+    """Forwards client requests to the stable and canary services."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        metrics: RouterMetrics,
+        split: Callable[[], Split],
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.split = split
+        self.rng = rng or random.Random()
+        connect = settings.connect_timeout_s
+        self.stable = Backend(
+            STABLE,
+            settings.stable_url,
+            _make_client(settings.stable_url, settings),
+            httpx.Timeout(settings.stable_timeout_s, connect=connect),
+        )
+        self.canary = Backend(
+            CANARY,
+            settings.canary_url,
+            _make_client(settings.canary_url, settings),
+            httpx.Timeout(
+                settings.canary_timeout_s, connect=min(connect, settings.canary_timeout_s)
+            ),
+        )
+        self.breaker = CircuitBreaker(
+            BreakerConfig(
+                consecutive_failures=settings.breaker_consecutive_failures,
+                error_rate=settings.breaker_error_rate,
+                min_requests=settings.breaker_min_requests,
+                window_s=settings.breaker_window_s,
+                cooldown_s=settings.breaker_cooldown_s,
+            ),
+            clock=clock,
+        )
+        self.memory = ServedMemory(settings.served_memory)
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.max_shadow_in_flight = 64
+        self._breaker_state = BreakerState.CLOSED
+
+    def backend(self, variant: str) -> Backend:
+        return self.canary if variant == CANARY else self.stable
+
+    # ---- the request path -----------------------------------------------------------------
+    async def handle(self, request: Request) -> Response:
+        """Answer one client request through the stable or canary service."""
+        started = time.perf_counter()
+        scope = request.scope
+        path: str = scope["path"]
+        method: str = scope["method"]
+        query: str = scope.get("query_string", b"").decode("latin-1")
+        route = route_template(path)
+        body = await self._read_body(request)
+        headers = request.headers
+        raw_headers = self._upstream_headers(scope)
+        if not is_model_route(path):
+            return await self._to_stable(method, path, query, raw_headers, body, route, started)
+
+        split = self.split()
+        override = parse_override(headers.get(VARIANT_HEADER))
+        user_id = validate_user_id(
+            headers.get(USER_HEADER) or request.cookies.get(self.settings.user_cookie)
+        )
+        peeked = peek(headers.get("content-type"), body, query) if method == "POST" else None
+        if user_id is None and peeked is not None:
+            user_id = validate_user_id(peeked.user_id)
+        new_cookie: str | None = None
+        if user_id is None and self.settings.assign_user_cookie:
+            user_id = new_cookie = secrets.token_hex(8)
+
+        canary_ready = split.has_canary and self.canary.served_version == split.canary_version
+        choice = choose(
+            split,
+            user_id=user_id,
+            override=override,
+            canary_allowed=canary_ready and self.breaker.peek(),
+            rng=self.rng,
+        )
+        answered = choice.variant
+        fallback = ""
+        if answered == CANARY and not self.breaker.allow():
+            answered = STABLE
+        if answered == CANARY:
+            attempt = await self._attempt(self.canary, method, path, query, raw_headers, body)
+            self._breaker_record(not attempt.failed)
+            if attempt.failed:
+                fallback = attempt.outcome
+                self.metrics.fallbacks.labels(attempt.outcome).inc()
+                log.warning(
+                    "canary %s on %s (%s); answering from stable", fallback, path, attempt.error
+                )
+                answered = STABLE
+                attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+        else:
+            attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+        if attempt.failed:
+            self._count(route, STABLE, self.stable.served_version, 502, started)
+            raise UpstreamUnavailableError(
+                f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
+                "retry shortly, and check that it is running (`inkwell serve`)."
+            )
+
+        version = attempt.version
+        prediction = None
+        if method == "POST" and attempt.document is not None:
+            prediction = prediction_of(attempt.document)
+            if prediction is not None and peeked is not None and peeked.image_key:
+                self.memory.remember(peeked.image_key, Served(answered, version, prediction))
+        if (
+            method == "POST"
+            and not fallback
+            and prediction is not None
+            and should_shadow(split, answered, canary_ready and self.breaker.peek(), self.rng)
+        ):
+            self._start_shadow(
+                method,
+                path,
+                query,
+                raw_headers,
+                body,
+                prediction,
+                version,
+                peeked.image_key if peeked is not None else None,
+            )
+        response = self._response(attempt, answered, fallback)
+        if new_cookie is not None:
+            response.raw_headers.append(
+                (
+                    b"set-cookie",
+                    f"{self.settings.user_cookie}={new_cookie}; Path=/; Max-Age=31536000; "
+                    "SameSite=Lax; HttpOnly".encode(),
+                )
+            )
+        self._count(route, answered, version, attempt.status, started)
+        return response
+
+    async def _to_stable(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        route: str,
+        started: float,
+    ) -> Response:
+        """Non-model routes (samples, stats, health) always go to stable."""
+        attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+        if attempt.failed:
+            self._count(route, STABLE, self.stable.served_version, 502, started)
+            raise UpstreamUnavailableError(
+                f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
+                "retry shortly, and check that it is running."
+            )
+        if method == "POST" and path == SAMPLES_PATH and 200 <= attempt.status < 300:
+            self._score_label(raw_headers, body, query)
+        self._count(route, STABLE, self.stable.served_version, attempt.status, started)
+        return self._response(attempt, STABLE, "")
+
+    def _score_label(self, raw_headers: list[tuple[bytes, bytes]], body: bytes, query: str) -> None:
+        """A stored labelled upload scores earlier predictions of the same image."""
+        content_type = next(
+            (v.decode("latin-1") for k, v in raw_headers if k == b"content-type"), None
+        )
+        found = peek(content_type, body, query)
+        if not found.image_key or found.label is None:
+            return
+        for served, correct in score(self.memory.take(found.image_key), found.label):
+            self.metrics.online_predictions.labels(
+                served.variant, served.version, "true" if correct else "false"
+            ).inc()
+
+    # ---- shadow ------------------------------------------------------------------------------
+    def _start_shadow(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        stable_prediction: str,
+        stable_version: str,
+        image_key: str | None,
+    ) -> None:
+        if len(self._shadow_tasks) >= self.max_shadow_in_flight:
+            self.metrics.shadow_dropped.labels("busy").inc()
+            return
+        task = asyncio.create_task(
+            self._shadow(
+                method,
+                path,
+                query,
+                raw_headers,
+                body,
+                stable_prediction,
+                stable_version,
+                image_key,
+            )
+        )
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        stable_prediction: str,
+        stable_version: str,
+        image_key: str | None,
+    ) -> None:
+        """Send a copy to the canary; compare its prediction with the one stable gave."""
+        if not self.breaker.allow():
+            self.metrics.shadow_dropped.labels("breaker_open").inc()
+            return
+        attempt = await self._attempt(
+            self.canary, method, path, query, raw_headers, body, mode=m.SHADOW
+        )
+        self._breaker_record(not attempt.failed)
+        if attempt.failed or not 200 <= attempt.status < 300:
+            self.metrics.shadow_dropped.labels("canary_failed").inc()
+            return
+        prediction = prediction_of(attempt.document)
+        version = attempt.version
+        if prediction is None:
+            self.metrics.shadow_dropped.labels("no_prediction").inc()
+            return
+        agree = "true" if prediction == stable_prediction else "false"
+        self.metrics.shadow_comparisons.labels(stable_version, version, agree).inc()
+        if image_key:
+            self.memory.remember(image_key, Served(CANARY, version, prediction))
+
+    async def drain_shadow(self) -> None:
+        """Wait for in-flight shadow copies (shutdown and tests)."""
+        while self._shadow_tasks:
+            await asyncio.gather(*list(self._shadow_tasks), return_exceptions=True)
+
+    # ---- one upstream request ----------------------------------------------------------------
+    async def _attempt(
+        self,
+        backend: Backend,
+        method: str,
+        path: str,
+        query: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        mode: str = m.LIVE,
+    ) -> Attempt:
+        url = f"{path}?{query}" if query else path
+        started = time.perf_counter()
+        outcome, status, headers, content, error = m.OK, 0, [], b"", ""
+        try:
+            request = backend.client.build_request(
+                method, url, headers=raw_headers, content=body, timeout=backend.timeout
+            )
+            response = await backend.client.send(request)
+            status = response.status_code
+            headers = response.headers.raw
+            content = response.content
+            if status >= 500:
+                outcome, error = m.ERROR, f"HTTP {status}"
+            elif status >= 400:
+                outcome = m.CLIENT_ERROR
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            outcome, error = m.UNAVAILABLE, f"{type(exc).__name__}"
+        except httpx.TimeoutException as exc:
+            outcome, error = m.TIMEOUT, f"no answer within the timeout ({type(exc).__name__})"
+        except httpx.HTTPError as exc:
+            outcome, error = m.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+        seconds = time.perf_counter() - started
+        version = backend.served_version or UNKNOWN_VERSION
+        document = None
+        if is_model_route(path):
+            if 200 <= status < 300 and content[:1] in (b"{", b"["):
+                document = _json(content)
+                version = version_of(document) or version
+            self.metrics.upstream_requests.labels(backend.variant, version, outcome, mode).inc()
+            self.metrics.upstream_latency.labels(backend.variant, version).observe(seconds)
+        return Attempt(outcome, status, headers, content, seconds, version, document, error)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise InvalidInputError(
+                    f"Content-Length {declared[:20]!r} is not a number of bytes.",
+                    code="invalid_content_length",
+                )
+            if int(declared) > limit:
+                raise _too_large(int(declared), limit)
+            return await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _upstream_headers(scope: MutableMapping[str, Any]) -> list[tuple[bytes, bytes]]:
+        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
+        client = scope.get("client")
+        if client:
+            headers.append((b"x-forwarded-for", client[0].encode("latin-1")))
+        return headers
+
+    def _response(self, attempt: Attempt, answered: str, fallback: str) -> Response:
+        response = Response(content=attempt.content, status_code=attempt.status)
+        headers = [(k, v) for k, v in attempt.headers if k.lower() not in HOP_BY_HOP]
+        headers.append((b"content-length", str(len(attempt.content)).encode()))
+        headers.append((ANSWERED_HEADER, answered.encode()))
+        if fallback:
+            headers.append((FALLBACK_HEADER, fallback.encode()))
+        response.raw_headers = headers
+        return response
+
+    def _count(
+        self, route: str, variant: str, version: str | None, status: int, started: float
+    ) -> None:
+        self.metrics.requests.labels(route, variant, version or UNKNOWN_VERSION, str(status)).inc()
+        self.metrics.request_latency.labels(route, variant).observe(time.perf_counter() - started)
+
+    def _breaker_record(self, success: bool) -> None:
+        before = self.breaker.state
+        self.breaker.record(success)
+        self._sync_breaker(before)
+
+    def _sync_breaker(self, before: BreakerState) -> None:
+        after = self.breaker.state
+        if after is not before:
+            if after is BreakerState.OPEN:
+                self.metrics.circuit_trips.labels(CANARY).inc()
+                log.warning("canary circuit breaker opened: sending its users to stable")
+            self.metrics.circuit_open.labels(CANARY).set(1 if after is BreakerState.OPEN else 0)
+
+    def reset_canary(self) -> None:
+        """A new canary version: forget the old one's failures."""
+        before = self.breaker.state
+        self.breaker.reset()
+        self._sync_breaker(before)
+
+    # ---- backend versions ----------------------------------------------------------------
+    async def probe(self, backend: Backend, model_name: str) -> str | None:
+        """Ask a service which model version it serves (its readiness answer)."""
+        try:
+            response = await backend.client.get("/readyz", timeout=2.0)
+            document = response.json() if response.content else None
+        except (httpx.HTTPError, ValueError):
+            backend.ready = False
+            backend.probed_at = time.monotonic()
+            return backend.served_version
+        backend.ready = response.status_code == 200
+        backend.probed_at = time.monotonic()
+        version = version_of(document)
+        if version is not None:
+            if version != backend.served_version:
+                log.info("%s service now serves version %s", backend.variant, version)
+                self.metrics.prime(backend.variant, version)
+            backend.served_version = version
+        return backend.served_version
+
+    async def probe_all(self, model_name: str) -> None:
+        await asyncio.gather(
+            self.probe(self.stable, model_name), self.probe(self.canary, model_name)
+        )
+
+    async def aclose(self) -> None:
+        await self.drain_shadow()
+        await asyncio.gather(self.stable.client.aclose(), self.canary.client.aclose())
+
+
+def _json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"the request body is {size} bytes; the router accepts at most {limit} "
+        "(INKWELL_ROUTER_MAX_BODY_BYTES). Send a smaller image."
+    )
