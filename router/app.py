@@ -17,7 +17,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE
 from router import admin
 from router.controller import MlflowAliases, RolloutController
@@ -96,6 +95,8 @@ class Runtime:
             self.store = await asyncio.to_thread(RolloutStore, settings.resolved_database_url)
             aliases = self._aliases
             if aliases is None:
+                from inkwell.registry import Registry  # MLflow is slow to import
+
                 registry = await asyncio.to_thread(Registry, settings)
                 aliases = MlflowAliases(registry, settings.model_name)
             source = self._source or make_source(

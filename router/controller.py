@@ -23,16 +23,18 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from inkwell.errors import ConflictError, InkwellError
-from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE
 from router.analysis import Result, Thresholds, Verdict, analyse, build_observation
 from router.metrics import RouterMetrics
 from router.settings import RouterSettings
 from router.sources import MetricSource
 from router.state import PHASES, TERMINAL, Phase, RolloutState, RolloutStore
+
+if TYPE_CHECKING:  # importing MLflow takes seconds; only the real registry needs it
+    from inkwell.registry import Registry
 
 log = logging.getLogger("inkwell.rollout")
 
