@@ -17,7 +17,7 @@ from inkwell.settings import CANARY, STABLE
 from router import metrics as m
 
 # Metric names the analysis reads from the inference service (issue 3's `/metrics`).
-SERVICE_CONFIDENCE = "inkwell_service_confidence"
+SERVICE_CONFIDENCE = "inkwell_service_prediction_confidence"
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class VariantStats:
 
     requests: float = 0.0
     errors: float = 0.0
+    client_errors: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
     confidence_sum: float = 0.0
     confidence_count: float = 0.0
@@ -44,6 +45,10 @@ class VariantStats:
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests > 0 else None
+
+    @property
+    def client_error_rate(self) -> float | None:
+        return self.client_errors / self.requests if self.requests > 0 else None
 
     @property
     def latency_count(self) -> float:
@@ -110,6 +115,8 @@ def build_observation(samples: Iterable[Sample]) -> Observation:
                 target.requests += s.value
                 if s.labels.get("outcome") in m.FAILED_OUTCOMES:
                     target.errors += s.value
+                elif s.labels.get("outcome") == m.CLIENT_ERROR:
+                    target.client_errors += s.value
         elif name == f"{m.UPSTREAM_LATENCY}_bucket":
             target = stats(s.labels)
             if target is not None and "le" in s.labels:
@@ -198,6 +205,7 @@ class Thresholds:
     min_requests: int = 20
     max_error_rate: float = 0.05
     error_rate_margin: float = 0.02
+    client_error_margin: float = 0.05
     latency_ratio: float = 1.5
     latency_margin_ms: float = 25.0
     max_p95_ms: float | None = None
@@ -273,6 +281,27 @@ def check_errors(canary: VariantStats, stable: VariantStats, t: Thresholds) -> C
     return Check("error_rate", status, rate, stable.error_rate, limit, text)
 
 
+def check_client_errors(canary: VariantStats, stable: VariantStats, t: Thresholds) -> Check:
+    """4xx answers are passed to the user, not retried: a canary that rejects far more
+    requests than stable (new preprocessing refusing good images, a key misconfigured) is bad."""
+    base = stable.client_error_rate or 0.0
+    limit = min(1.0, base + t.client_error_margin)
+    rate = canary.client_error_rate
+    lower, _ = wilson(canary.client_errors, canary.requests)
+    text = (
+        f"canary 4xx rate {_fmt(rate)} vs stable {_fmt(stable.client_error_rate)} "
+        f"(limit {_fmt(limit)})"
+    )
+    if canary.requests > 0 and lower > limit:
+        return Check("client_error_rate", Status.FAIL, rate, stable.client_error_rate, limit, text)
+    if canary.requests < t.min_requests:
+        return Check(
+            "client_error_rate", Status.NO_DATA, rate, stable.client_error_rate, limit, text
+        )
+    status = Status.FAIL if (rate or 0.0) > limit else Status.PASS
+    return Check("client_error_rate", status, rate, stable.client_error_rate, limit, text)
+
+
 def check_latency(canary: VariantStats, stable: VariantStats, t: Thresholds) -> Check:
     c95, s95 = canary.p95, stable.p95
     limit: float | None = None
@@ -298,6 +327,9 @@ def check_confidence(canary: VariantStats, stable: VariantStats, t: Thresholds) 
     c, s = canary.mean_confidence, stable.mean_confidence
     limit = None if s is None else s - t.confidence_drop
     text = f"canary mean confidence {_fmt(c)} vs stable {_fmt(s)} (limit {_fmt(limit)})"
+    if c is not None and math.isnan(c):
+        text = "canary confidences are not numbers (the model outputs NaN)"
+        return Check("mean_confidence", Status.FAIL, None, s, limit, text)
     if (
         c is None
         or limit is None
@@ -361,6 +393,7 @@ def analyse(
                 _merge(stable, stats)
     checks = [
         check_errors(canary, stable, t),
+        check_client_errors(canary, stable, t),
         check_latency(canary, stable, t),
         check_confidence(canary, stable, t),
         check_agreement(*rollout.agreement(stable_version, canary_version), t),
@@ -391,6 +424,7 @@ def analyse(
 def _merge(into: VariantStats, other: VariantStats) -> None:
     into.requests += other.requests
     into.errors += other.errors
+    into.client_errors += other.client_errors
     for le, count in other.buckets.items():
         into.buckets[le] = into.buckets.get(le, 0.0) + count
     into.confidence_sum += other.confidence_sum

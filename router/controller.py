@@ -249,6 +249,17 @@ class RolloutController:
         if state.canary_version is None:
             return None
         now = self.clock()
+        waited = now - state.started_at
+        if (
+            self.served.served_version(CANARY) != state.canary_version
+            and waited > self.settings.canary_ready_timeout_s
+        ):
+            return await self.rollback(
+                f"the canary service did not serve version {state.canary_version} within "
+                f"{self.settings.canary_ready_timeout_s:g} s of the rollout start (does the "
+                "version load? see the canary service's log)",
+                state=state,
+            )
         elapsed = max(now - state.step_started_at, 0.0)
         since_start = max(now - state.started_at, elapsed)
         step_samples, rollout_samples = await self.source.windows(

@@ -33,8 +33,9 @@ CLIENT_ERROR = "client_error"
 ERROR = "error"  # 5xx answer
 TIMEOUT = "timeout"
 UNAVAILABLE = "unavailable"  # connection refused/reset
-OUTCOMES = (OK, CLIENT_ERROR, ERROR, TIMEOUT, UNAVAILABLE)
-FAILED_OUTCOMES = (ERROR, TIMEOUT, UNAVAILABLE)
+INVALID = "invalid"  # a 2xx prediction that is unusable (e.g. NaN confidence)
+OUTCOMES = (OK, CLIENT_ERROR, ERROR, TIMEOUT, UNAVAILABLE, INVALID)
+FAILED_OUTCOMES = (ERROR, TIMEOUT, UNAVAILABLE, INVALID)
 LIVE = "live"
 SHADOW = "shadow"
 

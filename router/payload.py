@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -148,20 +149,58 @@ def peek(content_type: str | None, body: bytes, query: str = "") -> Peek:
 
 def prediction_of(document: Any) -> str | None:
     """The answer in a service response, as text to compare variants and check labels: the
-    digit, a cheque amount, or the argmax of an Open Inference Protocol output tensor."""
+    digit (or the digits of a batch, in order), a cheque amount, or the Open Inference
+    Protocol `digit` output (else the argmax of the first output)."""
     if not isinstance(document, dict):
         return None
-    for key in ("digit", "prediction", "label", "amount"):
+    for key in ("digit", "prediction", "amount"):
         value = document.get(key)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
+    batch = document.get("predictions")
+    if isinstance(batch, list) and batch:
+        answers = [prediction_of(item) for item in batch]
+        return None if None in answers else ",".join(str(a) for a in answers)
     outputs = document.get("outputs")
-    if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
-        data = outputs[0].get("data")
-        if isinstance(data, list) and data and all(isinstance(v, int | float) for v in data):
-            if len(data) == 1:
-                return str(data[0])
-            return str(max(range(len(data)), key=data.__getitem__))
+    if isinstance(outputs, list) and outputs and all(isinstance(o, dict) for o in outputs):
+        chosen = next((o for o in outputs if o.get("name") == "digit"), None)
+        data = (chosen or outputs[0]).get("data")
+        if not isinstance(data, list) or not data:
+            return None
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in data):
+            return None
+        if chosen is not None or len(data) == 1:
+            return ",".join(str(v) for v in data)
+        return str(max(range(len(data)), key=data.__getitem__))
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def answer_problem(document: Any) -> str | None:
+    """Why a 2xx prediction cannot be trusted (a model gone numerically wrong answers NaN,
+    which JSON carries as null), or None when it looks sound."""
+    if not isinstance(document, dict):
+        return None
+    if "confidence" in document and not _finite(document["confidence"]):
+        return f"confidence is {document['confidence']!r}, not a number"
+    probabilities = document.get("probabilities")
+    if isinstance(probabilities, list) and not all(_finite(p) for p in probabilities):
+        return "probabilities contain non-numbers"
+    batch = document.get("predictions")
+    if isinstance(batch, list):
+        for item in batch:
+            problem = answer_problem(item)
+            if problem is not None:
+                return problem
+    outputs = document.get("outputs")
+    if isinstance(outputs, list):
+        for output in outputs:
+            data = output.get("data") if isinstance(output, dict) else None
+            if isinstance(data, list) and not all(_finite(v) for v in data):
+                return "an output tensor contains non-numbers"
     return None
 
 

@@ -29,7 +29,7 @@ from router import metrics as m
 from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from router.feedback import Served, ServedMemory, score
 from router.metrics import RouterMetrics
-from router.payload import peek, prediction_of, version_of
+from router.payload import answer_problem, peek, prediction_of, version_of
 from router.routing import (
     USER_HEADER,
     VARIANT_HEADER,
@@ -226,11 +226,11 @@ class Proxy:
                 attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
         else:
             attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
-        if attempt.failed:
+        if attempt.failed and attempt.outcome != m.INVALID:  # stable's answer, whatever it is
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
                 f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
-                "retry shortly, and check that it is running (`inkwell serve`)."
+                "retry shortly, and check that it is running (`inkwell service`)."
             )
 
         version = attempt.version
@@ -410,6 +410,9 @@ class Proxy:
             if 200 <= status < 300 and content[:1] in (b"{", b"["):
                 document = _json(content)
                 version = version_of(document) or version
+                problem = answer_problem(document) if method == "POST" else None
+                if problem is not None:
+                    outcome, error = m.INVALID, f"unusable answer: {problem}"
             self.metrics.upstream_requests.labels(backend.variant, version, outcome, mode).inc()
             self.metrics.upstream_latency.labels(backend.variant, version).observe(seconds)
         return Attempt(outcome, status, headers, content, seconds, version, document, error)

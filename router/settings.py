@@ -103,6 +103,12 @@ class RouterSettings(CoreSettings):
     probe_interval_s: float = Field(
         default=1.0, gt=0, description="How often to ask each service which version it serves."
     )
+    canary_ready_timeout_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="A canary service that does not serve the new version this long after the "
+        "rollout starts (a broken artifact) is rolled back.",
+    )
     reload_timeout_s: float = Field(
         default=120.0, gt=0, description="How long promotion waits for stable to hot-reload."
     )
@@ -114,6 +120,9 @@ class RouterSettings(CoreSettings):
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     error_rate_margin: float = Field(
         default=0.02, ge=0, le=1, description="Canary error rate may exceed stable's by this."
+    )
+    client_error_margin: float = Field(
+        default=0.05, ge=0, le=1, description="Canary 4xx rate may exceed stable's by this."
     )
     latency_ratio: float = Field(default=1.5, ge=1, description="Canary p95 ≤ ratio × stable p95")
     latency_margin_ms: float = Field(default=25.0, ge=0, description="... + this margin.")

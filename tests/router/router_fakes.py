@@ -56,7 +56,7 @@ class FakeService:
 
     variant: str
     version: str
-    mode: str = "ok"  # ok | error | slow | wrong
+    mode: str = "ok"  # ok | error | slow | wrong | nan
     delay_s: float = 0.5
     predictions: int = 0
     uploads: list[bytes] = field(default_factory=list)
@@ -73,6 +73,15 @@ class FakeService:
             if self.mode == "slow":
                 await asyncio.sleep(self.delay_s)
             digit = digit_of(body)
+            if self.mode == "nan":
+                return JSONResponse(
+                    {
+                        "digit": 0,
+                        "confidence": None,
+                        "model_version": self.version,
+                        "variant": self.variant,
+                    }
+                )
             if self.mode == "wrong":
                 digit = (digit + 1) % 10
             return JSONResponse(

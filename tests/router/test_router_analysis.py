@@ -118,6 +118,21 @@ def test_accuracy_needs_a_baseline():
     assert check(verdict, "online_accuracy").status is Status.NO_DATA
 
 
+def test_canary_rejecting_many_requests_fails_on_4xx_rate():
+    canary = stats(n=60)
+    canary.client_errors = 30
+    stable = stats(n=900)
+    stable.client_errors = 9
+    verdict = observe(canary, stable)
+    assert check(verdict, "client_error_rate").status is Status.FAIL
+
+
+def test_nan_confidence_fails():
+    verdict = observe(stats(confidence=float("nan")), stats(n=900))
+    assert check(verdict, "mean_confidence").status is Status.FAIL
+    assert "NaN" in verdict.reason()
+
+
 def test_open_breaker_fails():
     assert observe(stats(), stats(n=900), breaker=True).result is Result.FAIL
 
@@ -145,8 +160,16 @@ def test_observation_from_metric_samples():
             {"variant": "canary", "model_version": "2", "le": "+Inf"},
             10,
         ),
-        Sample("inkwell_service_confidence_sum", {"variant": "canary", "model_version": "2"}, 9),
-        Sample("inkwell_service_confidence_count", {"variant": "canary", "model_version": "2"}, 10),
+        Sample(
+            "inkwell_service_prediction_confidence_sum",
+            {"variant": "canary", "model_version": "2"},
+            9,
+        ),
+        Sample(
+            "inkwell_service_prediction_confidence_count",
+            {"variant": "canary", "model_version": "2"},
+            10,
+        ),
         Sample(
             f"{m.ONLINE_PREDICTIONS}_total",
             {"variant": "canary", "model_version": "2", "correct": "false"},

@@ -60,7 +60,7 @@ class FakeSource:
 
 class FakeServed:
     def __init__(self) -> None:
-        self.versions = {"stable": "1", "canary": None}
+        self.versions: dict[str, str | None] = {"stable": "1", "canary": "2"}
 
     def served_version(self, variant: str) -> str | None:
         return self.versions[variant]
@@ -272,6 +272,16 @@ def test_promotion_finishes_with_a_note_if_stable_never_reloads(tmp_path):
     state = h.later(31)
     assert state.phase is Phase.PROMOTED
     assert "did not report version 2" in state.reason
+
+
+def test_canary_service_that_never_loads_the_version_is_rolled_back(tmp_path):
+    h = Harness(tmp_path, canary_ready_timeout_s=60)
+    h.served.versions["canary"] = "1"  # still the old model: the new one does not load
+    h.tick()
+    assert h.later(59).phase is Phase.CANARY
+    state = h.later(2)
+    assert state.phase is Phase.ROLLED_BACK
+    assert "did not serve version 2" in h.aliases.tags["2"]["rolled_back"]
 
 
 def test_two_replicas_make_each_transition_once(tmp_path):

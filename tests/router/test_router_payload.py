@@ -6,7 +6,14 @@ import json
 
 import httpx
 
-from router.payload import parse_multipart, peek, prediction_of, sha256, version_of
+from router.payload import (
+    answer_problem,
+    parse_multipart,
+    peek,
+    prediction_of,
+    sha256,
+    version_of,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 3
 
@@ -62,7 +69,23 @@ def test_prediction_from_digit_amount_and_oip_outputs():
     outputs = {"outputs": [{"name": "probabilities", "data": [0.1, 0.7, 0.2]}]}
     assert prediction_of(outputs) == "1"
     assert prediction_of({"outputs": [{"data": [6]}]}) == "6"
+    two = {
+        "outputs": [
+            {"name": "probabilities", "data": [0.9, 0.1]},
+            {"name": "digit", "data": [3, 8]},
+        ]
+    }
+    assert prediction_of(two) == "3,8"
+    assert prediction_of({"predictions": [{"digit": 1}, {"digit": 2}]}) == "1,2"
     assert prediction_of(["x"]) is None
+
+
+def test_nan_answers_are_recognised_as_unusable():
+    assert answer_problem({"digit": 0, "confidence": None, "probabilities": [None] * 10})
+    assert answer_problem({"predictions": [{"digit": 1, "confidence": 0.9}, {"confidence": None}]})
+    assert answer_problem({"outputs": [{"name": "probabilities", "data": [None, 0.1]}]})
+    assert answer_problem({"digit": 3, "confidence": 0.8, "probabilities": [0.1] * 10}) is None
+    assert answer_problem({"status": "ready"}) is None
 
 
 def test_version_from_service_answers():

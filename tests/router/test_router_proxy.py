@@ -155,6 +155,26 @@ def test_failing_canary_is_answered_by_stable_and_the_breaker_opens(
         )
 
 
+def test_canary_answering_nan_is_replaced_by_stable(tmp_path, stable_service, canary_service):
+    canary, _ = canary_service
+    canary.mode = "nan"
+    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=100) as client:
+        response = predict(client, image(3), **{"X-User-Id": "u"})
+        assert response.status_code == 200
+        assert response.json()["variant"] == "stable"
+        assert response.json()["confidence"] == 0.9
+        assert response.headers["x-inkwell-fallback"] == "invalid"
+        assert (
+            metric(
+                client,
+                "inkwell_router_upstream_requests_total",
+                variant="canary",
+                outcome="invalid",
+            )
+            == 1
+        )
+
+
 def test_slow_canary_times_out_into_stable(tmp_path, stable_service, canary_service):
     canary, _ = canary_service
     canary.mode, canary.delay_s = "slow", 2.0
