@@ -172,6 +172,21 @@ def quantile(q: float, buckets: Mapping[float, float]) -> float | None:
     return previous_edge
 
 
+def share_above(x: float, buckets: Mapping[float, float]) -> float:
+    """How many observations of a cumulative histogram exceed `x` (linear within a bucket)."""
+    total = buckets.get(math.inf, 0.0)
+    previous_edge, previous_count = 0.0, 0.0
+    for edge in sorted(buckets):
+        count = buckets[edge]
+        if edge >= x:
+            if edge == math.inf:
+                return total - previous_count
+            fraction = (x - previous_edge) / (edge - previous_edge) if edge > previous_edge else 1
+            return total - (previous_count + (count - previous_count) * fraction)
+        previous_edge, previous_count = edge, count
+    return 0.0
+
+
 def wilson(successes: float, n: float, z: float = 1.645) -> tuple[float, float]:
     """Wilson score interval of a proportion (one-sided 95 % bounds with the default z)."""
     if n <= 0:
@@ -314,9 +329,15 @@ def check_latency(canary: VariantStats, stable: VariantStats, t: Thresholds) -> 
         f"canary p95 {_fmt(c95, 1000, ' ms')} vs stable {_fmt(s95, 1000, ' ms')} "
         f"(limit {_fmt(limit, 1000, ' ms')})"
     )
-    enough = canary.latency_count >= t.min_requests and (
-        stable.latency_count >= t.min_requests or t.max_p95_ms is not None
-    )
+    baseline = stable.latency_count >= t.min_requests or t.max_p95_ms is not None
+    if limit is not None and baseline and canary.latency_count > 0:
+        # p95 > limit means more than 5 % of requests are slower than the limit: when even the
+        # lower confidence bound of that share is above 5 %, a few requests are proof enough
+        slow = share_above(limit, canary.buckets)
+        lower, _ = wilson(slow, canary.latency_count)
+        if lower > 0.05:
+            return Check("p95_latency", Status.FAIL, c95, s95, limit, text)
+    enough = canary.latency_count >= t.min_requests and baseline
     if not enough or c95 is None or limit is None:
         return Check("p95_latency", Status.NO_DATA, c95, s95, limit, text)
     status = Status.FAIL if c95 > limit else Status.PASS
@@ -385,19 +406,14 @@ def analyse(
     """
     t = thresholds
     canary = step.of(CANARY, canary_version)
-    stable = step.of(STABLE, stable_version)
-    if stable_version is None:  # baseline version unknown: all stable traffic is the baseline
-        stable = VariantStats()
-        for (variant, _), stats in step.stats.items():
-            if variant == STABLE:
-                _merge(stable, stats)
+    stable = baseline(step, stable_version)
     checks = [
         check_errors(canary, stable, t),
         check_client_errors(canary, stable, t),
         check_latency(canary, stable, t),
         check_confidence(canary, stable, t),
         check_agreement(*rollout.agreement(stable_version, canary_version), t),
-        check_accuracy(rollout.of(CANARY, canary_version), rollout.of(STABLE, stable_version), t),
+        check_accuracy(rollout.of(CANARY, canary_version), baseline(rollout, stable_version), t),
     ]
     if step.breaker_open.get(CANARY):
         checks.append(
@@ -419,6 +435,17 @@ def analyse(
     else:
         result = Result.PASS
     return Verdict(result, tuple(checks), canary.requests)
+
+
+def baseline(obs: Observation, stable_version: str | None) -> VariantStats:
+    """The stable variant's stats: one version, or (None) everything stable answered."""
+    if stable_version is not None:
+        return obs.of(STABLE, stable_version)
+    merged = VariantStats()
+    for (variant, _), stats in obs.stats.items():
+        if variant == STABLE:
+            _merge(merged, stats)
+    return merged
 
 
 def _merge(into: VariantStats, other: VariantStats) -> None:

@@ -233,6 +233,7 @@ class RolloutController:
             weight=self.steps[0],
             started_at=now,
             step_started_at=now,
+            canary_ready_at=0.0,
             reason=f"new canary version {aliases.canary} (stable {aliases.stable})",
             analysis=None,
         )
@@ -249,17 +250,27 @@ class RolloutController:
         if state.canary_version is None:
             return None
         now = self.clock()
-        waited = now - state.started_at
-        if (
-            self.served.served_version(CANARY) != state.canary_version
-            and waited > self.settings.canary_ready_timeout_s
-        ):
-            return await self.rollback(
-                f"the canary service did not serve version {state.canary_version} within "
-                f"{self.settings.canary_ready_timeout_s:g} s of the rollout start (does the "
-                "version load? see the canary service's log)",
-                state=state,
-            )
+        if state.canary_ready_at <= 0:
+            # The first step's clock starts when the canary service serves the version (it
+            # polls the alias, then loads): until then it has had no users to be judged on.
+            if self.served.served_version(CANARY) == state.canary_version:
+                return await self._transition(
+                    state,
+                    state.evolve(
+                        canary_ready_at=now,
+                        step_started_at=now,
+                        reason=f"the canary service serves version {state.canary_version}",
+                    ),
+                    actor=self.replica,
+                )
+            if now - state.started_at > self.settings.canary_ready_timeout_s:
+                return await self.rollback(
+                    f"the canary service did not serve version {state.canary_version} within "
+                    f"{self.settings.canary_ready_timeout_s:g} s of the rollout start (does the "
+                    "version load? see the canary service's log)",
+                    state=state,
+                )
+            return None
         elapsed = max(now - state.step_started_at, 0.0)
         since_start = max(now - state.started_at, elapsed)
         step_samples, rollout_samples = await self.source.windows(

@@ -56,6 +56,7 @@ class RolloutRow(Base):
     weight: Mapped[float] = mapped_column(Float, default=0.0)
     started_at: Mapped[float] = mapped_column(Float, default=0.0)
     step_started_at: Mapped[float] = mapped_column(Float, default=0.0)
+    canary_ready_at: Mapped[float] = mapped_column(Float, default=0.0)
     reason: Mapped[str] = mapped_column(Text, default="")
     analysis: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[float] = mapped_column(Float, default=0.0)
@@ -91,6 +92,7 @@ class RolloutState:
     weight: float = 0.0
     started_at: float = 0.0
     step_started_at: float = 0.0
+    canary_ready_at: float = 0.0  # when the canary service first served the version (0: not yet)
     reason: str = ""
     analysis: dict[str, Any] | None = None
     updated_at: float = 0.0
@@ -121,6 +123,7 @@ def _to_state(row: RolloutRow) -> RolloutState:
         weight=row.weight,
         started_at=row.started_at,
         step_started_at=row.step_started_at,
+        canary_ready_at=row.canary_ready_at,
         reason=row.reason,
         analysis=json.loads(row.analysis) if row.analysis else None,
         updated_at=row.updated_at,
@@ -182,6 +185,7 @@ class RolloutStore:
             "weight": new.weight,
             "started_at": new.started_at,
             "step_started_at": new.step_started_at,
+            "canary_ready_at": new.canary_ready_at,
             "reason": new.reason,
             "analysis": json.dumps(new.analysis) if new.analysis is not None else "",
             "updated_at": now,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from router_fakes import FakeService, serve_in_thread
+
+from tests.router.router_fakes import FakeService, serve_in_thread
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from router.analysis import (
     analyse,
     build_observation,
     quantile,
+    share_above,
     wilson,
 )
 
@@ -85,6 +86,25 @@ def test_slow_canary_fails_on_p95_relative_to_stable():
     verdict = observe(stats(latency=0.3), stats(n=900, latency=0.005))
     assert verdict.result is Result.FAIL
     assert check(verdict, "p95_latency").status is Status.FAIL
+
+
+def test_a_few_very_slow_requests_already_fail():
+    verdict = observe(stats(n=5, latency=0.5), stats(n=900, latency=0.005))
+    assert check(verdict, "p95_latency").status is Status.FAIL
+
+
+def test_one_slow_request_among_many_is_not_a_failure():
+    canary = stats(n=100, latency=0.005)
+    canary.buckets = latency_buckets([0.005] * 99 + [0.5])
+    verdict = observe(canary, stats(n=900, latency=0.005))
+    assert check(verdict, "p95_latency").status is Status.PASS
+
+
+def test_share_above_interpolates_within_buckets():
+    buckets = {0.1: 50.0, 0.2: 90.0, math.inf: 100.0}
+    assert share_above(0.1, buckets) == pytest.approx(50)
+    assert share_above(0.15, buckets) == pytest.approx(30)
+    assert share_above(5.0, buckets) == pytest.approx(10)
 
 
 def test_latency_within_ratio_and_margin_passes():

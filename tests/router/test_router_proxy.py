@@ -9,10 +9,10 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from router_fakes import FakeService, digit_of, free_port, serve_in_thread
 
 from router.app import create_app
 from router.settings import RouterSettings
+from tests.router.router_fakes import FakeService, digit_of, free_port, serve_in_thread
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png but the fake service does not care"
 
