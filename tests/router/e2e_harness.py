@@ -246,7 +246,7 @@ def train_models(mnist: Path) -> Models:
     x, y = split_tensors(load_split("train", mnist))
     seed_everything(0)
     base = DigitNet(ModelConfig(width=8))
-    fit(base, (x[:10000], y[:10000]), TrainConfig(epochs=1, batch_size=64, augment=False))
+    fit(base, (x[:8000], y[:8000]), TrainConfig(epochs=1, batch_size=64, augment=False))
     good = copy.deepcopy(base)
     fit(
         good,
@@ -256,7 +256,7 @@ def train_models(mnist: Path) -> Models:
     wrong = copy.deepcopy(base)
     fit(
         wrong,
-        (x[30000:35000], (y[30000:35000] + 1) % 10),
+        (x[30000:33000], (y[30000:33000] + 1) % 10),
         TrainConfig(epochs=1, batch_size=64, seed=2, augment=False),
     )
     broken = copy.deepcopy(base)
