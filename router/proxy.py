@@ -1,4 +1,4 @@
-"""The one module that forwards requests over the network: stable/canary reverse proxy.
+"""The stable/canary reverse proxy: decides, forwards (through `forward`), falls back.
 
 For a model route (digits, cheques, Open Inference Protocol models) the proxy picks the variant
 (`routing.choose`), forwards the request unchanged, retries a failed canary answer on stable
@@ -19,7 +19,6 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,6 +27,7 @@ from inkwell.settings import CANARY, STABLE
 from router import metrics as m
 from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from router.feedback import Served, ServedMemory, score
+from router.forward import TIMEOUT, Upstream, UpstreamFailure, make_upstream
 from router.metrics import RouterMetrics
 from router.payload import answer_problem, peek, prediction_of, version_of
 from router.routing import (
@@ -59,9 +59,10 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
         b"host",
         b"content-length",
-        b"content-encoding",
     }
 )
+# The router's server adds its own; the service's would be duplicates.
+ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
 ANSWERED_HEADER = b"x-inkwell-variant"
 FALLBACK_HEADER = b"x-inkwell-fallback"
 UNKNOWN_VERSION = "unknown"
@@ -91,9 +92,9 @@ class Backend:
 
     variant: str
     url: str
-    client: httpx.AsyncClient
-    timeout: httpx.Timeout
-    served_version: str | None = None  # from the last probe or answer
+    upstream: Upstream
+    timeout: float
+    served_version: str | None = None  # from the last readiness probe
     ready: bool = False
     probed_at: float = 0.0
 
@@ -116,13 +117,13 @@ class Attempt:
         return self.outcome in m.FAILED_OUTCOMES
 
 
-def _make_client(url: str, settings: RouterSettings) -> httpx.AsyncClient:
-    limits = httpx.Limits(
+def _make_upstream(url: str, settings: RouterSettings) -> Upstream:
+    return make_upstream(
+        settings.upstream_client,
+        url,
+        connect_timeout=settings.connect_timeout_s,
         max_connections=settings.max_connections,
-        max_keepalive_connections=settings.max_connections,
-        keepalive_expiry=30.0,
     )
-    return httpx.AsyncClient(base_url=url, limits=limits, follow_redirects=False)
 
 
 class Proxy:
@@ -141,20 +142,17 @@ class Proxy:
         self.metrics = metrics
         self.split = split
         self.rng = rng or random.Random()
-        connect = settings.connect_timeout_s
         self.stable = Backend(
             STABLE,
             settings.stable_url,
-            _make_client(settings.stable_url, settings),
-            httpx.Timeout(settings.stable_timeout_s, connect=connect),
+            _make_upstream(settings.stable_url, settings),
+            settings.stable_timeout_s,
         )
         self.canary = Backend(
             CANARY,
             settings.canary_url,
-            _make_client(settings.canary_url, settings),
-            httpx.Timeout(
-                settings.canary_timeout_s, connect=min(connect, settings.canary_timeout_s)
-            ),
+            _make_upstream(settings.canary_url, settings),
+            settings.canary_timeout_s,
         )
         self.breaker = CircuitBreaker(
             BreakerConfig(
@@ -382,27 +380,19 @@ class Proxy:
         *,
         mode: str = m.LIVE,
     ) -> Attempt:
-        url = f"{path}?{query}" if query else path
+        target = f"{path}?{query}" if query else path
         started = time.perf_counter()
         outcome, status, headers, content, error = m.OK, 0, [], b"", ""
         try:
-            request = backend.client.build_request(
-                method, url, headers=raw_headers, content=body, timeout=backend.timeout
-            )
-            response = await backend.client.send(request)
-            status = response.status_code
-            headers = response.headers.raw
-            content = response.content
+            answer = await backend.upstream.send(method, target, raw_headers, body, backend.timeout)
+            status, headers, content = answer.status, answer.headers, answer.body
             if status >= 500:
                 outcome, error = m.ERROR, f"HTTP {status}"
             elif status >= 400:
                 outcome = m.CLIENT_ERROR
-        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            outcome, error = m.UNAVAILABLE, f"{type(exc).__name__}"
-        except httpx.TimeoutException as exc:
-            outcome, error = m.TIMEOUT, f"no answer within the timeout ({type(exc).__name__})"
-        except httpx.HTTPError as exc:
-            outcome, error = m.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+        except UpstreamFailure as failure:
+            outcome = m.TIMEOUT if failure.kind == TIMEOUT else m.UNAVAILABLE
+            error = failure.detail
         seconds = time.perf_counter() - started
         version = backend.served_version or UNKNOWN_VERSION
         document = None
@@ -448,7 +438,7 @@ class Proxy:
 
     def _response(self, attempt: Attempt, answered: str, fallback: str) -> Response:
         response = Response(content=attempt.content, status_code=attempt.status)
-        headers = [(k, v) for k, v in attempt.headers if k.lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in attempt.headers if k.lower() not in ANSWER_DROPPED]
         headers.append((b"content-length", str(len(attempt.content)).encode()))
         headers.append((ANSWERED_HEADER, answered.encode()))
         if fallback:
@@ -485,13 +475,15 @@ class Proxy:
     async def probe(self, backend: Backend, model_name: str) -> str | None:
         """Ask a service which model version it serves (its readiness answer)."""
         try:
-            response = await backend.client.get("/readyz", timeout=2.0)
-            document = response.json() if response.content else None
-        except (httpx.HTTPError, ValueError):
+            answer = await backend.upstream.send(
+                "GET", "/readyz", [(b"accept", b"application/json")], b"", 2.0
+            )
+        except UpstreamFailure:
             backend.ready = False
             backend.probed_at = time.monotonic()
             return backend.served_version
-        backend.ready = response.status_code == 200
+        document = _json(answer.body) if answer.body[:1] == b"{" else None
+        backend.ready = answer.status == 200
         backend.probed_at = time.monotonic()
         version = version_of(document)
         if version is not None:
@@ -508,7 +500,7 @@ class Proxy:
 
     async def aclose(self) -> None:
         await self.drain_shadow()
-        await asyncio.gather(self.stable.client.aclose(), self.canary.client.aclose())
+        await asyncio.gather(self.stable.upstream.aclose(), self.canary.upstream.aclose())
 
 
 def _json(content: bytes) -> Any:

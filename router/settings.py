@@ -6,7 +6,7 @@ import itertools
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -40,6 +40,11 @@ class RouterSettings(CoreSettings):
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=256, gt=0)
+    upstream_client: Literal["fast", "httpx"] = Field(
+        default="fast",
+        description="HTTP client for forwarding: `fast` (asyncio + httptools, ~20x less CPU "
+        "per request) or `httpx` (the reference implementation).",
+    )
 
     # ---- split ---------------------------------------------------------------------------
     canary_weight: float = Field(

@@ -21,6 +21,13 @@ def image(i: int) -> bytes:
     return PNG + str(i).encode()
 
 
+@pytest.fixture(params=["fast", "httpx"])
+def both_clients(request, monkeypatch):
+    """Run the test with each upstream client (the default is the fast one)."""
+    monkeypatch.setenv("INKWELL_ROUTER_UPSTREAM_CLIENT", request.param)
+    return request.param
+
+
 @contextmanager
 def router(
     tmp_path,
@@ -129,7 +136,7 @@ def test_user_id_form_field_makes_uploads_sticky(tmp_path, stable_service, canar
 
 
 def test_failing_canary_is_answered_by_stable_and_the_breaker_opens(
-    tmp_path, stable_service, canary_service
+    tmp_path, stable_service, canary_service, both_clients
 ):
     canary, _ = canary_service
     canary.mode = "error"
@@ -155,7 +162,9 @@ def test_failing_canary_is_answered_by_stable_and_the_breaker_opens(
         )
 
 
-def test_canary_answering_nan_is_replaced_by_stable(tmp_path, stable_service, canary_service):
+def test_canary_answering_nan_is_replaced_by_stable(
+    tmp_path, stable_service, canary_service, both_clients
+):
     canary, _ = canary_service
     canary.mode = "nan"
     with router(tmp_path, stable_service[1], canary_service[1], canary_weight=100) as client:
@@ -175,7 +184,7 @@ def test_canary_answering_nan_is_replaced_by_stable(tmp_path, stable_service, ca
         )
 
 
-def test_slow_canary_times_out_into_stable(tmp_path, stable_service, canary_service):
+def test_slow_canary_times_out_into_stable(tmp_path, stable_service, canary_service, both_clients):
     canary, _ = canary_service
     canary.mode, canary.delay_s = "slow", 2.0
     with router(tmp_path, stable_service[1], canary_service[1], canary_weight=100) as client:
@@ -186,7 +195,7 @@ def test_slow_canary_times_out_into_stable(tmp_path, stable_service, canary_serv
         assert time.monotonic() - started < 1.5
 
 
-def test_killed_canary_causes_no_client_error(tmp_path, stable_service):
+def test_killed_canary_causes_no_client_error(tmp_path, stable_service, both_clients):
     canary = FakeService("canary", "2")
     server = serve_in_thread(canary.app())
     canary_url = server.__enter__()
@@ -210,7 +219,9 @@ def test_stable_down_is_a_clear_502(tmp_path, canary_service):
         assert client.get("/readyz").status_code == 503
 
 
-def test_shadow_mode_never_changes_responses(tmp_path, stable_service, canary_service):
+def test_shadow_mode_never_changes_responses(
+    tmp_path, stable_service, canary_service, both_clients
+):
     _stable, stable_url = stable_service
     canary, _ = canary_service
     canary.mode = "wrong"
@@ -252,7 +263,9 @@ def test_shadow_agreement_is_measured(tmp_path, stable_service, canary_service):
         )
 
 
-def test_delayed_labels_score_the_variant_that_answered(tmp_path, stable_service, canary_service):
+def test_delayed_labels_score_the_variant_that_answered(
+    tmp_path, stable_service, canary_service, both_clients
+):
     canary, _ = canary_service
     canary.mode = "wrong"
     with router(tmp_path, stable_service[1], canary_service[1], canary_weight=0) as client:
