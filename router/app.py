@@ -16,7 +16,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from inkwell.errors import InkwellError
 from inkwell.settings import CANARY, STABLE
 from router import admin
 from router.controller import MlflowAliases, RolloutController
@@ -30,7 +32,36 @@ from router.state import RolloutState, RolloutStore
 
 log = logging.getLogger("inkwell.router")
 
-PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# Paths the router answers itself; everything else is proxied to the services.
+OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OWN_PREFIXES = ("/admin/", "/router/")
+
+
+class RouterApp:
+    """The router as ASGI: proxied requests go straight to the proxy, skipping FastAPI's
+    middleware, routing and telemetry (a measurable share of the CPU per request); the
+    router's own paths (health, metrics, admin, docs) and the lifespan go to `fastapi`."""
+
+    def __init__(self, fastapi: FastAPI, runtime: Runtime) -> None:
+        self.fastapi = fastapi
+        self.app: ASGIApp = fastapi
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OWN_PATHS or path.startswith(OWN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self.runtime.proxy.handle(Request(scope, receive))
+        except InkwellError as exc:
+            response = error_response(exc.status_code, exc.code, exc.message)
+        except Exception:
+            log.exception("proxying %s failed", path)
+            response = error_response(
+                500, "internal_error", "the router failed on this request; see its log."
+            )
+        await response(scope, receive, send)
 
 
 class Runtime:
@@ -146,10 +177,6 @@ class Runtime:
         if self.store is not None:
             self.store.dispose()
 
-    # ---- endpoints -----------------------------------------------------------------------
-    async def forward(self, request: Request) -> Response:
-        return await self.proxy.handle(request)
-
 
 async def _run(awaitable: Awaitable[None]) -> None:
     await awaitable
@@ -160,7 +187,7 @@ def create_app(
     *,
     source: MetricSource | None = None,
     aliases: Any = None,
-) -> FastAPI:
+) -> RouterApp:
     """The router app. `source`/`aliases` replace the metric source and registry (tests)."""
     settings = settings or RouterSettings()
     runtime = Runtime(settings, source=source, aliases=aliases)
@@ -216,5 +243,4 @@ def create_app(
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
-    app.router.add_route("/{path:path}", runtime.forward, methods=PROXY_METHODS)
-    return app
+    return RouterApp(app, runtime)

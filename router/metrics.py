@@ -7,6 +7,8 @@ canary and `model_version` the registry version that answered.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from inkwell.settings import VARIANTS
@@ -153,6 +155,29 @@ class RouterMetrics:
         )
         for variant in VARIANTS:
             self.circuit_open.labels(variant).set(0)
+        # labelled children by label values: `labels()` costs more than the increment itself
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def observe_request(
+        self, route: str, variant: str, version: str, status: int, seconds: float
+    ) -> None:
+        """One client request answered (or refused) by the router."""
+        self._child(self.requests, route, variant, version, str(status)).inc()
+        self._child(self.request_latency, route, variant).observe(seconds)
+
+    def observe_upstream(
+        self, variant: str, version: str, outcome: str, mode: str, seconds: float
+    ) -> None:
+        """One request sent to a model service."""
+        self._child(self.upstream_requests, variant, version, outcome, mode).inc()
+        self._child(self.upstream_latency, variant, version).observe(seconds)
 
     def prime(self, variant: str, version: str) -> None:
         """Create a variant/version's series at zero so Prometheus sees them from the start

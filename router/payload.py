@@ -179,6 +179,13 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _all_finite(values: list[Any]) -> bool:
+    try:  # one C-level pass; None, strings and nested lists raise
+        return math.isfinite(math.fsum(values))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
 def answer_problem(document: Any) -> str | None:
     """Why a 2xx prediction cannot be trusted (a model gone numerically wrong answers NaN,
     which JSON carries as null), or None when it looks sound."""
@@ -187,7 +194,7 @@ def answer_problem(document: Any) -> str | None:
     if "confidence" in document and not _finite(document["confidence"]):
         return f"confidence is {document['confidence']!r}, not a number"
     probabilities = document.get("probabilities")
-    if isinstance(probabilities, list) and not all(_finite(p) for p in probabilities):
+    if isinstance(probabilities, list) and not _all_finite(probabilities):
         return "probabilities contain non-numbers"
     batch = document.get("predictions")
     if isinstance(batch, list):
@@ -199,7 +206,7 @@ def answer_problem(document: Any) -> str | None:
     if isinstance(outputs, list):
         for output in outputs:
             data = output.get("data") if isinstance(output, dict) else None
-            if isinstance(data, list) and not all(_finite(v) for v in data):
+            if isinstance(data, list) and not _all_finite(data):
                 return "an output tensor contains non-numbers"
     return None
 

@@ -10,6 +10,7 @@ variant and model version. Every other route goes to stable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -46,6 +47,14 @@ log = logging.getLogger("inkwell.router")
 MODEL_PREFIXES = ("/v1/digits/", "/v1/cheques/", "/v2/models/")
 SAMPLES_PATH = "/v1/samples"
 KNOWN_PREFIXES = ("/v1/", "/v2/")
+# Route labels are built from these words only (anything else is "other"), so a client probing
+# random paths cannot grow the metrics without bound.
+ROUTE_WORDS = frozenset(
+    {
+        "v1", "v2", "digits", "predict", "batch", "cheques", "read", "samples", "stats",
+        "health", "live", "ready", "models", "{model}", "versions", "{version}", "infer", "{id}",
+    }
+)  # fmt: skip
 # Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus ones httpx recomputes.
 HOP_BY_HOP = frozenset(
     {
@@ -63,11 +72,14 @@ HOP_BY_HOP = frozenset(
 )
 # The router's server adds its own; the service's would be duplicates.
 ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
+USER_HEADER_B = USER_HEADER.encode()
+VARIANT_HEADER_B = VARIANT_HEADER.encode()
 ANSWERED_HEADER = b"x-inkwell-variant"
 FALLBACK_HEADER = b"x-inkwell-fallback"
 UNKNOWN_VERSION = "unknown"
 
 
+@functools.lru_cache(maxsize=4096)
 def route_template(path: str) -> str:
     """A low-cardinality route label: ids and model names become placeholders."""
     if not path.startswith(KNOWN_PREFIXES):
@@ -79,7 +91,10 @@ def route_template(path: str) -> str:
         parts[2] = "{model}"
         if len(parts) > 4 and parts[3] == "versions":
             parts[4] = "{version}"
-    return "/" + "/".join("{id}" if p.isdigit() else p for p in parts)
+    words = ["{id}" if p.isdigit() else p for p in parts]
+    if not all(w in ROUTE_WORDS for w in words):
+        return "other"
+    return "/" + "/".join(words)
 
 
 def is_model_route(path: str) -> bool:
@@ -97,6 +112,51 @@ class Backend:
     served_version: str | None = None  # from the last readiness probe
     ready: bool = False
     probed_at: float = 0.0
+
+
+@dataclass
+class Incoming:
+    """What the proxy needs from a request's headers, read in one pass."""
+
+    upstream: list[tuple[bytes, bytes]]  # the headers to forward
+    content_type: str | None = None
+    content_length: str | None = None
+    user: str | None = None
+    variant: str | None = None
+    cookie: str | None = None
+
+
+def read_headers(scope: MutableMapping[str, Any]) -> Incoming:
+    incoming = Incoming([])
+    forward = incoming.upstream
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            incoming.content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            incoming.content_length = value.decode("latin-1")
+            continue
+        elif name == USER_HEADER_B:
+            incoming.user = value.decode("latin-1")
+        elif name == VARIANT_HEADER_B:
+            incoming.variant = value.decode("latin-1")
+        elif name == b"cookie":
+            incoming.cookie = value.decode("latin-1")
+        if name not in HOP_BY_HOP:
+            forward.append((name, value))
+    client = scope.get("client")
+    if client:
+        forward.append((b"x-forwarded-for", client[0].encode("latin-1")))
+    return incoming
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    if not header:
+        return None
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
 
 
 @dataclass
@@ -181,18 +241,18 @@ class Proxy:
         method: str = scope["method"]
         query: str = scope.get("query_string", b"").decode("latin-1")
         route = route_template(path)
-        body = await self._read_body(request)
-        headers = request.headers
-        raw_headers = self._upstream_headers(scope)
+        incoming = read_headers(scope)
+        body = await self._read_body(request, incoming.content_length)
+        raw_headers = incoming.upstream
         if not is_model_route(path):
             return await self._to_stable(method, path, query, raw_headers, body, route, started)
 
         split = self.split()
-        override = parse_override(headers.get(VARIANT_HEADER))
+        override = parse_override(incoming.variant)
         user_id = validate_user_id(
-            headers.get(USER_HEADER) or request.cookies.get(self.settings.user_cookie)
+            incoming.user or cookie_value(incoming.cookie, self.settings.user_cookie)
         )
-        peeked = peek(headers.get("content-type"), body, query) if method == "POST" else None
+        peeked = peek(incoming.content_type, body, query) if method == "POST" else None
         if user_id is None and peeked is not None:
             user_id = validate_user_id(peeked.user_id)
         new_cookie: str | None = None
@@ -403,14 +463,12 @@ class Proxy:
                 problem = answer_problem(document) if method == "POST" else None
                 if problem is not None:
                     outcome, error = m.INVALID, f"unusable answer: {problem}"
-            self.metrics.upstream_requests.labels(backend.variant, version, outcome, mode).inc()
-            self.metrics.upstream_latency.labels(backend.variant, version).observe(seconds)
+            self.metrics.observe_upstream(backend.variant, version, outcome, mode, seconds)
         return Attempt(outcome, status, headers, content, seconds, version, document, error)
 
     # ---- helpers -------------------------------------------------------------------------------
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, declared: str | None) -> bytes:
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise InvalidInputError(
@@ -428,14 +486,6 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    @staticmethod
-    def _upstream_headers(scope: MutableMapping[str, Any]) -> list[tuple[bytes, bytes]]:
-        headers = [(k, v) for k, v in scope["headers"] if k not in HOP_BY_HOP]
-        client = scope.get("client")
-        if client:
-            headers.append((b"x-forwarded-for", client[0].encode("latin-1")))
-        return headers
-
     def _response(self, attempt: Attempt, answered: str, fallback: str) -> Response:
         response = Response(content=attempt.content, status_code=attempt.status)
         headers = [(k, v) for k, v in attempt.headers if k.lower() not in ANSWER_DROPPED]
@@ -449,8 +499,9 @@ class Proxy:
     def _count(
         self, route: str, variant: str, version: str | None, status: int, started: float
     ) -> None:
-        self.metrics.requests.labels(route, variant, version or UNKNOWN_VERSION, str(status)).inc()
-        self.metrics.request_latency.labels(route, variant).observe(time.perf_counter() - started)
+        self.metrics.observe_request(
+            route, variant, version or UNKNOWN_VERSION, status, time.perf_counter() - started
+        )
 
     def _breaker_record(self, success: bool) -> None:
         before = self.breaker.state
