@@ -259,9 +259,12 @@ def test_shadow_mode_never_changes_responses(system, stop_later):
     )
     stop_later.append(router)
     version = h.register(system.home, system.models.wrong, ("canary",), "shadowed")
-    h.wait_until(
-        lambda: h.rollout(router_url)["served_versions"]["canary"] == version, 30, "canary load"
-    )
+
+    def canary_serving() -> bool:
+        state = h.rollout(router_url)
+        return state["canary_version"] == version and state["canary_ready_at"] > 0
+
+    h.wait_until(canary_serving, 30, "the rollout to start and the canary to load", router)
     stable_version = system.stable_alias()
     with (
         httpx.Client(base_url=router_url) as via,
