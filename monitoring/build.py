@@ -311,6 +311,71 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
             ],
         ),
+        (
+            "Retraining and the gate",
+            [
+                bars(
+                    "Gate results",
+                    _q(
+                        "sum by (outcome) (increase(inkwell_trainer_retrains_total[$__range]))",
+                        "{{outcome}}",
+                        instant=True,
+                    ),
+                    description="Retrains over the time range: passed the gate (registered as "
+                    "canary), rejected by the gate (recorded, not aliased), failed, skipped.",
+                    core=True,
+                ),
+                timeseries(
+                    "Candidate accuracy (forgetting)",
+                    _q("max by (dataset) (inkwell_trainer_candidate_accuracy)", "{{dataset}}"),
+                    description="The last candidate's accuracy: mnist_test is the original task "
+                    "(a fall is forgetting; the gate allows INKWELL_TRAINER_GATE_MAX_OLD_DROP_PP), "
+                    "holdout is the new users' held-out samples.",
+                    unit="percentunit",
+                    core=True,
+                ),
+                stat(
+                    "Last candidate version",
+                    _q("max(inkwell_trainer_last_candidate_version)", "version"),
+                    description="Registry version of the last candidate, passed or rejected.",
+                ),
+                stat(
+                    "Retrain running",
+                    _q("max(inkwell_trainer_retrain_running)", "running"),
+                    description="1 while a retrain runs (one at a time).",
+                    core=True,
+                ),
+                timeseries(
+                    "Retrains by outcome",
+                    _q(
+                        "sum by (outcome) "
+                        "(increase(inkwell_trainer_retrains_total[$__rate_interval]))",
+                        "{{outcome}}",
+                    ),
+                    description="When retrains finished, by outcome.",
+                ),
+                timeseries(
+                    "Retrain duration",
+                    *(
+                        _q(
+                            f"histogram_quantile({q}, sum by (le) "
+                            "(increase(inkwell_trainer_retrain_seconds_bucket[1h])))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.95)
+                    ),
+                    description="Wall time from trigger to registered candidate, last hour.",
+                    unit="s",
+                ),
+                timeseries(
+                    "Replay buffer and watermark",
+                    _q("max(inkwell_trainer_buffer_size)", "buffer items"),
+                    _q("max(inkwell_trainer_watermark)", "watermark (sample id)"),
+                    description="Replay-buffer size after the last retrain, and the highest "
+                    "sample id trained on.",
+                ),
+            ],
+        ),
     ]
 
 
@@ -341,6 +406,39 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                         instant=True,
                     ),
                     description="Uploads refused with a 4xx over the time range, by error code.",
+                ),
+                bars(
+                    "Quarantined by reason",
+                    _q(
+                        "sum by (reason) "
+                        "(increase(inkwell_trainer_quarantined_samples_total[$__range]))",
+                        "{{reason}}",
+                        instant=True,
+                    ),
+                    description="Samples the trainer's data validation set aside over the time "
+                    "range (blank, duplicate, not digit-like, label conflict, user "
+                    "disagreement, gate rejected...).",
+                    core=True,
+                ),
+                timeseries(
+                    "Quarantine share of new uploads",
+                    _q(
+                        "reason:inkwell_trainer_quarantined_samples:ratio_increase30m", "{{reason}}"
+                    ),
+                    description="Quarantined samples per reason against new uploads, last 30 "
+                    "minutes; the InkwellQuarantineSpike alert fires above 20 %.",
+                    unit="percentunit",
+                ),
+                timeseries(
+                    "Pending and trained samples",
+                    _q("max(inkwell_trainer_pending_samples)", "pending"),
+                    _q(
+                        "sum(increase(inkwell_trainer_trained_samples_total[$__rate_interval]))",
+                        "trained",
+                    ),
+                    description="Accepted uploads waiting for the next retrain, and new samples "
+                    "used by retrains.",
+                    core=True,
                 ),
                 timeseries(
                     "Predictions by digit",
@@ -491,7 +589,7 @@ DASHBOARDS: dict[str, tuple[str, str, Any]] = {
     ),
     "inkwell-data": (
         "Inkwell / Data",
-        "Uploads per user, quarantine reasons, rejected uploads and what is predicted.",
+        "Uploads, quarantine reasons, pending samples, rejected uploads and what is predicted.",
         data_panels,
     ),
     "inkwell-serving": (

@@ -36,6 +36,7 @@ RULES_TESTS = MONITORING / "prometheus" / "tests"
 METRICS_MODULES = {
     "service": ("service.metrics", lambda m: m.ServiceMetrics("stable").registry),
     "router": ("router.metrics", lambda m: m.RouterMetrics().registry),
+    "trainer": ("trainer.metrics", lambda m: m.TrainerMetrics().registry),
 }
 METRIC_NAME = re.compile(r"\b(inkwell_[a-z0-9_]+|process_[a-z_]+|up)\b(?!\s*\()")
 RECORDED = re.compile(r"\b([a-z_][a-z0-9_]*(?::[a-z0-9_]+)+)\b")
