@@ -1,0 +1,335 @@
+"""The shipped rules and dashboards against a real Prometheus scraping the real components.
+
+Starts, as separate processes on free ports: the stable and canary services (tiny models in a
+temporary SQLite registry), the router with its rollout controller (reading analysis metrics
+from this Prometheus, as in Compose), the trainer, and Debian's `prometheus` with the shipped
+scrape configuration (same job names; targets rewritten to this machine) and the shipped rule
+files. Sends predictions and labelled uploads through the router, then checks that every
+target is up, every alert and recording rule evaluates without error, every Grafana panel
+query runs, and the core panels return data.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.deploy.conftest import Processes, free_port
+from tests.deploy.helpers import MONITORING, REPO, RULES_DIR, prometheus
+from tests.deploy.test_monitoring import all_rules, build_module, dashboards
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+UPLOAD_KEY = "live-test-upload-key"
+ADMIN_KEY = "live-test-admin-key"
+# Grafana's built-in variables, as Grafana would expand them for a short time range.
+GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m", "$__interval": "5s"}
+COMPONENT_JOBS = {
+    "inkwell-router": "router",
+    "inkwell-service-stable": "stable",
+    "inkwell-service-canary": "canary",
+    "inkwell-trainer": "trainer",
+}
+
+
+@dataclass
+class LiveSystem:
+    prometheus: str
+    router: str
+    ports: dict[str, int]
+    processes: Processes
+
+    def query(self, expr: str) -> dict[str, Any]:
+        answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+        return dict(answer.json())
+
+    def query_range(self, expr: str, seconds: int = 120) -> dict[str, Any]:
+        now = time.time()
+        answer = httpx.get(
+            f"{self.prometheus}/api/v1/query_range",
+            params={"query": expr, "start": now - seconds, "end": now, "step": "1s"},
+            timeout=10,
+        )
+        return dict(answer.json())
+
+
+def _base_env(home: Path, mnist_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("INKWELL_", "MLFLOW_"))}
+    env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "INKWELL_HOME": str(home),
+            "INKWELL_DATA_DIR": str(mnist_dir),
+            "COLUMNS": "200",
+        }
+    )
+    return env
+
+
+def _inkwell(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from inkwell.cli import main; main()", *args]
+
+
+def _register_stable_and_canary(env: dict[str, str], cwd: Path) -> None:
+    """Two tiny (one-batch) models: v1 becomes stable, v2 gets the `canary` alias."""
+    for _ in range(2):
+        trained = subprocess.run(
+            _inkwell("train", "--dry-run", "--width", "4"),
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert trained.returncode == 0, trained.stdout + trained.stderr
+    aliased = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from inkwell.registry import Registry; r = Registry(); "
+            "r.set_alias(r.settings.model_name, 'canary', '2')",
+        ],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert aliased.returncode == 0, aliased.stderr
+
+
+def _prometheus_config(ports: dict[str, int], path: Path) -> None:
+    """The shipped prometheus.yml with this machine's targets, fast intervals, real rules."""
+    config = yaml.safe_load((MONITORING / "prometheus/prometheus.yml").read_text())
+    config["global"].update(
+        {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    )
+    config["rule_files"] = [
+        str((MONITORING / "prometheus" / f).resolve()) for f in config["rule_files"]
+    ]
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        key = COMPONENT_JOBS.get(name, "prometheus" if name == "prometheus" else None)
+        assert key is not None, f"the shipped config has a job this test does not run: {name}"
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[key]}"]}]
+    path.write_text(yaml.safe_dump(config))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(255 - pixels).save(out, format="PNG")  # dark ink on white paper
+    return out.getvalue()
+
+
+def _send_traffic(router: str, mnist_dir: Path) -> None:
+    from inkwell.data import load_split
+
+    split = load_split("test", mnist_dir)
+    with httpx.Client(base_url=router, timeout=30) as client:
+        for i in range(60):
+            image = _png(split.images[i])
+            user = f"user-{i % 30}"
+            headers = {"X-User-Id": user}
+            if i % 4 == 0:  # the canary's share is small early in a rollout: ask for it too
+                headers["X-Inkwell-Variant"] = "canary"
+            answer = client.post(
+                "/v1/digits/predict",
+                files={"image": ("digit.png", image, "image/png")},
+                headers=headers,
+            )
+            assert answer.status_code == 200, answer.text
+            if i % 2 == 0:  # a delayed label for an image the router served
+                stored = client.post(
+                    "/v1/samples",
+                    files={"image": ("digit.png", image, "image/png")},
+                    data={"label": str(int(split.labels[i])), "user_id": user},
+                    headers={"X-API-Key": UPLOAD_KEY, "X-User-Id": user},
+                )
+                assert stored.status_code in (200, 201), stored.text
+
+
+@pytest.fixture(scope="module")
+def live(
+    processes: Processes, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path
+) -> Iterator[LiveSystem]:
+    work = tmp_path_factory.mktemp("live")
+    env = _base_env(work / "home", mnist_dir)
+    _register_stable_and_canary(env, work)
+    ports = {name: free_port() for name in ("router", "stable", "canary", "trainer", "prometheus")}
+    prom_url = f"http://127.0.0.1:{ports['prometheus']}"
+    for variant in ("stable", "canary"):
+        processes.start(
+            f"service-{variant}",
+            _inkwell("service", "--variant", variant),
+            env
+            | {
+                "INKWELL_SERVICE_PORT": str(ports[variant]),
+                "INKWELL_SERVICE_API_KEYS": UPLOAD_KEY,
+                "INKWELL_SERVICE_POLL_INTERVAL_S": "1",
+                "INKWELL_SERVICE_TORCH_THREADS": "1",
+            },
+            work,
+        )
+    processes.start(
+        "trainer",
+        _inkwell("trainer"),
+        env
+        | {
+            "INKWELL_TRAINER_PORT": str(ports["trainer"]),
+            "INKWELL_TRAINER_ADMIN_API_KEY": ADMIN_KEY,
+            # One small, quick retrain from the uploads below (the real trigger path).
+            "INKWELL_TRAINER_MIN_NEW_SAMPLES": "20",
+            "INKWELL_TRAINER_DEBOUNCE_SECONDS": "1",
+            "INKWELL_TRAINER_POLL_SECONDS": "0.5",
+            "INKWELL_TRAINER_HPO_TRIALS": "0",
+            "INKWELL_TRAINER_EPOCHS": "1",
+            "INKWELL_TRAINER_MIN_STEPS": "5",
+            "INKWELL_TRAINER_THREADS": "1",
+        },
+        work,
+    )
+    processes.start(
+        "router",
+        _inkwell("router"),
+        env
+        | {
+            "INKWELL_ROUTER_PORT": str(ports["router"]),
+            "INKWELL_ROUTER_STABLE_URL": f"http://127.0.0.1:{ports['stable']}",
+            "INKWELL_ROUTER_CANARY_URL": f"http://127.0.0.1:{ports['canary']}",
+            "INKWELL_ROUTER_PROMETHEUS_URL": prom_url,
+            "INKWELL_ROUTER_ADMIN_API_KEY": ADMIN_KEY,
+            "INKWELL_ROUTER_ANALYSIS_INTERVAL_S": "5",
+            "INKWELL_ROUTER_MIN_REQUESTS": "5",
+        },
+        work,
+    )
+    config = work / "prometheus.yml"
+    _prometheus_config(ports, config)
+    processes.start(
+        "prometheus",
+        [
+            prometheus(),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={work / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+        ],
+        env,
+        work,
+    )
+    processes.wait_http("prometheus", f"{prom_url}/-/ready", timeout=60)
+    for variant in ("stable", "canary"):
+        processes.wait_http(
+            f"service-{variant}", f"http://127.0.0.1:{ports[variant]}/readyz", timeout=180
+        )
+    processes.wait_http("trainer", f"http://127.0.0.1:{ports['trainer']}/healthz", timeout=180)
+    router = f"http://127.0.0.1:{ports['router']}"
+    processes.wait_http("router", f"{router}/readyz", timeout=180)
+    system = LiveSystem(prom_url, router, ports, processes)
+    _send_traffic(router, mnist_dir)
+    _wait_for(system, "sum(variant:inkwell_router_requests:rate5m) > 0")
+    _wait_for(system, "sum(variant:inkwell_service_prediction_confidence:mean5m) > 0")
+    _wait_for(
+        system,
+        'sum(inkwell_trainer_retrains_total{outcome=~"passed|rejected|failed"}) > 0',
+        timeout=240,
+    )
+    _wait_for(system, "max by (dataset) (inkwell_trainer_candidate_accuracy)")
+    yield system
+
+
+def _wait_for(system: LiveSystem, expr: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = system.query(expr)
+        if answer["status"] == "success" and answer["data"]["result"]:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"Prometheus never returned data for {expr}")
+
+
+def _expand(expr: str) -> str:
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"a Grafana variable this test does not expand: {expr}"
+    return expr
+
+
+def test_prometheus_scrapes_every_component_under_its_shipped_job_name(
+    live: LiveSystem,
+) -> None:
+    targets = httpx.get(f"{live.prometheus}/api/v1/targets", timeout=10).json()["data"]
+    health = {t["labels"]["job"]: t["health"] for t in targets["activeTargets"]}
+    errors = {t["labels"]["job"]: t["lastError"] for t in targets["activeTargets"]}
+    assert health == dict.fromkeys([*COMPONENT_JOBS, "prometheus"], "up"), errors
+
+
+def test_every_alert_and_recording_rule_evaluates_without_error(live: LiveSystem) -> None:
+    expected = {r.get("record") or r["alert"] for r in all_rules()}
+    deadline = time.monotonic() + 30
+    while True:
+        groups = httpx.get(f"{live.prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = {r["name"]: r for g in groups for r in g["rules"]}
+        if all(r["health"] != "unknown" for r in rules.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert set(rules) == expected, "Prometheus did not load exactly the shipped rules"
+    files = {Path(g["file"]).resolve() for g in groups}
+    assert files == {p.resolve() for p in RULES_DIR.glob("*.yml")}
+    broken = {n: r.get("lastError") for n, r in rules.items() if r["health"] != "ok"}
+    assert not broken, broken
+    for rule in all_rules():
+        answer = live.query(rule["expr"])
+        assert answer["status"] == "success", (rule, answer)
+
+
+def test_every_grafana_panel_query_runs(live: LiveSystem) -> None:
+    checked = 0
+    for board in dashboards().values():
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                expr = _expand(target["expr"])
+                for answer in (live.query(expr), live.query_range(expr)):
+                    assert answer["status"] == "success", (board["title"], panel["title"], answer)
+                checked += 1
+        for annotation in board["annotations"]["list"]:
+            answer = live.query_range(_expand(annotation["expr"]))
+            assert answer["status"] == "success", annotation
+    assert checked >= 40
+
+
+def test_core_panels_return_data(live: LiveSystem) -> None:
+    core = build_module().core_panels()
+    empty = []
+    for board in dashboards().values():
+        for panel in board["panels"]:
+            if panel["title"] not in core[board["uid"]]:
+                continue
+            results = [
+                live.query_range(_expand(t["expr"]))["data"]["result"] for t in panel["targets"]
+            ]
+            if not any(results):
+                empty.append(f"{board['title']} / {panel['title']}")
+    assert not empty, f"core panels without data: {empty}"
+
+
+def test_both_variants_appear_in_the_per_variant_series(live: LiveSystem) -> None:
+    for series in (
+        "variant:inkwell_service_requests:rate5m",
+        "variant:inkwell_service_prediction_confidence:mean5m",
+        "max by (variant) (inkwell_service_ready)",
+    ):
+        result = live.query(series)["data"]["result"]
+        assert {r["metric"]["variant"] for r in result} == {"stable", "canary"}, series
