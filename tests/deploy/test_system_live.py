@@ -1,12 +1,15 @@
-"""The shipped rules and dashboards against a real Prometheus scraping the real components.
+"""The Compose system on one machine, and the shipped rules and dashboards against it.
 
-Starts, as separate processes on free ports: the stable and canary services (tiny models in a
-temporary SQLite registry), the router with its rollout controller (reading analysis metrics
-from this Prometheus, as in Compose), the trainer, and Debian's `prometheus` with the shipped
-scrape configuration (same job names; targets rewritten to this machine) and the shipped rule
-files. Sends predictions and labelled uploads through the router, then checks that every
-target is up, every alert and recording rule evaluates without error, every Grafana panel
-query runs, and the core panels return data.
+Starts, as separate processes on free ports: the MLflow server with the options and
+environment docker-compose.yml gives it (SQLite instead of PostgreSQL); the `init` job's command
+against it (twice: it must register the base model once); a second tiny model as `canary`; the
+stable and canary services, the trainer and the router (its rollout controller reading
+analysis metrics from this Prometheus, as in Compose), all using the MLflow server; and Debian's
+`prometheus` with the shipped scrape configuration (same job names, targets rewritten to this
+machine) and the shipped rule files. Sends predictions and labelled uploads through the router
+(enough for the trainer to retrain once), then checks that every target is up, every alert and
+recording rule evaluates without error, every Grafana panel query runs, and the core panels
+return data.
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ import yaml
 from PIL import Image
 
 from tests.deploy.conftest import Processes, free_port
-from tests.deploy.helpers import MONITORING, REPO, RULES_DIR, prometheus
+from tests.deploy.helpers import (
+    MONITORING,
+    REPO,
+    RULES_DIR,
+    environment,
+    load_compose,
+    prometheus,
+)
 from tests.deploy.test_monitoring import all_rules, build_module, dashboards
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,6 +66,9 @@ COMPONENT_JOBS = {
 class LiveSystem:
     prometheus: str
     router: str
+    mlflow: str
+    artifacts: Path
+    init_outputs: list[str]
     ports: dict[str, int]
     processes: Processes
 
@@ -90,32 +103,56 @@ def _inkwell(*args: str) -> list[str]:
     return [sys.executable, "-c", "from inkwell.cli import main; main()", *args]
 
 
-def _register_stable_and_canary(env: dict[str, str], cwd: Path) -> None:
-    """Two tiny (one-batch) models: v1 becomes stable, v2 gets the `canary` alias."""
-    for _ in range(2):
-        trained = subprocess.run(
-            _inkwell("train", "--dry-run", "--width", "4"),
-            env=env,
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert trained.returncode == 0, trained.stdout + trained.stderr
-    aliased = subprocess.run(
+def _run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def _start_mlflow(processes: Processes, work: Path, env: dict[str, str]) -> str:
+    """`mlflow server` as Compose runs it, with this machine's paths and port."""
+    spec = load_compose()["services"]["mlflow"]
+    port = free_port()
+    argv = [sys.executable, "-m", "mlflow", *spec["command"][1:]]
+    argv = [
+        a.replace("/var/lib/mlflow/artifacts", str(work / "mlflow-artifacts"))
+        .replace("--port=5000", f"--port={port}")
+        .replace("--host=0.0.0.0", "--host=127.0.0.1")
+        .replace("--workers=2", "--workers=1")
+        for a in argv
+    ]
+    server_env = env | environment(spec)
+    server_env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    # The Compose list plus this machine's address (the clients here reach 127.0.0.1:<port>).
+    server_env["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",127.0.0.1:{port}"
+    processes.start("mlflow", argv, server_env, work)
+    url = f"http://127.0.0.1:{port}"
+    processes.wait_http("mlflow", f"{url}/health", timeout=180)
+    return url
+
+
+def _init_and_canary(env: dict[str, str], work: Path) -> list[str]:
+    """Run Compose's `init` command twice, then register a second tiny model as `canary`."""
+    command = load_compose()["services"]["init"]["command"]
+    assert command == ["inkwell", "train", "--if-missing"]
+    outputs = [_run(_inkwell(*command[1:], "--dry-run", "--width", "4"), env, work).stdout]
+    outputs.append(_run(_inkwell(*command[1:], "--dry-run", "--width", "4"), env, work).stdout)
+    _run(
         [
             sys.executable,
             "-c",
-            "from inkwell.registry import Registry; r = Registry(); "
-            "r.set_alias(r.settings.model_name, 'canary', '2')",
+            "from inkwell.model import ModelConfig\n"
+            "from inkwell.registry import Registry\n"
+            "from inkwell.train import train_base_model\n"
+            "from inkwell.training import TrainConfig\n"
+            "out = train_base_model(TrainConfig(dry_run=True), model_config=ModelConfig(width=4))\n"
+            "assert out.version is not None\n"
+            "Registry().set_alias(out.version.name, 'canary', out.version.version)\n",
         ],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        env,
+        work,
     )
-    assert aliased.returncode == 0, aliased.stderr
+    return outputs
 
 
 def _prometheus_config(ports: dict[str, int], path: Path) -> None:
@@ -174,7 +211,9 @@ def live(
 ) -> Iterator[LiveSystem]:
     work = tmp_path_factory.mktemp("live")
     env = _base_env(work / "home", mnist_dir)
-    _register_stable_and_canary(env, work)
+    mlflow_url = _start_mlflow(processes, work, env)
+    env["INKWELL_TRACKING_URI"] = mlflow_url
+    init_outputs = _init_and_canary(env, work)
     ports = {name: free_port() for name in ("router", "stable", "canary", "trainer", "prometheus")}
     prom_url = f"http://127.0.0.1:{ports['prometheus']}"
     for variant in ("stable", "canary"):
@@ -244,7 +283,9 @@ def live(
     processes.wait_http("trainer", f"http://127.0.0.1:{ports['trainer']}/healthz", timeout=180)
     router = f"http://127.0.0.1:{ports['router']}"
     processes.wait_http("router", f"{router}/readyz", timeout=180)
-    system = LiveSystem(prom_url, router, ports, processes)
+    system = LiveSystem(
+        prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
+    )
     _send_traffic(router, mnist_dir)
     _wait_for(system, "sum(variant:inkwell_router_requests:rate5m) > 0")
     _wait_for(system, "sum(variant:inkwell_service_prediction_confidence:mean5m) > 0")
@@ -272,6 +313,22 @@ def _expand(expr: str) -> str:
         expr = expr.replace(name, value)
     assert "$" not in expr, f"a Grafana variable this test does not expand: {expr}"
     return expr
+
+
+def test_init_job_registers_the_base_model_once_through_the_artifact_proxy(
+    live: LiveSystem,
+) -> None:
+    first, second = live.init_outputs
+    assert "registered inkwell-digits v1 (stable)" in first
+    assert "inkwell-digits v1 is already stable: nothing to train" in second
+    # Weights went through the server's proxy to --artifacts-destination (v1, v2, retrains).
+    assert len(list(live.artifacts.rglob("weights.pt"))) >= 2
+
+
+def test_mlflow_accepts_the_compose_host_name_and_refuses_others(live: LiveSystem) -> None:
+    search = f"{live.mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert httpx.get(search, headers={"Host": "mlflow:5000"}).status_code == 200
+    assert httpx.get(search, headers={"Host": "attacker.example:5000"}).status_code == 403
 
 
 def test_prometheus_scrapes_every_component_under_its_shipped_job_name(
