@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import http.server
-import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import threading
@@ -34,39 +32,29 @@ class Instruction:
     keyword: str
     args: str
     stage: str
+    values: tuple[str, ...]
+    flags: tuple[str, ...]
 
 
-def parse_dockerfile(text: str) -> list[Instruction]:
-    """Instructions with their stage name, continuation lines joined, comments dropped."""
-    logical: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        logical.append(current + line)
-        current = ""
-    assert not current, "the Dockerfile ends inside a continued line"
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """Instructions with their stage, read by BuildKit's own parser (the `dockerfile` wheel)."""
+    import dockerfile
+
     instructions: list[Instruction] = []
     stage = ""
-    for line in logical:
-        keyword, _, args = line.partition(" ")
-        keyword = keyword.upper()
+    for command in dockerfile.parse_file(str(path)):
+        keyword = command.cmd.upper()
+        values = tuple(command.value)
         if keyword == "FROM":
-            match = re.search(r"\bAS\s+(\S+)", args, re.IGNORECASE)
-            stage = match.group(1) if match else args
-        instructions.append(Instruction(keyword, args.strip(), stage))
+            stage = values[2] if len(values) == 3 and values[1].upper() == "AS" else values[0]
+        args = " ".join((*command.flags, *values))
+        instructions.append(Instruction(keyword, args, stage, values, tuple(command.flags)))
     return instructions
 
 
 @pytest.fixture(scope="module")
 def instructions() -> list[Instruction]:
-    return parse_dockerfile(DOCKERFILE.read_text())
+    return parse_dockerfile(DOCKERFILE)
 
 
 def _stage(instructions: list[Instruction], stage: str) -> list[Instruction]:
@@ -95,14 +83,16 @@ def test_build_has_a_builder_and_a_runtime_stage(instructions: list[Instruction]
     stages = [i.stage for i in instructions if i.keyword == "FROM"]
     assert stages == ["builder", "runtime"]
     runtime = _stage(instructions, "runtime")
-    copies_from_builder = [i for i in runtime if i.keyword == "COPY" and "--from=builder" in i.args]
+    copies_from_builder = [
+        i for i in runtime if i.keyword == "COPY" and "--from=builder" in i.flags
+    ]
     assert copies_from_builder, "the runtime stage must take the built venv from the builder"
 
 
 def test_runtime_runs_as_a_numeric_non_root_user(instructions: list[Instruction]) -> None:
     users = [i for i in _stage(instructions, "runtime") if i.keyword == "USER"]
     assert users, "the runtime stage sets no USER: it would run as root"
-    uid = users[-1].args.split(":")[0]
+    uid = users[-1].values[0].split(":")[0]
     # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
     assert uid.isdigit() and int(uid) != 0
     k8s_uid = re.search(
@@ -114,21 +104,20 @@ def test_runtime_runs_as_a_numeric_non_root_user(instructions: list[Instruction]
 def test_healthcheck_runs_the_shipped_probe(instructions: list[Instruction]) -> None:
     checks = [i for i in instructions if i.keyword == "HEALTHCHECK"]
     assert len(checks) == 1 and checks[0].stage == "runtime"
-    command = checks[0].args.split("CMD", 1)[1].strip()
-    argv = json.loads(command)  # exec form: no shell needed in the image
-    assert argv[0] == "python" and argv[1] == "/usr/local/bin/inkwell-healthcheck"
-    copied = [i.args for i in instructions if i.keyword == "COPY"]
-    assert "docker/healthcheck.py /usr/local/bin/inkwell-healthcheck" in copied
+    # Exec form (no shell needed in the image), running the script copied below.
+    assert checks[0].values == ("CMD", "python", "/usr/local/bin/inkwell-healthcheck")
+    assert any(flag.startswith("--start-period=") for flag in checks[0].flags)
+    copied = [i.values for i in instructions if i.keyword == "COPY"]
+    assert ("docker/healthcheck.py", "/usr/local/bin/inkwell-healthcheck") in copied
 
 
 def test_every_copied_path_exists_and_is_in_the_build_context(
     instructions: list[Instruction],
 ) -> None:
     for copy in (i for i in instructions if i.keyword == "COPY"):
-        parts = [p for p in shlex.split(copy.args) if not p.startswith("--")]
-        if "--from=" in copy.args:
+        if any(flag.startswith("--from=") for flag in copy.flags):
             continue
-        for source in parts[:-1]:
+        for source in copy.values[:-1]:
             assert (REPO / source).exists(), f"COPY {source}: no such path in the repository"
             assert not _dockerignore_excludes(source), f"COPY {source}: excluded by .dockerignore"
 
@@ -143,8 +132,8 @@ def test_every_project_package_is_copied_into_the_image(instructions: list[Instr
     sources = {
         p.rstrip("/")
         for i in instructions
-        if i.keyword == "COPY" and "--from=" not in i.args
-        for p in shlex.split(i.args)[:-1]
+        if i.keyword == "COPY" and not i.flags
+        for p in i.values[:-1]
     }
     missing = [p for p in packages if p not in sources]
     assert not missing, f"packages not copied into the image (add COPY lines): {missing}"
@@ -159,18 +148,14 @@ def test_torch_pins_match_pyproject_and_use_the_cpu_index(instructions: list[Ins
         match = re.fullmatch(r"(torch|torchvision)==(.+)", dep)
         if match:
             pins[match.group(1)] = match.group(2)
-    args = {
-        i.args.split("=", 1)[0]: i.args.split("=", 1)[1]
-        for i in instructions
-        if i.keyword == "ARG" and "=" in i.args
-    }
+    args = dict(i.values[0].split("=", 1) for i in instructions if i.keyword == "ARG")
     assert args["TORCH_VERSION"] == pins["torch"]
     assert args["TORCHVISION_VERSION"] == pins["torchvision"]
     assert args["TORCH_INDEX_URL"].endswith("/whl/cpu")
 
 
 def test_ports_exposed_are_the_components_ports(instructions: list[Instruction]) -> None:
-    exposed = {p for i in instructions if i.keyword == "EXPOSE" for p in i.args.split()}
+    exposed = {p for i in instructions if i.keyword == "EXPOSE" for p in i.values}
     assert exposed == {"8000", "8001", "8002", "8003", "5000"}
 
 
