@@ -37,7 +37,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt
 
 COPY inkwell ./inkwell
-RUN pip install --no-deps . && python -c "import inkwell.cli"
+COPY service ./service
+RUN pip install --no-deps . && python -c "import inkwell.cli, service.main"
 
 # ---- runtime: the virtual environment and nothing else, run as a non-root user -----------
 FROM ${PYTHON_IMAGE} AS runtime
