@@ -103,10 +103,21 @@ def _inkwell(*args: str) -> list[str]:
     return [sys.executable, "-c", "from inkwell.cli import main; main()", *args]
 
 
-def _run(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done
+def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _finish(process: subprocess.Popen[str]) -> str:
+    """Wait for a one-shot command; its output, or a failure showing it."""
+    try:
+        output, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    assert process.returncode == 0, output
+    return output
 
 
 def _start_mlflow(processes: Processes, work: Path, env: dict[str, str]) -> str:
@@ -131,28 +142,22 @@ def _start_mlflow(processes: Processes, work: Path, env: dict[str, str]) -> str:
     return url
 
 
-def _init_and_canary(env: dict[str, str], work: Path) -> list[str]:
-    """Run Compose's `init` command twice, then register a second tiny model as `canary`."""
+INIT_ARGS = ("--dry-run", "--width", "4")  # a one-batch model: seconds, not minutes
+REGISTER_CANARY = """
+from inkwell.model import ModelConfig
+from inkwell.registry import Registry
+from inkwell.train import train_base_model
+from inkwell.training import TrainConfig
+out = train_base_model(TrainConfig(dry_run=True), model_config=ModelConfig(width=4))
+assert out.version is not None
+Registry().set_alias(out.version.name, "canary", out.version.version)
+"""
+
+
+def _init_command() -> list[str]:
     command = load_compose()["services"]["init"]["command"]
     assert command == ["inkwell", "train", "--if-missing"]
-    outputs = [_run(_inkwell(*command[1:], "--dry-run", "--width", "4"), env, work).stdout]
-    outputs.append(_run(_inkwell(*command[1:], "--dry-run", "--width", "4"), env, work).stdout)
-    _run(
-        [
-            sys.executable,
-            "-c",
-            "from inkwell.model import ModelConfig\n"
-            "from inkwell.registry import Registry\n"
-            "from inkwell.train import train_base_model\n"
-            "from inkwell.training import TrainConfig\n"
-            "out = train_base_model(TrainConfig(dry_run=True), model_config=ModelConfig(width=4))\n"
-            "assert out.version is not None\n"
-            "Registry().set_alias(out.version.name, 'canary', out.version.version)\n",
-        ],
-        env,
-        work,
-    )
-    return outputs
+    return _inkwell(*command[1:], *INIT_ARGS)
 
 
 def _prometheus_config(ports: dict[str, int], path: Path) -> None:
@@ -211,11 +216,28 @@ def live(
 ) -> Iterator[LiveSystem]:
     work = tmp_path_factory.mktemp("live")
     env = _base_env(work / "home", mnist_dir)
-    mlflow_url = _start_mlflow(processes, work, env)
-    env["INKWELL_TRACKING_URI"] = mlflow_url
-    init_outputs = _init_and_canary(env, work)
     ports = {name: free_port() for name in ("router", "stable", "canary", "trainer", "prometheus")}
     prom_url = f"http://127.0.0.1:{ports['prometheus']}"
+    # Independent starts overlap: this machine is small and shared.
+    config = work / "prometheus.yml"
+    _prometheus_config(ports, config)
+    processes.start(
+        "prometheus",
+        [
+            prometheus(),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={work / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+        ],
+        env,
+        work,
+    )
+    mlflow_url = _start_mlflow(processes, work, env)
+    env["INKWELL_TRACKING_URI"] = mlflow_url
+    # Compose's `init`: registers v1 as stable. Its second run (below) must do nothing.
+    init_outputs = [_finish(_spawn(_init_command(), env, work))]
+    second_init = _spawn(_init_command(), env, work)
+    canary = _spawn([sys.executable, "-c", REGISTER_CANARY], env, work)
     for variant in ("stable", "canary"):
         processes.start(
             f"service-{variant}",
@@ -262,19 +284,8 @@ def live(
         },
         work,
     )
-    config = work / "prometheus.yml"
-    _prometheus_config(ports, config)
-    processes.start(
-        "prometheus",
-        [
-            prometheus(),
-            f"--config.file={config}",
-            f"--storage.tsdb.path={work / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
-        ],
-        env,
-        work,
-    )
+    init_outputs.append(_finish(second_init))
+    _finish(canary)
     processes.wait_http("prometheus", f"{prom_url}/-/ready", timeout=60)
     for variant in ("stable", "canary"):
         processes.wait_http(
