@@ -38,7 +38,9 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 COPY inkwell ./inkwell
 COPY service ./service
-RUN pip install --no-deps . && python -c "import inkwell.cli, service.main"
+COPY trainer ./trainer
+COPY router ./router
+RUN pip install --no-deps . && python -c "import inkwell.cli, service.main, trainer.app, router.app"
 
 # ---- runtime: the virtual environment and nothing else, run as a non-root user -----------
 FROM ${PYTHON_IMAGE} AS runtime

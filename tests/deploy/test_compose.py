@@ -69,11 +69,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 def _settings_class(service: str) -> type[Any]:
     module_name, class_name, _ = COMPONENTS[service]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:  # pragma: no cover - until the component is merged
-        pytest.skip(f"{module_name} is not on this branch yet ({exc.name})")
-    settings_cls: type[Any] = getattr(module, class_name)
+    settings_cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
     return settings_cls
 
 

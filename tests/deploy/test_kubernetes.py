@@ -357,11 +357,7 @@ def test_storage_is_persistent_where_state_lives(
 
 def _settings_class(command: str) -> type[Any]:
     module_name, class_name = SETTINGS[command]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:  # pragma: no cover - until the component is merged
-        pytest.skip(f"{module_name} is not on this branch yet ({exc.name})")
-    settings_cls: type[Any] = getattr(module, class_name)
+    settings_cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
     return settings_cls
 
 
