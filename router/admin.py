@@ -11,7 +11,7 @@ import hmac
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, Field
 
 from inkwell.errors import AuthError, ConflictError
@@ -73,7 +73,9 @@ async def rollout_status(_: Actor, rollout: Controller) -> dict[str, Any]:
 
 
 @router.get("/rollout/events")
-async def rollout_events(_: Actor, rollout: Controller, limit: int = 50) -> list[dict[str, Any]]:
+async def rollout_events(
+    _: Actor, rollout: Controller, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[dict[str, Any]]:
     """Recent transitions, newest first (the audit trail)."""
     events = await asyncio.to_thread(rollout.store.events, rollout.model_name, limit)
     return [asdict(e) for e in events]

@@ -121,7 +121,7 @@ class Runtime:
     async def start(self) -> None:
         settings = self.settings
         self.admin_key = await asyncio.to_thread(settings.resolved_admin_key)
-        await self.proxy.probe_all(settings.model_name)
+        await self.proxy.probe_all()
         if settings.controller:
             self.store = await asyncio.to_thread(RolloutStore, settings.resolved_database_url)
             aliases = self._aliases
@@ -160,7 +160,7 @@ class Runtime:
                 await asyncio.wait_for(self._stop.wait(), timeout=period)
 
     async def _probe(self) -> None:
-        await self.proxy.probe_all(self.settings.model_name)
+        await self.proxy.probe_all()
 
     async def _refresh_state(self) -> None:
         if self.controller is not None:

@@ -201,6 +201,9 @@ def bench_router(
     concurrency: Annotated[
         list[int] | None, typer.Option(help="Concurrent clients (repeat for several levels).")
     ] = None,
+    client: Annotated[
+        str, typer.Option(help="The router's upstream client: fast or httpx.")
+    ] = "fast",
 ) -> None:
     """Router overhead: p50/p95/p99 and req/s direct to the service vs through the router."""
     from rich.table import Table
@@ -212,6 +215,8 @@ def bench_router(
     from router.settings import RouterSettings
 
     levels = concurrency or [1, 16]
+    if client not in ("fast", "httpx"):
+        raise typer.BadParameter("choose fast or httpx", param_hint="--client")
     settings = RouterSettings()
     registry = Registry(settings)
     if registry.find_version(settings.model_name, "stable") is None:
@@ -225,7 +230,11 @@ def bench_router(
         for i, img in enumerate(images)
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("INKWELL_ROUTER_")}
-    env.update(INKWELL_HOME=str(settings.home), INKWELL_SERVICE_POLL_INTERVAL_S="60")
+    env.update(
+        INKWELL_HOME=str(settings.home),
+        INKWELL_SERVICE_POLL_INTERVAL_S="60",
+        INKWELL_ROUTER_UPSTREAM_CLIENT=client,
+    )
     service_port, router_port = free_port(), free_port()
     stable_url = f"http://{HOST}:{service_port}"
     router_args = [
@@ -238,7 +247,7 @@ def bench_router(
     ]  # fmt: skip
     console.print(
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before start; "
-        f"levels {levels}, {rounds} rounds × {duration:g} s per target"
+        f"levels {levels}, {rounds} rounds × {duration:g} s per target; upstream client {client}"
     )
     results: dict[tuple[str, int], list[Run]] = {}
     with (

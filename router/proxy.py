@@ -226,8 +226,7 @@ class Proxy:
         )
         self.memory = ServedMemory(settings.served_memory)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
-        self.max_shadow_in_flight = 64
-        self._breaker_state = BreakerState.CLOSED
+        self.max_shadow_in_flight = 64  # beyond this, copies are dropped: shadow never queues
 
     def backend(self, variant: str) -> Backend:
         return self.canary if variant == CANARY else self.stable
@@ -523,7 +522,7 @@ class Proxy:
         self._sync_breaker(before)
 
     # ---- backend versions ----------------------------------------------------------------
-    async def probe(self, backend: Backend, model_name: str) -> str | None:
+    async def probe(self, backend: Backend) -> str | None:
         """Ask a service which model version it serves (its readiness answer)."""
         try:
             answer = await backend.upstream.send(
@@ -544,10 +543,8 @@ class Proxy:
             backend.served_version = version
         return backend.served_version
 
-    async def probe_all(self, model_name: str) -> None:
-        await asyncio.gather(
-            self.probe(self.stable, model_name), self.probe(self.canary, model_name)
-        )
+    async def probe_all(self) -> None:
+        await asyncio.gather(self.probe(self.stable), self.probe(self.canary))
 
     async def aclose(self) -> None:
         await self.drain_shadow()

@@ -323,6 +323,7 @@ class Answer:
     variant: str | None
     version: str | None
     error: str = ""
+    fallback: str = ""  # the router's X-Inkwell-Fallback: the canary failed, stable answered
 
 
 @dataclass
@@ -387,6 +388,7 @@ class Traffic:
                 body.get("variant"),
                 body.get("model_version"),
                 "" if ok else response.text[:300] or "no confidence in the answer",
+                response.headers.get("x-inkwell-fallback", ""),
             )
         )
 

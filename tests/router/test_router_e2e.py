@@ -172,9 +172,14 @@ def test_good_canary_is_promoted_through_every_step_and_stable_reloads_it(system
     # the canary really answered users, and shadow copies were compared
     assert any(a.variant == "canary" and a.version == version for a in traffic.answers)
     assert metric(router_url, "inkwell_router_shadow_comparisons_total", agree="true") > 0
-    # sticky users never went back to the old version once they had the new one
+    # sticky users never went back to the old version once they had the new one (except when
+    # the canary failed and stable answered instead: availability wins, and it is rare)
+    fallbacks = [a for a in traffic.answers if a.fallback]
+    assert len(fallbacks) <= len(traffic.answers) // 50, fallbacks[:3]
     moved: set[str] = set()
     for answer in sorted(traffic.answers, key=lambda a: a.at):
+        if answer.fallback:
+            continue
         if answer.version == version:
             moved.add(answer.user)
         else:
