@@ -5,7 +5,9 @@ A candidate passes when, compared with the current `stable` model,
 - its accuracy on the held-out part of the new users' samples drops by at most
   `max_new_drop_pp` (0: must not fall) — skipped, with a note, when fewer than `min_holdout`
   samples were held out;
-- no digit class on the MNIST test set drops by more than `max_class_drop_pp`.
+- no digit class on the MNIST test set drops by more than `max_class_drop_pp`;
+- its MNIST test accuracy is at most `max_drift_pp` below the base version its lineage started
+  from, so small drops cannot add up over a chain of promoted canaries.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class GateThresholds:
     max_new_drop_pp: float = 0.0
     max_class_drop_pp: float = 1.0
     min_holdout: int = 5
+    max_drift_pp: float | None = 0.3
 
 
 @dataclass
@@ -71,9 +74,20 @@ def decide(
     stable_new: EvalResult,
     candidate_new: EvalResult,
     thresholds: GateThresholds,
+    base_old_accuracy: float | None = None,
 ) -> GateDecision:
-    """Compare candidate and stable on old (MNIST test) and new (held-out uploads) data."""
+    """Compare candidate and stable on old (MNIST test) and new (held-out uploads) data, and
+    the candidate with the lineage's base version (`base_old_accuracy`) when given."""
     decision = GateDecision(passed=True)
+    if base_old_accuracy is not None:
+        drift = _pp(base_old_accuracy - candidate_old.accuracy)
+        decision.metrics["base_old_accuracy"] = base_old_accuracy
+        decision.metrics["drift_pp"] = drift
+        if thresholds.max_drift_pp is not None and drift > thresholds.max_drift_pp:
+            decision.reasons.append(
+                f"MNIST test accuracy is {drift:.2f} pp below the base version's "
+                f"({_pp(base_old_accuracy):.2f} %), limit {thresholds.max_drift_pp:g} pp"
+            )
     old_drop = _pp(stable_old.accuracy - candidate_old.accuracy)
     decision.metrics.update(
         {

@@ -130,6 +130,7 @@ class Retrainer:
         self.metrics = metrics or TrainerMetrics()
         self.lock = threading.Lock()
         self._mnist: dict[str, Batch] = {}
+        self._base_accuracies: dict[str, float] = {}
         if settings.threads:
             torch.set_num_threads(settings.threads)
 
@@ -355,7 +356,9 @@ class Retrainer:
                 max_new_drop_pp=s.gate_max_new_drop_pp,
                 max_class_drop_pp=s.gate_max_class_drop_pp,
                 min_holdout=s.gate_min_holdout,
+                max_drift_pp=s.gate_max_drift_pp,
             ),
+            base_old_accuracy=self._base_accuracy(lineage, stable, ev["stable_old"]),
         )
         transfer = self._transfer(stable.model, candidate, history, ev)
         new_train = _tensors(parts["train"] + parts["val"])
@@ -408,6 +411,18 @@ class Retrainer:
         return self._plan(
             job, stable, run_id, samples, report, parts, decision, best, buffer_stats, metrics
         )
+
+    def _base_accuracy(
+        self, lineage: list[str], stable: LoadedDigitModel, stable_old: EvalResult
+    ) -> float:
+        """MNIST test accuracy of the version the lineage started from (evaluated once)."""
+        root = lineage[-1]
+        if root == stable.info.version:
+            return stable_old.accuracy
+        if root not in self._base_accuracies:
+            model = self.registry.load_digit_model(root).model
+            self._base_accuracies[root] = evaluate(model, *self.mnist("test")).accuracy
+        return self._base_accuracies[root]
 
     def _train_candidate(
         self,

@@ -116,6 +116,11 @@ class TrainerSettings(CoreSettings):
     gate_max_class_drop_pp: float = Field(
         default=1.0, ge=0, description="Per-class drop allowed (pp)."
     )
+    gate_max_drift_pp: float | None = Field(
+        default=0.3,
+        ge=0,
+        description="MNIST test drop allowed vs the lineage's base version (pp); unset: off.",
+    )
     gate_min_holdout: int = Field(
         default=5,
         ge=0,

@@ -104,6 +104,7 @@ def trainer_home(
         "INKWELL_TRAINER_MIN_NEW_SAMPLES": "32",
         # the tiny base model is noisy: the gate's MNIST limits are loosened for these tests
         "INKWELL_TRAINER_GATE_MAX_OLD_DROP_PP": "3",
+        "INKWELL_TRAINER_GATE_MAX_DRIFT_PP": "3",
         "INKWELL_TRAINER_GATE_MAX_CLASS_DROP_PP": "15",
         "INKWELL_TRAINER_GATE_MAX_NEW_DROP_PP": "10",
     }

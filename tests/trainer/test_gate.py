@@ -81,3 +81,21 @@ def test_gate_skips_the_new_sample_check_when_too_few_are_held_out(
         thresholds=GateThresholds(min_holdout=5),
     )
     assert decision.passed and "new-sample check skipped" in decision.tags()["validation_notes"]
+
+
+def test_gate_rejects_drift_that_adds_up_over_promotions(
+    tiny_base: dict[str, torch.Tensor], mnist: MnistArrays
+) -> None:
+    stable = _model(tiny_base)
+    old, new = _eval(stable, mnist, slice(0, 3000)), _eval(stable, mnist, slice(3000, 3100))
+    # each step is within the per-step limit, but the lineage's base was 0.5 pp better
+    decision = decide(
+        stable_old=old,
+        candidate_old=old,
+        stable_new=new,
+        candidate_new=new,
+        thresholds=GateThresholds(max_drift_pp=0.3),
+        base_old_accuracy=old.accuracy + 0.005,
+    )
+    assert not decision.passed
+    assert "below the base version" in decision.tags()["validation_reasons"]
