@@ -15,7 +15,15 @@ from inkwell.data import Split, load_split
 from inkwell.model import DigitNet, ModelConfig, count_parameters
 from inkwell.registry import Registry, VersionInfo
 from inkwell.settings import CANARY, STABLE, CoreSettings
-from inkwell.training import EvalResult, TrainConfig, TrainHooks, evaluate, fit, images_to_tensor
+from inkwell.training import (
+    EvalResult,
+    TrainConfig,
+    TrainHooks,
+    evaluate,
+    fit,
+    images_to_tensor,
+    seed_everything,
+)
 
 
 def peak_rss_bytes() -> int:
@@ -60,6 +68,7 @@ def train_base_model(
     registry = Registry(settings)
     train_split = load_split("train", data_dir, settings)
     test_split = load_split("test", data_dir, settings)
+    seed_everything(cfg.seed)  # weights initialisation is part of the seeded run
     model = DigitNet(model_config or ModelConfig())
     started = time.perf_counter()
     user_hooks = hooks or TrainHooks()

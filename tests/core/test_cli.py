@@ -1,0 +1,75 @@
+"""End to end through the CLI: train (dry run) registers stable; eval prints the accuracy line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _inkwell(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-c", "from inkwell.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_dry_run_registers_stable_and_eval_prints_accuracy(
+    inkwell_home: Path, tmp_path: Path
+) -> None:
+    trained = _inkwell("train", "--dry-run", "--width", "4", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "registered inkwell-digits v1 (stable)" in trained.stdout
+    other = tmp_path / "other"
+    other.mkdir()
+    evaluated = _inkwell("eval", "--model", "stable", cwd=other)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert re.search(r"^accuracy \d{1,3}\.\d\d %$", evaluated.stdout, re.MULTILINE)
+
+
+def test_eval_without_models_fails_with_clear_message(inkwell_home: Path, tmp_path: Path) -> None:
+    result = _inkwell("eval", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "inkwell train" in result.stdout
+
+
+def test_unknown_optimizer_is_a_usage_error(inkwell_home: Path, tmp_path: Path) -> None:
+    result = _inkwell("train", "--optimizer", "lbfgs", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "sgdm" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgdm", "adagrad", "rmsprop", "adam"])
+def test_bench_optimizers_runs_each_optimizer_and_saves_plot(
+    inkwell_home: Path, tmp_path: Path, name: str
+) -> None:
+    plot = tmp_path / "plot.png"
+    result = _inkwell(
+        "bench",
+        "optimizers",
+        "--epochs",
+        "1",
+        "--train-size",
+        "256",
+        "--eval-every",
+        "2",
+        "--only",
+        name,
+        "--plot",
+        str(plot),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert name in result.stdout
+    assert plot.stat().st_size > 10_000

@@ -1,0 +1,87 @@
+"""Real images become MNIST-format digits the same way whatever their format or polarity."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from inkwell.errors import ImageTooLargeError, InvalidImageError, NoInkError
+from inkwell.preprocessing import ImageLimits, preprocess_bytes, validate_mnist_array
+
+
+def _drawn_one(size: tuple[int, int] = (120, 200), dark_ink: bool = True) -> Image.Image:
+    paper, ink = (255, 0) if dark_ink else (0, 255)
+    image = Image.new("L", size, paper)
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.line([(w // 2, h // 6), (w // 2, 5 * h // 6)], fill=ink, width=max(3, w // 12))
+    return image
+
+
+def _encode(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP"])
+def test_formats_give_centred_20px_digit(fmt: str) -> None:
+    out = preprocess_bytes(_encode(_drawn_one(), fmt))
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    rows = np.flatnonzero((out > 0.3).any(axis=1))
+    assert 18 <= rows[-1] - rows[0] + 1 <= 21  # the longer side is scaled to 20 px
+    ys, xs = np.nonzero(out)
+    centre = np.average(ys, weights=out[ys, xs]), np.average(xs, weights=out[ys, xs])
+    assert abs(centre[0] - 13.5) < 1 and abs(centre[1] - 13.5) < 1
+
+
+def test_polarity_is_detected() -> None:
+    dark = preprocess_bytes(_encode(_drawn_one(dark_ink=True), "PNG"))
+    light = preprocess_bytes(_encode(_drawn_one(dark_ink=False), "PNG"))
+    assert np.abs(dark - light).max() < 0.05
+
+
+def test_transparent_canvas_drawing_keeps_its_ink() -> None:
+    image = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    ImageDraw.Draw(image).line([(50, 10), (50, 90)], fill=(0, 0, 0, 255), width=8)
+    out = preprocess_bytes(_encode(image, "PNG"))
+    assert out.max() > 0.9
+
+
+def test_blank_image_has_no_ink() -> None:
+    with pytest.raises(NoInkError):
+        preprocess_bytes(_encode(Image.new("L", (50, 50), 255), "PNG"))
+
+
+def test_non_image_bytes_are_rejected() -> None:
+    with pytest.raises(InvalidImageError, match="not a readable image"):
+        preprocess_bytes(b"hello, not an image")
+
+
+def test_truncated_image_is_rejected() -> None:
+    data = _encode(_drawn_one(), "PNG")
+    with pytest.raises(InvalidImageError):
+        preprocess_bytes(data[: len(data) // 2])
+
+
+def test_oversized_image_is_rejected_before_decoding() -> None:
+    data = _encode(Image.new("L", (3000, 3000), 255), "PNG")
+    with pytest.raises(ImageTooLargeError, match="3000x3000"):
+        preprocess_bytes(data, ImageLimits(max_pixels=1_000_000))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[[0] * 28] * 27, [[float("nan")] * 28] * 28, [[300] * 28] * 28, [["a"] * 28] * 28],
+)
+def test_malformed_arrays_are_rejected(values: object) -> None:
+    with pytest.raises(InvalidImageError):
+        validate_mnist_array(values)
+
+
+def test_uint8_range_arrays_are_scaled() -> None:
+    out = validate_mnist_array([[255] * 28] * 28)
+    assert out.max() == 1.0
