@@ -49,6 +49,14 @@ def _logsumexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(high + np.log1p(np.exp(-np.abs(a - b))), dtype=np.float64)
 
 
+def _shift(values: np.ndarray, k: int) -> np.ndarray:
+    """`values` moved right by `k` places, padded with log(0), same length."""
+    out = np.full_like(values, _NEG_INF)
+    if k < values.size:
+        out[k:] = values[: values.size - k]
+    return out
+
+
 def label_log_prob(log_probs: np.ndarray, label: list[int]) -> float:
     """log P(label | frames) by the CTC forward algorithm (label: class indices, no blanks)."""
     t_max = log_probs.shape[0]
@@ -65,11 +73,8 @@ def label_log_prob(log_probs: np.ndarray, label: list[int]) -> float:
     if s > 1:
         alpha[1] = log_probs[0, ext[1]]
     for t in range(1, t_max):
-        prev = alpha
-        stay = prev
-        step = np.concatenate(([_NEG_INF], prev[:-1]))
-        skip = np.where(can_skip, np.concatenate(([_NEG_INF, _NEG_INF], prev[:-2])), _NEG_INF)
-        alpha = _logsumexp(_logsumexp(stay, step), skip) + log_probs[t, ext]
+        skip = np.where(can_skip, _shift(alpha, 2), _NEG_INF)
+        alpha = _logsumexp(_logsumexp(alpha, _shift(alpha, 1)), skip) + log_probs[t, ext]
     final = alpha[-1] if s == 1 else float(_logsumexp(alpha[-1:], alpha[-2:-1])[0])
     return float(max(final, _NEG_INF))
 
@@ -92,11 +97,7 @@ def align(log_probs: np.ndarray, label: list[int]) -> list[tuple[int, int]]:
     back = np.zeros((t_max, s), dtype=np.int64)
     for t in range(1, t_max):
         candidates = np.stack(
-            [
-                score,
-                np.concatenate(([_NEG_INF], score[:-1])),
-                np.where(can_skip, np.concatenate(([_NEG_INF, _NEG_INF], score[:-2])), _NEG_INF),
-            ]
+            [score, _shift(score, 1), np.where(can_skip, _shift(score, 2), _NEG_INF)]
         )
         choice = candidates.argmax(axis=0)
         back[t] = np.arange(s) - choice

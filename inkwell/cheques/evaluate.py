@@ -6,13 +6,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from inkwell.cheques.dataset import read_labels
 from inkwell.cheques.metrics import DEFAULT_REVIEW_RATES, EvalReport, evaluate_readings
-from inkwell.cheques.reader import ChequeReader
+from inkwell.cheques.reader import ChequeReading
 from inkwell.errors import InvalidInputError
+
+
+class AmountReader(Protocol):
+    """What evaluation needs of a reader (`ChequeReader` is the real one)."""
+
+    def read(
+        self, image: bytes | np.ndarray, *, layout: str = "auto", decoder: str = "greedy"
+    ) -> ChequeReading: ...
 
 
 @dataclass
@@ -33,7 +42,7 @@ class FolderEvaluation:
 
 
 def evaluate_folder(
-    reader: ChequeReader,
+    reader: AmountReader,
     folder: Path,
     *,
     layout: str = "auto",

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from inkwell.errors import AmountFieldNotFoundError
+from inkwell.cheques.preprocess import MIN_CONTRAST
+from inkwell.errors import AmountFieldNotFoundError, NoInkError
 
 LAYOUTS = ("auto", "field", "cheque")
 WORK_WIDTH = 1000
@@ -105,11 +106,14 @@ def _runs(mask: np.ndarray, min_len: int) -> np.ndarray:
 
 
 def _segments(lines: np.ndarray) -> list[_Segment]:
-    """Connected horizontal rules as segments (position = top row of the rule)."""
+    """Connected horizontal rules as segments. A rule's row is its fullest row, so background
+    lines touching it (which make the component taller) do not move it."""
     labels, count = ndimage.label(lines)
     segments = []
-    for rows, cols in ndimage.find_objects(labels)[:count]:
-        segments.append(_Segment(rows.start, cols.start, cols.stop, max(1, rows.stop - rows.start)))
+    for index, (rows, cols) in enumerate(ndimage.find_objects(labels)[:count], start=1):
+        counts = (labels[rows, cols] == index).sum(axis=1)
+        full = np.flatnonzero(counts >= 0.5 * counts.max())
+        segments.append(_Segment(rows.start + int(full[0]), cols.start, cols.stop, int(full.size)))
     return segments
 
 
@@ -141,7 +145,7 @@ def _line_mask(darkness: np.ndarray, window: int, min_len: int) -> np.ndarray:
 
 def _rules(darkness: np.ndarray, min_h: int, min_v: int) -> tuple[list[_Segment], np.ndarray]:
     """Horizontal rules (pieces joined) at least `min_h` long, and the vertical-rule mask."""
-    pieces = _segments(_line_mask(darkness, 31, max(8, min_h // 4)))
+    pieces = _segments(_line_mask(darkness, 61, max(8, min_h // 4)))
     merged = _merge_collinear(pieces, max_gap=round(0.06 * darkness.shape[1]))
     vertical = _line_mask(darkness.T, 9, min_v).T
     return [seg for seg in merged if seg.length >= min_h], vertical
@@ -185,6 +189,26 @@ def _box_candidates(
     return found
 
 
+def _ink_band_top(columns: np.ndarray, line_row: int, reach: int, max_gap: int) -> int | None:
+    """Top row of the handwriting resting on a rule.
+
+    Rows with ink above the rule are grouped into bands split by more than `max_gap` empty
+    rows; the band with most ink among those ending within `reach / 2` of the rule is the
+    amount (the date or payee written higher up forms another band and is left out).
+    """
+    start = max(0, line_row - reach)
+    inked = np.flatnonzero(columns[start : max(start, line_row - 2)].mean(axis=1) > 0.01)
+    if inked.size == 0:
+        return None
+    breaks = np.flatnonzero(np.diff(inked) > max_gap + 1)
+    bands = np.split(inked + start, breaks + 1)
+    near = [b for b in bands if b[-1] >= line_row - reach // 2]
+    if not near:
+        return None
+    best = max(near, key=lambda b: b.size)
+    return max(0, int(best[0]) - 3)
+
+
 def _underline_candidates(
     segments: list[_Segment], mask: np.ndarray
 ) -> list[tuple[float, tuple[int, int, int, int]]]:
@@ -193,12 +217,9 @@ def _underline_candidates(
     for seg in segments:
         if not 0.1 * w <= seg.length <= 0.45 * w or seg.a0 < 0.4 * w:
             continue
-        reach = round(0.2 * h)
-        above = mask[max(0, seg.pos - reach) : seg.pos - 1, seg.a0 : seg.a1]
-        rows = np.flatnonzero(above.mean(axis=1) > 0.01)
-        if rows.size == 0:
+        y0 = _ink_band_top(mask[:, seg.a0 : seg.a1], seg.pos, round(0.2 * h), round(0.03 * h))
+        if y0 is None:
             continue
-        y0 = max(0, seg.pos - reach + int(rows[0]) - 3)
         ink = _ink_fraction(mask, seg.a0, y0, seg.a1, seg.pos - 1)
         if ink < 0.01 or seg.pos - y0 < 0.04 * h:
             continue
@@ -219,6 +240,11 @@ def locate_amount_field(gray: np.ndarray) -> FieldLocation:
         dtype=np.float32,
     )
     darkness = _darkness(work)
+    if float(np.percentile(darkness, 99.9)) < MIN_CONTRAST:
+        raise NoInkError(
+            "No ink found on the cheque: the image is blank or too faint. Send a scan of the "
+            "written cheque."
+        )
     mask = _dark_mask(darkness)
     segments, vertical = _rules(darkness, round(0.08 * WORK_WIDTH), max(8, round(0.04 * work_h)))
     candidates = [(s, b, "box") for s, b in _box_candidates(segments, vertical, mask)]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from inkwell.cheques.preprocess import INPUT_HEIGHT
 
@@ -85,11 +86,20 @@ class CRNN(nn.Module):
         )
         self.classify = nn.Linear(2 * self.config.hidden, NUM_CLASSES)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (N, T, 11). With `frames` (real frames per field), the BiLSTM skips the
+        padding of shorter fields, so a field reads the same alone or in a padded batch."""
         f = self.features(x)
         n, c, h, w = f.shape
-        seq = self.project(f.permute(0, 3, 1, 2).reshape(n, w, c * h))
-        seq, _ = self.rnn(self.dropout(seq))
+        seq = self.dropout(self.project(f.permute(0, 3, 1, 2).reshape(n, w, c * h)))
+        if frames is not None and bool((frames < w).any()):
+            packed = pack_padded_sequence(
+                seq, frames.clamp(1, w).cpu(), batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.rnn(packed)
+            seq, _ = pad_packed_sequence(out, batch_first=True, total_length=w)
+        else:
+            seq, _ = self.rnn(seq)
         return self.classify(self.dropout(seq))
 
 

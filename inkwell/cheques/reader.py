@@ -209,9 +209,10 @@ class ChequeReader:
         for start in range(0, len(order), 32):
             chunk = order[start : start + 32]
             inputs, widths = batch_inputs([fields[i] for i in chunk])
-            logits = self.model(inputs).float().numpy()
-            for row, (i, frames) in enumerate(zip(chunk, frames_for(widths).tolist(), strict=True)):
-                out[i] = logits[row, :frames]
+            frames = frames_for(widths)
+            logits = self.model(inputs, frames).float().numpy()
+            for row, (i, count) in enumerate(zip(chunk, frames.tolist(), strict=True)):
+                out[i] = logits[row, :count]
         return out
 
     def decode(self, logits: np.ndarray, decoder: str = "greedy") -> Decoded:

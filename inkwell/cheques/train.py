@@ -105,13 +105,14 @@ class FitResult:
 def ctc_loss(model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
     """Mean CTC loss of one batch (logits in bfloat16 autocast when asked, loss in float32)."""
     inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
+    frames = frames_for(batch.widths)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(inputs)
+        logits = model(inputs, frames)
     log_probs = F.log_softmax(logits.float(), dim=-1).permute(1, 0, 2)
     return F.ctc_loss(
         log_probs,
         batch.targets,
-        frames_for(batch.widths),
+        frames,
         batch.target_lengths,
         zero_infinity=True,
     )
@@ -127,9 +128,10 @@ def predict_logits(
     logits: list[np.ndarray] = []
     labels: list[str] = []
     for batch in batches:
-        out = model(batch.inputs).float().numpy()
-        for row, frames in enumerate(frames_for(batch.widths).tolist()):
-            logits.append(out[row, :frames])
+        frames = frames_for(batch.widths)
+        out = model(batch.inputs, frames).float().numpy()
+        for row, count in enumerate(frames.tolist()):
+            logits.append(out[row, :count])
         labels.extend(batch.labels)
     model.train(was_training)
     return logits, labels
