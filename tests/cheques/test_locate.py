@@ -27,7 +27,7 @@ def test_amount_box_is_found_on_synthetic_cheques(test_pool: DigitPool) -> None:
     cheques = list(generate_cheques(test_pool, 30, seed=11))
     for cheque in cheques:
         location = locate_amount_field(cheque.image.astype(np.float32) / 255.0)
-        x0, y0, x1, y1 = location.box
+        x0, y0, x1, _ = location.box
         tx0, ty0, tx1, ty1 = cheque.box
         # the crop must hold the whole box horizontally and overlap it well
         covers = x0 <= tx0 + 4 and x1 >= tx1 - 4 and y0 <= ty0 + 0.3 * (ty1 - ty0)
