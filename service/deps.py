@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from inkwell.errors import AuthError
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
+from service.cheques import ChequeModel
 from service.context import ServiceContext
 from service.metrics import ServiceMetrics
 from service.model import DigitModel
@@ -35,6 +36,10 @@ def get_batcher(context: ContextDep) -> MicroBatcher:
     return context.batcher
 
 
+def get_cheques(context: ContextDep) -> ChequeModel:
+    return context.cheques
+
+
 def get_store(context: ContextDep) -> SampleStore:
     return context.store
 
@@ -47,6 +52,7 @@ SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 ModelDep = Annotated[DigitModel, Depends(get_model)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 StoreDep = Annotated[SampleStore, Depends(get_store)]
+ChequeModelDep = Annotated[ChequeModel, Depends(get_cheques)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ApiKeyHeader = Annotated[
     str | None, Header(alias="X-API-Key", description="One of INKWELL_SERVICE_API_KEYS.")

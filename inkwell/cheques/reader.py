@@ -238,7 +238,7 @@ class ChequeReader:
                 "strokes and separators). Send an image with the written amount; nothing was "
                 "read, so nothing was booked."
             )
-        offset = location.box[0] if location else 0
+        offset = (location.box[0] if location else 0) + prepared.x_offset
         chars = tuple(
             CharReading(
                 digit=c.digit,
@@ -268,12 +268,12 @@ class ChequeReader:
         )
 
     def prepare(
-        self, image: bytes | np.ndarray, layout: str = "auto"
+        self, image: bytes | np.ndarray, layout: str = "auto", limits: ImageLimits | None = None
     ) -> tuple[FieldInput, str, FieldLocation | None]:
         """Decode and, for a whole cheque, locate and crop the amount field; then prepare it."""
         if layout not in LAYOUTS:
             raise InvalidInputError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}.")
-        gray = to_gray(image)
+        gray = to_gray(image, limits)
         location = None
         if layout == "cheque" or (layout == "auto" and is_whole_cheque(gray)):
             location = locate_amount_field(gray)
@@ -286,10 +286,19 @@ class ChequeReader:
         return prepare_field(gray, height), layout, location
 
     def read(
-        self, image: bytes | np.ndarray, *, layout: str = "auto", decoder: str = "greedy"
+        self,
+        image: bytes | np.ndarray,
+        *,
+        layout: str = "auto",
+        decoder: str = "greedy",
+        limits: ImageLimits | None = None,
     ) -> ChequeReading:
         """Read the courtesy amount of one image (field or whole cheque)."""
-        prepared, used_layout, location = self.prepare(image, layout)
+        if decoder not in DECODERS:
+            raise InvalidInputError(
+                f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}."
+            )
+        prepared, used_layout, location = self.prepare(image, layout, limits)
         logits = self.field_logits([prepared.pixels])[0]
         decoded = self.decode(logits, decoder)
         return self.reading_from(

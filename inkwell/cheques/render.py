@@ -62,25 +62,28 @@ def digit_glyph(
     rng: np.random.Generator,
     height: float,
     slant: float,
-    pen_width: float,
     width_scale: float = 1.0,
 ) -> np.ndarray:
-    """An MNIST digit redrawn at `height` px with a slant, a pen width and small wobbles."""
+    """An MNIST digit redrawn at `height` px with a slant, a pen weight and small wobbles.
+
+    The pen weight changes at MNIST resolution (a 2x2 dilation for a broad pen; an erosion for
+    a fine pen only when the strokes are thick enough to survive it), so no digit fades away.
+    """
     alpha = image28.astype(np.float32) / 255.0
     top, bottom, left, right = _ink_bbox(alpha, 0.1)
     alpha = alpha[top:bottom, left:right]
+    weight = rng.random()
+    if weight < 0.2:
+        alpha = ndimage.grey_dilation(alpha, size=(2, 2))
+    elif weight < 0.35 and int((alpha > 0.5).sum()) > 110:
+        alpha = ndimage.grey_erosion(alpha, size=(2, 2))
     scale = height / max(1, alpha.shape[0])
     angle = math.radians(float(rng.normal(0.0, 3.0)))
     glyph = affine_alpha(
         alpha, scale, scale * width_scale, slant + float(rng.normal(0.0, 0.05)), angle
     )
-    # MNIST strokes are ~2.5 px wide at 20 px; bring them to this writer's pen width.
-    current = 2.5 * scale
-    if current > pen_width + 1.0:
-        size = 3 if current > pen_width + 2.5 else 2
-        glyph = ndimage.grey_erosion(glyph, size=(size, size))
-    elif current < pen_width - 0.8:
-        glyph = ndimage.grey_dilation(glyph, size=(2, 2))
+    if scale > 1.4:  # large digits from a fine pen: softer, thinner stroke edges
+        glyph = glyph ** float(rng.uniform(1.0, 1.5))
     if rng.random() < 0.07:  # a pen skip: a thin gap through the stroke
         glyph = _break_stroke(glyph, rng)
     return glyph
@@ -124,9 +127,9 @@ def _symbol_paths(kind: str, rng: np.random.Generator) -> tuple[list[np.ndarray]
             np.array([[0.05, y], [0.95, y + j(0, 0.04)]]),
             np.array([[0.05, y + gap], [0.95, y + gap + j(0, 0.04)]]),
         ], width
-    if kind == "slash":  # leans much more than a "1" (writers make it look unlike a digit)
-        top = rng.uniform(0.0, 0.35)
-        return [np.array([[0.9, top], [0.1, 1.0]])], rng.uniform(0.55, 0.95)
+    if kind == "slash":  # longer and leaning much more than a "1", as writers make it
+        top, bottom = rng.uniform(-0.15, 0.1), rng.uniform(1.0, 1.2)
+        return [np.array([[0.92, top], [0.08, bottom]])], rng.uniform(0.7, 1.1)
     if kind == "dollar":
         s_curve = np.array(
             [[0.85, 0.2], [0.5, 0.1], [0.15, 0.3], [0.5, 0.5], [0.85, 0.7], [0.5, 0.9], [0.1, 0.8]]
@@ -179,9 +182,7 @@ def token_glyph(
         if image28 is None:
             raise ValueError("a digit token needs its MNIST glyph")
         h = height * (0.62 if token.raised else float(rng.uniform(0.88, 1.1)))
-        glyph = digit_glyph(
-            image28, rng, h, slant, pen_width, width_scale=float(rng.uniform(0.85, 1.18))
-        )
+        glyph = digit_glyph(image28, rng, h, slant, width_scale=float(rng.uniform(0.85, 1.18)))
         baseline = glyph.shape[0] - 1
         if token.raised:  # superscript cents sit with their bottom near mid-height
             baseline += round(0.4 * height)
