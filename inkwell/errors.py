@@ -55,6 +55,12 @@ class NoInkError(InvalidInputError):
     code = "no_ink"
 
 
+class AmountFieldNotFoundError(InvalidInputError):
+    """A whole cheque was sent but its courtesy-amount box could not be located."""
+
+    code = "amount_field_not_found"
+
+
 class UnsupportedMediaTypeError(InvalidInputError):
     code = "unsupported_media_type"
     status_code = 415

@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 from inkwell.errors import AuthError
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
+from service.cheques import ChequeModel
 from service.context import ServiceContext
 from service.metrics import ServiceMetrics
 from service.model import DigitModel
@@ -39,6 +40,10 @@ async def get_batcher(context: ContextDep) -> MicroBatcher:
     return context.batcher
 
 
+async def get_cheques(context: ContextDep) -> ChequeModel:
+    return context.cheques
+
+
 async def get_store(context: ContextDep) -> SampleStore:
     return context.store
 
@@ -51,6 +56,7 @@ SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 ModelDep = Annotated[DigitModel, Depends(get_model)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 StoreDep = Annotated[SampleStore, Depends(get_store)]
+ChequeModelDep = Annotated[ChequeModel, Depends(get_cheques)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ApiKeyHeader = Annotated[
     str | None, Header(alias="X-API-Key", description="One of INKWELL_SERVICE_API_KEYS.")
@@ -95,3 +101,12 @@ async def prediction_context(request: Request) -> ServiceContext:
 
 ApiKeyRequired = Depends(require_api_key)
 PredictContextDep = Annotated[ServiceContext, Depends(prediction_context)]
+
+
+async def prediction_access(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+    """Prediction-like routes (cheques) need a key only when predictions are keyed."""
+    if settings.predict_requires_key:
+        check_api_key(settings, x_api_key)
+
+
+PredictionAccess = Depends(prediction_access)

@@ -65,6 +65,11 @@ class ServiceSettings(CoreSettings):
         default=5.0, gt=0.0, description="How often the model alias is checked for a move."
     )
     access_log: bool = False
+    cheques_enabled: bool = Field(
+        default=True,
+        description="Serve /v1/cheques/read with inkwell-cheques@<variant> (falling back to "
+        "@stable) when such a model is registered.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
