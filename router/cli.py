@@ -69,6 +69,7 @@ def serve(
     }
     settings = RouterSettings(**overrides)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is noise
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -157,6 +157,18 @@ def test_open_breaker_fails():
     assert observe(stats(), stats(n=900), breaker=True).result is Result.FAIL
 
 
+def test_at_full_weight_stable_from_the_whole_rollout_is_the_baseline():
+    step = Observation(stats={("canary", "2"): stats(n=200, latency=0.3)})
+    rollout = Observation(
+        stats={("canary", "2"): stats(n=300, latency=0.3), ("stable", "1"): stats(n=900)}
+    )
+    verdict = analyse(step, rollout, stable_version="1", canary_version="2", thresholds=T)
+    assert check(verdict, "p95_latency").status is Status.FAIL
+    healthy = Observation(stats={("canary", "2"): stats(n=200)})
+    verdict = analyse(healthy, rollout, stable_version="1", canary_version="2", thresholds=T)
+    assert verdict.result is Result.PASS, verdict.reason()
+
+
 def test_too_little_canary_traffic_is_inconclusive():
     verdict = observe(stats(n=5), stats(n=900))
     assert verdict.result is Result.INCONCLUSIVE
