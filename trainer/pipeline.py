@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -700,7 +699,7 @@ class Retrainer:
         if job is None:
             return done
         mine = job.pid == os.getpid() and self.lock.locked()
-        if mine or (job.pid != os.getpid() and process_alive(job.host, job.pid)):
+        if mine or (job.pid != os.getpid() and process_alive(job.host, job.pid, job.updated_at)):
             return done
         if job.status == RUNNING:
             self.state.end_job(job.id, INTERRUPTED, error=f"process {job.pid} died mid-retrain")
@@ -715,8 +714,3 @@ class Retrainer:
                 self.registry.terminate_run(job.run_id, "FINISHED")
             done.append(f"job {job.id}: finished as version {outcome.version} ({outcome.status})")
         return done
-
-
-def load_json(path: Path) -> Any:
-    """Read a JSON file (small helper for the CLI)."""
-    return json.loads(path.read_text())

@@ -136,10 +136,18 @@ class JobView:
         }
 
 
-def process_alive(host: str, pid: int) -> bool:
-    """Whether the process that owns a job still exists (only decidable on the same host)."""
+STALE_SECONDS = 3600.0  # a job on another host silent this long is taken as dead
+
+
+def process_alive(host: str, pid: int, updated_at: datetime | None = None) -> bool:
+    """Whether the process that owns a job still exists. On another host this cannot be
+    checked, so a job is presumed alive until it has not moved for `STALE_SECONDS`."""
     if host != socket.gethostname():
-        return True
+        if updated_at is None:
+            return True
+        if updated_at.tzinfo is None:  # SQLite returns naive UTC timestamps
+            updated_at = updated_at.replace(tzinfo=UTC)
+        return (_now() - updated_at).total_seconds() < STALE_SECONDS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -38,6 +38,7 @@ def retrain_process() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def test_kill_9_while_training_then_restart_redoes_the_work(
+    tmp_path: Path,
     registered_base: str,
     store: SampleStore,
     mnist: MnistArrays,
@@ -51,9 +52,11 @@ def test_kill_9_while_training_then_restart_redoes_the_work(
         "sys.argv = ['inkwell', 'trainer', 'retrain']; main()"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "retrain.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     retrain_process.append(process)
     deadline = time.monotonic() + 600
     job = None
@@ -61,7 +64,7 @@ def test_kill_9_while_training_then_restart_redoes_the_work(
         job = state.active_job()
         if job is not None and job.phase in ("tuning", "training"):
             break
-        assert process.poll() is None, "the retrain ended before it could be killed"
+        assert process.poll() is None, f"the retrain ended early: {log.read_text()[-2000:]}"
         time.sleep(0.1)
     assert job is not None and job.run_id is not None
 
