@@ -18,7 +18,8 @@ function randomId(prefix) {
 }
 
 function takeKeysFromFragment() {
-  // `inkwell up` may print http://host:8000/#api_key=...&admin_key=...; keep them, clean the URL
+  // the page address may carry #api_key=...&admin_key=... (keys never reach the server that way);
+  // keep them in this browser and clean the address bar
   const params = new URLSearchParams(location.hash.slice(1));
   let found = false;
   for (const [param, name] of [["api_key", KEYS.api], ["admin_key", KEYS.admin], ["user_id", KEYS.user]]) {
@@ -45,6 +46,7 @@ function setupKeys() {
   bind($("api-key"), KEYS.api);
   bind($("admin-key"), KEYS.admin);
   $("keys-toggle").addEventListener("click", () => toggleKeys());
+  $("keys").addEventListener("submit", (event) => event.preventDefault());
   if (!apiKey() || !adminKey()) toggleKeys(true);
 }
 
@@ -434,10 +436,14 @@ function setPhase(phase) {
 }
 
 function renderRollout(s) {
+  const changed = rollout.status && rollout.status.phase !== s.phase;
   rollout.status = s;
+  if (changed) refreshOverview(); // aliases and gate tags move with the phase
   setPhase(s.phase);
   $("r-canary").textContent = s.canary_version ? `v${s.canary_version}` : "none";
-  $("r-stable").textContent = s.stable_version ? `v${s.stable_version}` : "—";
+  const serving = (s.served_versions || {}).stable;
+  const stable = s.stable_version || serving;
+  $("r-stable").textContent = stable ? `v${stable}` : "—";
   $("r-weight").textContent = `${Number(s.weight || 0).toFixed(0)} %`;
   $("weight-fill").style.width = `${Math.min(100, Number(s.weight || 0))}%`;
   const steps = $("weight-steps");
@@ -467,17 +473,27 @@ function renderVerdict(v, s) {
     return;
   }
   box.dataset.result = v.result;
-  box.textContent = `${v.result}: ${v.reason}` + (s.last_error ? ` (last error: ${s.last_error})` : "");
-  const fmt = (x) => (x === null || x === undefined ? "—" : Number(x).toPrecision(3));
+  const requests = `${Math.round(v.canary_requests || 0)} canary requests`;
+  const summary = v.result === "inconclusive" ? `waiting for data (${requests} so far)` : `${v.reason} (${requests})`;
+  box.textContent = `${v.result}: ${summary}` + (s.last_error ? ` · last error: ${s.last_error}` : "");
   for (const c of v.checks || []) {
-    body.append(el("tr", {},
-      el("td", { text: c.name }),
+    const fmt = checkFormat(c.name);
+    body.append(el("tr", { "data-check": c.name, title: c.detail || "" },
+      el("td", { text: c.name.replaceAll("_", " ") }),
       el("td", { text: fmt(c.canary) }),
       el("td", { text: fmt(c.baseline) }),
       el("td", { text: fmt(c.limit) }),
       el("td", { class: `status-${c.status}`, text: c.status.replace("_", " "), title: c.detail || "" }),
     ));
   }
+}
+
+// How each analysis check's numbers read best: latencies in ms, rates and accuracies in %.
+function checkFormat(name) {
+  const missing = (x) => x === null || x === undefined;
+  if (name.includes("latency")) return (x) => (missing(x) ? "—" : `${(1000 * x).toFixed(1)} ms`);
+  if (name === "circuit_breaker") return (x) => (missing(x) ? "—" : String(x));
+  return (x) => (missing(x) ? "—" : pct(x, 1));
 }
 
 function renderEvents(events) {
@@ -493,15 +509,20 @@ function renderEvents(events) {
   }
 }
 
+const SERVING_PHASES = ["canary", "paused", "promoting"];
+
 function renderServing(served) {
   if (!served) return;
-  const set = (id, variant, version) => {
+  const set = (id, variant, version, note) => {
     const pill = $(id);
-    pill.textContent = version ? `${variant} v${version}` : `${variant} —`;
-    pill.classList.toggle("off", !version);
+    pill.textContent = version ? `${variant} v${version}${note}` : `${variant} —`;
+    pill.classList.toggle("off", !version || note !== "");
   };
-  set("pill-stable", "stable", served.stable);
-  set("pill-canary", "canary", served.canary);
+  set("pill-stable", "stable", served.stable, "");
+  // the canary service keeps its last model loaded after a rollout ends; it gets no traffic
+  const phase = rollout.status && rollout.status.phase;
+  const idle = phase !== undefined && phase !== null && !SERVING_PHASES.includes(phase);
+  set("pill-canary", "canary", served.canary, idle ? " · no traffic" : "");
 }
 
 async function refreshServing() {
@@ -555,7 +576,8 @@ function renderTrainer(trainer) {
   rows.push(["state", active ? `retraining: ${active.phase || active.status} (job #${active.job_id})` : "waiting for samples"]);
   const pending = s.pending || {};
   const trigger = pending.would_trigger ? `retrain due (${pending.would_trigger})` : "not yet";
-  rows.push(["pending", `${pending.count ?? 0} samples from ${pending.users ?? 0} users · ${trigger}`]);
+  const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  rows.push(["pending", `${plural(pending.count ?? 0, "sample")} from ${plural(pending.users ?? 0, "user")} · ${trigger}`]);
   const outcome = s.last_outcome;
   const job = s.last_job;
   if (outcome) {
