@@ -1,0 +1,1 @@
+"""Inkwell inference service: digit predictions, labelled sample uploads, hot-reloading model."""

@@ -1,0 +1,313 @@
+"""Turn request bodies into model-ready arrays: the translation layer between HTTP and model.
+
+Every image goes through `inkwell.preprocessing`, the same code the trainer uses. Every problem
+raises an `inkwell.errors` exception whose message says what to fix; the error map answers it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from inkwell.errors import InvalidImageError, InvalidInputError, NoInkError, PayloadTooLargeError
+from inkwell.errors import UnsupportedMediaTypeError as MediaTypeError
+from inkwell.preprocessing import (
+    MIN_CONTRAST,
+    ImageLimits,
+    preprocess_bytes,
+    validate_mnist_array,
+)
+
+IMAGE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/webp"}
+)
+RAW_TYPES = IMAGE_TYPES | {"application/octet-stream", ""}
+JSON_TYPE = "application/json"
+MULTIPART_TYPE = "multipart/form-data"
+# Decoding a small image costs less than a thread hand-off; big ones (photos) are decoded off
+# the event loop so one large upload never stalls everyone else's requests.
+INLINE_DECODE_BYTES = 64 * 1024
+MAX_ID_LENGTH = 128
+ACCEPTED_TYPES_HINT = (
+    "Send an image as the raw body (Content-Type image/png, image/jpeg, image/bmp or image/webp), "
+    "as multipart/form-data, or 28x28 pixel arrays as application/json."
+)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def image_to_mnist(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """Encoded image bytes → (28, 28) float32 in [0, 1], ink = 1 (MNIST format)."""
+    if len(data) <= INLINE_DECODE_BYTES:
+        return preprocess_bytes(data, limits)
+    return await run_in_threadpool(preprocess_bytes, data, limits)
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body:
+        raise InvalidInputError(
+            'The request body is empty. Send a JSON object, e.g. {"pixels": [[0, ...], ...]}.',
+            code="empty_body",
+        )
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(
+            f"The body is not valid JSON ({exc}). Send a JSON object.", code="invalid_json"
+        ) from exc
+
+
+async def read_form(request: Request, max_files: int) -> FormData:
+    try:
+        return await request.form(max_files=max_files, max_fields=64)
+    except HTTPException as exc:  # starlette's multipart parser errors
+        raise InvalidInputError(
+            f"The multipart body is malformed ({exc.detail}). Let your HTTP client build it, "
+            "e.g. `curl -F image=@digit.png`.",
+            code="invalid_multipart",
+        ) from exc
+
+
+def _field(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None or isinstance(value, UploadFile):
+        return None
+    return value
+
+
+async def form_file(form: FormData, *names: str) -> bytes:
+    """The bytes of the first file field among `names`."""
+    for name in names:
+        value = form.get(name)
+        if isinstance(value, UploadFile):
+            return await value.read()
+        if isinstance(value, str):
+            raise InvalidInputError(
+                f"The form field {name!r} must be a file upload, not text. "
+                f"Use e.g. `curl -F {name}=@digit.png`.",
+                code="invalid_multipart",
+            )
+    raise InvalidInputError(
+        f"The multipart form has no image. Add the file as field {names[0]!r}, "
+        f"e.g. `curl -F {names[0]}=@digit.png`.",
+        code="missing_image",
+    )
+
+
+def pixels_from_json(payload: Any, key: str = "pixels") -> np.ndarray:
+    """`{"pixels": 28x28}` → (28, 28) float32."""
+    if not isinstance(payload, dict) or key not in payload:
+        raise InvalidInputError(
+            f'The JSON must be an object with a "{key}" field holding 28 rows of 28 numbers.',
+            code="invalid_json",
+        )
+    return require_ink(validate_mnist_array(payload[key]))
+
+
+def require_ink(images: np.ndarray) -> np.ndarray:
+    """Blank pixel arrays are refused like blank photos: the model would still name a digit."""
+    peaks = images.reshape(-1, 28 * 28).max(axis=1)
+    blank = np.flatnonzero(peaks < MIN_CONTRAST)
+    if blank.size:
+        where = "The pixel array" if images.ndim == 2 else f"Image {int(blank[0])}"
+        raise NoInkError(
+            f"{where} has no ink (all values below {MIN_CONTRAST}). Send a digit drawn with "
+            "high values (ink = 1 or 255) on a zero background."
+        )
+    return images
+
+
+def check_batch_size(count: int, limit: int) -> None:
+    if count == 0:
+        raise InvalidInputError("The batch is empty. Send at least one image.", code="empty_batch")
+    if count > limit:
+        raise PayloadTooLargeError(
+            f"The batch has {count} images; the limit is {limit}. Split it into smaller batches.",
+            code="batch_too_large",
+        )
+
+
+def mnist_batch(values: Any, limit: int) -> np.ndarray:
+    """A JSON list of 28x28 arrays → (N, 28, 28) float32, with the single-image rules per image."""
+    if not isinstance(values, list):
+        raise InvalidImageError(
+            '"images" must be a list of 28x28 pixel arrays.', code="invalid_image"
+        )
+    check_batch_size(len(values), limit)
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.shape[1:] != (28, 28) or not np.isfinite(array).all():
+        return require_ink(np.stack([_validated(i, v) for i, v in enumerate(values)]))
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        return require_ink(np.stack([_validated(i, v) for i, v in enumerate(values)]))
+    scale = array.reshape(len(array), -1).max(axis=1) > 1.0  # 0..255 images, per image
+    if scale.any():
+        array[scale] /= 255.0
+    return require_ink(array)
+
+
+def _validated(index: int, value: Any) -> np.ndarray:
+    try:
+        return validate_mnist_array(value)
+    except InvalidImageError as exc:
+        raise InvalidImageError(f"Image {index}: {exc.message}") from exc
+
+
+async def single_image(request: Request, limits: ImageLimits) -> np.ndarray:
+    """One image from a raw body, a multipart form or JSON pixels → (28, 28) float32."""
+    kind = media_type(request)
+    if kind in RAW_TYPES:
+        body = await request.body()
+        if not body:
+            raise InvalidInputError(
+                f"The request body is empty. {ACCEPTED_TYPES_HINT}", code="empty_body"
+            )
+        return await image_to_mnist(body, limits)
+    if kind == MULTIPART_TYPE:
+        form = await read_form(request, max_files=1)
+        return await image_to_mnist(await form_file(form, "image", "file"), limits)
+    if kind == JSON_TYPE:
+        return pixels_from_json(await read_json(request))
+    raise MediaTypeError(f"Content-Type {kind!r} is not supported. {ACCEPTED_TYPES_HINT}")
+
+
+async def image_batch(request: Request, limits: ImageLimits, limit: int) -> np.ndarray:
+    """A batch from a multipart form (repeated `images` files) or JSON `{"images": [...]}`."""
+    kind = media_type(request)
+    if kind == MULTIPART_TYPE:
+        form = await read_form(request, max_files=limit + 1)
+        files = [v for v in form.getlist("images") if isinstance(v, UploadFile)]
+        check_batch_size(len(files), limit)
+        arrays = []
+        for index, upload in enumerate(files):
+            try:
+                arrays.append(await image_to_mnist(await upload.read(), limits))
+            except InvalidInputError as exc:
+                raise type(exc)(f"Image {index} ({upload.filename}): {exc.message}") from exc
+        return np.stack(arrays)
+    if kind == JSON_TYPE:
+        payload = await read_json(request)
+        if not isinstance(payload, dict) or "images" not in payload:
+            raise InvalidInputError(
+                'The JSON must be an object with an "images" field: a list of 28x28 arrays.',
+                code="invalid_json",
+            )
+        return mnist_batch(payload["images"], limit)
+    raise MediaTypeError(
+        f"Content-Type {kind!r} is not supported for batches. Send multipart/form-data with "
+        'repeated "images" files, or application/json {"images": [28x28, ...]}.'
+    )
+
+
+@dataclass(frozen=True)
+class SampleUpload:
+    """A labelled sample as received: original bytes, MNIST pixels, label, user, key."""
+
+    user_id: str
+    label: int
+    image: bytes
+    pixels: bytes  # 784 uint8, ink = 255
+    idempotency_key: str | None
+
+
+def parse_label(raw: object) -> int:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise InvalidInputError(
+            "The label is missing. Send the digit the image shows, 0 to 9, as field 'label'.",
+            code="missing_label",
+        )
+    text = str(raw).strip()
+    if isinstance(raw, bool) or len(text) != 1 or text not in "0123456789":
+        raise InvalidInputError(
+            f"The label {text[:20]!r} is not a digit. Send one of 0, 1, ..., 9.",
+            code="invalid_label",
+        )
+    return int(text)
+
+
+def parse_user_id(raw: object) -> str:
+    text = str(raw).strip() if raw is not None else ""
+    if not text:
+        raise InvalidInputError(
+            "The user id is missing. Send the uploading user's id as field 'user_id'.",
+            code="missing_user_id",
+        )
+    if len(text) > MAX_ID_LENGTH or not text.isprintable():
+        raise InvalidInputError(
+            f"The user id must be 1 to {MAX_ID_LENGTH} printable characters.",
+            code="invalid_user_id",
+        )
+    return text
+
+
+def parse_idempotency_key(raw: object) -> str | None:
+    key = str(raw).strip() if raw is not None else ""
+    if not key:
+        return None
+    if len(key) > MAX_ID_LENGTH or not key.isprintable():
+        raise InvalidInputError(
+            f"The idempotency key must be 1 to {MAX_ID_LENGTH} printable characters.",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def to_pixels(mnist: np.ndarray) -> bytes:
+    """(28, 28) float in [0, 1] → 784 uint8 bytes (ink = 255), the store's format."""
+    return np.clip(np.rint(mnist * 255.0), 0, 255).astype(np.uint8).tobytes()
+
+
+def encode_png(mnist: np.ndarray) -> bytes:
+    """A 28x28 MNIST-format array as PNG bytes (white ink on black, like MNIST)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.frombuffer(to_pixels(mnist), np.uint8).reshape(28, 28)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def sample_upload(request: Request, limits: ImageLimits) -> SampleUpload:
+    """A labelled sample from multipart (image, label, user_id) or JSON (pixels, label, user_id).
+
+    Fields are validated before the image is decoded, so a bad label costs no decoding.
+    """
+    header_key = request.headers.get("idempotency-key")
+    kind = media_type(request)
+    if kind == MULTIPART_TYPE:
+        form = await read_form(request, max_files=1)
+        label = parse_label(_field(form, "label"))
+        user_id = parse_user_id(_field(form, "user_id"))
+        key = parse_idempotency_key(_field(form, "idempotency_key") or header_key)
+        image = await form_file(form, "image", "file")
+        mnist = await image_to_mnist(image, limits)
+    elif kind == JSON_TYPE:
+        payload = await read_json(request)
+        if not isinstance(payload, dict):
+            raise InvalidInputError(
+                'The JSON must be an object: {"user_id", "label", "pixels": 28x28}.',
+                code="invalid_json",
+            )
+        label = parse_label(payload.get("label"))
+        user_id = parse_user_id(payload.get("user_id"))
+        key = parse_idempotency_key(payload.get("idempotency_key") or header_key)
+        mnist = pixels_from_json(payload)
+        image = encode_png(mnist)
+    else:
+        raise MediaTypeError(
+            f"Content-Type {kind!r} is not supported for samples. Send multipart/form-data with "
+            "fields image, label and user_id, or application/json with pixels, label, user_id."
+        )
+    return SampleUpload(user_id, label, image, to_pixels(mnist), key)

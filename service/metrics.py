@@ -1,0 +1,147 @@
+"""Every Prometheus metric the service exports, in one place (prefix `inkwell_service_`).
+
+Each app gets its own `CollectorRegistry`, so several apps in one test process never clash.
+Labels: `variant` (stable|canary) and `model_version` (the registry version that answered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+NO_VERSION = "none"
+
+
+class ServiceMetrics:
+    """The service's metrics, registered in a registry of their own."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        labels = ("route", "method", "status", "variant", "model_version")
+        self.requests = Counter(
+            "inkwell_service_requests_total",
+            "HTTP requests by route, status, variant and model version.",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "inkwell_service_request_duration_seconds",
+            "HTTP request latency by route, status, variant and model version.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "inkwell_service_predictions_total",
+            "Predicted digits.",
+            ("digit", "variant", "model_version"),
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "inkwell_service_prediction_confidence",
+            "Probability of the predicted digit.",
+            ("variant", "model_version"),
+            buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "inkwell_service_batch_size",
+            "Images per model forward pass (micro-batching at work).",
+            ("variant",),
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.samples_accepted = Counter(
+            "inkwell_service_samples_accepted_total",
+            "Labelled samples stored (created=false: duplicate or idempotent replay).",
+            ("variant", "created"),
+            registry=self.registry,
+        )
+        self.samples_rejected = Counter(
+            "inkwell_service_samples_rejected_total",
+            "Labelled sample uploads rejected, by reason (the error code).",
+            ("variant", "reason"),
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "inkwell_service_model_reloads_total",
+            "Models loaded and swapped in (the first load included).",
+            ("variant", "model_version"),
+            registry=self.registry,
+        )
+        self.load_failures = Counter(
+            "inkwell_service_model_load_failures_total",
+            "Failed attempts to resolve or load the model, by reason.",
+            ("variant", "reason"),
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "inkwell_service_model_info",
+            "1 for the model version being served.",
+            ("variant", "model_name", "model_version"),
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "inkwell_service_ready",
+            "1 when a model is loaded and predictions can be served.",
+            ("variant",),
+            registry=self.registry,
+        )
+        self.ready.labels(variant).set(0)
+
+    def observe_request(
+        self, route: str, method: str, status: int, model_version: str | None, seconds: float
+    ) -> None:
+        labels = (route, method, str(status), self.variant, model_version or NO_VERSION)
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+
+    def observe_predictions(
+        self, digits: list[int], confidences: list[float], version: str
+    ) -> None:
+        for digit, confidence in zip(digits, confidences, strict=True):
+            self.predictions.labels(str(digit), self.variant, version).inc()
+            self.confidence.labels(self.variant, version).observe(confidence)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.labels(self.variant).observe(size)
+
+    def sample_accepted(self, created: bool) -> None:
+        self.samples_accepted.labels(self.variant, str(created).lower()).inc()
+
+    def sample_rejected(self, reason: str) -> None:
+        self.samples_rejected.labels(self.variant, reason).inc()
+
+    def model_swapped(self, name: str, old: str | None, new: str) -> None:
+        self.reloads.labels(self.variant, new).inc()
+        if old is not None and old != new:
+            with contextlib.suppress(KeyError):
+                self.model_info.remove(self.variant, name, old)
+        self.model_info.labels(self.variant, name, new).set(1)
+        self.ready.labels(self.variant).set(1)
+
+    def load_failed(self, reason: str) -> None:
+        self.load_failures.labels(self.variant, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

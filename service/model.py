@@ -1,0 +1,155 @@
+"""The served digit model: loads `inkwell-digits@<alias>`, follows the alias, swaps atomically.
+
+No HTTP here: tensors in, probabilities out. The current model is one immutable `ServedModel`
+snapshot; a swap replaces the reference in one assignment, so a forward pass that already took
+the old snapshot finishes on it and every later one sees the new model. Nothing is swapped until
+the new version has loaded and answered a warm-up pass, and any failure keeps the last good one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from inkwell.errors import InkwellError, ModelNotReadyError
+from inkwell.model import DigitNet
+from inkwell.registry import Registry
+from inkwell.settings import CoreSettings
+
+log = logging.getLogger("inkwell.service.model")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded version: the network and where it came from."""
+
+    model: DigitNet
+    name: str
+    version: str
+    variant: str
+    run_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Class probabilities (N, 10) for a batch, and the snapshot that computed them."""
+
+    probabilities: np.ndarray
+    served: ServedModel
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one look at the registry did: swapped to a version, kept the current one, or failed."""
+
+    swapped: bool
+    version: str | None
+    error: InkwellError | None = None
+
+
+class DigitModel:
+    """`inkwell-digits@<variant>` as a model contract: load(), predict(), ready, name, version.
+
+    `refresh()` is what the poller calls: it resolves the alias and loads the version only if
+    the alias moved; errors are returned, not raised, so the last good model keeps serving.
+    """
+
+    def __init__(self, settings: CoreSettings, variant: str) -> None:
+        self.settings = settings
+        self.variant = variant
+        self._registry: Registry | None = None
+        self._current: ServedModel | None = None
+
+    # ---- the model contract -------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    @property
+    def name(self) -> str:
+        return self.settings.model_name
+
+    @property
+    def version(self) -> str | None:
+        current = self._current
+        return current.version if current is not None else None
+
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    def load(self) -> RefreshOutcome:
+        """Resolve the alias and, if it points at a version we do not serve, load and swap.
+
+        Raises the registry's error (ModelNotFoundError, RegistryUnavailableError) on failure.
+        """
+        registry = self._registry_client()
+        info = registry.get_version(self.name, self.variant)
+        current = self._current
+        if current is not None and current.version == info.version:
+            return RefreshOutcome(swapped=False, version=current.version)
+        loaded = registry.load_digit_model(info.version, name=self.name)
+        candidate = ServedModel(
+            model=loaded.model,
+            name=loaded.info.name,
+            version=loaded.info.version,
+            variant=self.variant,
+            run_id=loaded.info.run_id,
+            meta=loaded.meta,
+        )
+        self._warm_up(candidate)
+        self._current = candidate  # the atomic swap: one reference assignment
+        previous = current.version if current is not None else None
+        log.info(
+            "serving %s v%s as %s (was %s)", self.name, candidate.version, self.variant, previous
+        )
+        return RefreshOutcome(swapped=True, version=candidate.version)
+
+    def refresh(self) -> RefreshOutcome:
+        """`load()` that never raises: on failure the current model (if any) keeps serving."""
+        try:
+            return self.load()
+        except InkwellError as exc:
+            log.warning("model refresh failed, keeping v%s: %s", self.version, exc.message)
+            return RefreshOutcome(swapped=False, version=self.version, error=exc)
+        except Exception as exc:  # a broken artifact or an MLflow bug must not stop serving
+            log.exception("model refresh failed unexpectedly, keeping v%s", self.version)
+            error = InkwellError(f"Loading the model failed: {exc}", code="model_load_failed")
+            return RefreshOutcome(swapped=False, version=self.version, error=error)
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray) -> Prediction:
+        """(N, 28, 28) float32 in [0, 1], ink = 1 → probabilities (N, 10), all from one model."""
+        served = self._current
+        if served is None:
+            raise ModelNotReadyError(
+                f"No {self.name}@{self.variant} model is loaded yet. Wait for /readyz, or register "
+                f"a model and give it the alias {self.variant!r}."
+            )
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        logits = served.model(batch.reshape(-1, 1, 28, 28))
+        return Prediction(torch.softmax(logits, dim=1).numpy(), served)
+
+    # ---- internals ----------------------------------------------------------------------
+    def _registry_client(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry(self.settings)
+        return self._registry
+
+    @staticmethod
+    @torch.inference_mode()
+    def _warm_up(candidate: ServedModel) -> None:
+        """One forward pass before the swap, so a broken model never serves a request."""
+        out = candidate.model(torch.zeros(2, 1, 28, 28))
+        if out.shape != (2, 10) or not torch.isfinite(out).all():
+            raise InkwellError(
+                f"{candidate.name} v{candidate.version} produced invalid output on warm-up.",
+                code="model_load_failed",
+            )

@@ -1,0 +1,88 @@
+"""The service's one settings class, read from `INKWELL_SERVICE_*` (plus the shared `INKWELL_*`)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from inkwell.preprocessing import ImageLimits
+from inkwell.settings import CANARY, STABLE, CoreSettings
+
+Variant = Literal["stable", "canary"]  # the values of inkwell.settings.VARIANTS
+DEFAULT_PORTS = {STABLE: 8001, CANARY: 8002}
+
+
+def default_torch_threads() -> int:
+    """Leave one core to the event loop (HTTP, decoding); at least one, at most four."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+class ServiceSettings(CoreSettings):
+    """Everything one service process needs; every default works on one machine."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="INKWELL_SERVICE_", extra="ignore", populate_by_name=True
+    )
+
+    variant: Variant = Field(
+        default="stable", description="Which alias of the digit model this process serves."
+    )
+    host: str = "127.0.0.1"
+    port: int | None = Field(
+        default=None, ge=0, le=65535, description="Default 8001 (stable) or 8002 (canary)."
+    )
+    max_batch_images: int = Field(
+        default=256, ge=1, description="Most images one batch request may carry."
+    )
+    microbatch_max_size: int = Field(
+        default=32, ge=1, description="Most images one model forward pass combines (1 = naive)."
+    )
+    microbatch_max_wait_ms: float = Field(
+        default=2.0, ge=0.0, description="How long the oldest queued request waits for company."
+    )
+    torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Keys accepted in the X-API-Key header (comma-separated in the environment).",
+    )
+    predict_requires_key: bool = Field(
+        default=False, description="Predictions are open by default; true makes them keyed."
+    )
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(default=16_000_000, ge=1)
+    max_image_side: int = Field(default=8_000, ge=1)
+    poll_interval_s: float = Field(
+        default=5.0, gt=0.0, description="How often the model alias is checked for a move."
+    )
+    access_log: bool = False
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def resolved_port(self) -> int:
+        """The port to listen on: explicit, or the variant's embedded default."""
+        return self.port if self.port is not None else DEFAULT_PORTS[self.variant]
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_image_pixels, max_side=self.max_image_side)
+
+    def accepts_key(self, key: str | None) -> bool:
+        """Whether `key` is one of the configured API keys (constant-time compare)."""
+        import secrets
+
+        if not key:
+            return False
+        candidate = key.encode()
+        return any(
+            secrets.compare_digest(candidate, known.get_secret_value().encode())
+            for known in self.api_keys
+        )

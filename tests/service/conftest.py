@@ -1,0 +1,233 @@
+"""Service test fixtures: a real MLflow sqlite registry holding small, really trained models."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from inkwell.data import load_split
+from inkwell.model import DigitNet, ModelConfig
+from inkwell.registry import Registry, VersionInfo
+from inkwell.settings import CANARY, STABLE, CoreSettings
+from inkwell.train import split_tensors
+from inkwell.training import TrainConfig, evaluate, fit
+from service.main import create_app
+from service.settings import ServiceSettings
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_IMAGES = 4000
+TRAIN_STEPS = 200
+API_KEY = "test-key-0123456789"
+
+
+def find_mnist() -> Path:
+    env = os.environ.get("INKWELL_DATA_DIR")
+    for candidate in (env, REPO.parent.parent / "shared/data/mnist", REPO / "../shared/data/mnist"):
+        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").exists():
+            return Path(candidate).resolve()
+    pytest.skip("real MNIST not found; set INKWELL_DATA_DIR")
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class TrainedRegistry:
+    """A home with an MLflow sqlite registry: v1 (stable) and v2 (canary), both trained."""
+
+    home: Path
+    data_dir: Path
+    v1: VersionInfo
+    v2: VersionInfo
+    accuracy: float
+    test_images: np.ndarray  # uint8 (N, 28, 28), ink = 255
+    test_labels: np.ndarray
+
+    def settings(self, **overrides: object) -> ServiceSettings:
+        values: dict[str, object] = {
+            "home": self.home,
+            "data_dir": self.data_dir,
+            "api_keys": [API_KEY],
+            "poll_interval_s": 0.5,
+            "torch_threads": 1,
+        }
+        values.update(overrides)
+        return ServiceSettings(**values)  # type: ignore[arg-type]
+
+    def registry(self) -> Registry:
+        return Registry(CoreSettings(home=self.home, data_dir=self.data_dir))
+
+
+def train_tiny(x: torch.Tensor, y: torch.Tensor, seed: int) -> DigitNet:
+    torch.manual_seed(seed)
+    model = DigitNet(ModelConfig(width=8))
+    cfg = TrainConfig(epochs=10, batch_size=64, seed=seed, max_steps=TRAIN_STEPS, augment=False)
+    fit(model, (x, y), cfg)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
+    """Train two tiny models on real MNIST (seconds) and register them in a sqlite registry."""
+    data_dir = find_mnist()
+    home = tmp_path_factory.mktemp("service-home")
+    torch.set_num_threads(1)
+    train_x, train_y = split_tensors(load_split("train", data_dir))
+    test = load_split("test", data_dir)
+    x, y = train_x[:TRAIN_IMAGES], train_y[:TRAIN_IMAGES]
+    registry = Registry(CoreSettings(home=home, data_dir=data_dir))
+    test_x, test_y = split_tensors(test)
+    model = train_tiny(x, y, seed=0)
+    accuracy = evaluate(model, test_x[:1000], test_y[:1000]).accuracy
+    versions = []
+    # v2 (canary) has the same weights: these tests follow versions, not accuracy differences.
+    for alias in (STABLE, CANARY):
+        with registry.start_run(f"service-test-{alias}") as run:
+            versions.append(
+                registry.register_digit_model(
+                    model, run.info.run_id, meta={"test_accuracy": accuracy}, aliases=(alias,)
+                )
+            )
+    return TrainedRegistry(
+        home=home,
+        data_dir=data_dir,
+        v1=versions[0],
+        v2=versions[1],
+        accuracy=accuracy,
+        test_images=test.images[:200],
+        test_labels=test.labels[:200],
+    )
+
+
+def encode(array: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
+    """Encode a uint8 image (H, W) or (H, W, C) in `fmt`."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def as_photo(digit: np.ndarray, size: int = 140) -> np.ndarray:
+    """An MNIST digit as a 'scan': dark ink on light paper, upscaled, off-centre with margins."""
+    big = np.asarray(Image.fromarray(digit).resize((size, size), Image.Resampling.BILINEAR))
+    paper = np.full((size + 60, size + 100), 235, dtype=np.uint8)
+    paper[20 : 20 + size, 70 : 70 + size] = 235 - (big.astype(np.int32) * 200 // 255)
+    return paper
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveService:
+    """A real `inkwell service` process (uvicorn) on a free port."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=30)
+
+
+def service_env(registry: TrainedRegistry, **settings: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("INKWELL_") and k != "MLFLOW_TRACKING_URI"
+    }
+    env.update(
+        {
+            "PYTHONPATH": str(REPO),
+            "INKWELL_HOME": str(registry.home),
+            "INKWELL_DATA_DIR": str(registry.data_dir),
+            "INKWELL_SERVICE_API_KEYS": API_KEY,
+            "INKWELL_SERVICE_TORCH_THREADS": "1",
+            "INKWELL_SERVICE_POLL_INTERVAL_S": "0.5",
+        }
+    )
+    env.update({f"INKWELL_SERVICE_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"service exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"service at {url} not ready in {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def start_service(
+    trained_registry: TrainedRegistry, tmp_path: Path
+) -> Iterator[Callable[..., LiveService]]:
+    """Start real service processes through the `inkwell service` CLI; all killed afterwards."""
+    started: list[LiveService] = []
+
+    def start(variant: str = STABLE, *, env: dict[str, str] | None = None) -> LiveService:
+        port = free_port()
+        log = tmp_path / f"service-{len(started)}.log"
+        code = "from inkwell.cli import main; main()"
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, "service", "--variant", variant, "--port", str(port)],
+            env=env or service_env(trained_registry),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        service = LiveService(process, f"http://127.0.0.1:{port}", log)
+        started.append(service)
+        wait_ready(service.url, process, log)
+        return service
+
+    yield start
+    for service in started:
+        if service.process.poll() is None:
+            service.process.terminate()
+            try:
+                service.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(trained_registry: TrainedRegistry) -> Iterator[TestClient]:
+    """The stable service app in-process (lifespan run), with an API key configured."""
+    app = create_app(trained_registry.settings(poll_interval_s=60))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, str]:
+    """The response is the error map's JSON with this status and code, and a real message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code, body
+    assert {"code", "message"} <= set(body), body
+    assert len(body["message"]) > 20, body
+    return body

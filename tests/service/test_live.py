@@ -1,0 +1,178 @@
+"""Real `inkwell service` processes (uvicorn) against the real sqlite registry and sample store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inkwell.settings import CANARY, STABLE
+from inkwell.store import SampleStore
+from tests.service.conftest import (
+    API_KEY,
+    LiveService,
+    TrainedRegistry,
+    encode,
+    free_port,
+    service_env,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def restore_aliases(trained_registry: TrainedRegistry) -> Iterator[None]:
+    yield
+    registry = trained_registry.registry()
+    registry.set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
+    registry.set_alias("inkwell-digits", CANARY, trained_registry.v2.version)
+
+
+def predict(client: httpx.Client, url: str, image: bytes) -> httpx.Response:
+    return client.post(
+        f"{url}/v1/digits/predict", content=image, headers={"Content-Type": "image/png"}
+    )
+
+
+def test_real_uvicorn_process_serves_both_variants_and_metrics(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    stable = start_service(STABLE)
+    canary = start_service(CANARY)
+    image = encode(trained_registry.test_images[0])
+    with httpx.Client(timeout=10) as client:
+        one = predict(client, stable.url, image).json()
+        other = predict(client, canary.url, image).json()
+        assert (one["variant"], one["model_version"]) == (STABLE, trained_registry.v1.version)
+        assert (other["variant"], other["model_version"]) == (CANARY, trained_registry.v2.version)
+        assert one["digit"] == other["digit"] == int(trained_registry.test_labels[0])
+        metrics = client.get(f"{canary.url}/metrics").text
+        assert 'route="/v1/digits/predict",status="200",variant="canary"' in metrics
+
+
+def test_alias_move_hot_reloads_while_a_client_keeps_requesting(
+    start_service: Callable[..., LiveService],
+    trained_registry: TrainedRegistry,
+    restore_aliases: None,
+) -> None:
+    service = start_service(STABLE)
+    image = encode(trained_registry.test_images[3])
+    versions: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def keep_requesting() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = predict(client, service.url, image)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text}")
+                else:
+                    versions.append(response.json()["model_version"])
+
+    worker = threading.Thread(target=keep_requesting)
+    worker.start()
+    try:
+        time.sleep(1.0)
+        trained_registry.registry().set_alias("inkwell-digits", STABLE, trained_registry.v2.version)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and trained_registry.v2.version not in versions[-5:]:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert failures == []
+    assert len(versions) >= 20, "the client should have kept requesting through the swap"
+    v1, v2 = trained_registry.v1.version, trained_registry.v2.version
+    assert versions[0] == v1 and versions[-1] == v2
+    switch = versions.index(v2)
+    assert set(versions[:switch]) == {v1} and set(versions[switch:]) == {v2}  # one clean swap
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert f'inkwell_service_model_reloads_total{{model_version="{v2}",variant="stable"}} 1.0' in (
+        metrics
+    )
+
+
+def test_sample_is_durable_when_the_service_is_killed_right_after_201(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    service = start_service(STABLE)
+    user = f"kill-{uuid.uuid4().hex[:8]}"
+    image = encode(trained_registry.test_images[21])
+    response = httpx.post(
+        f"{service.url}/v1/samples",
+        files={"image": ("d.png", image, "image/png")},
+        data={"label": "1", "user_id": user},
+        headers={"X-API-Key": API_KEY},
+    )
+    service.kill(signal.SIGKILL)  # no shutdown hook, no flush: only what was committed survives
+    assert response.status_code == 201, response.text
+    assert service.process.returncode == -signal.SIGKILL
+    sample_id = response.json()["sample_id"]
+
+    restarted = start_service(STABLE)
+    stats = httpx.get(f"{restarted.url}/v1/samples/stats", headers={"X-API-Key": API_KEY})
+    assert stats.json()["by_user"][user] == 1
+    stored = SampleStore(trained_registry.settings().resolved_database_url).get(sample_id)
+    assert stored is not None and stored.image == image and stored.user_id == user
+
+
+@pytest.mark.slow
+def test_unreachable_mlflow_keeps_the_last_good_model(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry, tmp_path: Path
+) -> None:
+    port = free_port()
+    db = trained_registry.registry().tracking_uri
+    log = tmp_path / "mlflow.log"
+    server = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server", "--backend-store-uri", db,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: uvicorn workers die with it
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        env = service_env(trained_registry, poll_interval_s="0.3")
+        env["INKWELL_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+        service = start_service(STABLE, env=env)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+    image = encode(trained_registry.test_images[4])
+    with httpx.Client(timeout=10) as client:
+        deadline = time.monotonic() + 60
+        metrics = ""
+        while "registry_unavailable" not in metrics and time.monotonic() < deadline:
+            response = predict(client, service.url, image)
+            assert response.status_code == 200, response.text
+            assert response.json()["model_version"] == trained_registry.v1.version
+            metrics = client.get(f"{service.url}/metrics").text
+            time.sleep(0.2)
+        assert 'inkwell_service_model_load_failures_total{reason="registry_unavailable"' in metrics
+        assert client.get(f"{service.url}/readyz").status_code == 200
+        assert predict(client, service.url, image).status_code == 200

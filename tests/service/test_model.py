@@ -1,0 +1,72 @@
+"""The served model follows its alias in a real MLflow sqlite registry and never drops service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from inkwell.errors import ModelNotReadyError
+from inkwell.settings import CANARY, STABLE
+from service.model import DigitModel
+from tests.service.conftest import TrainedRegistry
+
+
+@pytest.fixture
+def restore_aliases(trained_registry: TrainedRegistry) -> Iterator[None]:
+    yield
+    registry = trained_registry.registry()
+    registry.set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
+    registry.set_alias("inkwell-digits", CANARY, trained_registry.v2.version)
+
+
+def test_load_serves_the_alias_version(trained_registry: TrainedRegistry) -> None:
+    model = DigitModel(trained_registry.settings(), CANARY)
+    assert not model.ready and model.version is None
+    outcome = model.load()
+    assert outcome.swapped and model.ready
+    assert model.version == trained_registry.v2.version and model.name == "inkwell-digits"
+    probabilities = model.predict(trained_registry.test_images[:4] / 255.0).probabilities
+    assert probabilities.shape == (4, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_refresh_swaps_only_when_the_alias_moves(
+    trained_registry: TrainedRegistry, restore_aliases: None
+) -> None:
+    model = DigitModel(trained_registry.settings(), STABLE)
+    model.load()
+    before = model.current
+    assert not model.refresh().swapped and model.current is before
+    trained_registry.registry().set_alias("inkwell-digits", STABLE, trained_registry.v2.version)
+    outcome = model.refresh()
+    assert outcome.swapped and outcome.version == trained_registry.v2.version
+    assert model.current is not before and model.version == trained_registry.v2.version
+
+
+def test_deleted_alias_keeps_serving_the_last_good_model(
+    trained_registry: TrainedRegistry, restore_aliases: None
+) -> None:
+    model = DigitModel(trained_registry.settings(), CANARY)
+    model.load()
+    trained_registry.registry().delete_alias("inkwell-digits", CANARY)
+    outcome = model.refresh()
+    assert outcome.error is not None and outcome.error.code == "model_not_found"
+    assert model.ready and model.version == trained_registry.v2.version
+
+
+def test_unreachable_registry_before_first_load_is_not_ready(
+    trained_registry: TrainedRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; restore it after this test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_registry.registry().tracking_uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    settings = trained_registry.settings(tracking_uri="http://127.0.0.1:9/")
+    model = DigitModel(settings, STABLE)
+    outcome = model.refresh()
+    assert outcome.error is not None and outcome.error.code == "registry_unavailable"
+    assert not model.ready
+    with pytest.raises(ModelNotReadyError):
+        model.predict(np.zeros((1, 28, 28), np.float32))

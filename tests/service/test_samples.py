@@ -1,0 +1,111 @@
+"""Labelled sample uploads: stored before the 201, duplicates recognised, statistics."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from inkwell.store import SampleStore
+from tests.service.conftest import API_KEY, TrainedRegistry, as_photo, encode
+
+KEY = {"X-API-Key": API_KEY}
+
+
+def upload(client: TestClient, image: bytes, label: str, user: str, **extra: str):  # type: ignore[no-untyped-def]
+    headers = {**KEY, **extra.pop("headers", {})} if "headers" in extra else KEY
+    return client.post(
+        "/v1/samples",
+        files={"image": ("digit.png", image, "image/png")},
+        data={"label": label, "user_id": user, **extra},
+        headers=headers,
+    )
+
+
+def store_of(registry: TrainedRegistry) -> SampleStore:
+    return SampleStore(registry.settings().resolved_database_url)
+
+
+def test_upload_is_stored_with_mnist_pixels_before_201(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    image = encode(as_photo(trained_registry.test_images[7]))
+    response = upload(client, image, "9", user)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["created"] is True and body["label"] == 9 and body["state"] == "accepted"
+    stored = store_of(trained_registry).get(body["sample_id"])
+    assert stored is not None
+    assert stored.user_id == user and stored.label == 9 and stored.image == image
+    pixels = np.frombuffer(stored.pixels, dtype=np.uint8).reshape(28, 28)
+    assert pixels.max() > 200 and pixels[0].max() == 0  # ink is high, border is empty
+
+
+def test_same_content_from_same_user_is_recognised_as_duplicate(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    image = encode(trained_registry.test_images[8])
+    first = upload(client, image, "5", user)
+    again = upload(client, image, "5", user)
+    other_user = upload(client, image, "5", f"{user}-b")
+    assert first.status_code == 201
+    assert again.status_code == 200, again.text
+    assert again.json()["sample_id"] == first.json()["sample_id"]
+    assert again.json()["duplicate_of"] == first.json()["sample_id"]
+    assert again.json()["created"] is False
+    assert other_user.status_code == 201
+    assert other_user.json()["sample_id"] != first.json()["sample_id"]
+
+
+def test_idempotency_key_replay_returns_the_same_sample(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    first = upload(client, encode(trained_registry.test_images[9]), "7", user, idempotency_key="k1")
+    replay = upload(
+        client,
+        encode(trained_registry.test_images[10]),
+        "7",
+        user,
+        headers={"Idempotency-Key": "k1"},
+    )
+    assert first.status_code == 201 and replay.status_code == 200
+    assert replay.json()["sample_id"] == first.json()["sample_id"]
+
+
+def test_json_pixels_sample_is_stored_as_png(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    pixels = trained_registry.test_images[11]
+    response = client.post(
+        "/v1/samples", json={"user_id": user, "label": 4, "pixels": pixels.tolist()}, headers=KEY
+    )
+    assert response.status_code == 201, response.text
+    stored = store_of(trained_registry).get(response.json()["sample_id"])
+    assert stored is not None and stored.image.startswith(b"\x89PNG")
+    np.testing.assert_array_equal(np.frombuffer(stored.pixels, np.uint8).reshape(28, 28), pixels)
+
+
+def test_stats_count_by_user_label_and_state(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    for index, label in ((12, "1"), (13, "1"), (14, "2")):
+        assert (
+            upload(client, encode(trained_registry.test_images[index]), label, user).status_code
+            == 201
+        )
+    store = store_of(trained_registry)
+    quarantined = upload(client, encode(trained_registry.test_images[15]), "3", user).json()
+    store.set_state([quarantined["sample_id"]], "quarantined", reason="label disagrees")
+    stats = client.get("/v1/samples/stats", headers=KEY).json()
+    assert stats["by_user"][user] == 4
+    assert stats["by_state"]["quarantined"] >= 1
+    assert stats["quarantine_reasons"]["label disagrees"] >= 1
+    assert stats["total"] == sum(stats["by_state"].values()) == sum(stats["by_label"].values())
+    metrics = client.get("/metrics").text
+    assert 'inkwell_service_samples_accepted_total{created="true",variant="stable"}' in metrics
