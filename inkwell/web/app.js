@@ -303,8 +303,8 @@ async function readCheque(file) {
     const headers = { "Content-Type": file.type || "application/octet-stream" };
     if (userId()) headers["X-User-Id"] = userId();
     const { data } = await call("/v1/cheques/read", { method: "POST", body: file, headers });
-    const boxes = chequeBoxes(data);
-    if (image) drawCheque(image, boxes);
+    const boxes = chequeBoxes(data, image ? image.naturalHeight : 0);
+    if (image) drawCheque(image, boxes, data.field_box);
     showCheque(data, boxes);
   } catch (err) {
     out.dataset.state = "error";
@@ -312,23 +312,22 @@ async function readCheque(file) {
   }
 }
 
-// A character's box in image pixels, from the service's answer ({x, y, width, height} or [x0, y0, x1, y1]).
-function toBox(c) {
-  const b = c.box || c.bbox || c;
-  if (Array.isArray(b) && b.length === 4) return { x: b[0], y: b[1], w: b[2] - b[0], h: b[3] - b[1] };
-  if (b && b.x !== undefined) return { x: b.x, y: b.y, w: b.width ?? b.w, h: b.height ?? b.h };
-  if (b && b.left !== undefined) return { x: b.left, y: b.top, w: b.right - b.left, h: b.bottom - b.top };
-  return null;
+// Character boxes in image pixels. The service gives each character's columns `x: [x0, x1]`;
+// its rows are the amount field's: the whole image, or `field_box` when a whole cheque was sent.
+function chequeBoxes(data, imageHeight) {
+  const field = data.field_box; // [x0, y0, x1, y1] or null
+  const top = field ? field[1] : 0;
+  const height = field ? field[3] - field[1] : imageHeight || 0;
+  return (data.characters || [])
+    .filter((c) => Array.isArray(c.x) && c.x.length === 2)
+    .map((c) => ({
+      text: String(c.digit),
+      confidence: c.confidence,
+      box: { x: c.x[0], y: top, w: c.x[1] - c.x[0], h: height },
+    }));
 }
 
-function chequeBoxes(data) {
-  const chars = data.characters || data.chars || [];
-  return chars
-    .map((c) => ({ text: String(c.digit ?? c.char ?? c.text ?? "?"), confidence: c.confidence, box: toBox(c) }))
-    .filter((c) => c.box);
-}
-
-function drawCheque(image, boxes) {
+function drawCheque(image, boxes, field) {
   $("cheque-view").hidden = false;
   const canvas = $("cheque-canvas");
   const ctx = canvas.getContext("2d");
@@ -340,6 +339,12 @@ function drawCheque(image, boxes) {
   ctx.font = `bold ${Math.max(12, Math.round(image.naturalHeight / 7))}px system-ui, sans-serif`;
   ctx.textBaseline = "bottom";
   canvas.dataset.boxes = String(boxes.length);
+  if (field) {
+    ctx.setLineDash([line * 3, line * 2]);
+    ctx.strokeStyle = "#677489";
+    ctx.strokeRect(field[0], field[1], field[2] - field[0], field[3] - field[1]);
+    ctx.setLineDash([]);
+  }
   for (const { text, confidence, box } of boxes) {
     const unsure = confidence !== undefined && confidence < 0.8;
     ctx.strokeStyle = unsure ? "#c26a00" : "#1d6fd6";
@@ -358,13 +363,14 @@ function drawCheque(image, boxes) {
 function showCheque(data, boxes) {
   const out = $("cheque-result");
   out.dataset.state = "read";
-  const amount = data.formatted || data.amount || data.text || "";
-  const review = data.needs_review ?? data.review;
+  const amount = data.amount || "";
+  const review = data.needs_review;
   const children = [el("div", { class: "amount", text: amount === "" ? "(no amount found)" : amount })];
   const line = el("div", { class: "muted" });
   const parts = [];
   if (data.confidence !== undefined) parts.push(`confidence ${pct(data.confidence)}`);
-  if (data.model_version) parts.push(`model v${data.model_version}`);
+  if (data.model && data.model.version) parts.push(`model v${data.model.version}`);
+  if (data.layout) parts.push(data.layout === "cheque" ? "amount box found on the cheque" : "amount field");
   line.append(parts.join(" · "));
   if (review !== undefined) {
     line.append(el("span", { class: `review ${review ? "yes" : "no"}`, text: review ? "needs human review" : "auto-accepted" }));

@@ -43,3 +43,4 @@ def start_stack(
     for stack in started:
         stack.stop(timeout=30)
         stack.kill()
+        stack.save_logs()

@@ -62,6 +62,7 @@ def web_stack(
     finally:
         stack.stop(timeout=30)
         stack.kill()
+        stack.save_logs()
 
 
 @pytest.fixture(scope="module")
