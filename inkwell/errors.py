@@ -55,6 +55,12 @@ class NoInkError(InvalidInputError):
     code = "no_ink"
 
 
+class AmountFieldNotFoundError(InvalidInputError):
+    """A whole cheque was sent but its courtesy-amount box could not be located."""
+
+    code = "amount_field_not_found"
+
+
 class UnsupportedMediaTypeError(InvalidInputError):
     code = "unsupported_media_type"
     status_code = 415
@@ -94,4 +100,24 @@ class ModelNotReadyError(InkwellError):
 
 class RegistryUnavailableError(InkwellError):
     code = "registry_unavailable"
+    status_code = 503
+
+
+class NothingToTrainError(ConflictError):
+    """A retrain was requested but no accepted samples are waiting."""
+
+    code = "nothing_to_train"
+
+
+class UpstreamUnavailableError(InkwellError):
+    """A service behind the router did not answer (refused, reset or timed out)."""
+
+    code = "upstream_unavailable"
+    status_code = 502
+
+
+class MetricsUnavailableError(InkwellError):
+    """Metrics needed for a decision could not be read (Prometheus or /metrics targets down)."""
+
+    code = "metrics_unavailable"
     status_code = 503

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
+from service.cheques import ChequeModel
 from service.metrics import ServiceMetrics
 from service.model import DigitModel, RefreshOutcome
 from service.settings import ServiceSettings
@@ -37,13 +38,14 @@ class ServiceContext:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics(settings.variant)
-        self.model = DigitModel(settings, settings.variant)
+        self.model = DigitModel(settings, settings.variant, optimize=settings.optimize_model)
         self.batcher = MicroBatcher(
             self.model.predict,
             max_size=settings.microbatch_max_size,
             max_wait_s=settings.microbatch_max_wait_ms / 1000.0,
             on_batch=self.metrics.observe_batch,
         )
+        self.cheques = ChequeModel(settings, settings.variant)
         self._store: SampleStore | None = None
         self._poller: asyncio.Task[None] | None = None
 
@@ -61,6 +63,7 @@ class ServiceContext:
         configure_torch(self.settings.torch_threads)
         self._store = await run_in_threadpool(SampleStore, self.settings.resolved_database_url)
         await self.refresh_model()
+        await self.refresh_cheque_model()
         await self.batcher.start()
         self._poller = asyncio.create_task(self._poll(), name="inkwell-alias-poller")
 
@@ -83,7 +86,18 @@ class ServiceContext:
             self.metrics.load_failed(outcome.error.code)
         return outcome
 
+    async def refresh_cheque_model(self) -> RefreshOutcome | None:
+        """The same for the (optional) cheque-amount model."""
+        if not self.settings.cheques_enabled:
+            return None
+        previous = self.cheques.version
+        outcome = await run_in_threadpool(self.cheques.refresh)
+        if outcome.swapped and outcome.version is not None:
+            self.metrics.cheque_model_swapped(self.cheques.name, previous, outcome.version)
+        return outcome
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
             await self.refresh_model()
+            await self.refresh_cheque_model()

@@ -186,6 +186,30 @@ async def single_image(request: Request, limits: ImageLimits) -> np.ndarray:
     raise MediaTypeError(f"Content-Type {kind!r} is not supported. {ACCEPTED_TYPES_HINT}")
 
 
+async def image_bytes(request: Request) -> bytes:
+    """The encoded bytes of one image sent as the raw body or as multipart field `image`.
+
+    For routes that need the image itself (cheque amounts), not 28x28 MNIST pixels.
+    """
+    kind = media_type(request)
+    if kind in RAW_TYPES:
+        body = await request.body()
+        if not body:
+            raise InvalidInputError(
+                "The request body is empty. Send the image as the raw body (Content-Type "
+                "image/png or image/jpeg) or as multipart field 'image'.",
+                code="empty_body",
+            )
+        return body
+    if kind == MULTIPART_TYPE:
+        form = await read_form(request, max_files=1)
+        return await form_file(form, "image", "file")
+    raise MediaTypeError(
+        f"Content-Type {kind!r} is not supported here. Send the image as the raw body "
+        "(image/png, image/jpeg, image/bmp or image/webp) or as multipart field 'image'."
+    )
+
+
 async def image_batch(request: Request, limits: ImageLimits, limit: int) -> np.ndarray:
     """A batch from a multipart form (repeated `images` files) or JSON `{"images": [...]}`."""
     kind = media_type(request)

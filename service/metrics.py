@@ -108,6 +108,25 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.ready.labels(variant).set(0)
+        self.cheque_reads = Counter(
+            "inkwell_service_cheque_reads_total",
+            "Cheque amounts read, by whether they were flagged for human review.",
+            ("variant", "model_version", "needs_review"),
+            registry=self.registry,
+        )
+        self.cheque_confidence = Histogram(
+            "inkwell_service_cheque_confidence",
+            "Calibrated confidence of each cheque amount read.",
+            ("variant", "model_version"),
+            buckets=CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+        self.cheque_model_info = Gauge(
+            "inkwell_service_cheque_model_info",
+            "1 for the cheque model version being served.",
+            ("variant", "model_name", "model_version"),
+            registry=self.registry,
+        )
 
     def observe_request(
         self, route: str, method: str, status: int, model_version: str | None, seconds: float
@@ -139,6 +158,16 @@ class ServiceMetrics:
                 self.model_info.remove(self.variant, name, old)
         self.model_info.labels(self.variant, name, new).set(1)
         self.ready.labels(self.variant).set(1)
+
+    def observe_cheque(self, version: str, confidence: float, needs_review: bool) -> None:
+        self.cheque_reads.labels(self.variant, version, str(needs_review).lower()).inc()
+        self.cheque_confidence.labels(self.variant, version).observe(confidence)
+
+    def cheque_model_swapped(self, name: str, old: str | None, new: str) -> None:
+        if old is not None and old != new:
+            with contextlib.suppress(KeyError):
+                self.cheque_model_info.remove(self.variant, name, old)
+        self.cheque_model_info.labels(self.variant, name, new).set(1)
 
     def load_failed(self, reason: str) -> None:
         self.load_failures.labels(self.variant, reason).inc()

@@ -57,3 +57,30 @@ class ReadyPublic(BaseModel):
     model_name: str
     model_version: str
     variant: str
+
+
+class ChequeCharacterPublic(BaseModel):
+    digit: str = Field(pattern=r"^[0-9]$")
+    confidence: float = Field(description="Probability of this digit at its best frame.")
+    x: list[int] = Field(
+        description="[start, end) columns of the digit in the image sent (approximate)."
+    )
+
+
+class ChequeReadingPublic(BaseModel):
+    """The courtesy amount read from one image."""
+
+    amount: str = Field(description="The digits of the amount, separators and symbols left out.")
+    confidence: float = Field(description="Calibrated probability that `amount` is exactly right.")
+    needs_review: bool = Field(description="True: send this cheque to a person.")
+    review_threshold: float
+    characters: list[ChequeCharacterPublic]
+    layout: str = Field(description="field (an amount box) or cheque (a whole cheque).")
+    field_box: list[int] | None = Field(
+        default=None, description="[x0, y0, x1, y1] of the amount box found on a whole cheque."
+    )
+    locate_method: str | None = None
+    decoder: str
+    model_name: str
+    model_version: str
+    variant: str

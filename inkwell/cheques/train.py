@@ -1,0 +1,353 @@
+"""Training the amount recogniser: a pure CTC loop, and the edge that tracks and registers it.
+
+`fit_recogniser` and `predict_logits` take tensors/batches and return numbers (no MLflow, no
+files). `train_cheque_model` is the edge: it loads the digit pools, streams synthetic batches
+from a worker process, logs to MLflow through `Registry`, calibrates on the validation split
+and registers the version as `inkwell-cheques` (first version → alias `stable`).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from inkwell.cheques.calibrate import Calibration, calibrate, sequence_confidences
+from inkwell.cheques.decode import greedy_decode
+from inkwell.cheques.metrics import EvalReport, evaluate_readings
+from inkwell.cheques.model import CRNN, CRNNConfig, count_parameters
+from inkwell.cheques.pools import DigitPool, load_pool
+from inkwell.cheques.preprocess import frames_for
+from inkwell.cheques.reader import ChequeReader
+from inkwell.cheques.stream import FieldBatch, FieldStream, make_batch
+from inkwell.cheques.synth import SynthConfig, generate_fields
+from inkwell.registry import Registry, VersionInfo
+from inkwell.settings import STABLE, CoreSettings
+
+
+def bf16_available() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class ChequeTrainConfig:
+    """Hyper-parameters of one recogniser training run."""
+
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    channels: tuple[int, int, int, int] = (32, 48, 64, 96)
+    hidden: int = 96
+    blank_rate: float = 0.02
+    min_digits: int = 2
+    max_digits: int = 7
+    val_size: int = 1000
+    eval_every: int = 500
+    review_rate: float = 0.05
+    workers: int = 1
+    bf16: bool | None = None  # None: use bfloat16 autocast when the CPU supports it
+    threads: int | None = None
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> ChequeTrainConfig:
+        """A seconds-scale configuration for tests and smoke runs."""
+        base: dict[str, Any] = {
+            "steps": 60,
+            "batch_size": 16,
+            "channels": (8, 16, 16, 32),
+            "hidden": 32,
+            "val_size": 64,
+            "eval_every": 0,
+            "workers": 0,
+        }
+        return cls(**{**base, **overrides})
+
+    def model_config(self) -> CRNNConfig:
+        return CRNNConfig(channels=self.channels, hidden=self.hidden)
+
+    def synth_config(self) -> SynthConfig:
+        return SynthConfig(
+            min_digits=self.min_digits, max_digits=self.max_digits, blank_rate=self.blank_rate
+        )
+
+
+@dataclass
+class TrainHooks:
+    """Callbacks: `on_step(step, loss)` and `on_eval(step, metrics)`."""
+
+    on_step: Callable[[int, float], None] | None = None
+    on_eval: Callable[[int, dict[str, float]], None] | None = None
+
+
+@dataclass
+class FitResult:
+    steps: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def ctc_loss(model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
+    """Mean CTC loss of one batch (logits in bfloat16 autocast when asked, loss in float32)."""
+    inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
+    frames = frames_for(batch.widths)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(inputs, frames)
+    log_probs = F.log_softmax(logits.float(), dim=-1).permute(1, 0, 2)
+    return F.ctc_loss(
+        log_probs,
+        batch.targets,
+        frames,
+        batch.target_lengths,
+        zero_infinity=True,
+    )
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: CRNN, batches: Iterable[FieldBatch]
+) -> tuple[list[np.ndarray], list[str]]:
+    """Per-field logits (frames × 11, float32) and labels, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits: list[np.ndarray] = []
+    labels: list[str] = []
+    for batch in batches:
+        frames = frames_for(batch.widths)
+        out = model(batch.inputs, frames).float().numpy()
+        for row, count in enumerate(frames.tolist()):
+            logits.append(out[row, :count])
+        labels.extend(batch.labels)
+    model.train(was_training)
+    return logits, labels
+
+
+def greedy_texts(logits: list[np.ndarray]) -> list[str]:
+    """Greedy CTC transcriptions (argmax does not depend on the temperature)."""
+    return [greedy_decode(lg).text for lg in logits]
+
+
+def validation_metrics(model: CRNN, batches: list[FieldBatch]) -> dict[str, float]:
+    """String accuracy and CER on prepared validation batches."""
+    logits, labels = predict_logits(model, batches)
+    texts = greedy_texts(logits)
+    ones = [1.0] * len(texts)
+    report = evaluate_readings(labels, labels, texts, ones, [False] * len(texts))
+    return {"val_string_accuracy": report.string_accuracy, "val_cer": report.cer}
+
+
+def fit_recogniser(
+    model: CRNN,
+    batches: Iterator[FieldBatch],
+    cfg: ChequeTrainConfig,
+    *,
+    val: list[FieldBatch] | None = None,
+    hooks: TrainHooks | None = None,
+) -> FitResult:
+    """Train `model` in place for `cfg.steps` batches (AdamW, one-cycle LR, gradient clip)."""
+    hooks = hooks or TrainHooks()
+    bf16 = bf16_available() if cfg.bf16 is None else cfg.bf16
+    model.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, total_steps=max(2, cfg.steps), pct_start=0.15
+    )
+    result = FitResult()
+    started = time.perf_counter()
+    smoothed = math.nan
+    for step in range(1, cfg.steps + 1):
+        loss = ctc_loss(model, next(batches), bf16)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        value = float(loss.item())
+        smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
+        if hooks.on_step is not None:
+            hooks.on_step(step, smoothed)
+        last = step == cfg.steps
+        if val and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
+            metrics = {
+                "train_loss": smoothed,
+                "seconds": time.perf_counter() - started,
+                **validation_metrics(model, val),
+            }
+            result.history.append({"step": float(step), **metrics})
+            if hooks.on_eval is not None:
+                hooks.on_eval(step, metrics)
+    result.steps = cfg.steps
+    result.seconds = time.perf_counter() - started
+    model.eval()
+    return result
+
+
+def validation_batches(
+    pool: DigitPool, n: int, seed: int, synth: SynthConfig, batch_size: int = 64
+) -> list[FieldBatch]:
+    """`n` fields of the validation pool, rendered once and kept in memory."""
+    samples = list(generate_fields(pool, n, seed, synth))
+    return [make_batch(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+
+
+def calibrate_reader(
+    model: CRNN, val: list[FieldBatch], review_rate: float
+) -> tuple[Calibration, EvalReport]:
+    """Fit temperature + review threshold on validation fields; report what they give."""
+    logits, labels = predict_logits(model, val)
+    texts = greedy_texts(logits)
+    calibration = calibrate(logits, texts, labels, review_rate)
+    confidences = sequence_confidences(logits, texts, calibration.temperature)
+    flags = [bool(c < calibration.review_threshold) for c in confidences]
+    names = [str(i) for i in range(len(labels))]
+    report = evaluate_readings(names, labels, texts, confidences.tolist(), flags)
+    return calibration, report
+
+
+@dataclass
+class ChequeTrainOutcome:
+    """What a training run produced."""
+
+    reader: ChequeReader
+    calibration: Calibration
+    val_report: EvalReport
+    run_id: str | None
+    version: VersionInfo | None
+    seconds: float
+    history: list[dict[str, float]]
+
+
+def _stream(cfg: ChequeTrainConfig, pool: DigitPool) -> Iterator[FieldBatch]:
+    stream = FieldStream(pool, seed=cfg.seed, batch_size=cfg.batch_size, cfg=cfg.synth_config())
+    if cfg.workers <= 0:
+        return iter(stream)
+    loader = DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=cfg.workers,
+        prefetch_factor=4,
+        persistent_workers=False,
+    )
+    return iter(loader)
+
+
+def train_cheque_model(
+    cfg: ChequeTrainConfig,
+    *,
+    settings: CoreSettings | None = None,
+    data_dir: Path | None = None,
+    hooks: TrainHooks | None = None,
+    register: bool = True,
+    promote: bool = False,
+    out_dir: Path | None = None,
+) -> ChequeTrainOutcome:
+    """Train on synthetic fields from MNIST train digits, calibrate on the validation pool,
+    track in MLflow and register `inkwell-cheques` (alias `stable` if it has none yet, or
+    when `promote`)."""
+    settings = settings or CoreSettings()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    train_pool = load_pool("train", data_dir, settings)
+    val_pool = load_pool("val", data_dir, settings)
+    synth = cfg.synth_config()
+    # validation fields always hold an amount: calibration is about reading amounts
+    val_synth = replace(synth, blank_rate=0.0)
+    val = validation_batches(val_pool, cfg.val_size, cfg.seed + 10_000, val_synth)
+    model = CRNN(cfg.model_config())
+    registry = Registry(settings) if register else None
+    started = time.perf_counter()
+    user_hooks = hooks or TrainHooks()
+
+    def on_eval(step: int, metrics: dict[str, float]) -> None:
+        if registry is not None:
+            registry.log_metrics(metrics, step=step)
+        if user_hooks.on_eval is not None:
+            user_hooks.on_eval(step, metrics)
+
+    params = {
+        **{f"train.{k}": v for k, v in asdict(cfg).items()},
+        "model.parameters": count_parameters(model),
+        "model.architecture": "CRNN",
+        "data.train_pool": f"MNIST train[0:{len(train_pool)}]",
+        "data.val_pool": f"MNIST train[{int(val_pool.source_index[0])}:]",
+        "torch.threads": torch.get_num_threads(),
+        "torch.bf16": bf16_available() if cfg.bf16 is None else cfg.bf16,
+        "host.machine": platform.machine(),
+    }
+
+    def run_training(run_id: str | None) -> ChequeTrainOutcome:
+        batches = _stream(cfg, train_pool)
+        fit = fit_recogniser(
+            model, batches, cfg, val=val, hooks=TrainHooks(user_hooks.on_step, on_eval)
+        )
+        calibration, report = calibrate_reader(model, val, cfg.review_rate)
+        meta = ChequeReader.build_meta(
+            model.config,
+            name=settings.cheque_model_name,
+            calibration=calibration.to_dict(),
+            train=asdict(cfg),
+            val=report.to_metrics("val"),
+            data={"train_pool": params["data.train_pool"], "val_pool": params["data.val_pool"]},
+        )
+        reader = ChequeReader(model, meta, name=settings.cheque_model_name)
+        version = None
+        if out_dir is not None:
+            reader.save(out_dir)
+        if registry is not None and run_id is not None:
+            registry.log_metrics(
+                {
+                    **report.to_metrics("val"),
+                    "calibration_temperature": calibration.temperature,
+                    "calibration_review_threshold": calibration.review_threshold,
+                    "calibration_ece_before": calibration.ece_before,
+                    "calibration_ece_after": calibration.ece_after,
+                    "train_seconds": fit.seconds,
+                }
+            )
+            with tempfile.TemporaryDirectory() as tmp:
+                files = reader.save(Path(tmp))
+                has_stable = registry.find_version(settings.cheque_model_name, STABLE)
+                version = registry.register_files(
+                    settings.cheque_model_name,
+                    run_id,
+                    files,
+                    meta,
+                    tags={
+                        "kind": "cheques",
+                        "val_string_accuracy": f"{report.string_accuracy:.4f}",
+                    },
+                    aliases=(STABLE,) if promote or has_stable is None else (),
+                )
+            reader.info = version
+        return ChequeTrainOutcome(
+            reader,
+            calibration,
+            report,
+            run_id,
+            version,
+            time.perf_counter() - started,
+            fit.history,
+        )
+
+    if registry is None:
+        return run_training(None)
+    with registry.start_run("cheques-train", tags={"inkwell.kind": "cheques"}) as run:
+        registry.log_params(params)
+        return run_training(run.info.run_id)

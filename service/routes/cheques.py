@@ -1,0 +1,76 @@
+"""Cheque courtesy amounts: one image (an amount box or a whole cheque) in, the amount out."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from service import inputs
+from service.deps import ChequeModelDep, MetricsDep, PredictionAccess, SettingsDep
+from service.schemas import ChequeCharacterPublic, ChequeReadingPublic
+
+router = APIRouter(prefix="/v1/cheques", tags=["cheques"], dependencies=[PredictionAccess])
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                    "required": ["image"],
+                }
+            },
+        },
+    }
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "The image is too large."},
+    415: {"description": "Not an image content type."},
+    422: {"description": "Not an image, no ink, no digits, or no amount box found (code says)."},
+    503: {"description": "No cheque model is registered yet."},
+}
+
+
+@router.post(
+    "/read", response_model=ChequeReadingPublic, openapi_extra=IMAGE_BODY, responses=ERRORS
+)
+async def read_cheque(
+    request: Request,
+    cheques: ChequeModelDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    layout: Literal["auto", "field", "cheque"] = Query(
+        "auto", description="auto: a whole cheque is recognised by its size."
+    ),
+    decoder: Literal["greedy", "beam"] = "greedy",
+) -> ChequeReadingPublic:
+    """Read the courtesy (numeric) amount; a blank field is a 422, never an invented amount."""
+    data = await inputs.image_bytes(request)
+    reading = await run_in_threadpool(
+        cheques.read, data, layout=layout, decoder=decoder, limits=settings.image_limits
+    )
+    version = reading.model_version or "none"
+    metrics.observe_cheque(version, reading.confidence, reading.needs_review)
+    return ChequeReadingPublic(
+        amount=reading.amount,
+        confidence=reading.confidence,
+        needs_review=reading.needs_review,
+        review_threshold=reading.review_threshold,
+        characters=[
+            ChequeCharacterPublic(digit=c.digit, confidence=c.confidence, x=[c.x_start, c.x_end])
+            for c in reading.characters
+        ],
+        layout=reading.layout,
+        field_box=list(reading.field_box) if reading.field_box else None,
+        locate_method=reading.locate_method,
+        decoder=reading.decoder,
+        model_name=reading.model_name,
+        model_version=version,
+        variant=settings.variant,
+    )

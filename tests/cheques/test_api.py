@@ -1,0 +1,165 @@
+"""`POST /v1/cheques/read` through the real service app and a real MLflow sqlite registry.
+
+The registered model is a real CRNN whose output layer is set by hand to emit digit 5 on every
+frame (so greedy decoding reads "5"): the plumbing is tested exactly, without training.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from inkwell.cheques.model import CRNN, CRNNConfig
+from inkwell.cheques.reader import ChequeReader
+from inkwell.registry import Registry
+from inkwell.settings import STABLE, CoreSettings
+from service.main import create_app
+from service.settings import ServiceSettings
+
+READ = "/v1/cheques/read"
+TINY = CRNNConfig(channels=(8, 8, 16, 16), hidden=16)
+
+
+def always_five() -> ChequeReader:
+    model = CRNN(TINY)
+    with torch.no_grad():
+        model.classify.weight.zero_()
+        model.classify.bias.fill_(-5.0)
+        model.classify.bias[6] = 5.0  # class d + 1 is digit d
+    meta = ChequeReader.build_meta(TINY, calibration={"temperature": 1.0, "review_threshold": 0.5})
+    return ChequeReader(model, meta)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def field_image() -> np.ndarray:
+    image = np.full((50, 200), 235, np.uint8)
+    image[15:35, 30:170] = 20  # some ink
+    return image
+
+
+def settings_for(home: Path, mnist_dir: Path) -> ServiceSettings:
+    return ServiceSettings(home=home, data_dir=mnist_dir, poll_interval_s=60, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def registered_home(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    home = tmp_path_factory.mktemp("cheque-service")
+    registry = Registry(CoreSettings(home=home, data_dir=mnist_dir))
+    with registry.start_run("cheque-api-test") as run, tempfile.TemporaryDirectory() as tmp:
+        files = always_five().save(Path(tmp))
+        meta = ChequeReader.build_meta(
+            TINY, calibration={"temperature": 1.0, "review_threshold": 0.5}
+        )
+        registry.register_files("inkwell-cheques", run.info.run_id, files, meta, aliases=(STABLE,))
+    return home
+
+
+@pytest.fixture(scope="module")
+def client(registered_home: Path, mnist_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_for(registered_home, mnist_dir))) as test_client:
+        yield test_client
+
+
+def assert_error(response, status: int, code: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code
+    assert body["message"]
+    return body
+
+
+def test_reads_an_amount_field(client: TestClient) -> None:
+    response = client.post(READ, content=png(field_image()), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["amount"] == "5"
+    assert body["model_name"] == "inkwell-cheques"
+    assert body["model_version"] == "1"
+    assert body["variant"] == "stable"
+    assert body["layout"] == "field"
+    assert body["needs_review"] is False  # P("5") ≈ 1 > threshold 0.5
+    assert body["confidence"] > 0.9
+    (char,) = body["characters"]
+    assert char["digit"] == "5"
+    assert 0 <= char["x"][0] < char["x"][1] <= 200
+
+
+def test_reads_a_multipart_upload(client: TestClient) -> None:
+    files = {"image": ("amount.png", png(field_image()), "image/png")}
+    response = client.post(READ, files=files)
+    assert response.status_code == 200, response.text
+    assert response.json()["amount"] == "5"
+
+
+def test_non_image_bytes_are_a_422(client: TestClient) -> None:
+    response = client.post(READ, content=b"not an image", headers={"Content-Type": "image/png"})
+    assert_error(response, 422, "invalid_image")
+
+
+def test_blank_field_is_a_422_never_an_amount(client: TestClient) -> None:
+    blank = png(np.full((50, 200), 240, np.uint8))
+    body = assert_error(
+        client.post(READ, content=blank, headers={"Content-Type": "image/png"}), 422, "no_ink"
+    )
+    assert "No ink" in body["message"]
+
+
+def test_blank_cheque_is_a_422(client: TestClient) -> None:
+    blank = png(np.full((450, 1050), 240, np.uint8))
+    response = client.post(READ, content=blank, headers={"Content-Type": "image/png"})
+    assert_error(response, 422, "no_ink")
+
+
+def test_cheque_without_an_amount_box_says_to_crop_it(client: TestClient) -> None:
+    cheque = np.full((450, 1050), 240, np.uint8)
+    cheque[200:230, 100:400] = 30  # ink, but no printed box or underline
+    response = client.post(READ, content=png(cheque), headers={"Content-Type": "image/png"})
+    body = assert_error(response, 422, "amount_field_not_found")
+    assert "Crop the amount box" in body["message"]
+
+
+def test_json_is_not_an_image(client: TestClient) -> None:
+    response = client.post(READ, json={"pixels": [[0] * 28] * 28})
+    assert_error(response, 415, "unsupported_media_type")
+
+
+def test_empty_body_is_a_422(client: TestClient) -> None:
+    response = client.post(READ, content=b"", headers={"Content-Type": "image/png"})
+    assert_error(response, 422, "empty_body")
+
+
+def test_unknown_layout_is_a_422(client: TestClient) -> None:
+    response = client.post(
+        READ + "?layout=sideways", content=png(field_image()), headers={"Content-Type": "image/png"}
+    )
+    assert_error(response, 422, "invalid_request")
+
+
+def test_reads_are_counted_in_metrics(client: TestClient) -> None:
+    client.post(READ, content=png(field_image()), headers={"Content-Type": "image/png"})
+    text = client.get("/metrics").text
+    assert 'inkwell_service_cheque_reads_total{model_version="1",needs_review="false"' in text
+    assert 'inkwell_service_cheque_model_info{model_name="inkwell-cheques"' in text
+
+
+def test_without_a_cheque_model_the_route_is_503(inkwell_home: Path, mnist_dir: Path) -> None:
+    # inkwell_home clears MLFLOW_TRACKING_URI, which MLflow exports when a registry is opened
+    with TestClient(create_app(settings_for(inkwell_home, mnist_dir))) as empty:
+        response = empty.post(
+            READ, content=png(field_image()), headers={"Content-Type": "image/png"}
+        )
+        body = assert_error(response, 503, "model_not_ready")
+        assert "inkwell cheques train" in body["message"]

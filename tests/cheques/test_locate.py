@@ -1,0 +1,65 @@
+"""Locating the courtesy-amount box on synthetic whole cheques."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inkwell.cheques.layout import generate_cheques, write_cheques
+from inkwell.cheques.locate import is_whole_cheque, locate_amount_field
+from inkwell.cheques.pools import DigitPool
+from inkwell.errors import AmountFieldNotFoundError
+
+
+def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / area
+
+
+def test_amount_box_is_found_on_synthetic_cheques(test_pool: DigitPool) -> None:
+    hits = 0
+    cheques = list(generate_cheques(test_pool, 30, seed=11))
+    for cheque in cheques:
+        location = locate_amount_field(cheque.image.astype(np.float32) / 255.0)
+        x0, y0, x1, _ = location.box
+        tx0, ty0, tx1, ty1 = cheque.box
+        # the crop must hold the whole box horizontally and overlap it well
+        covers = x0 <= tx0 + 4 and x1 >= tx1 - 4 and y0 <= ty0 + 0.3 * (ty1 - ty0)
+        hits += covers and iou(location.box, cheque.box) >= 0.5
+    assert hits >= 27, f"found {hits} of {len(cheques)} amount boxes"
+
+
+def test_box_style_is_reported(test_pool: DigitPool) -> None:
+    styles = set()
+    for cheque in generate_cheques(test_pool, 12, seed=4):
+        if cheque.style == "box":
+            location = locate_amount_field(cheque.image.astype(np.float32) / 255.0)
+            styles.add(location.method)
+    assert "box" in styles
+
+
+def test_blank_paper_has_no_amount_box() -> None:
+    paper = np.full((450, 1050), 0.95, np.float32)
+    with pytest.raises(AmountFieldNotFoundError, match="Crop the amount box"):
+        locate_amount_field(paper)
+
+
+def test_cheques_and_fields_are_told_apart_by_size() -> None:
+    assert is_whole_cheque(np.ones((450, 1050)))
+    assert not is_whole_cheque(np.ones((60, 250)))  # an amount field
+    assert not is_whole_cheque(np.ones((450, 450)))  # square: not a cheque layout
+
+
+def test_cheque_synth_writes_labels_and_boxes(test_pool: DigitPool, tmp_path: Path) -> None:
+    write_cheques(tmp_path, generate_cheques(test_pool, 2, seed=0), "test", 0)
+    with (tmp_path / "boxes.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    assert all(int(r["x1"]) > int(r["x0"]) and int(r["y1"]) > int(r["y0"]) for r in rows)
+    assert (tmp_path / "labels.csv").read_text().startswith("filename,digit_string\n")
