@@ -59,6 +59,7 @@ class ProcessSpec:
     ready_url: str | None = None  # start-up: waited for before it counts as up (default: health)
     start_timeout_s: float = 120.0  # not ready by then: a failed start
     cwd: Path | None = None
+    oneshot: bool = False  # a job that runs once to its end (never restarted, never "ready")
 
     @property
     def startup_url(self) -> str | None:
@@ -89,6 +90,7 @@ class State(StrEnum):
     RUNNING = "running"  # ready (or has no health check)
     BACKOFF = "backoff"  # died; waiting to be restarted
     FAILED = "failed"  # gave up after too many consecutive failures
+    DONE = "done"  # a one-shot job ended (see last_exit for how)
     STOPPED = "stopped"
 
 
@@ -199,7 +201,8 @@ class Supervisor:
 
     @property
     def all_running(self) -> bool:
-        return all(c.state is State.RUNNING for c in self._components)
+        """Every long-running component is ready (one-shot jobs do not count)."""
+        return all(c.state is State.RUNNING or c.spec.oneshot for c in self._components)
 
     def pids(self) -> dict[str, int]:
         """Process ids of the live children (each is also its process group id)."""
@@ -288,7 +291,10 @@ class Supervisor:
         except OSError as exc:
             component.process = None
             component.started_at = now
-            self._failure(component, f"could not be started: {exc}", now)
+            if spec.oneshot:
+                self._finished(component, 1, f"could not be started: {exc}", now)
+            else:
+                self._failure(component, f"could not be started: {exc}", now)
             return
         component.process = process
         component.started_at = now
@@ -312,7 +318,10 @@ class Supervisor:
         code = process.poll()
         if code is not None:
             how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
-            self._failure(component, how, now)
+            if spec.oneshot:
+                self._finished(component, code, how, now)
+            else:
+                self._failure(component, how, now)
             return
         if now < component.next_probe_at:
             return
@@ -344,6 +353,22 @@ class Supervisor:
                 f"stopped answering {spec.health_url} ({component.missed_probes} probes); killed",
                 now,
             )
+
+    def _finished(self, component: _Component, code: int, how: str, now: float) -> None:
+        component.state = State.DONE
+        component.last_exit = how
+        ran = now - component.started_at
+        if code == 0:
+            log.info("%s finished after %.0f s", component.spec.name, ran)
+            return
+        where = self.log_path(component.spec.name)
+        log.error(
+            "%s %s after %.0f s; it is a one-shot job and is not restarted%s",
+            component.spec.name,
+            how,
+            ran,
+            f"; log: {where}" if where is not None else "",
+        )
 
     def _failure(self, component: _Component, how: str, now: float) -> None:
         ran = now - component.started_at

@@ -39,6 +39,7 @@ SERVICE_CANARY = "service-canary"
 TRAINER = "trainer"
 ROUTER = "router"
 PROMETHEUS = "prometheus"
+CHEQUE_TRAINING = "cheque-training"
 COMPONENTS = (SERVICE_STABLE, SERVICE_CANARY, TRAINER, ROUTER)
 API_KEY_FILE = "api.key"
 ADMIN_KEY_FILE = "router-admin.key"  # the file the router itself falls back to
@@ -72,6 +73,12 @@ class UpSettings(CoreSettings):
         default=True, description="Train the base models when the registry has no stable one."
     )
     base_epochs: int = Field(default=8, ge=1, description="Epochs of the base digit training.")
+    cheque_steps: int = Field(
+        default=2000,
+        ge=1,
+        description="Steps of the background cheque training when no cheque model exists "
+        "(a quick model; `inkwell cheques train --promote` trains the full 6000).",
+    )
     start_timeout_s: float = Field(default=180.0, gt=0, description="Per component start-up.")
     stop_timeout_s: float = Field(default=10.0, gt=0, description="Grace before SIGKILL.")
     restart_initial_s: float = Field(default=1.0, gt=0)
@@ -357,6 +364,29 @@ def cheques_available() -> bool:
     return importlib.util.find_spec("inkwell.cheques") is not None
 
 
+def cheque_training_spec(settings: UpSettings) -> ProcessSpec | None:
+    """A background job training the cheque model when the registry has none (else None).
+
+    Full training takes far longer than anyone waits for a command to start, so the digit
+    system comes up at once and the services pick the cheque model up when it is registered;
+    until then `/v1/cheques/read` answers 503 model_not_ready.
+    """
+    if not (settings.train_missing and cheques_available()):
+        return None
+    from inkwell.registry import Registry
+
+    if Registry(settings).find_version(settings.cheque_model_name, STABLE) is not None:
+        return None
+    return ProcessSpec(
+        name=CHEQUE_TRAINING,
+        argv=inkwell_argv(
+            "cheques", "train", "--steps", str(settings.cheque_steps), "--eval-every", "0"
+        ),
+        env={"INKWELL_HOME": str(settings.home), "COLUMNS": "120"},
+        oneshot=True,
+    )
+
+
 # ---- the command ---------------------------------------------------------------------------
 
 
@@ -403,13 +433,20 @@ def print_summary(settings: UpSettings, keys: Keys, supervisor: Supervisor) -> N
         table.add_row("web page", f"[bold]{settings.url(settings.router_port)}/[/bold]")
         table.add_row("API (router)", settings.url(settings.router_port))
     for name in (SERVICE_STABLE, SERVICE_CANARY, TRAINER, PROMETHEUS):
-        if name in running:
+        if name in running and name in settings.ports:
             table.add_row(name, settings.url(settings.ports[name]))
     table.add_row("API key (uploads)", f"{keys.api_key}  [dim]({keys.api_key_source})[/dim]")
     table.add_row("admin key", f"{keys.admin_key}  [dim]({keys.admin_key_source})[/dim]")
     table.add_row("logs", str(settings.resolved_log_dir))
     console.print("[green bold]Inkwell is up.[/green bold]")
     console.print(table)
+    if CHEQUE_TRAINING in running:
+        console.print(
+            f"No {settings.cheque_model_name}@{STABLE} yet: a quick cheque model "
+            f"({settings.cheque_steps} steps) is training in the background (log: "
+            f"{supervisor.log_path(CHEQUE_TRAINING)}); cheque reading answers 503 until it is "
+            "registered. For the full model: inkwell cheques train --promote"
+        )
     console.print("Press Ctrl-C to stop everything.")
 
 
@@ -424,6 +461,9 @@ def run_up(settings: UpSettings, *, train: bool = True, echo_logs: bool = False)
         ensure_digit_model(settings)
     keys = resolve_keys(settings)
     specs = build_specs(settings, keys, prometheus)
+    cheque_job = cheque_training_spec(settings) if train else None
+    if cheque_job is not None:
+        specs.append(cheque_job)
     echo: Callable[[str, str], None] | None = None
     if echo_logs:
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, FastAPI, Header
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from inkwell.errors import AuthError, NotFoundError
@@ -28,6 +28,10 @@ ASSETS = {
     "style.css": "text/css; charset=utf-8",
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
+# What the page answers itself: an app that forwards everything else (the router) must route
+# these paths to the app `mount_web` extended.
+WEB_PATHS = frozenset({"/"})
+WEB_PREFIXES = ("/ui/",)
 MAX_VERSIONS = 12
 VERSION_TAGS = (
     "validation_status",
@@ -117,9 +121,5 @@ def mount_web(
             "models": await run_in_threadpool(registry_overview, settings),
             "trainer": await trainer_status(trainer_url),
         }
-
-    @web.get("/favicon.ico")
-    async def favicon() -> Response:
-        return Response(status_code=204)
 
     app.include_router(web)

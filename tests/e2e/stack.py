@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,45 @@ def register_digits(
     return info.version
 
 
+def trained_cheque_model(mnist: Path, steps: int = 400) -> Path:
+    """A folder (weights.pt + model.json) with a cheque-amount model trained for `steps`
+    batches of synthetic fields: enough to find and read digits, far from the full model.
+    Cached under test-artifacts/cache like the digit weights."""
+    from inkwell.cheques.train import ChequeTrainConfig, train_cheque_model
+    from inkwell.data import load_split
+    from inkwell.settings import CoreSettings
+
+    md5 = sorted(load_split("train", mnist).md5.items())
+    key = hashlib.sha256(f"cheques-s{steps}-{md5}".encode()).hexdigest()[:16]
+    folder = CACHE / f"cheques-{key}"
+    if (folder / "model.json").exists():
+        return folder
+    cfg = ChequeTrainConfig(steps=steps, val_size=128, eval_every=0, workers=0)
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    train_cheque_model(
+        cfg, settings=CoreSettings(data_dir=mnist), data_dir=mnist, register=False, out_dir=tmp
+    )
+    tmp.replace(folder)
+    return folder
+
+
+def register_cheques(home: Path, folder: Path, aliases: tuple[str, ...] = ("stable",)) -> str:
+    """Register the cheque model saved in `folder` in `home`'s registry; returns the version."""
+    from inkwell.cheques.reader import ChequeReader
+    from inkwell.registry import Registry
+    from inkwell.settings import CoreSettings
+
+    settings = CoreSettings(home=home)
+    reader = ChequeReader.from_dir(folder)
+    registry = Registry(settings)
+    with tempfile.TemporaryDirectory() as tmp, registry.start_run("test-cheques") as run:
+        files = reader.save(Path(tmp))
+        info = registry.register_files(
+            settings.cheque_model_name, run.info.run_id, files, reader.meta, aliases=aliases
+        )
+    return info.version
+
+
 def registry_aliases(home: Path, name: str = "inkwell-digits") -> dict[str, str]:
     """alias → version, read straight from the registry."""
     from inkwell.registry import Registry
@@ -168,6 +208,8 @@ FAST_SETTINGS: dict[str, str] = {
     "INKWELL_TRAINER_HPO_TRIALS": "2",
     "INKWELL_TRAINER_HPO_SECONDS": "20",
     "INKWELL_TRAINER_THREADS": "1",
+    # models are registered by the tests themselves: no background training
+    "INKWELL_UP_TRAIN_MISSING": "false",
     # the supervisor restarts quickly in tests
     "INKWELL_UP_RESTART_INITIAL_S": "0.5",
     "INKWELL_UP_HEALTH_INTERVAL_S": "1",

@@ -140,6 +140,29 @@ def test_gives_up_after_max_consecutive_failures(
     assert "giving up after 3 consecutive failures" in caplog.text
 
 
+def test_one_shot_job_runs_once_and_its_failure_stops_nothing(
+    supervisors, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="inkwell.supervisor")
+    server = ProcessSpec("server", python("import time; time.sleep(60)"))
+    job = ProcessSpec("job", python("print('working')"), oneshot=True)
+    broken_job = ProcessSpec("broken-job", python("raise SystemExit(4)"), oneshot=True)
+    supervisor = supervisors(server, job, broken_job, policy=FAST)
+    supervisor.start()
+    assert supervisor.all_running  # jobs are not waited for
+    done = lambda: all(s.state is not State.RUNNING for s in supervisor.status()[1:])  # noqa: E731
+    assert wait_for(done, step=supervisor.step)
+    for _ in range(10):
+        supervisor.step()
+        time.sleep(0.05)
+    states = {s.name: (s.state, s.restarts, s.last_exit) for s in supervisor.status()}
+    assert states["job"] == (State.DONE, 0, "exited (0)")
+    assert states["broken-job"] == (State.DONE, 0, "exited (4)")
+    assert states["server"][0] is State.RUNNING
+    assert supervisor.failed == []
+    assert "job finished" in caplog.text and "not restarted" in caplog.text
+
+
 def test_program_that_cannot_start_is_retried(supervisors, tmp_path: Path) -> None:
     missing = ProcessSpec("missing", (str(tmp_path / "no-such-program"),))
     supervisor = supervisors(missing, policy=FAST)

@@ -20,6 +20,7 @@ from inkwell.up import (
     UpSettings,
     build_specs,
     check_ports_free,
+    cheque_training_spec,
     local_key,
     prometheus_binary,
     prometheus_config,
@@ -114,6 +115,13 @@ def test_prometheus_on_without_the_binary_says_how_to_fix_it(settings: UpSetting
     auto = settings.model_copy(update={"prometheus": "auto"})
     assert prometheus_binary(auto) is None
     assert prometheus_binary(settings.model_copy(update={"prometheus": "off"})) is None
+
+
+def test_a_missing_cheque_model_is_trained_in_the_background_once(settings: UpSettings) -> None:
+    job = cheque_training_spec(settings)
+    assert job is not None and job.oneshot  # started beside the services, never restarted
+    assert job.argv[3:7] == ("cheques", "train", "--steps", str(settings.cheque_steps))
+    assert cheque_training_spec(settings.model_copy(update={"train_missing": False})) is None
 
 
 def test_local_keys_are_made_once_and_readable_by_the_owner_only(tmp_path: Path) -> None:

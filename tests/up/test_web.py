@@ -17,8 +17,10 @@ from tests.e2e.stack import (
     API_KEY,
     ARTIFACTS,
     Stack,
+    register_cheques,
     register_digits,
     registry_aliases,
+    trained_cheque_model,
     wait_until,
 )
 
@@ -47,6 +49,7 @@ def web_stack(
     home.mkdir()
     register_digits(home, tiny_weights, ("stable",))
     register_digits(home, tiny_weights, (), note="candidate")
+    register_cheques(home, trained_cheque_model(mnist_dir))
     stack = Stack(
         home=home,
         mnist=mnist_dir,
@@ -192,6 +195,61 @@ def test_a_wrong_admin_key_locks_the_rollout_panel(page) -> None:
     assert page.locator("#rollout-body").is_hidden()
 
 
+def test_a_cheque_amount_is_read_and_its_characters_boxed(page, web_stack, tmp_path) -> None:
+    from PIL import Image
+
+    from inkwell.cheques.pools import load_pool
+    from inkwell.cheques.synth import generate_fields
+
+    field = next(generate_fields(load_pool("test", web_stack.mnist), 1, seed=7))
+    image = tmp_path / "amount.png"
+    Image.fromarray(field.image).save(image)
+    expected = httpx.post(
+        f"{web_stack.url}/v1/cheques/read",
+        content=image.read_bytes(),
+        headers={"content-type": "image/png"},
+        timeout=60,
+    )
+    assert expected.status_code == 200, expected.text
+    reading = expected.json()
+    assert reading["characters"], reading  # the model found digits to box
+
+    page.set_input_files("#cheque-file", str(image))
+    page.wait_for_selector("#cheque-result[data-state='read']", timeout=60_000)
+    shot(page, "07-cheque")
+    assert page.inner_text("#cheque-result .amount") == reading["amount"]
+    assert page.get_attribute("#cheque-canvas", "data-boxes") == str(len(reading["characters"]))
+    review = "needs human review" if reading["needs_review"] else "auto-accepted"
+    assert review in page.inner_text("#cheque-result")
+    # the boxes are drawn on the image: the canvas differs from the plain upload
+    drawn = page.evaluate(
+        """() => { const c = document.getElementById('cheque-canvas');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let blue = 0;
+                   for (let i = 0; i < d.length; i += 4)
+                     if (d[i + 2] > 150 && d[i] < 100) blue++;
+                   return blue; }"""
+    )
+    assert drawn > 0
+
+
+def test_a_blank_amount_box_is_refused_with_the_reason(page, web_stack, tmp_path) -> None:
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (320, 64), 255).save(blank)
+    refusal = httpx.post(
+        f"{web_stack.url}/v1/cheques/read",
+        content=blank.read_bytes(),
+        headers={"content-type": "image/png"},
+        timeout=60,
+    )
+    assert refusal.status_code == 422  # never an invented amount
+    page.set_input_files("#cheque-file", str(blank))
+    page.wait_for_selector("#cheque-result[data-state='error']", timeout=60_000)
+    assert page.inner_text("#cheque-result") == refusal.json()["message"]
+
+
 def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack) -> None:
     from inkwell.registry import Registry
     from inkwell.settings import CoreSettings
@@ -203,12 +261,12 @@ def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack
     assert page.inner_text("#r-canary") == "v2"
     assert page.inner_text("#r-weight") == "10 %"
     page.wait_for_selector("#versions tr[data-version='2'] .alias.canary")
-    shot(page, "07-canary")
+    shot(page, "08-canary")
 
     page.click("#act-pause")
     page.wait_for_selector("#phase[data-phase='paused']")
     assert page.locator("#act-resume").is_enabled() and page.locator("#act-pause").is_disabled()
-    shot(page, "08-paused")
+    shot(page, "09-paused")
 
     page.click("#act-resume")
     page.wait_for_selector("#phase[data-phase='canary']")
@@ -217,6 +275,6 @@ def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack
     page.wait_for_selector("#phase[data-phase='rolled_back']", timeout=60_000)
     page.wait_for_selector("#events li:has-text('rolled_back')")
     assert page.locator("#act-promote").is_disabled()
-    shot(page, "09-rolled-back")
+    shot(page, "10-rolled-back")
     wait_until(lambda: "canary" not in registry_aliases(web_stack.home), 30, "alias removal")
     assert registry_aliases(web_stack.home)["stable"] == "1"
