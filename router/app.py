@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inkwell.errors import InkwellError
 from inkwell.settings import CANARY, STABLE
+from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from router import admin
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
@@ -33,8 +34,8 @@ from router.state import RolloutState, RolloutStore
 log = logging.getLogger("inkwell.router")
 
 # Paths the router answers itself; everything else is proxied to the services.
-OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
-OWN_PREFIXES = ("/admin/", "/router/")
+OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *WEB_PATHS})
+OWN_PREFIXES = ("/admin/", "/router/", *WEB_PREFIXES)
 
 
 class RouterApp:
@@ -211,6 +212,7 @@ def create_app(
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(admin.router)
+    mount_web(app, settings, admin_key=lambda: runtime.admin_key, trainer_url=settings.trainer_url)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

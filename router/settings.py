@@ -28,6 +28,10 @@ class RouterSettings(CoreSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     stable_url: str = "http://127.0.0.1:8001"
     canary_url: str = "http://127.0.0.1:8002"
+    trainer_url: str | None = Field(
+        default="http://127.0.0.1:8003",
+        description="The trainer's admin API; the web page shows its status (None: hidden).",
+    )
     public_url: str | None = Field(
         default=None,
         description="How other processes reach this router (default http://host:port); used "
@@ -167,7 +171,9 @@ class RouterSettings(CoreSettings):
             raise ValueError("rollout steps must not decrease (users never move back)")
         return value
 
-    @field_validator("stable_url", "canary_url", "prometheus_url", "public_url", "admin_url")
+    @field_validator(
+        "stable_url", "canary_url", "trainer_url", "prometheus_url", "public_url", "admin_url"
+    )
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

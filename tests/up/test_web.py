@@ -1,0 +1,280 @@
+"""The web page in a real browser (Debian's Chromium driven by Playwright) against a stack
+started with `inkwell up`: draw a digit, teach, read a cheque, watch and steer the rollout.
+Each page state is saved as a screenshot under test-artifacts/web/."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from tests.e2e.stack import (
+    ADMIN_KEY,
+    API_KEY,
+    ARTIFACTS,
+    Stack,
+    register_cheques,
+    register_digits,
+    registry_aliases,
+    trained_cheque_model,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SHOTS = ARTIFACTS / "web"
+Point = tuple[float, float]
+
+
+@pytest.fixture(scope="module")
+def web_stack(
+    tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, tiny_weights: dict[str, torch.Tensor]
+) -> Iterator[Stack]:
+    """One stack for the module: v1 is stable, v2 is registered (the canary-to-be)."""
+    home = tmp_path_factory.mktemp("web") / "home"
+    home.mkdir()
+    register_digits(home, tiny_weights, ("stable",))
+    register_digits(home, tiny_weights, (), note="candidate")
+    register_cheques(home, trained_cheque_model(mnist_dir))
+    stack = Stack(
+        home=home,
+        mnist=mnist_dir,
+        log_path=ARTIFACTS / "web" / "inkwell-up.log",
+        # a slow analysis: the rollout moves only when the test presses the buttons
+        settings={
+            "INKWELL_ROUTER_ANALYSIS_INTERVAL_S": "600",
+            "INKWELL_ROUTER_ROLLOUT_STEPS": "10,50,100",
+        },
+    )
+    try:
+        yield stack.start(300.0)
+    finally:
+        stack.stop(timeout=30)
+        stack.kill()
+        stack.save_logs()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, web_stack: Stack, request: pytest.FixtureRequest):
+    """A fresh browser context on the page, with the keys typed into the page's fields, and a
+    record of every URL the page asked for."""
+    context = browser.new_context(viewport={"width": 1360, "height": 1000})
+    page = context.new_page()
+    page.requested = []  # type: ignore[attr-defined]
+    page.on("request", lambda r: page.requested.append(r.url))  # type: ignore[attr-defined]
+    page.goto(web_stack.url + "/")
+    page.fill("#api-key", API_KEY)
+    page.fill("#admin-key", ADMIN_KEY)
+    page.fill("#user-id", f"browser-{request.node.name[:40]}")
+    page.click("#keys-toggle")  # close the keys panel
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def draw(page, *strokes: list[Point]) -> None:
+    """Draw strokes on the 280x280 pad with real mouse events (pad coordinates)."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=4)
+        page.mouse.up()
+
+
+ONE = [(140.0, 40.0), (140.0, 240.0)]
+ZERO = [
+    (140 + 68 * math.sin(2 * math.pi * t / 24), 140 - 95 * math.cos(2 * math.pi * t / 24))
+    for t in range(25)
+]
+
+
+def answered(page) -> dict[str, str]:
+    page.wait_for_selector("#answer[data-state='answered']", timeout=30_000)
+    return {
+        "digit": page.inner_text("#answer-digit"),
+        "meta": page.inner_text("#answer-meta"),
+    }
+
+
+def test_page_is_served_by_the_router_and_loads_nothing_from_elsewhere(page, web_stack) -> None:
+    page.wait_for_selector("#pill-stable:has-text('stable v1')")
+    page.wait_for_selector("#phase[data-phase='idle']")
+    shot(page, "01-start")
+    assert page.title() == "Inkwell"
+    foreign = [url for url in page.requested if not url.startswith(web_stack.url)]
+    assert foreign == []  # no CDN: the page works offline
+
+
+def test_drawing_a_one_is_read_as_one_with_who_answered(page) -> None:
+    draw(page, ONE)  # releasing the mouse sends the drawing
+    result = answered(page)
+    shot(page, "02-drew-a-one")
+    assert result["digit"] == "1"
+    assert "answered by stable model v1" in result["meta"]
+    bars = page.locator("#bars .bar")
+    assert bars.count() == 10
+    assert page.locator("#bars .bar.top").get_attribute("data-digit") == "1"
+
+
+def test_drawing_a_zero_is_read_as_zero(page) -> None:
+    draw(page, ZERO)
+    assert answered(page)["digit"] == "0"
+    shot(page, "03-drew-a-zero")
+
+
+def test_teaching_stores_the_drawing_with_its_label_and_user(page, web_stack) -> None:
+    draw(page, ONE)
+    answered(page)
+    page.click("#teach-digits button[data-digit='7']")  # "no, it is a 7" (a correction)
+    page.wait_for_selector("#teach-result.ok", timeout=30_000)
+    text = page.inner_text("#teach-result")
+    shot(page, "04-taught")
+    assert "Stored as sample #" in text and "label 7" in text
+    user = page.input_value("#user-id")
+    stats = httpx.get(
+        f"{web_stack.url}/v1/samples/stats", headers={"X-API-Key": API_KEY}, timeout=30
+    ).json()
+    assert stats["by_user"][user] == 1
+    page.wait_for_function(
+        "Number(document.getElementById('s-waiting').textContent) >= 1", timeout=30_000
+    )
+    shot(page, "05-learning-panel")
+
+
+def test_teaching_without_the_api_key_says_what_to_do(page) -> None:
+    page.click("#keys-toggle")
+    page.fill("#api-key", "")
+    draw(page, ONE)
+    answered(page)
+    page.click("#confirm")
+    page.wait_for_selector("#teach-result.err")
+    assert "needs the API key" in page.inner_text("#teach-result")
+    page.fill("#api-key", "not-the-key")
+    page.click("#confirm")
+    page.wait_for_selector("#teach-result.err:has-text('Not stored')")
+    assert "X-API-Key is not valid" in page.inner_text("#teach-result")
+    shot(page, "06-teach-refused")
+
+
+def test_a_wrong_admin_key_locks_the_rollout_panel(page) -> None:
+    page.click("#keys-toggle")
+    page.fill("#admin-key", "wrong")
+    page.wait_for_selector("#rollout-locked:has-text('Admin key not accepted')")
+    assert page.locator("#rollout-body").is_hidden()
+
+
+def test_a_cheque_amount_is_read_and_its_characters_boxed(page, web_stack, tmp_path) -> None:
+    from PIL import Image
+
+    from inkwell.cheques.pools import load_pool
+    from inkwell.cheques.synth import generate_fields
+
+    field = next(generate_fields(load_pool("test", web_stack.mnist), 1, seed=7))
+    image = tmp_path / "amount.png"
+    Image.fromarray(field.image).save(image)
+    expected = httpx.post(
+        f"{web_stack.url}/v1/cheques/read",
+        content=image.read_bytes(),
+        headers={"content-type": "image/png"},
+        timeout=60,
+    )
+    assert expected.status_code == 200, expected.text
+    reading = expected.json()
+    assert reading["characters"], reading  # the model found digits to box
+
+    page.set_input_files("#cheque-file", str(image))
+    page.wait_for_selector("#cheque-result[data-state='read']", timeout=60_000)
+    shot(page, "07-cheque")
+    assert page.inner_text("#cheque-result .amount") == reading["amount"]
+    assert page.get_attribute("#cheque-canvas", "data-boxes") == str(len(reading["characters"]))
+    review = "needs human review" if reading["needs_review"] else "auto-accepted"
+    assert review in page.inner_text("#cheque-result")
+    # the boxes are drawn on the image: the canvas differs from the plain upload
+    drawn = page.evaluate(
+        """() => { const c = document.getElementById('cheque-canvas');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let blue = 0;
+                   for (let i = 0; i < d.length; i += 4)
+                     if (d[i + 2] > 150 && d[i] < 100) blue++;
+                   return blue; }"""
+    )
+    assert drawn > 0
+
+
+def test_a_blank_amount_box_is_refused_with_the_reason(page, web_stack, tmp_path) -> None:
+    from PIL import Image
+
+    blank = tmp_path / "blank.png"
+    Image.new("L", (320, 64), 255).save(blank)
+    refusal = httpx.post(
+        f"{web_stack.url}/v1/cheques/read",
+        content=blank.read_bytes(),
+        headers={"content-type": "image/png"},
+        timeout=60,
+    )
+    assert refusal.status_code == 422  # never an invented amount
+    page.set_input_files("#cheque-file", str(blank))
+    page.wait_for_selector("#cheque-result[data-state='error']", timeout=60_000)
+    assert page.inner_text("#cheque-result") == refusal.json()["message"]
+
+
+def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack) -> None:
+    from inkwell.registry import Registry
+    from inkwell.settings import CoreSettings
+
+    page.wait_for_selector("#phase[data-phase='idle']")
+    Registry(CoreSettings(home=web_stack.home)).set_alias("inkwell-digits", "canary", "2")
+    page.wait_for_selector("#phase[data-phase='canary']", timeout=60_000)
+    page.wait_for_selector("#pill-canary:has-text('canary v2')", timeout=60_000)
+    assert page.inner_text("#r-canary") == "v2"
+    assert page.inner_text("#r-weight") == "10 %"
+    page.wait_for_selector("#versions tr[data-version='2'] .alias.canary")
+    shot(page, "08-canary")
+
+    page.click("#act-pause")
+    page.wait_for_selector("#phase[data-phase='paused']")
+    assert page.locator("#act-resume").is_enabled() and page.locator("#act-pause").is_disabled()
+    shot(page, "09-paused")
+
+    page.click("#act-resume")
+    page.wait_for_selector("#phase[data-phase='canary']")
+
+    page.click("#act-rollback")
+    page.wait_for_selector("#phase[data-phase='rolled_back']", timeout=60_000)
+    page.wait_for_selector("#events li:has-text('rolled_back')")
+    assert page.locator("#act-promote").is_disabled()
+    shot(page, "10-rolled-back")
+    wait_until(lambda: "canary" not in registry_aliases(web_stack.home), 30, "alias removal")
+    assert registry_aliases(web_stack.home)["stable"] == "1"
