@@ -71,6 +71,14 @@ def train(
     width: Annotated[int, typer.Option(min=4, help="Channels of the first conv block.")] = 16,
     register: Annotated[bool, typer.Option(help="Register the model in MLflow.")] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            "--if-missing",
+            help="Do nothing when the registry already has a `stable` version (one-shot "
+            "deployment init jobs: safe to run on every start).",
+        ),
+    ] = False,
     data: DataOpt = None,
 ) -> None:
     """Train the base digit model on MNIST and register it (the first version becomes stable)."""
@@ -80,6 +88,17 @@ def train(
 
     if optimizer not in OPTIMIZERS:
         raise typer.BadParameter(f"choose one of {', '.join(OPTIMIZERS)}", param_hint="--optimizer")
+    if if_missing:
+        from inkwell.registry import Registry
+        from inkwell.settings import STABLE
+
+        registry = Registry()
+        existing = registry.find_version(registry.settings.model_name, STABLE)
+        if existing is not None:
+            console.print(
+                f"{existing.name} v{existing.version} is already {STABLE}: nothing to train"
+            )
+            return
     cfg = TrainConfig(
         optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, dry_run=dry_run
     )

@@ -101,3 +101,23 @@ class ModelNotReadyError(InkwellError):
 class RegistryUnavailableError(InkwellError):
     code = "registry_unavailable"
     status_code = 503
+
+
+class NothingToTrainError(ConflictError):
+    """A retrain was requested but no accepted samples are waiting."""
+
+    code = "nothing_to_train"
+
+
+class UpstreamUnavailableError(InkwellError):
+    """A service behind the router did not answer (refused, reset or timed out)."""
+
+    code = "upstream_unavailable"
+    status_code = 502
+
+
+class MetricsUnavailableError(InkwellError):
+    """Metrics needed for a decision could not be read (Prometheus or /metrics targets down)."""
+
+    code = "metrics_unavailable"
+    status_code = 503

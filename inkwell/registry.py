@@ -106,6 +106,17 @@ class Registry:
         ) as run:
             yield run
 
+    def terminate_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """Close a run left open (e.g. by a killed process): FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status=status)
+
+    def run_status(self, run_id: str) -> str | None:
+        """A run's status (RUNNING, FINISHED, ...), or None when it does not exist."""
+        try:
+            return str(self.client.get_run(run_id).info.status)
+        except MlflowException:
+            return None
+
     @staticmethod
     def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params({k: v for k, v in params.items() if v is not None})
@@ -167,8 +178,13 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         aliases: tuple[str, ...] = (),
         name: str | None = None,
+        extra_files: Mapping[str, Path] | None = None,
     ) -> VersionInfo:
-        """Register a trained `DigitNet` (state_dict + config + preprocessing) as a new version."""
+        """Register a trained `DigitNet` (state_dict + config + preprocessing) as a new version.
+
+        `extra_files` (name in `model/` -> local path) travel with the weights, e.g. the
+        trainer's replay buffer.
+        """
         with tempfile.TemporaryDirectory() as tmp:
             weights = Path(tmp) / WEIGHTS_FILE
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -184,7 +200,7 @@ class Registry:
             return self.register_files(
                 name or self.settings.model_name,
                 run_id,
-                {WEIGHTS_FILE: weights},
+                {WEIGHTS_FILE: weights, **dict(extra_files or {})},
                 full_meta,
                 tags=tags,
                 aliases=aliases,

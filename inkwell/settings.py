@@ -46,7 +46,9 @@ class CoreSettings(BaseSettings):
     )
     tracking_uri: str | None = Field(
         default=None,
-        validation_alias=_shared("TRACKING_URI", "MLFLOW_TRACKING_URI"),
+        # Not MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() exports that variable, so a
+        # second settings object in the same process would silently follow the first registry.
+        validation_alias=_shared("TRACKING_URI"),
         description="MLflow tracking URI; default sqlite:///<home>/mlflow.db.",
     )
     experiment: str = Field(default="inkwell", validation_alias=_shared("EXPERIMENT"))

@@ -1,11 +1,12 @@
 """`inkwell bench service`: load-test real service processes on localhost.
 
-Starts one service process per configuration (micro-batched, then naive per-request), drives
-each with the same closed-loop load of single-image PNG requests at a fixed concurrency for a
-fixed time, then measures the batch route against the bare model forward pass of the same
-version with the same torch threads. The load generator is a minimal keep-alive HTTP/1.1 client
-on asyncio streams: an HTTP library would spend more CPU per request than the service does,
-and on a small machine the generator shares the cores with the service.
+Starts one service process per configuration (micro-batched and naive per-request) and drives
+them in turn, for several interleaved rounds, with the same closed-loop load of single-image
+requests at a fixed concurrency for a fixed time; then measures the batch routes against the
+bare forward pass the service runs (same version, same torch threads, best of before/after).
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams: an HTTP library
+would spend more CPU per request than the service does, and on a small machine the generator
+shares the cores with the service.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ import typer
 from PIL import Image
 
 HOST = "127.0.0.1"
+JSON = "application/json"
 
 
 @dataclass
@@ -44,14 +46,33 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     correct: int = 0
     images_per_request: int = 1
+    service_cpu_s: float = 0.0  # CPU time the service process spent in the measured window
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
 
     @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.service_cpu_s / self.requests if self.requests else float("nan")
+
+    @property
     def images_rate(self) -> float:
         return self.rate * self.images_per_request
+
+    @classmethod
+    def merge(cls, runs: list[LoadResult]) -> LoadResult:
+        """Several runs of one configuration as one."""
+        return cls(
+            name=runs[0].name,
+            requests=sum(r.requests for r in runs),
+            errors=sum(r.errors for r in runs),
+            seconds=sum(r.seconds for r in runs),
+            latencies_ms=[ms for r in runs for ms in r.latencies_ms],
+            correct=sum(r.correct for r in runs),
+            images_per_request=runs[0].images_per_request,
+            service_cpu_s=sum(r.service_cpu_s for r in runs),
+        )
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
@@ -63,12 +84,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def http_request(path: str, body: bytes, content_type: str) -> bytes:
+def http_request(
+    path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def v2_binary_request(images: np.ndarray, model_name: str) -> bytes:
+    """An Open Inference Protocol infer request with the input as binary FP32."""
+    raw = (images.astype("<f4") / 255.0).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [len(images), 1, 28, 28],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ]
+        }
+    ).encode()
+    return http_request(
+        f"/v2/models/{model_name}/infer",
+        header + raw,
+        "application/octet-stream",
+        {"Inference-Header-Content-Length": str(len(header))},
+    )
+
+
+def answered_digits(answer: dict[str, Any]) -> list[int]:
+    """The digits in a v1 single, v1 batch or v2 infer response."""
+    if "digit" in answer:
+        return [answer["digit"]]
+    if "predictions" in answer:
+        return [p["digit"] for p in answer["predictions"]]
+    return next(o["data"] for o in answer["outputs"] if o["name"] == "digit")
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -82,6 +138,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _closed_loop(
+    pid: int,
     port: int,
     requests: list[tuple[bytes, list[int]]],
     concurrency: int,
@@ -94,6 +151,15 @@ async def _closed_loop(
     start = time.perf_counter()
     measure_from = start + warmup
     stop_at = measure_from + duration
+
+    async def cpu_window() -> None:
+        import psutil
+
+        process = psutil.Process(pid)
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        before = sum(process.cpu_times()[:2])
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        result.service_cpu_s = sum(process.cpu_times()[:2]) - before
 
     async def worker(offset: int) -> None:
         reader, writer = await asyncio.open_connection(HOST, port)
@@ -115,23 +181,22 @@ async def _closed_loop(
                     continue
                 result.requests += 1
                 result.latencies_ms.append((done - sent) * 1000)
-                answer = json.loads(body)
-                digits = (
-                    [answer["digit"]]
-                    if "digit" in answer
-                    else [p["digit"] for p in answer["predictions"]]
-                )
+                if not labels:
+                    continue
+                digits = answered_digits(json.loads(body))
                 result.correct += sum(int(d == y) for d, y in zip(digits, labels, strict=True))
         finally:
             writer.close()
 
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    await asyncio.gather(cpu_window(), *(worker(i) for i in range(concurrency)))
     return result
 
 
-def run_load(port: int, requests: list[tuple[bytes, list[int]]], **kwargs: object) -> LoadResult:
+def run_load(
+    service: tuple[int, int], requests: list[tuple[bytes, list[int]]], **kwargs: object
+) -> LoadResult:
     """Closed-loop load on uvloop (falls back to asyncio)."""
-    coroutine = _closed_loop(port, requests, **kwargs)  # type: ignore[arg-type]
+    coroutine = _closed_loop(*service, requests, **kwargs)  # type: ignore[arg-type]
     try:
         import uvloop
     except ImportError:  # pragma: no cover
@@ -140,8 +205,8 @@ def run_load(port: int, requests: list[tuple[bytes, list[int]]], **kwargs: objec
 
 
 @contextmanager
-def service_process(env: dict[str, str], log: Path) -> Iterator[int]:
-    """A real `inkwell service` process; yields its port once /readyz answers."""
+def service_process(env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
+    """A real `inkwell service` process; yields (pid, port) once /readyz answers."""
     import httpx
 
     port = free_port()
@@ -166,7 +231,7 @@ def service_process(env: dict[str, str], log: Path) -> Iterator[int]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"service not ready:\n{log.read_text()}")
             time.sleep(0.3)
-        yield port
+        yield process.pid, port
     finally:
         process.terminate()
         try:
@@ -176,16 +241,27 @@ def service_process(env: dict[str, str], log: Path) -> Iterator[int]:
             process.wait()
 
 
-def bare_forward_rate(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
-    """Images/s of `model(x)` alone (no HTTP, no parsing), same batch, same threads."""
+@dataclass(frozen=True)
+class ForwardRate:
+    """The bare forward pass: wall-clock images/s and CPU milliseconds per image."""
+
+    images_per_s: float
+    cpu_ms_per_image: float
+
+
+def bare_forward_rate(
+    model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seconds: float
+) -> ForwardRate:
+    """`softmax(model(x))` alone (no HTTP, no parsing), same batch, same threads."""
     with torch.inference_mode():
         model(x)
-        count, start = 0, time.perf_counter()
+        count, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             torch.softmax(model(x), dim=1)
             count += 1
-        elapsed = time.perf_counter() - start
-    return count * x.shape[0] / elapsed
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    images = count * x.shape[0]
+    return ForwardRate(images / elapsed, 1000 * cpu / images)
 
 
 def png(image: np.ndarray) -> bytes:
@@ -200,9 +276,13 @@ def bench_service(
     concurrency: Annotated[int, typer.Option(help="Concurrent single-image clients.")] = 16,
     batch_images: Annotated[int, typer.Option(help="Images per batch request.")] = 256,
     batch_concurrency: Annotated[int, typer.Option(help="Concurrent batch clients.")] = 2,
-    model: Annotated[str, typer.Option(help="Alias or version to benchmark.")] = "stable",
-    max_wait_ms: Annotated[float, typer.Option(help="Micro-batch max wait.")] = 2.0,
+    variant: Annotated[str, typer.Option(help="Alias to benchmark: stable or canary.")] = "stable",
+    max_wait_ms: Annotated[float, typer.Option(help="Micro-batch max wait.")] = 0.0,
     max_size: Annotated[int, typer.Option(help="Micro-batch max size.")] = 32,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds per configuration.")] = 3,
+    payload: Annotated[
+        str, typer.Option(help="Single-image body: png (decoded and normalised) or json pixels.")
+    ] = "png",
 ) -> None:
     """Single-image req/s and p50/p95/p99 (micro-batched vs naive), batch route vs bare model."""
     from rich.table import Table
@@ -210,38 +290,59 @@ def bench_service(
     from inkwell.cli import console
     from inkwell.data import load_split
     from inkwell.registry import Registry
+    from service.model import optimize_for_cpu
     from service.settings import ServiceSettings
 
     settings = ServiceSettings()
     registry = Registry(settings)
-    loaded = registry.load_digit_model(model)
+    if variant not in ("stable", "canary"):
+        raise typer.BadParameter("choose stable or canary", param_hint="--variant")
+    loaded = registry.load_digit_model(variant)
     version = loaded.info.version
     test = load_split("test", settings.data_dir)
     images, labels = test.images[:512], test.labels[:512].tolist()
+    if payload not in ("png", "json"):
+        raise typer.BadParameter("choose png or json", param_hint="--payload")
     singles = [
-        (http_request("/v1/digits/predict", png(img), "image/png"), [label])
+        (
+            http_request("/v1/digits/predict", png(img), "image/png")
+            if payload == "png"
+            else http_request(
+                "/v1/digits/predict", json.dumps({"pixels": img.tolist()}).encode(), JSON
+            ),
+            [label],
+        )
         for img, label in zip(images, labels, strict=True)
     ]
-    batches = []
-    for start in range(0, 512, batch_images):
-        chunk = images[start : start + batch_images]
-        if len(chunk) < batch_images:
-            break
+    if not 1 <= batch_images <= 512:
+        raise typer.BadParameter("1 to 512", param_hint="--batch-images")
+    batch_sets: dict[str, list[tuple[bytes, list[int]]]] = {"v1 JSON": [], "v2 binary FP32": []}
+    for start in range(0, 512 - batch_images + 1, batch_images):
+        chunk, chunk_labels = (
+            images[start : start + batch_images],
+            labels[start : start + batch_images],
+        )
         body = json.dumps({"images": chunk.tolist()}).encode()
-        batch_request = http_request("/v1/digits/predict/batch", body, "application/json")
-        batches.append((batch_request, labels[start : start + batch_images]))
-    if not batches:
-        raise typer.BadParameter("at most 512", param_hint="--batch-images")
+        batch_sets["v1 JSON"].append(
+            (http_request("/v1/digits/predict/batch", body, JSON), chunk_labels)
+        )
+        batch_sets["v2 binary FP32"].append(
+            (v2_binary_request(chunk, settings.model_name), chunk_labels)
+        )
+    batch_routes = {
+        "v1 JSON": "POST /v1/digits/predict/batch, JSON 0..255 arrays",
+        "v2 binary FP32": f"POST /v2/models/{settings.model_name}/infer, binary FP32",
+    }
     load1 = os.getloadavg()[0]
     console.print(
-        f"model {loaded.info.name} v{version} ({model}); {os.cpu_count()} CPUs, load average "
+        f"model {loaded.info.name} v{version} ({variant}); {os.cpu_count()} CPUs, load average "
         f"{load1:.2f} before start; torch threads in the service: {settings.torch_threads}"
     )
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("INKWELL_SERVICE_")}
     base_env.update(
         {
             "INKWELL_HOME": str(settings.home),
-            "INKWELL_SERVICE_VARIANT": model if model in ("stable", "canary") else "stable",
+            "INKWELL_SERVICE_VARIANT": variant,
             "INKWELL_SERVICE_MAX_BATCH_IMAGES": str(max(batch_images, 256)),
             "INKWELL_SERVICE_POLL_INTERVAL_S": "60",
         }
@@ -253,15 +354,32 @@ def bench_service(
         },
         "naive per-request (max 1)": {"INKWELL_SERVICE_MICROBATCH_MAX_SIZE": "1"},
     }
-    results: list[LoadResult] = []
-    batch_result: LoadResult | None = None
-    with tempfile.TemporaryDirectory(prefix="inkwell-bench-") as tmp:
-        for index, (name, extra) in enumerate(configs.items()):
-            console.print(f"[bold]{name}[/bold]: {concurrency} clients, {duration:g} s ...")
-            with service_process({**base_env, **extra}, Path(tmp) / f"service-{index}.log") as port:
-                results.append(
+    batch_results: dict[str, LoadResult] = {}
+    bare = ForwardRate(float("nan"), float("nan"))
+    torch.set_num_threads(settings.torch_threads)
+    x = torch.from_numpy(images[:batch_images].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    # The bare forward pass is the one the service runs: optimised when the service optimises.
+    forward = optimize_for_cpu(loaded.model) if settings.optimize_model else loaded.model
+    kind = "optimised" if settings.optimize_model else "eager"
+    with tempfile.TemporaryDirectory(prefix="inkwell-bench-") as tmp, ExitStack() as stack:
+        # Both configurations run side by side (the idle one costs nothing) and take turns,
+        # round after round, so drifting load from other processes hits both alike.
+        services = {
+            name: stack.enter_context(
+                service_process({**base_env, **extra}, Path(tmp) / f"service-{index}.log")
+            )
+            for index, (name, extra) in enumerate(configs.items())
+        }
+        rounds_of: dict[str, list[LoadResult]] = {name: [] for name in configs}
+        for round_index in range(rounds):
+            for name, service in services.items():
+                console.print(
+                    f"round {round_index + 1}/{rounds} [bold]{name}[/bold]: "
+                    f"{concurrency} clients, {duration:g} s ..."
+                )
+                rounds_of[name].append(
                     run_load(
-                        port,
+                        service,
                         singles,
                         concurrency=concurrency,
                         duration=duration,
@@ -270,27 +388,31 @@ def bench_service(
                         images_per_request=1,
                     )
                 )
-                if index == 0:
-                    console.print(
-                        f"[bold]batch route[/bold]: {batch_images} images/request, "
-                        f"{batch_concurrency} clients ..."
-                    )
-                    batch_result = run_load(
-                        port,
-                        batches,
-                        concurrency=batch_concurrency,
-                        duration=duration,
-                        warmup=warmup,
-                        name="batch",
-                        images_per_request=batch_images,
-                    )
-    torch.set_num_threads(settings.torch_threads)
-    x = torch.from_numpy(images[:batch_images].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    bare = bare_forward_rate(loaded.model, x, duration)
+        results = [LoadResult.merge(runs) for runs in rounds_of.values()]
+        batched = next(iter(services.values()))
+        bare_before = bare_forward_rate(forward, x, duration / 2)
+        for batch_name, batch_requests in batch_sets.items():
+            console.print(
+                f"[bold]batch route, {batch_name}[/bold]: {batch_images} "
+                f"images/request, {batch_concurrency} clients ..."
+            )
+            batch_results[batch_name] = run_load(
+                batched,
+                batch_requests,
+                concurrency=batch_concurrency,
+                duration=duration,
+                warmup=warmup,
+                name=batch_name,
+                images_per_request=batch_images,
+            )
+        bare_after = bare_forward_rate(forward, x, duration / 2)
+        bare = max(bare_before, bare_after, key=lambda r: r.images_per_s)
 
     table = Table(
         "configuration", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "accuracy %",
-        title=f"single-image PNG requests, concurrency {concurrency}, {duration:g} s each",
+        "service CPU ms/req",
+        title=f"single-image {payload} requests, concurrency {concurrency}, "
+        f"{rounds} x {duration:g} s each, interleaved",
     )  # fmt: skip
     for r in results:
         table.add_row(
@@ -301,26 +423,41 @@ def bench_service(
             f"{r.percentile(99):.1f}",
             str(r.errors),
             f"{100 * r.correct / max(r.requests, 1):.1f}",
+            f"{r.cpu_ms_per_request:.2f}",
         )
     console.print(table)
-    if batch_result is not None:
-        ratio = batch_result.images_rate / bare if bare else float("nan")
+    if batch_results:
         batch_table = Table(
-            "measure", "images/s", "p50 ms", "p99 ms",
-            title=f"batch route ({batch_images} JSON images/request) vs bare forward pass",
+            "measure", "images/s", "p50 ms", "p99 ms", "errors", "CPU ms/image",
+            "vs bare: images/s", "vs bare: CPU",
+            title=f"batch routes ({batch_images} images/request) vs the bare forward pass",
         )  # fmt: skip
+        for batch_name, result in batch_results.items():
+            cpu_per_image = result.cpu_ms_per_request / batch_images
+            batch_table.add_row(
+                f"{batch_routes[batch_name]} ({batch_concurrency} clients)",
+                f"{result.images_rate:,.0f}",
+                f"{result.percentile(50):.1f}",
+                f"{result.percentile(99):.1f}",
+                str(result.errors),
+                f"{cpu_per_image:.3f}",
+                f"{100 * result.images_rate / bare.images_per_s:.0f} %",
+                f"{100 * bare.cpu_ms_per_image / cpu_per_image:.0f} %",
+            )
         batch_table.add_row(
-            f"POST /v1/digits/predict/batch ({batch_concurrency} clients)",
-            f"{batch_result.images_rate:,.0f}",
-            f"{batch_result.percentile(50):.1f}",
-            f"{batch_result.percentile(99):.1f}",
-        )
-        batch_table.add_row(
-            f"bare model forward, batch {batch_images}, {settings.torch_threads} thread(s)",
-            f"{bare:,.0f}",
+            f"bare {kind} forward, batch {batch_images}, {settings.torch_threads} thread(s), "
+            "best of 2",
+            f"{bare.images_per_s:,.0f}",
             "",
             "",
+            "",
+            f"{bare.cpu_ms_per_image:.3f}",
+            "100 %",
+            "100 %",
         )
         console.print(batch_table)
-        console.print(f"batch route / bare forward: {100 * ratio:.0f} %")
+        console.print(
+            "vs bare: images/s = route images/s / bare images/s; CPU = bare CPU per image / "
+            "service CPU per image (less sensitive to other load on the machine)."
+        )
     console.print(f"load average after: {os.getloadavg()[0]:.2f}")

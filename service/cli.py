@@ -15,6 +15,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
 ) -> None:
     """Serve digit predictions and sample uploads for one variant (uvicorn)."""
+    import logging
+
     import uvicorn
 
     from service.main import create_app
@@ -30,6 +32,8 @@ def serve(
     if host is not None:
         overrides["host"] = host
     settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
+    # uvicorn configures only its own loggers; model swaps and refresh failures log here.
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -38,7 +38,7 @@ class ServiceContext:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.metrics = ServiceMetrics(settings.variant)
-        self.model = DigitModel(settings, settings.variant)
+        self.model = DigitModel(settings, settings.variant, optimize=settings.optimize_model)
         self.batcher = MicroBatcher(
             self.model.predict,
             max_size=settings.microbatch_max_size,

@@ -1,4 +1,8 @@
-"""Dependencies as `Annotated` aliases, so route signatures read like prose."""
+"""Dependencies as `Annotated` aliases, so route signatures read like prose.
+
+They are `async def` on purpose: FastAPI runs plain `def` dependencies in a worker thread,
+which for these non-blocking look-ups costs more than the whole prediction.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from service.model import DigitModel
 from service.settings import ServiceSettings
 
 
-def get_context(request: Request) -> ServiceContext:
+async def get_context(request: Request) -> ServiceContext:
     context: ServiceContext = request.app.state.context
     return context
 
@@ -24,27 +28,27 @@ def get_context(request: Request) -> ServiceContext:
 ContextDep = Annotated[ServiceContext, Depends(get_context)]
 
 
-def get_settings(context: ContextDep) -> ServiceSettings:
+async def get_settings(context: ContextDep) -> ServiceSettings:
     return context.settings
 
 
-def get_model(context: ContextDep) -> DigitModel:
+async def get_model(context: ContextDep) -> DigitModel:
     return context.model
 
 
-def get_batcher(context: ContextDep) -> MicroBatcher:
+async def get_batcher(context: ContextDep) -> MicroBatcher:
     return context.batcher
 
 
-def get_cheques(context: ContextDep) -> ChequeModel:
+async def get_cheques(context: ContextDep) -> ChequeModel:
     return context.cheques
 
 
-def get_store(context: ContextDep) -> SampleStore:
+async def get_store(context: ContextDep) -> SampleStore:
     return context.store
 
 
-def get_metrics(context: ContextDep) -> ServiceMetrics:
+async def get_metrics(context: ContextDep) -> ServiceMetrics:
     return context.metrics
 
 
@@ -78,16 +82,31 @@ def check_api_key(settings: ServiceSettings, key: str | None) -> None:
         )
 
 
-def require_api_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+async def require_api_key(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
     """Uploads and sample statistics always need a key."""
     check_api_key(settings, x_api_key)
 
 
-def prediction_access(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
-    """Predictions are open unless INKWELL_SERVICE_PREDICT_REQUIRES_KEY is set."""
+async def prediction_context(request: Request) -> ServiceContext:
+    """The context for prediction routes, after the key check when predictions are keyed.
+
+    One dependency reading the header itself: every resolved dependency costs tens of
+    microseconds, and this is the hot path.
+    """
+    context: ServiceContext = request.app.state.context
+    if context.settings.predict_requires_key:
+        check_api_key(context.settings, request.headers.get("x-api-key"))
+    return context
+
+
+ApiKeyRequired = Depends(require_api_key)
+PredictContextDep = Annotated[ServiceContext, Depends(prediction_context)]
+
+
+async def prediction_access(settings: SettingsDep, x_api_key: ApiKeyHeader = None) -> None:
+    """Prediction-like routes (cheques) need a key only when predictions are keyed."""
     if settings.predict_requires_key:
         check_api_key(settings, x_api_key)
 
 
-ApiKeyRequired = Depends(require_api_key)
 PredictionAccess = Depends(prediction_access)

@@ -79,7 +79,10 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code
     code = HTTP_CODES.get(status, "http_error" if status < 500 else "internal_error")
     detail = exc.detail if isinstance(exc.detail, str) else None
-    default = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        default = HTTPStatus(status).phrase
+    except ValueError:
+        default = "Error"
     message = HTTP_MESSAGES.get(status) or detail or default
     return error_response(request, status, code, message)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,11 +26,39 @@ from inkwell.settings import CoreSettings
 log = logging.getLogger("inkwell.service.model")
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+# How far the optimised module's probabilities may stray from the eager model's.
+OPTIMIZED_TOLERANCE = 1e-4
+
+
+def optimize_for_cpu(model: DigitNet) -> Forward:
+    """A frozen TorchScript copy of `model` with oneDNN-fused convolutions, checked against it.
+
+    On CPU it costs about a third of the eager model's CPU time per image at batch 16-32. The
+    TorchScript API is deprecated in favour of `torch.compile`, which needs a C++ toolchain at
+    run time and minutes of compilation on a small machine for every hot swap; this needs
+    neither. Raises if the result disagrees with the eager model (the caller then serves eager).
+    """
+    model.eval()
+    probe = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", FutureWarning)
+        optimized: Forward = torch.jit.optimize_for_inference(torch.jit.trace(model, probe))
+        for size in (1, 8, 3):  # let the JIT specialise before the first request arrives
+            optimized(probe[:size])
+        gap = (torch.softmax(optimized(probe), 1) - torch.softmax(model(probe), 1)).abs().max()
+    if not float(gap) <= OPTIMIZED_TOLERANCE:
+        raise RuntimeError(f"optimised model disagrees with eager by {float(gap):.2e}")
+    return optimized
+
+
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded version: the network and where it came from."""
+    """One loaded version: the network, the forward pass actually served, and its origin."""
 
     model: DigitNet
+    forward: Forward
+    optimized: bool
     name: str
     version: str
     variant: str
@@ -61,9 +91,10 @@ class DigitModel:
     the alias moved; errors are returned, not raised, so the last good model keeps serving.
     """
 
-    def __init__(self, settings: CoreSettings, variant: str) -> None:
+    def __init__(self, settings: CoreSettings, variant: str, *, optimize: bool = True) -> None:
         self.settings = settings
         self.variant = variant
+        self.optimize = optimize
         self._registry: Registry | None = None
         self._current: ServedModel | None = None
 
@@ -96,8 +127,11 @@ class DigitModel:
         if current is not None and current.version == info.version:
             return RefreshOutcome(swapped=False, version=current.version)
         loaded = registry.load_digit_model(info.version, name=self.name)
+        forward, optimized = self._forward_for(loaded.model)
         candidate = ServedModel(
             model=loaded.model,
+            forward=forward,
+            optimized=optimized,
             name=loaded.info.name,
             version=loaded.info.version,
             variant=self.variant,
@@ -134,10 +168,19 @@ class DigitModel:
                 f"a model and give it the alias {self.variant!r}."
             )
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        logits = served.model(batch.reshape(-1, 1, 28, 28))
+        logits = served.forward(batch.reshape(-1, 1, 28, 28))
         return Prediction(torch.softmax(logits, dim=1).numpy(), served)
 
     # ---- internals ----------------------------------------------------------------------
+    def _forward_for(self, model: DigitNet) -> tuple[Forward, bool]:
+        if not self.optimize:
+            return model, False
+        try:
+            return optimize_for_cpu(model), True
+        except Exception:  # any TorchScript/oneDNN problem: the eager model is always correct
+            log.exception("could not optimise the model for CPU; serving it eagerly")
+            return model, False
+
     def _registry_client(self) -> Registry:
         if self._registry is None:
             self._registry = Registry(self.settings)
@@ -147,7 +190,7 @@ class DigitModel:
     @torch.inference_mode()
     def _warm_up(candidate: ServedModel) -> None:
         """One forward pass before the swap, so a broken model never serves a request."""
-        out = candidate.model(torch.zeros(2, 1, 28, 28))
+        out = candidate.forward(torch.zeros(2, 1, 28, 28))
         if out.shape != (2, 10) or not torch.isfinite(out).all():
             raise InkwellError(
                 f"{candidate.name} v{candidate.version} produced invalid output on warm-up.",

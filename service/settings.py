@@ -41,9 +41,16 @@ class ServiceSettings(CoreSettings):
         default=32, ge=1, description="Most images one model forward pass combines (1 = naive)."
     )
     microbatch_max_wait_ms: float = Field(
-        default=2.0, ge=0.0, description="How long the oldest queued request waits for company."
+        default=0.0,
+        ge=0.0,
+        description="How long the oldest queued request waits for company. Under load, "
+        "batches form from what queues during a forward pass, so waiting only adds latency.",
     )
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
+    optimize_model: bool = Field(
+        default=True,
+        description="Serve a frozen, oneDNN-fused TorchScript copy (checked against eager).",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Keys accepted in the X-API-Key header (comma-separated in the environment).",

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service import inputs, responses
-from service.deps import ContextDep, PredictionAccess
+from service.deps import PredictContextDep
 from service.schemas import BatchPredictionPublic, PredictionPublic
 
-router = APIRouter(prefix="/v1/digits", tags=["digits"], dependencies=[PredictionAccess])
+router = APIRouter(prefix="/v1/digits", tags=["digits"])
 
 IMAGE_BODY = {
     "requestBody": {
@@ -58,7 +58,7 @@ BATCH_BODY = {
 
 
 @router.post("/predict", response_model=PredictionPublic, openapi_extra=IMAGE_BODY)
-async def predict_digit(request: Request, context: ContextDep) -> Response:
+async def predict_digit(request: Request, context: PredictContextDep) -> Response:
     """Read the digit in one image (photo, scan or 28x28 pixels)."""
     image = await inputs.single_image(request, context.settings.image_limits)
     prediction = await context.batcher.infer(image[None])
@@ -66,7 +66,7 @@ async def predict_digit(request: Request, context: ContextDep) -> Response:
 
 
 @router.post("/predict/batch", response_model=BatchPredictionPublic, openapi_extra=BATCH_BODY)
-async def predict_digits(request: Request, context: ContextDep) -> Response:
+async def predict_digits(request: Request, context: PredictContextDep) -> Response:
     """Read the digits in up to INKWELL_SERVICE_MAX_BATCH_IMAGES images, in order."""
     settings = context.settings
     images = await inputs.image_batch(request, settings.image_limits, settings.max_batch_images)

@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from inkwell.errors import ModelNotFoundError
 from service import oip
-from service.deps import ContextDep, ModelDep, PredictionAccess
+from service.deps import ModelDep, PredictContextDep
 from service.model import DigitModel, ServedModel
 from service.responses import json_response, record
 from service.routes.health import not_ready
@@ -65,10 +65,10 @@ async def model_ready(name: str, model: ModelDep, version: str | None = None) ->
     return {"name": served.name, "ready": True}
 
 
-@router.post("/models/{name}/infer", dependencies=[PredictionAccess])
-@router.post("/models/{name}/versions/{version}/infer", dependencies=[PredictionAccess])
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
 async def infer(
-    name: str, request: Request, context: ContextDep, version: str | None = None
+    name: str, request: Request, context: PredictContextDep, version: str | None = None
 ) -> Response:
     """Run the model on an FP32 `input` tensor; returns `probabilities` and `digit`."""
     served_model(context.model, name, version)

@@ -35,15 +35,6 @@ TRAIN_STEPS = 200
 API_KEY = "test-key-0123456789"
 
 
-def find_mnist() -> Path:
-    env = os.environ.get("INKWELL_DATA_DIR")
-    for candidate in (env, REPO.parent.parent / "shared/data/mnist", REPO / "../shared/data/mnist"):
-        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").exists():
-            return Path(candidate).resolve()
-    pytest.skip("real MNIST not found; set INKWELL_DATA_DIR")
-    raise AssertionError("unreachable")
-
-
 @dataclass(frozen=True)
 class TrainedRegistry:
     """A home with an MLflow sqlite registry: v1 (stable) and v2 (canary), both trained."""
@@ -80,9 +71,9 @@ def train_tiny(x: torch.Tensor, y: torch.Tensor, seed: int) -> DigitNet:
 
 
 @pytest.fixture(scope="session")
-def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    """Train two tiny models on real MNIST (seconds) and register them in a sqlite registry."""
-    data_dir = find_mnist()
+def trained_registry(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> TrainedRegistry:
+    """Train a tiny model on real MNIST (seconds); register it as v1 (stable) and v2 (canary)."""
+    data_dir = mnist_dir
     home = tmp_path_factory.mktemp("service-home")
     torch.set_num_threads(1)
     train_x, train_y = split_tensors(load_split("train", data_dir))
@@ -188,7 +179,9 @@ def start_service(
     """Start real service processes through the `inkwell service` CLI; all killed afterwards."""
     started: list[LiveService] = []
 
-    def start(variant: str = STABLE, *, env: dict[str, str] | None = None) -> LiveService:
+    def start(
+        variant: str = STABLE, *, env: dict[str, str] | None = None, wait: bool = True
+    ) -> LiveService:
         port = free_port()
         log = tmp_path / f"service-{len(started)}.log"
         code = "from inkwell.cli import main; main()"
@@ -201,7 +194,8 @@ def start_service(
         )
         service = LiveService(process, f"http://127.0.0.1:{port}", log)
         started.append(service)
-        wait_ready(service.url, process, log)
+        if wait:
+            wait_ready(service.url, process, log)
         return service
 
     yield start

@@ -225,3 +225,18 @@ def test_uploads_need_a_valid_api_key(
 def test_unknown_route_and_wrong_method(client: TestClient) -> None:
     assert_error(client.get("/v1/nothing-here"), 404, "not_found")
     assert_error(client.get(PREDICT), 405, "method_not_allowed")
+
+
+def test_keyed_predictions_need_the_key(trained_registry: TrainedRegistry) -> None:
+    from service.main import create_app
+
+    app = create_app(trained_registry.settings(predict_requires_key=True, poll_interval_s=60))
+    pixels = {"pixels": trained_registry.test_images[0].tolist()}
+    with TestClient(app) as keyed:
+        assert_error(keyed.post(PREDICT, json=pixels), 401, "api_key_required")
+        assert_error(
+            keyed.post(PREDICT, json=pixels, headers={"X-API-Key": "nope"}), 401, "invalid_api_key"
+        )
+        assert keyed.post(PREDICT, json=pixels, headers=KEY).status_code == 200
+        v2 = keyed.post("/v2/models/inkwell-digits/infer", json={})
+        assert_error(v2, 401, "api_key_required")

@@ -24,6 +24,7 @@ from tests.service.conftest import (
     encode,
     free_port,
     service_env,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.integration
@@ -43,29 +44,23 @@ def predict(client: httpx.Client, url: str, image: bytes) -> httpx.Response:
     )
 
 
-def test_real_uvicorn_process_serves_both_variants_and_metrics(
-    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
-) -> None:
-    stable = start_service(STABLE)
-    canary = start_service(CANARY)
-    image = encode(trained_registry.test_images[0])
-    with httpx.Client(timeout=10) as client:
-        one = predict(client, stable.url, image).json()
-        other = predict(client, canary.url, image).json()
-        assert (one["variant"], one["model_version"]) == (STABLE, trained_registry.v1.version)
-        assert (other["variant"], other["model_version"]) == (CANARY, trained_registry.v2.version)
-        assert one["digit"] == other["digit"] == int(trained_registry.test_labels[0])
-        metrics = client.get(f"{canary.url}/metrics").text
-        assert 'route="/v1/digits/predict",status="200",variant="canary"' in metrics
-
-
 def test_alias_move_hot_reloads_while_a_client_keeps_requesting(
     start_service: Callable[..., LiveService],
     trained_registry: TrainedRegistry,
     restore_aliases: None,
 ) -> None:
-    service = start_service(STABLE)
+    # Both variants run side by side as real uvicorn processes; then stable's alias moves.
+    service = start_service(STABLE, wait=False)
+    canary = start_service(CANARY, wait=False)
+    for started in (service, canary):
+        wait_ready(started.url, started.process, started.log)
     image = encode(trained_registry.test_images[3])
+    with httpx.Client(timeout=10) as client:
+        one = predict(client, service.url, image).json()
+        other = predict(client, canary.url, image).json()
+    assert (one["variant"], one["model_version"]) == (STABLE, trained_registry.v1.version)
+    assert (other["variant"], other["model_version"]) == (CANARY, trained_registry.v2.version)
+    assert one["digit"] == other["digit"] == int(trained_registry.test_labels[3])
     versions: list[str] = []
     failures: list[str] = []
     stop = threading.Event()
@@ -105,6 +100,7 @@ def test_alias_move_hot_reloads_while_a_client_keeps_requesting(
     assert f'inkwell_service_model_reloads_total{{model_version="{v2}",variant="stable"}} 1.0' in (
         metrics
     )
+    assert 'route="/v1/digits/predict",status="200",variant="stable"' in metrics
 
 
 def test_sample_is_durable_when_the_service_is_killed_right_after_201(

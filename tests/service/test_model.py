@@ -70,3 +70,44 @@ def test_unreachable_registry_before_first_load_is_not_ready(
     assert not model.ready
     with pytest.raises(ModelNotReadyError):
         model.predict(np.zeros((1, 28, 28), np.float32))
+
+
+def test_optimised_forward_agrees_with_the_eager_model(trained_registry: TrainedRegistry) -> None:
+    import torch
+
+    optimised = DigitModel(trained_registry.settings(), STABLE)
+    eager = DigitModel(trained_registry.settings(), STABLE, optimize=False)
+    optimised.load()
+    eager.load()
+    assert optimised.current is not None and optimised.current.optimized
+    assert eager.current is not None and not eager.current.optimized
+    images = trained_registry.test_images[:37].astype(np.float32) / 255.0
+    fast = optimised.predict(images).probabilities
+    with torch.inference_mode():
+        reference = torch.softmax(eager.current.model(torch.from_numpy(images)[:, None]), 1)
+    np.testing.assert_allclose(fast, reference.numpy(), atol=1e-4)
+    np.testing.assert_allclose(eager.predict(images).probabilities, reference.numpy(), atol=1e-6)
+
+
+def test_service_without_a_reachable_registry_is_alive_but_not_ready(
+    trained_registry: TrainedRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from tests.service.conftest import assert_error
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_registry.registry().tracking_uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    settings = trained_registry.settings(tracking_uri="http://127.0.0.1:9/", poll_interval_s=60)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").status_code == 200
+        assert_error(client.get("/readyz"), 503, "model_not_ready")
+        pixels = {"pixels": trained_registry.test_images[0].tolist()}
+        assert_error(client.post("/v1/digits/predict", json=pixels), 503, "model_not_ready")
+        assert client.get("/v2/health/live").status_code == 200
+        assert_error(client.get("/v2/health/ready"), 503, "model_not_ready")
+        metrics = client.get("/metrics").text
+        assert 'inkwell_service_model_load_failures_total{reason="registry_unavailable"' in metrics
+        assert 'inkwell_service_ready{variant="stable"} 0.0' in metrics

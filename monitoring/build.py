@@ -1,0 +1,791 @@
+"""Writes the monitoring files that are derived, not edited by hand.
+
+- monitoring/grafana/dashboards/*.json: Inkwell's Grafana dashboards, built here so every
+  panel has the same data-source variable, units and layout. Grafana loads the JSON (Compose
+  provisioning; the Kubernetes ConfigMap made by monitoring/kustomization.yaml).
+- k8s/components/prometheus-operator/inkwell-prometheusrule.yaml: the PrometheusRule, a copy
+  of monitoring/prometheus/rules/*.yml (the one source of the rules) in the operator's format.
+
+After editing this file or a rules file, regenerate and commit the results:
+
+    python monitoring/build.py
+
+tests/deploy checks the committed files equal this script's output, and evaluates every
+query and rule against a real Prometheus scraping the real components.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MONITORING = Path(__file__).resolve().parent
+OUT_DIR = MONITORING / "grafana" / "dashboards"
+RULES_DIR = MONITORING / "prometheus" / "rules"
+PROMETHEUS_RULE = (
+    MONITORING.parent / "k8s" / "components" / "prometheus-operator" / "inkwell-prometheusrule.yaml"
+)
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Request series without probes and scrapes: what users and the router actually send.
+USER_ROUTES = 'route!~"/healthz|/readyz|/metrics|/v2/health/.*"'
+SCHEMA_VERSION = 39
+WIDTH = 24
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL query of a panel and how its series are named."""
+
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A panel: type, title, queries, unit and size; `core` panels must show data in tests."""
+
+    kind: str
+    title: str
+    queries: tuple[Query, ...]
+    description: str
+    unit: str = "short"
+    width: int = 12
+    height: int = 8
+    core: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _q(expr: str, legend: str = "", *, instant: bool = False) -> Query:
+    return Query(" ".join(expr.split()), legend, instant)
+
+
+def stat(title: str, *queries: Query, description: str, unit: str = "short", **kw: Any) -> Panel:
+    """A single-value panel showing the latest value (or the series name, e.g. a phase)."""
+    options = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "textMode": kw.pop("text_mode", "auto"),
+        "colorMode": "value",
+        "graphMode": "none",
+        "justifyMode": "auto",
+        "orientation": "auto",
+    }
+    return Panel(
+        "stat", title, queries, description, unit, width=6, height=4, options=options, **kw
+    )
+
+
+def timeseries(
+    title: str, *queries: Query, description: str, unit: str = "short", **kw: Any
+) -> Panel:
+    """A line chart over time."""
+    options = {
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    defaults = {"custom": {"lineWidth": 1, "fillOpacity": 10, "spanNulls": False}}
+    return Panel(
+        "timeseries", title, queries, description, unit, options=options, defaults=defaults, **kw
+    )
+
+
+def state_timeline(title: str, *queries: Query, description: str, **kw: Any) -> Panel:
+    """Which state held when: rollout phase, served model version."""
+    options = {
+        "mergeValues": True,
+        "showValue": "never",
+        "alignValue": "left",
+        "rowHeight": 0.9,
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        "tooltip": {"mode": "single", "sort": "none"},
+    }
+    defaults = {
+        "color": {"mode": "thresholds"},
+        "thresholds": {
+            "mode": "absolute",
+            "steps": [{"color": "transparent", "value": None}, {"color": "green", "value": 1}],
+        },
+    }
+    return Panel(
+        "state-timeline", title, queries, description, options=options, defaults=defaults, **kw
+    )
+
+
+def bars(title: str, *queries: Query, description: str, unit: str = "short", **kw: Any) -> Panel:
+    """Horizontal bars, one per series (e.g. per reason), over the dashboard's time range."""
+    options = {
+        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+        "orientation": "horizontal",
+        "displayMode": "gradient",
+        "showUnfilled": True,
+    }
+    return Panel("bargauge", title, queries, description, unit, options=options, **kw)
+
+
+def table(title: str, *queries: Query, description: str, **kw: Any) -> Panel:
+    """Instant values as a table: one row per label set."""
+    options = {"showHeader": True, "cellHeight": "sm"}
+    return Panel("table", title, queries, description, options=options, **kw)
+
+
+# ---- dashboards ---------------------------------------------------------------------------
+
+
+def rollout_panels() -> list[tuple[str, list[Panel]]]:
+    """Rollout overview: weights, state, and canary against stable on every analysis signal."""
+    return [
+        (
+            "Rollout",
+            [
+                stat(
+                    "Rollout phase",
+                    _q("max by (phase) (inkwell_rollout_phase) == 1", "{{phase}}", instant=True),
+                    description="The rollout controller's state: idle, canary (stepping), "
+                    "paused, promoting, rolling_back, promoted, rolled_back.",
+                    text_mode="name",
+                    core=True,
+                ),
+                stat(
+                    "Canary weight",
+                    _q("max(inkwell_router_canary_weight)", "weight"),
+                    description="Percent of users the router sends to the canary.",
+                    unit="percent",
+                    core=True,
+                ),
+                stat(
+                    "Rollout step",
+                    _q("max(inkwell_rollout_step)", "step"),
+                    description="Index of the current step in INKWELL_ROUTER_ROLLOUT_STEPS "
+                    "(-1: no rollout).",
+                    core=True,
+                ),
+                stat(
+                    "Versions served",
+                    _q(
+                        "max by (variant, model_version) (inkwell_service_model_info) == 1",
+                        "{{variant}} v{{model_version}}",
+                        instant=True,
+                    ),
+                    description="The registry version each variant serves right now.",
+                    text_mode="name",
+                    core=True,
+                ),
+                state_timeline(
+                    "Rollout phase over time",
+                    _q("max by (phase) (inkwell_rollout_phase)", "{{phase}}"),
+                    description="1 while the controller is in the phase.",
+                    core=True,
+                ),
+                timeseries(
+                    "Canary weight over time",
+                    _q("max(inkwell_router_canary_weight)", "canary weight"),
+                    description="Steps up at each passed analysis; drops to 0 on rollback.",
+                    unit="percent",
+                    core=True,
+                ),
+            ],
+        ),
+        (
+            "Canary against stable",
+            [
+                timeseries(
+                    "Error rate by variant",
+                    _q(
+                        "variant:inkwell_router_upstream_errors:ratio_rate5m",
+                        "{{variant}}",
+                    ),
+                    description="Share of live requests the router sent to each variant that "
+                    "failed (5xx, timeout, refused). Failed canary requests are retried on "
+                    "stable, so clients do not see them.",
+                    unit="percentunit",
+                    core=True,
+                ),
+                timeseries(
+                    "p95 latency by variant",
+                    _q("variant:inkwell_router_upstream_latency_seconds:p95_5m", "{{variant}}"),
+                    description="95th percentile of the latency the router measured per variant.",
+                    unit="s",
+                    core=True,
+                ),
+                timeseries(
+                    "Mean confidence by variant",
+                    _q("variant:inkwell_service_prediction_confidence:mean5m", "{{variant}}"),
+                    description="Mean probability of the predicted digit.",
+                    unit="percentunit",
+                    core=True,
+                ),
+                timeseries(
+                    "Online accuracy by variant (delayed labels, 1 h)",
+                    _q("variant:inkwell_router_online_accuracy:ratio_rate1h", "{{variant}}"),
+                    description="Of the served predictions later labelled by an upload, the "
+                    "share that was right.",
+                    unit="percentunit",
+                ),
+                timeseries(
+                    "Shadow agreement",
+                    _q("inkwell_router_shadow_agreement:ratio_rate15m", "agreement"),
+                    description="In shadow mode: share of requests where canary and stable "
+                    "predicted the same digit.",
+                    unit="percentunit",
+                ),
+                timeseries(
+                    "Requests by answering variant",
+                    _q("variant:inkwell_router_requests:rate5m", "{{variant}}"),
+                    description="Client requests through the router per second, by the variant "
+                    "that answered.",
+                    unit="reqps",
+                    core=True,
+                ),
+                timeseries(
+                    "Fallbacks to stable and breaker",
+                    _q(
+                        "sum by (reason) (rate(inkwell_router_fallbacks_total[$__rate_interval]))",
+                        "fallback: {{reason}}",
+                    ),
+                    _q(
+                        "max by (variant) (inkwell_router_circuit_open)",
+                        "breaker open: {{variant}}",
+                    ),
+                    description="Canary failures answered by stable, and whether the circuit "
+                    "breaker is open (1).",
+                ),
+                timeseries(
+                    "Analyses and transitions",
+                    _q(
+                        "sum by (result) "
+                        "(increase(inkwell_rollout_analyses_total[$__rate_interval]))",
+                        "analysis {{result}}",
+                    ),
+                    _q(
+                        "sum by (to) "
+                        "(increase(inkwell_rollout_transitions_total[$__rate_interval]))",
+                        "to {{to}}",
+                    ),
+                    description="Canary analyses by result, and phase changes.",
+                ),
+            ],
+        ),
+    ]
+
+
+def model_panels() -> list[tuple[str, list[Panel]]]:
+    """Model history: which version served when, reloads, promotions and rollbacks."""
+    return [
+        (
+            "Versions",
+            [
+                state_timeline(
+                    "Served version by variant",
+                    _q(
+                        "max by (variant, model_version) (inkwell_service_model_info)",
+                        "{{variant}} v{{model_version}}",
+                    ),
+                    description="Which registry version each variant served over time.",
+                    width=24,
+                    core=True,
+                ),
+                timeseries(
+                    "Model reloads",
+                    _q(
+                        "sum by (variant, model_version) "
+                        "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
+                        "{{variant}} v{{model_version}}",
+                    ),
+                    description="Hot swaps after the alias moved (the first load included).",
+                    core=True,
+                ),
+                timeseries(
+                    "Promotions and rollbacks",
+                    _q(
+                        "sum by (to) (increase(inkwell_rollout_transitions_total"
+                        '{to=~"promoted|rolled_back"}[$__rate_interval]))',
+                        "{{to}}",
+                    ),
+                    description="Rollout outcomes.",
+                ),
+            ],
+        ),
+        (
+            "Retraining and the gate",
+            [
+                bars(
+                    "Gate results",
+                    _q(
+                        "sum by (outcome) (increase(inkwell_trainer_retrains_total[$__range]))",
+                        "{{outcome}}",
+                        instant=True,
+                    ),
+                    description="Retrains over the time range: passed the gate (registered as "
+                    "canary), rejected by the gate (recorded, not aliased), failed, skipped.",
+                    core=True,
+                ),
+                timeseries(
+                    "Candidate accuracy (forgetting)",
+                    _q("max by (dataset) (inkwell_trainer_candidate_accuracy)", "{{dataset}}"),
+                    description="The last candidate's accuracy: mnist_test is the original task "
+                    "(a fall is forgetting; the gate allows INKWELL_TRAINER_GATE_MAX_OLD_DROP_PP), "
+                    "holdout is the new users' held-out samples.",
+                    unit="percentunit",
+                    core=True,
+                ),
+                stat(
+                    "Last candidate version",
+                    _q("max(inkwell_trainer_last_candidate_version)", "version"),
+                    description="Registry version of the last candidate, passed or rejected.",
+                ),
+                stat(
+                    "Retrain running",
+                    _q("max(inkwell_trainer_retrain_running)", "running"),
+                    description="1 while a retrain runs (one at a time).",
+                    core=True,
+                ),
+                timeseries(
+                    "Retrains by outcome",
+                    _q(
+                        "sum by (outcome) "
+                        "(increase(inkwell_trainer_retrains_total[$__rate_interval]))",
+                        "{{outcome}}",
+                    ),
+                    description="When retrains finished, by outcome.",
+                ),
+                timeseries(
+                    "Retrain duration",
+                    *(
+                        _q(
+                            f"histogram_quantile({q}, sum by (le) "
+                            "(increase(inkwell_trainer_retrain_seconds_bucket[1h])))",
+                            f"p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.95)
+                    ),
+                    description="Wall time from trigger to registered candidate, last hour.",
+                    unit="s",
+                ),
+                timeseries(
+                    "Replay buffer and watermark",
+                    _q("max(inkwell_trainer_buffer_size)", "buffer items"),
+                    _q("max(inkwell_trainer_watermark)", "watermark (sample id)"),
+                    description="Replay-buffer size after the last retrain, and the highest "
+                    "sample id trained on.",
+                ),
+            ],
+        ),
+    ]
+
+
+def data_panels() -> list[tuple[str, list[Panel]]]:
+    """Data: uploads, rejections, what is predicted."""
+    return [
+        (
+            "Uploads",
+            [
+                timeseries(
+                    "Labelled uploads",
+                    _q(
+                        "sum by (created) "
+                        "(rate(inkwell_service_samples_accepted_total[$__rate_interval]))",
+                        "created={{created}}",
+                    ),
+                    description="Samples stored per second; created=false are duplicates or "
+                    "idempotent replays.",
+                    unit="reqps",
+                    core=True,
+                ),
+                bars(
+                    "Rejected uploads by reason",
+                    _q(
+                        "sum by (reason) "
+                        "(increase(inkwell_service_samples_rejected_total[$__range]))",
+                        "{{reason}}",
+                        instant=True,
+                    ),
+                    description="Uploads refused with a 4xx over the time range, by error code.",
+                ),
+                bars(
+                    "Quarantined by reason",
+                    _q(
+                        "sum by (reason) "
+                        "(increase(inkwell_trainer_quarantined_samples_total[$__range]))",
+                        "{{reason}}",
+                        instant=True,
+                    ),
+                    description="Samples the trainer's data validation set aside over the time "
+                    "range (blank, duplicate, not digit-like, label conflict, user "
+                    "disagreement, gate rejected...).",
+                    core=True,
+                ),
+                timeseries(
+                    "Quarantine share of new uploads",
+                    _q(
+                        "reason:inkwell_trainer_quarantined_samples:ratio_increase30m", "{{reason}}"
+                    ),
+                    description="Quarantined samples per reason against new uploads, last 30 "
+                    "minutes; the InkwellQuarantineSpike alert fires above 20 %.",
+                    unit="percentunit",
+                ),
+                timeseries(
+                    "Pending and trained samples",
+                    _q("max(inkwell_trainer_pending_samples)", "pending"),
+                    _q(
+                        "sum(increase(inkwell_trainer_trained_samples_total[$__rate_interval]))",
+                        "trained",
+                    ),
+                    description="Accepted uploads waiting for the next retrain, and new samples "
+                    "used by retrains.",
+                    core=True,
+                ),
+                timeseries(
+                    "Predictions by digit",
+                    _q(
+                        "sum by (digit) "
+                        "(rate(inkwell_service_predictions_total[$__rate_interval]))",
+                        "{{digit}}",
+                    ),
+                    description="What the models answer; a shift can mean drift in the input.",
+                    unit="reqps",
+                    core=True,
+                ),
+            ],
+        ),
+    ]
+
+
+def serving_panels() -> list[tuple[str, list[Panel]]]:
+    """Serving: throughput, latency, batching, readiness, reloads, resources."""
+    return [
+        (
+            "Throughput and latency",
+            [
+                timeseries(
+                    "Requests by variant and route",
+                    _q(
+                        "sum by (variant, route) "
+                        f"(rate(inkwell_service_requests_total{{{USER_ROUTES}}}[$__rate_interval]))",
+                        "{{variant}} {{route}}",
+                    ),
+                    description="Requests per second each service answered (probes excluded).",
+                    unit="reqps",
+                    core=True,
+                ),
+                timeseries(
+                    "Latency percentiles",
+                    *(
+                        _q(
+                            f"histogram_quantile({q}, sum by (variant, le) "
+                            "(rate(inkwell_service_request_duration_seconds_bucket"
+                            f"{{{USER_ROUTES}}}[$__rate_interval])))",
+                            f"{{{{variant}}}} p{round(q * 100)}",
+                        )
+                        for q in (0.5, 0.95, 0.99)
+                    ),
+                    description="Service-side latency (decode, queue, batch, forward pass).",
+                    unit="s",
+                    core=True,
+                ),
+                timeseries(
+                    "Server errors",
+                    _q("variant:inkwell_service_errors:ratio_rate5m", "{{variant}}"),
+                    description="Share of requests answered with 5xx (client errors excluded).",
+                    unit="percentunit",
+                    core=True,
+                ),
+                timeseries(
+                    "Router overhead (p50)",
+                    _q(
+                        "histogram_quantile(0.5, sum by (le) "
+                        "(rate(inkwell_router_request_latency_seconds_bucket[$__rate_interval])))",
+                        "through the router",
+                    ),
+                    _q(
+                        "histogram_quantile(0.5, sum by (le) "
+                        "(rate(inkwell_router_upstream_latency_seconds_bucket[$__rate_interval])))",
+                        "service (as the router sees it)",
+                    ),
+                    description="Median client latency through the router against the median "
+                    "upstream latency: the difference is the router's cost.",
+                    unit="s",
+                ),
+            ],
+        ),
+        (
+            "Batching and models",
+            [
+                timeseries(
+                    "Micro-batch size",
+                    _q("variant:inkwell_service_batch_size:mean5m", "{{variant}} mean"),
+                    _q(
+                        "histogram_quantile(0.95, sum by (variant, le) "
+                        "(rate(inkwell_service_batch_size_bucket[$__rate_interval])))",
+                        "{{variant}} p95",
+                    ),
+                    description="Images per forward pass: above 1 means concurrent requests "
+                    "are being combined.",
+                    core=True,
+                ),
+                timeseries(
+                    "Ready and reloads",
+                    _q("max by (variant) (inkwell_service_ready)", "{{variant}} ready"),
+                    _q(
+                        "sum by (variant) "
+                        "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
+                        "{{variant}} reloads",
+                    ),
+                    _q(
+                        "sum by (variant, reason) "
+                        "(increase(inkwell_service_model_load_failures_total[$__rate_interval]))",
+                        "{{variant}} load failure: {{reason}}",
+                    ),
+                    description="Whether each variant has a model (1), its reloads and failed "
+                    "loads.",
+                    core=True,
+                ),
+            ],
+        ),
+        (
+            "Processes",
+            [
+                timeseries(
+                    "CPU",
+                    _q(
+                        "sum by (job) "
+                        '(rate(process_cpu_seconds_total{job=~"inkwell-.*"}[$__rate_interval]))',
+                        "{{job}}",
+                    ),
+                    description="CPU seconds per second per component.",
+                    unit="short",
+                    core=True,
+                ),
+                timeseries(
+                    "Resident memory",
+                    _q(
+                        'sum by (job) (process_resident_memory_bytes{job=~"inkwell-.*"})',
+                        "{{job}}",
+                    ),
+                    description="Resident set size per component.",
+                    unit="bytes",
+                    core=True,
+                ),
+            ],
+        ),
+    ]
+
+
+DASHBOARDS: dict[str, tuple[str, str, Any]] = {
+    "inkwell-rollout": (
+        "Inkwell / Rollout overview",
+        "Canary weight and phase, and the canary against stable on every analysis signal.",
+        rollout_panels,
+    ),
+    "inkwell-models": (
+        "Inkwell / Model history",
+        "Which version served when, retrains, gate results and forgetting.",
+        model_panels,
+    ),
+    "inkwell-data": (
+        "Inkwell / Data",
+        "Uploads, quarantine reasons, pending samples, rejected uploads and what is predicted.",
+        data_panels,
+    ),
+    "inkwell-serving": (
+        "Inkwell / Serving",
+        "Throughput, latency, micro-batching, readiness, reloads and resources.",
+        serving_panels,
+    ),
+}
+
+
+# ---- rendering ----------------------------------------------------------------------------
+
+
+def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    targets = []
+    for i, query in enumerate(panel.queries):
+        target: dict[str, Any] = {
+            "datasource": DATASOURCE,
+            "expr": query.expr,
+            "legendFormat": query.legend or "__auto",
+            "refId": chr(ord("A") + i),
+            "range": not query.instant,
+            "instant": query.instant,
+        }
+        targets.append(target)
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": panel.unit, **panel.defaults}, "overrides": []},
+        "options": panel.options,
+        "targets": targets,
+    }
+
+
+def build(uid: str) -> dict[str, Any]:
+    """One dashboard as Grafana JSON, panels laid out left to right, rows top to bottom."""
+    title, description, sections = DASHBOARDS[uid]
+    panels: list[dict[str, Any]] = []
+    panel_id, y = 1, 0
+    for row_title, row_panels in sections():
+        panels.append(
+            {
+                "id": panel_id,
+                "type": "row",
+                "title": row_title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": WIDTH, "x": 0, "y": y},
+                "panels": [],
+            }
+        )
+        panel_id, y = panel_id + 1, y + 1
+        x, row_height = 0, 0
+        for panel in row_panels:
+            if x + panel.width > WIDTH:
+                x, y, row_height = 0, y + row_height, 0
+            panels.append(_panel_json(panel, panel_id, x, y))
+            panel_id += 1
+            x += panel.width
+            row_height = max(row_height, panel.height)
+        y += row_height
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["inkwell"],
+        "timezone": "browser",
+        "editable": False,
+        "graphTooltip": 1,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "links": [
+            {
+                "type": "dashboards",
+                "tags": ["inkwell"],
+                "asDropdown": True,
+                "title": "Inkwell dashboards",
+                "includeVars": True,
+                "keepTime": True,
+            }
+        ],
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                }
+            ]
+        },
+        "annotations": {
+            "list": [
+                {
+                    "name": "Rollout transitions",
+                    "datasource": DATASOURCE,
+                    "enable": True,
+                    "iconColor": "orange",
+                    "expr": "sum by (to) (changes(inkwell_rollout_transitions_total[1m])) > 0",
+                    "titleFormat": "rollout: {{to}}",
+                    "step": "60s",
+                }
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def core_panels() -> dict[str, list[str]]:
+    """Titles of the panels that must show data once the system has served traffic (tests)."""
+    return {
+        uid: [panel.title for _, row in sections() for panel in row if panel.core]
+        for uid, (_, _, sections) in DASHBOARDS.items()
+    }
+
+
+def render(uid: str) -> str:
+    """The dashboard's file content: stable key order, two-space indent, final newline."""
+    return json.dumps(build(uid), indent=2, sort_keys=True) + "\n"
+
+
+# ---- PrometheusRule ------------------------------------------------------------------------
+
+PROMETHEUS_RULE_HEADER = """\
+# Inkwell's alert and recording rules for the prometheus-operator (kube-prometheus-stack).
+# GENERATED by `python monitoring/build.py` from monitoring/prometheus/rules/*.yml, the one
+# source of the rules: edit those, never this file (tests/deploy fails when they differ).
+# The `release` label must match your Prometheus's ruleSelector (kube-prometheus-stack: the
+# Helm release name).
+"""
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (PromQL) as literal blocks, as a person would."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    """Every rule group of the rules files, in file-name order."""
+    groups: list[dict[str, Any]] = []
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        groups.extend(yaml.safe_load(path.read_text())["groups"])
+    return groups
+
+
+def render_prometheus_rule() -> str:
+    """The PrometheusRule manifest holding exactly the groups of the rules files."""
+    manifest = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "inkwell",
+            "labels": {
+                "app.kubernetes.io/name": "inkwell",
+                "app.kubernetes.io/component": "monitoring",
+                "release": "kube-prometheus-stack",
+            },
+        },
+        "spec": {"groups": rule_groups()},
+    }
+    body = yaml.dump(manifest, Dumper=_BlockDumper, sort_keys=False, width=100)
+    return PROMETHEUS_RULE_HEADER + body
+
+
+def outputs() -> dict[Path, str]:
+    """Every derived file and the content it must have."""
+    files = {OUT_DIR / f"{uid}.json": render(uid) for uid in DASHBOARDS}
+    files[PROMETHEUS_RULE] = render_prometheus_rule()
+    return files
+
+
+def main() -> int:
+    """Write every derived file; print what changed."""
+    for path, text in outputs().items():
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

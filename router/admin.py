@@ -1,0 +1,112 @@
+"""Admin API: rollout status and manual promote / rollback / pause / resume.
+
+Every route needs the header `X-API-Key` with the router's admin key; a missing or wrong key is
+a 401. The routes only translate HTTP into `RolloutController` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from pydantic import BaseModel, Field
+
+from inkwell.errors import AuthError, ConflictError
+from router.controller import RolloutController
+
+API_KEY_HEADER = "X-API-Key"
+
+
+class RollbackRequest(BaseModel):
+    reason: str = Field(default="rolled back manually", max_length=2000)
+
+
+def _runtime(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+def require_key(
+    request: Request,
+    x_api_key: Annotated[str | None, Header(alias=API_KEY_HEADER)] = None,
+) -> str:
+    """The caller's identity for the audit trail, once the admin key checks out."""
+    expected = _runtime(request).admin_key
+    if not x_api_key:
+        raise AuthError(
+            f"the admin API needs the {API_KEY_HEADER} header; the key is "
+            "INKWELL_ROUTER_ADMIN_API_KEY, or the file <INKWELL_HOME>/router-admin.key.",
+            code="missing_api_key",
+        )
+    if expected is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
+        raise AuthError(
+            f"the {API_KEY_HEADER} header does not match the router's admin key.",
+            code="invalid_api_key",
+        )
+    client = request.client.host if request.client else "unknown"
+    return f"admin@{client}"
+
+
+def controller(request: Request) -> RolloutController:
+    found = _runtime(request).controller
+    if found is None:
+        raise ConflictError(
+            "the rollout controller is off in this router (INKWELL_ROUTER_CONTROLLER=false); "
+            "the split is the static INKWELL_ROUTER_CANARY_WEIGHT.",
+            code="controller_disabled",
+        )
+    return found
+
+
+Actor = Annotated[str, Depends(require_key)]
+Controller = Annotated[RolloutController, Depends(controller)]
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.get("/rollout")
+async def rollout_status(_: Actor, rollout: Controller) -> dict[str, Any]:
+    """The rollout's phase, weight, versions and the last analysis."""
+    return rollout.status()
+
+
+@router.get("/rollout/events")
+async def rollout_events(
+    _: Actor, rollout: Controller, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[dict[str, Any]]:
+    """Recent transitions, newest first (the audit trail)."""
+    events = await asyncio.to_thread(rollout.store.events, rollout.model_name, limit)
+    return [asdict(e) for e in events]
+
+
+@router.post("/rollout/promote")
+async def promote(actor: Actor, rollout: Controller) -> dict[str, Any]:
+    """Promote the canary now (moves the stable alias; services hot-reload)."""
+    await rollout.promote(actor)
+    return rollout.status()
+
+
+@router.post("/rollout/rollback")
+async def rollback(
+    actor: Actor, rollout: Controller, body: RollbackRequest | None = None
+) -> dict[str, Any]:
+    """Stop canary traffic, remove the canary alias and tag the version rolled_back."""
+    reason = (body or RollbackRequest()).reason
+    await rollout.rollback(f"{reason} ({actor})", actor=actor)
+    return rollout.status()
+
+
+@router.post("/rollout/pause")
+async def pause(actor: Actor, rollout: Controller) -> dict[str, Any]:
+    """Hold the current weight; no automatic decision until resumed."""
+    await rollout.pause(actor)
+    return rollout.status()
+
+
+@router.post("/rollout/resume")
+async def resume(actor: Actor, rollout: Controller) -> dict[str, Any]:
+    """Continue the rollout; the current step's interval starts again."""
+    await rollout.resume(actor)
+    return rollout.status()

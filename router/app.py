@@ -1,0 +1,246 @@
+"""Wiring only: the router's FastAPI app, its background loops and its lifespan.
+
+`create_app(settings)` builds the parts (no network, no files); the lifespan opens the rollout
+store and registry, then runs three loops until shutdown: probing which version each service
+serves, refreshing the rollout state from the database, and the rollout controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from inkwell.errors import InkwellError
+from inkwell.settings import CANARY, STABLE
+from router import admin
+from router.controller import MlflowAliases, RolloutController
+from router.errors import error_response, install_error_handlers
+from router.metrics import RouterMetrics
+from router.proxy import Proxy
+from router.routing import Split
+from router.settings import RouterSettings
+from router.sources import MetricSource, make_source
+from router.state import RolloutState, RolloutStore
+
+log = logging.getLogger("inkwell.router")
+
+# Paths the router answers itself; everything else is proxied to the services.
+OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+OWN_PREFIXES = ("/admin/", "/router/")
+
+
+class RouterApp:
+    """The router as ASGI: proxied requests go straight to the proxy, skipping FastAPI's
+    middleware, routing and telemetry (a measurable share of the CPU per request); the
+    router's own paths (health, metrics, admin, docs) and the lifespan go to `fastapi`."""
+
+    def __init__(self, fastapi: FastAPI, runtime: Runtime) -> None:
+        self.fastapi = fastapi
+        self.app: ASGIApp = fastapi
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OWN_PATHS or path.startswith(OWN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await self.runtime.proxy.handle(Request(scope, receive))
+        except InkwellError as exc:
+            response = error_response(exc.status_code, exc.code, exc.message)
+        except Exception:
+            log.exception("proxying %s failed", path)
+            response = error_response(
+                500, "internal_error", "the router failed on this request; see its log."
+            )
+        await response(scope, receive, send)
+
+
+class Runtime:
+    """Everything one router process holds: proxy, metrics, rollout controller, loops."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        source: MetricSource | None = None,
+        aliases: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics()
+        self.proxy = Proxy(settings, self.metrics, self.split)
+        self.controller: RolloutController | None = None
+        self.store: RolloutStore | None = None
+        self.admin_key: str | None = None
+        self._source = source
+        self._aliases = aliases
+        self._split = Split(shadow=settings.shadow, shadow_fraction=settings.shadow_fraction)
+        self._canary_version: str | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ---- the split -------------------------------------------------------------------------
+    def split(self) -> Split:
+        """The traffic split now: from the rollout state, or static from settings."""
+        if self.controller is not None:
+            return self._split
+        return Split(
+            weight=self.settings.canary_weight,
+            canary_version=self.proxy.canary.served_version,
+            stable_version=self.proxy.stable.served_version,
+            shadow=self.settings.shadow,
+            shadow_fraction=self.settings.shadow_fraction,
+        )
+
+    def apply_state(self, state: RolloutState) -> None:
+        """Route by a (new) rollout state; a new canary version starts with a closed breaker."""
+        serving = state.serving_canary
+        self._split = Split(
+            weight=state.weight if serving else 0.0,
+            canary_version=state.canary_version if serving else None,
+            stable_version=state.stable_version,
+            shadow=self.settings.shadow,
+            shadow_fraction=self.settings.shadow_fraction,
+        )
+        if serving and state.canary_version != self._canary_version:
+            self.proxy.reset_canary()
+        self._canary_version = state.canary_version if serving else None
+
+    def served_version(self, variant: str) -> str | None:
+        return self.proxy.backend(variant).served_version
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        settings = self.settings
+        self.admin_key = await asyncio.to_thread(settings.resolved_admin_key)
+        await self.proxy.probe_all()
+        if settings.controller:
+            self.store = await asyncio.to_thread(RolloutStore, settings.resolved_database_url)
+            aliases = self._aliases
+            if aliases is None:
+                from inkwell.registry import Registry  # MLflow is slow to import
+
+                registry = await asyncio.to_thread(Registry, settings)
+                aliases = MlflowAliases(registry, settings.model_name)
+            source = self._source or make_source(
+                settings.prometheus_url, settings.resolved_metrics_targets
+            )
+            self.controller = RolloutController(
+                settings,
+                self.store,
+                aliases,
+                source,
+                self.metrics,
+                self,
+                on_state=self.apply_state,
+            )
+            self.apply_state(await self.controller.load())
+            self._spawn(self.controller.run(self._stop), "controller")
+            self._spawn(self._every(settings.state_refresh_s, self._refresh_state), "state")
+        self._spawn(self._every(settings.probe_interval_s, self._probe), "probe")
+
+    def _spawn(self, coroutine: Awaitable[None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(_run(coroutine), name=f"router-{name}"))
+
+    async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
+        while not self._stop.is_set():
+            try:
+                await action()
+            except Exception:  # a background hiccup must never stop routing
+                log.exception("router background task failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=period)
+
+    async def _probe(self) -> None:
+        await self.proxy.probe_all()
+
+    async def _refresh_state(self) -> None:
+        if self.controller is not None:
+            await self.controller.load()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, timeout=10)
+        await self.proxy.aclose()
+        if self.controller is not None:
+            await self.controller.source.aclose()
+        if self.store is not None:
+            self.store.dispose()
+
+
+async def _run(awaitable: Awaitable[None]) -> None:
+    await awaitable
+
+
+def create_app(
+    settings: RouterSettings | None = None,
+    *,
+    source: MetricSource | None = None,
+    aliases: Any = None,
+) -> RouterApp:
+    """The router app. `source`/`aliases` replace the metric source and registry (tests)."""
+    settings = settings or RouterSettings()
+    runtime = Runtime(settings, source=source, aliases=aliases)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Inkwell router",
+        summary="Stable/canary reverse proxy and rollout controller.",
+        lifespan=lifespan,
+        docs_url="/router/docs",
+        redoc_url=None,
+        openapi_url="/router/openapi.json",
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(admin.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        stable = runtime.proxy.stable
+        if not stable.ready:
+            return error_response(
+                503,
+                "not_ready",
+                f"the stable service at {stable.url} is not ready; start it or wait for it to "
+                "load its model.",
+            )
+        return JSONResponse(
+            {
+                "status": "ready",
+                "served_versions": {
+                    STABLE: stable.served_version,
+                    CANARY: runtime.proxy.canary.served_version,
+                },
+            }
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(
+            runtime.metrics.exposition(),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
+
+    return RouterApp(app, runtime)

@@ -1,0 +1,306 @@
+"""`inkwell bench router`: what the router adds, measured side by side with direct calls.
+
+Starts one real stable service process and one real router in front of it (controller off, so
+the benchmark never takes part in a live rollout), then drives both with the same closed-loop
+load of single-image PNG predictions, alternating direct and routed rounds so that a noisy
+neighbour on a shared machine hurts both alike. The load generator is a minimal keep-alive
+HTTP/1.1 client on asyncio streams (an HTTP library would spend more CPU than the router).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import numpy as np
+import typer
+from PIL import Image
+
+HOST = "127.0.0.1"
+CLI = "from inkwell.cli import main; main()"
+
+
+@dataclass
+class Run:
+    """One closed-loop run against one target."""
+
+    target: str
+    concurrency: int
+    seconds: float
+    requests: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds
+
+
+@dataclass
+class Summary:
+    target: str
+    concurrency: int
+    rate: float
+    p50: float
+    p95: float
+    p99: float
+    errors: int
+    cpu_ms: dict[str, float]
+
+
+def summarise(runs: list[Run]) -> Summary:
+    latencies = np.array([v for r in runs for v in r.latencies_ms] or [float("nan")])
+    requests = sum(r.requests for r in runs)
+    seconds = sum(r.seconds for r in runs)
+    names = {name for r in runs for name in r.cpu_s}
+    cpu = {n: 1000 * sum(r.cpu_s.get(n, 0.0) for r in runs) / max(requests, 1) for n in names}
+    return Summary(
+        runs[0].target,
+        runs[0].concurrency,
+        requests / seconds if seconds else 0.0,
+        float(np.percentile(latencies, 50)),
+        float(np.percentile(latencies, 95)),
+        float(np.percentile(latencies, 99)),
+        sum(r.errors for r in runs),
+        cpu,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def http_post(path: str, body: bytes, content_type: str, user: str) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n"
+        f"X-User-Id: {user}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return int(head[9:12])
+
+
+async def closed_loop(
+    port: int,
+    payloads: list[bytes],
+    *,
+    target: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    pids: dict[str, int],
+) -> Run:
+    """`concurrency` clients, each sending the next request as soon as the last is answered."""
+    import psutil
+
+    run = Run(target, concurrency, seconds)
+    processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    started = time.perf_counter()
+    measure_from, stop_at = started + warmup, started + warmup + seconds
+
+    async def cpu_window() -> None:
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        before = {n: sum(p.cpu_times()[:2]) for n, p in processes.items()}
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        run.cpu_s = {n: sum(p.cpu_times()[:2]) - before[n] for n, p in processes.items()}
+
+    async def client(offset: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        index = offset
+        try:
+            while True:
+                sent = time.perf_counter()
+                if sent >= stop_at:
+                    return
+                writer.write(payloads[index % len(payloads)])
+                index += concurrency
+                status = await _response(reader)
+                if sent < measure_from:
+                    continue
+                if status == 200:
+                    run.requests += 1
+                    run.latencies_ms.append((time.perf_counter() - sent) * 1000)
+                else:
+                    run.errors += 1
+        finally:
+            writer.close()
+
+    await asyncio.gather(cpu_window(), *(client(i) for i in range(concurrency)))
+    return run
+
+
+def drive(port: int, payloads: list[bytes], **kwargs: object) -> Run:
+    coroutine = closed_loop(port, payloads, **kwargs)  # type: ignore[arg-type]
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+@contextmanager
+def process(
+    name: str, args: list[str], env: dict[str, str], log_dir: Path, ready_url: str
+) -> Iterator[int]:
+    """A child process; yields its pid once `ready_url` answers 200."""
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if child.poll() is not None:
+                raise RuntimeError(f"{name} exited ({child.returncode}):\n{log.read_text()}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} not ready:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield child.pid
+    finally:
+        child.terminate()
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(255 - image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def bench_router(
+    duration: Annotated[float, typer.Option(help="Measured seconds per round and target.")] = 5.0,
+    warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each round.")] = 1.0,
+    rounds: Annotated[int, typer.Option(min=1, help="Alternating direct/routed rounds.")] = 3,
+    concurrency: Annotated[
+        list[int] | None, typer.Option(help="Concurrent clients (repeat for several levels).")
+    ] = None,
+    client: Annotated[
+        str, typer.Option(help="The router's upstream client: fast or httpx.")
+    ] = "fast",
+) -> None:
+    """Router overhead: p50/p95/p99 and req/s direct to the service vs through the router."""
+    from rich.table import Table
+
+    from inkwell.cli import console
+    from inkwell.data import load_split
+    from inkwell.errors import ModelNotFoundError
+    from inkwell.registry import Registry
+    from router.settings import RouterSettings
+
+    levels = concurrency or [1, 16]
+    if client not in ("fast", "httpx"):
+        raise typer.BadParameter("choose fast or httpx", param_hint="--client")
+    settings = RouterSettings()
+    registry = Registry(settings)
+    if registry.find_version(settings.model_name, "stable") is None:
+        raise ModelNotFoundError(
+            f"no {settings.model_name}@stable in {settings.resolved_tracking_uri}: train one with "
+            "`inkwell train` (the benchmark serves it)."
+        )
+    images = load_split("test", settings.data_dir).images[:256]
+    payloads = [
+        http_post("/v1/digits/predict", png(img), "image/png", f"user-{i}")
+        for i, img in enumerate(images)
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INKWELL_ROUTER_")}
+    env.update(
+        INKWELL_HOME=str(settings.home),
+        INKWELL_SERVICE_POLL_INTERVAL_S="60",
+        INKWELL_ROUTER_UPSTREAM_CLIENT=client,
+    )
+    service_port, router_port = free_port(), free_port()
+    stable_url = f"http://{HOST}:{service_port}"
+    router_args = [
+        sys.executable, "-c", CLI, "router", "--port", str(router_port),
+        "--stable-url", stable_url, "--canary-url", f"http://{HOST}:{free_port()}",
+        "--no-controller", "--log-level", "warning",
+    ]  # fmt: skip
+    service_args = [
+        sys.executable, "-c", CLI, "service", "--variant", "stable", "--port", str(service_port)
+    ]  # fmt: skip
+    console.print(
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before start; "
+        f"levels {levels}, {rounds} rounds × {duration:g} s per target; upstream client {client}"
+    )
+    results: dict[tuple[str, int], list[Run]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="inkwell-bench-router-") as tmp,
+        process("service", service_args, env, Path(tmp), f"{stable_url}/readyz") as service_pid,
+        process(
+            "router", router_args, env, Path(tmp), f"http://{HOST}:{router_port}/readyz"
+        ) as router_pid,
+    ):
+        pids = {"service": service_pid, "router": router_pid}
+        for level in levels:
+            for index in range(rounds):
+                order = ("direct", "router") if index % 2 == 0 else ("router", "direct")
+                for target in order:
+                    port = service_port if target == "direct" else router_port
+                    run = drive(
+                        port,
+                        payloads,
+                        target=target,
+                        concurrency=level,
+                        seconds=duration,
+                        warmup=warmup,
+                        pids=pids,
+                    )
+                    results.setdefault((target, level), []).append(run)
+    table = Table(
+        "target", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+        "service CPU ms/req", "router CPU ms/req",
+        title="inkwell bench router (PNG single-image predictions)",
+    )  # fmt: skip
+    verdicts = []
+    for level in levels:
+        direct = summarise(results[("direct", level)])
+        routed = summarise(results[("router", level)])
+        for s in (direct, routed):
+            table.add_row(
+                s.target,
+                str(s.concurrency),
+                f"{s.rate:,.0f}",
+                f"{s.p50:.2f}",
+                f"{s.p95:.2f}",
+                f"{s.p99:.2f}",
+                str(s.errors),
+                f"{s.cpu_ms.get('service', 0):.2f}",
+                f"{s.cpu_ms.get('router', 0):.2f}" if s.target == "router" else "-",
+            )
+        added = routed.p50 - direct.p50
+        loss = 100 * (1 - routed.rate / direct.rate) if direct.rate else float("nan")
+        verdicts.append(
+            f"{level} clients: router adds {added:+.2f} ms at p50 (target ≤ 1 ms: "
+            f"{'met' if added <= 1 else 'not met'}), throughput {loss:+.1f} % lower "
+            f"(target ≤ 10 %: {'met' if loss <= 10 else 'not met'})"
+        )
+    console.print(table)
+    for line in verdicts:
+        console.print(line)

@@ -1,0 +1,225 @@
+"""Pure reading of request and response bodies: the user id, the image's content hash, the
+label of an upload, and the prediction in a service answer. Nothing here raises on odd input:
+the service validates requests; the router only peeks and forwards the bytes unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+USER_FIELDS = ("user_id", "user")
+LABEL_FIELDS = ("label",)
+IMAGE_FIELDS = ("image", "file", "upload")
+PIXEL_FIELDS = ("pixels", "image", "images", "inputs", "instances")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart/form-data body."""
+
+    name: str | None
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Peek:
+    """What the router learned from a request body."""
+
+    user_id: str | None = None
+    image_key: str | None = None  # sha256 of the image content (bytes, or canonical pixels)
+    label: str | None = None
+
+
+def _param(header: str, key: str) -> str | None:
+    """A parameter (`boundary=...`, `name="..."`) of a header value."""
+    for piece in header.split(";")[1:]:
+        name, _, value = piece.strip().partition("=")
+        if name.strip().lower() == key:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_multipart(content_type: str, body: bytes) -> list[Part]:
+    """The parts of a multipart/form-data body (empty when it is not well formed)."""
+    boundary = _param(content_type, "boundary")
+    if not boundary:
+        return []
+    delimiter = b"--" + boundary.encode("latin-1")
+    parts: list[Part] = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk.removeprefix(b"\r\n")
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        headers: dict[str, str] = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        disposition = headers.get("content-disposition", "")
+        parts.append(
+            Part(
+                name=_param(disposition, "name"),
+                filename=_param(disposition, "filename"),
+                content_type=headers.get("content-type"),
+                data=data.removesuffix(b"\r\n"),
+            )
+        )
+    return parts
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pixels_key(value: Any) -> str | None:
+    """Content hash of a JSON pixel array (canonical form), None when it is not one."""
+    if isinstance(value, list) and value:
+        return sha256(json.dumps(value, separators=(",", ":")).encode())
+    if isinstance(value, str) and value:  # base64 image in JSON
+        return sha256(value.encode())
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _first(mapping: dict[str, Any], names: tuple[str, ...]) -> Any:
+    for name in names:
+        if name in mapping:
+            return mapping[name]
+    return None
+
+
+def peek(content_type: str | None, body: bytes, query: str = "") -> Peek:
+    """User id, image hash and label from a request, whatever form it was sent in."""
+    kind = media_type(content_type)
+    fields: dict[str, str] = {}
+    image_key: str | None = None
+    if kind == "multipart/form-data":
+        for part in parse_multipart(content_type or "", body):
+            if part.filename is not None or (part.name or "") in IMAGE_FIELDS:
+                if image_key is None and part.data:
+                    image_key = sha256(part.data)
+            elif part.name:
+                fields.setdefault(part.name, part.data.decode("utf-8", "replace"))
+    elif kind == "application/json" or kind.endswith("+json"):
+        try:
+            document = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError):
+            document = None
+        if isinstance(document, dict):
+            for name in (*USER_FIELDS, *LABEL_FIELDS):
+                text = _text(document.get(name))
+                if text is not None:
+                    fields[name] = text
+            image_key = pixels_key(_first(document, PIXEL_FIELDS))
+    elif kind == "application/x-www-form-urlencoded":
+        for name, values in parse_qs(body.decode("utf-8", "replace")).items():
+            fields.setdefault(name, values[0])
+    elif body:
+        image_key = sha256(body)  # a raw image body
+    if query:
+        for name, values in parse_qs(query).items():
+            fields.setdefault(name, values[0])
+    return Peek(
+        user_id=_first(fields, USER_FIELDS),
+        image_key=image_key,
+        label=_first(fields, LABEL_FIELDS),
+    )
+
+
+def prediction_of(document: Any) -> str | None:
+    """The answer in a service response, as text to compare variants and check labels: the
+    digit (or the digits of a batch, in order), a cheque amount, or the Open Inference
+    Protocol `digit` output (else the argmax of the first output)."""
+    if not isinstance(document, dict):
+        return None
+    for key in ("digit", "prediction", "amount"):
+        value = document.get(key)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    batch = document.get("predictions")
+    if isinstance(batch, list) and batch:
+        answers = [prediction_of(item) for item in batch]
+        return None if None in answers else ",".join(str(a) for a in answers)
+    outputs = document.get("outputs")
+    if isinstance(outputs, list) and outputs and all(isinstance(o, dict) for o in outputs):
+        chosen = next((o for o in outputs if o.get("name") == "digit"), None)
+        data = (chosen or outputs[0]).get("data")
+        if not isinstance(data, list) or not data:
+            return None
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in data):
+            return None
+        if chosen is not None or len(data) == 1:
+            return ",".join(str(v) for v in data)
+        return str(max(range(len(data)), key=data.__getitem__))
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _all_finite(values: list[Any]) -> bool:
+    try:  # one C-level pass; None, strings and nested lists raise
+        return math.isfinite(math.fsum(values))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def answer_problem(document: Any) -> str | None:
+    """Why a 2xx prediction cannot be trusted (a model gone numerically wrong answers NaN,
+    which JSON carries as null), or None when it looks sound."""
+    if not isinstance(document, dict):
+        return None
+    if "confidence" in document and not _finite(document["confidence"]):
+        return f"confidence is {document['confidence']!r}, not a number"
+    probabilities = document.get("probabilities")
+    if isinstance(probabilities, list) and not _all_finite(probabilities):
+        return "probabilities contain non-numbers"
+    batch = document.get("predictions")
+    if isinstance(batch, list):
+        for item in batch:
+            problem = answer_problem(item)
+            if problem is not None:
+                return problem
+    outputs = document.get("outputs")
+    if isinstance(outputs, list):
+        for output in outputs:
+            data = output.get("data") if isinstance(output, dict) else None
+            if isinstance(data, list) and not _all_finite(data):
+                return "an output tensor contains non-numbers"
+    return None
+
+
+def version_of(document: Any) -> str | None:
+    """The model version a service says answered (`model_version`, or OIP `model_version`)."""
+    if not isinstance(document, dict):
+        return None
+    for key in ("model_version", "version"):
+        value = document.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            return str(value)
+    model = document.get("model")
+    if isinstance(model, dict):
+        return version_of(model)
+    return None

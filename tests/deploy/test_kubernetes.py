@@ -1,0 +1,463 @@
+"""The Kubernetes manifests: built by the real kustomize, validated against real API schemas.
+
+Guards: every overlay builds with `kubectl kustomize` and passes `kubernetes-validate --strict`
+for an old and a current Kubernetes; only current kustomize fields; one resource per file,
+named `<app>-<kind>.yaml` and opening with a comment; probes, resources and security contexts
+on every container; selectors, ports, Secret keys and ConfigMaps that really connect; settings
+keys the components really read; the monitoring ConfigMaps equal the files in monitoring/.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.helpers import (
+    DASHBOARDS_DIR,
+    K8S,
+    KUBERNETES_VERSIONS,
+    MONITORING,
+    OVERLAYS,
+    REPO,
+    RULES_DIR,
+    kubectl,
+    settings_env_keys,
+    tool,
+    yaml_documents,
+)
+
+KIND_SUFFIX = {
+    "ConfigMap": "configmap",
+    "Deployment": "deployment",
+    "HorizontalPodAutoscaler": "hpa",
+    "Ingress": "ingress",
+    "Namespace": "namespace",
+    "NetworkPolicy": "networkpolicy",
+    "PersistentVolumeClaim": "pvc",
+    "PodDisruptionBudget": "pdb",
+    "PrometheusRule": "prometheusrule",
+    "Service": "service",
+    "ServiceAccount": "serviceaccount",
+    "ServiceMonitor": "servicemonitor",
+    "StatefulSet": "statefulset",
+}
+DEPRECATED_KUSTOMIZE_FIELDS = {
+    "bases",
+    "patchesStrategicMerge",
+    "patchesJson6902",
+    "commonLabels",
+    "vars",
+    "imageTags",
+}
+CRD_GROUP = "monitoring.coreos.com/"
+# Container command -> settings class that reads its environment.
+SETTINGS = {
+    "service": ("service.settings", "ServiceSettings"),
+    "router": ("router.settings", "RouterSettings"),
+    "trainer": ("trainer.settings", "TrainerSettings"),
+    "train": ("inkwell.settings", "CoreSettings"),
+}
+PREFIXES = {
+    "INKWELL_SERVICE_": "service",
+    "INKWELL_ROUTER_": "router",
+    "INKWELL_TRAINER_": "trainer",
+}
+
+
+def _k8s_tree(tmp: Path) -> Path:
+    """A copy of k8s/ and monitoring/ with prod's secrets.env made from its example."""
+    shutil.copytree(K8S, tmp / "k8s")
+    shutil.copytree(MONITORING, tmp / "monitoring")
+    prod = tmp / "k8s" / "overlays" / "prod"
+    shutil.copy(prod / "secrets.env.example", prod / "secrets.env")
+    return tmp / "k8s"
+
+
+def kustomize(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Each overlay's `kubectl kustomize` output."""
+    tree = _k8s_tree(tmp_path_factory.mktemp("k8s"))
+    out: dict[str, str] = {}
+    for overlay in OVERLAYS:
+        result = kustomize(tree / "overlays" / overlay)
+        assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
+        out[overlay] = result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def resources(rendered: dict[str, str]) -> dict[str, list[dict[str, Any]]]:
+    return {overlay: yaml_documents(text) for overlay, text in rendered.items()}
+
+
+def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    spec = workload["spec"]["template"]["spec"]
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+# ---- build and schema ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_overlay_passes_strict_schema_validation(
+    rendered: dict[str, str], overlay: str, version: str
+) -> None:
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate")
+    result = subprocess.run(
+        [validate, "--strict", "--kubernetes-version", version, "-"],
+        input=rendered[overlay],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = (result.stdout + result.stderr).splitlines()
+    unchecked = [line for line in output if line.startswith("WARN") and CRD_GROUP not in line]
+    assert not unchecked, "resources without a schema:\n" + "\n".join(unchecked)
+    passed = [line for line in output if "passed for resource" in line]
+    crds = sum(
+        1 for d in yaml_documents(rendered[overlay]) if d["apiVersion"].startswith(CRD_GROUP)
+    )
+    assert len(passed) + crds == len(yaml_documents(rendered[overlay]))
+
+
+def test_schema_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
+    """The validator is strict for real: a misspelt field fails it."""
+    validate = tool("kubernetes-validate", "pip install kubernetes-validate")
+    service = yaml.safe_load((K8S / "base/inkwell-router-service.yaml").read_text())
+    service["spec"]["selectr"] = {}
+    result = subprocess.run(
+        [validate, "--strict", "-"], input=yaml.safe_dump(service), capture_output=True, text=True
+    )
+    assert result.returncode != 0
+
+
+def test_prod_refuses_to_build_without_its_secrets_file(tmp_path: Path) -> None:
+    tree = _k8s_tree(tmp_path)
+    (tree / "overlays/prod/secrets.env").unlink()
+    result = kustomize(tree / "overlays/prod")
+    assert result.returncode != 0
+    assert "secrets.env" in result.stderr
+
+
+def test_kustomizations_use_only_current_fields() -> None:
+    files = [*K8S.rglob("kustomization.yaml"), MONITORING / "kustomization.yaml"]
+    assert len(files) >= 5
+    for path in files:
+        fields = set(yaml.safe_load(path.read_text()))
+        old = fields & DEPRECATED_KUSTOMIZE_FIELDS
+        assert not old, f"{path.relative_to(REPO)} uses deprecated fields {sorted(old)}"
+        for generator in yaml.safe_load(path.read_text()).get("secretGenerator", []):
+            assert "env" not in generator, "secretGenerator `env:` is deprecated: use `envs:`"
+
+
+def test_each_resource_file_holds_one_resource_named_app_kind_with_a_header() -> None:
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name == "kustomization.yaml" or path.stem.endswith("-patch"):
+            continue
+        text = path.read_text()
+        assert text.startswith("#"), f"{path.relative_to(REPO)} must open with what it is for"
+        docs = yaml_documents(text)
+        assert len(docs) == 1, f"{path.relative_to(REPO)}: one resource per file"
+        kind, name = docs[0]["kind"], docs[0]["metadata"]["name"]
+        suffix = KIND_SUFFIX[kind]
+        assert path.stem.endswith(f"-{suffix}"), f"{path.name}: name it <app>-{suffix}.yaml"
+        app = path.stem.removesuffix(f"-{suffix}")
+        assert name.startswith(app), f"{path.name} holds {kind} {name}"
+
+
+def test_every_base_file_is_listed_in_the_base_kustomization() -> None:
+    listed = set(yaml.safe_load((K8S / "base/kustomization.yaml").read_text())["resources"])
+    on_disk = {p.name for p in (K8S / "base").glob("*.yaml") if p.name != "kustomization.yaml"}
+    assert on_disk <= listed, f"not in resources: {sorted(on_disk - listed)}"
+
+
+# ---- workloads ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_workloads_use_stable_canary_names(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    names = {w["metadata"]["name"] for w in _workloads(resources[overlay])}
+    assert names == {
+        "inkwell-service-stable",
+        "inkwell-service-canary",
+        "inkwell-router",
+        "inkwell-trainer",
+        "inkwell-mlflow",
+        "inkwell-postgres",
+    }
+    for workload in _workloads(resources[overlay]):
+        name = workload["metadata"]["name"]
+        if name.startswith("inkwell-service-"):
+            variant = name.removeprefix("inkwell-service-")
+            labels = workload["spec"]["template"]["metadata"]["labels"]
+            assert labels["inkwell.io/variant"] == variant
+            container = workload["spec"]["template"]["spec"]["containers"][0]
+            assert container["args"] == ["inkwell", "service", "--variant", variant]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_probes_resources_and_a_locked_down_security_context(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    for workload in _workloads(resources[overlay]):
+        name = workload["metadata"]["name"]
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod["containers"]:
+            assert "readinessProbe" in container and "livenessProbe" in container, name
+        for container in _containers(workload):
+            where = f"{name}/{container['name']}"
+            requests = container["resources"]["requests"]
+            assert {"cpu", "memory"} <= set(requests), where
+            assert "memory" in container["resources"]["limits"], where
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, where
+            assert security["readOnlyRootFilesystem"] is True, where
+            assert security["capabilities"]["drop"] == ["ALL"], where
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_images_are_set_by_the_overlay(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    expected = {"dev": "inkwell:dev", "prod": "registry.example.com/inkwell/inkwell:0.1.0"}
+    for workload in _workloads(resources[overlay]):
+        for container in _containers(workload):
+            image = container["image"]
+            if workload["metadata"]["name"] == "inkwell-postgres":
+                assert re.fullmatch(r"postgres:\d+\.\d+-\w+", image)
+            else:
+                assert image == expected[overlay]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_resource_has_the_recommended_labels(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    for doc in resources[overlay]:
+        labels = doc["metadata"].get("labels", {})
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        assert labels.get("app.kubernetes.io/part-of") == "inkwell", where
+        assert labels.get("app.kubernetes.io/managed-by") == "kustomize", where
+        assert labels.get("app.kubernetes.io/name", "").startswith("inkwell"), where
+    for workload in _workloads(resources[overlay]):
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert pod_labels["app.kubernetes.io/part-of"] == "inkwell"
+        assert (
+            pod_labels["app.kubernetes.io/name"]
+            == workload["metadata"]["labels"]["app.kubernetes.io/name"]
+        )
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_hpas_pdbs_and_policies_select_real_pods_and_ports(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    pods = [
+        (w["spec"]["template"]["metadata"]["labels"], w["spec"]["template"]["spec"])
+        for w in _workloads(docs)
+    ]
+    for service in _by_kind(docs, "Service"):
+        selected = [spec for labels, spec in pods if _matches(service["spec"]["selector"], labels)]
+        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {selected}"
+        port_names = {p["name"] for c in selected[0]["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in port_names
+    workload_names = {w["metadata"]["name"] for w in _workloads(docs)}
+    for hpa in _by_kind(docs, "HorizontalPodAutoscaler"):
+        assert hpa["spec"]["scaleTargetRef"]["name"] in workload_names
+    for pdb in _by_kind(docs, "PodDisruptionBudget"):
+        selector = pdb["spec"]["selector"]["matchLabels"]
+        assert any(_matches(selector, labels) for labels, _ in pods)
+    for policy in _by_kind(docs, "NetworkPolicy"):
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        assert any(_matches(selector, labels) for labels, _ in pods)
+        for rule in policy["spec"].get("ingress", []):
+            for source in rule.get("from", []):
+                peer = source.get("podSelector", {}).get("matchLabels")
+                if peer:
+                    assert any(_matches(peer, labels) for labels, _ in pods), policy
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secret_and_configmap_references_resolve(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    secrets = {s["metadata"]["name"]: s for s in _by_kind(docs, "Secret")}
+    configmaps = {c["metadata"]["name"] for c in _by_kind(docs, "ConfigMap")}
+    claims = {c["metadata"]["name"] for c in _by_kind(docs, "PersistentVolumeClaim")}
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets[ref["name"]]["data"], ref
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in configmaps
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_storage_is_persistent_where_state_lives(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    postgres = _by_kind(docs, "StatefulSet")[0]
+    assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    claims = {c["metadata"]["name"]: c for c in _by_kind(docs, "PersistentVolumeClaim")}
+    assert set(claims) == {"inkwell-mlflow-artifacts", "inkwell-trainer-home"}
+    if overlay == "prod":
+        for claim in claims.values():
+            assert claim["spec"]["storageClassName"]
+        assert postgres["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"]
+
+
+# ---- settings -----------------------------------------------------------------------------
+
+
+def _settings_class(command: str) -> type[Any]:
+    module_name, class_name = SETTINGS[command]
+    settings_cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
+    return settings_cls
+
+
+def _container_env(container: dict[str, Any], docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The environment Kubernetes gives the container: envFrom, then env with $(VAR) expanded."""
+    import base64
+
+    configmaps = {c["metadata"]["name"]: c["data"] for c in _by_kind(docs, "ConfigMap")}
+    secrets = {s["metadata"]["name"]: s["data"] for s in _by_kind(docs, "Secret")}
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], item["value"])
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = base64.b64decode(secrets[ref["name"]][ref["key"]]).decode()
+    return env
+
+
+def test_shared_configmap_keys_are_all_read_by_some_component(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    config = next(
+        c
+        for c in _by_kind(resources["prod"], "ConfigMap")
+        if c["metadata"]["name"] == "inkwell-config"
+    )
+    core = settings_env_keys(_settings_class("train"))
+    for key in config["data"]:
+        component = next((c for p, c in PREFIXES.items() if key.startswith(p)), None)
+        known = core if component is None else settings_env_keys(_settings_class(component))
+        assert key in known, f"inkwell-config sets {key}, which no settings class reads"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_container_environment_validates_in_its_settings_class(
+    resources: dict[str, list[dict[str, Any]]],
+    overlay: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    docs = resources[overlay]
+    checked = 0
+    for workload in _workloads(docs):
+        for container in _containers(workload):
+            args = container.get("args", [])
+            if not args or args[0] != "inkwell":
+                continue
+            settings_cls = _settings_class(args[1])
+            env = _container_env(container, docs)
+            own = {k for k in env if k.startswith("INKWELL_") and not k.startswith(tuple(PREFIXES))}
+            own |= {k for k in env if k.startswith(f"INKWELL_{args[1].upper()}_")}
+            unknown = sorted(own - settings_env_keys(settings_cls))
+            assert not unknown, f"{container['name']}: {settings_cls.__name__} ignores {unknown}"
+            with monkeypatch.context() as patch:
+                for key in list(os.environ):
+                    if key.startswith(("INKWELL_", "MLFLOW_")):
+                        patch.delenv(key)
+                for key, value in env.items():
+                    patch.setenv(key, value)
+                extra = (
+                    {"variant": args[args.index("--variant") + 1]} if "--variant" in args else {}
+                )
+                settings = settings_cls(**extra)
+            assert settings.resolved_tracking_uri == "http://inkwell-mlflow:5000"
+            assert settings.resolved_database_url.startswith(
+                "postgresql+psycopg://inkwell:"
+            ) and settings.resolved_database_url.endswith("@inkwell-postgres:5432/inkwell")
+            if args[1] != "train":
+                assert settings.host == "0.0.0.0"
+                port = getattr(settings, "resolved_port", settings.port)
+                assert [p["containerPort"] for p in container["ports"]] == [port]
+                annotations = workload["spec"]["template"]["metadata"]["annotations"]
+                assert annotations["prometheus.io/port"] == str(port)
+            checked += 1
+    assert checked >= 1
+
+
+# ---- monitoring ConfigMaps ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_monitoring_configmaps_hold_exactly_the_monitoring_files(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    configmaps = {c["metadata"]["name"]: c for c in _by_kind(resources[overlay], "ConfigMap")}
+    dashboards = configmaps["inkwell-grafana-dashboards"]
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    on_disk = {p.name: p.read_text() for p in DASHBOARDS_DIR.glob("*.json")}
+    assert dashboards["data"] == on_disk
+    for text in on_disk.values():
+        json.loads(text)
+    rules = configmaps["inkwell-prometheus-rules"]["data"]
+    assert rules == {p.name: p.read_text() for p in RULES_DIR.glob("*.yml")}
+
+
+def test_postgres_initdb_is_the_same_sql_as_compose() -> None:
+    configmap = yaml.safe_load((K8S / "base/inkwell-postgres-configmap.yaml").read_text())
+    compose_sql = REPO / "docker/postgres/initdb"
+    assert configmap["data"] == {p.name: p.read_text() for p in compose_sql.glob("*.sql")}

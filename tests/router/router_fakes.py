@@ -1,0 +1,110 @@
+"""Helpers for router tests: free ports, servers in threads, a programmable fake service.
+
+The fake service stands in for issue 3's inference service in unit tests of the proxy only
+(fallback, shadow, stickiness); the end-to-end tests run the real service processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a background thread; yields its base URL."""
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def digit_of(body: bytes) -> int:
+    return hashlib.sha256(body).digest()[0] % 10
+
+
+@dataclass
+class FakeService:
+    """A stand-in inference service: answers a digit derived from the image bytes."""
+
+    variant: str
+    version: str
+    mode: str = "ok"  # ok | error | slow | wrong | nan
+    delay_s: float = 0.5
+    predictions: int = 0
+    uploads: list[bytes] = field(default_factory=list)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/digits/predict")
+        async def predict(request: Request) -> JSONResponse:
+            body = await request.body()
+            self.predictions += 1
+            if self.mode == "error":
+                return JSONResponse({"code": "boom", "message": "canary broke"}, status_code=500)
+            if self.mode == "slow":
+                await asyncio.sleep(self.delay_s)
+            digit = digit_of(body)
+            if self.mode == "nan":
+                return JSONResponse(
+                    {
+                        "digit": 0,
+                        "confidence": None,
+                        "model_version": self.version,
+                        "variant": self.variant,
+                    }
+                )
+            if self.mode == "wrong":
+                digit = (digit + 1) % 10
+            return JSONResponse(
+                {
+                    "digit": digit,
+                    "confidence": 0.9,
+                    "model_name": "inkwell-digits",
+                    "model_version": self.version,
+                    "variant": self.variant,
+                }
+            )
+
+        @app.post("/v1/samples")
+        async def upload(request: Request) -> JSONResponse:
+            self.uploads.append(await request.body())
+            return JSONResponse({"sample_id": len(self.uploads)}, status_code=201)
+
+        @app.get("/v1/samples/stats")
+        async def stats() -> dict[str, object]:
+            return {"total": len(self.uploads), "served_by": self.variant}
+
+        @app.get("/readyz")
+        async def ready() -> dict[str, str]:
+            return {"status": "ready", "model_version": self.version}
+
+        return app

@@ -1,0 +1,106 @@
+"""The scraping metric source against real `/metrics` HTTP endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from prometheus_client import start_http_server
+
+from inkwell.errors import MetricsUnavailableError
+from router import metrics as m
+from router.analysis import build_observation
+from router.metrics import RouterMetrics
+from router.sources import ScrapeSource, increases, promql
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def exporter():
+    metrics = RouterMetrics()
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    yield metrics, f"http://127.0.0.1:{port}/metrics"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_window_counts_only_what_happened_inside_it(exporter):
+    metrics, url = exporter
+    clock = Clock()
+    source = ScrapeSource([url], clock=clock)
+
+    async def run():
+        metrics.upstream_requests.labels("canary", "2", "ok", "live").inc(5)  # before the window
+        await source.observe()
+        clock.now += 10
+        metrics.upstream_requests.labels("canary", "2", "ok", "live").inc(3)
+        metrics.upstream_requests.labels("canary", "2", "error", "live").inc(2)
+        metrics.upstream_latency.labels("canary", "2").observe(0.2)
+        clock.now += 10
+        (recent,) = await source.windows(15)
+        (everything,) = await source.windows(60)
+        await source.aclose()
+        return recent, everything
+
+    recent, everything = asyncio.run(run())
+    canary = build_observation(recent).of("canary", "2")
+    assert (canary.requests, canary.errors, canary.latency_count) == (5, 2, 1)
+    # the oldest snapshot is the base when the window reaches further back
+    assert build_observation(everything).of("canary", "2").requests == 5
+
+
+def test_a_dead_target_is_skipped_but_all_dead_is_an_error(exporter):
+    metrics, url = exporter
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
+
+    async def run():
+        source = ScrapeSource([url, dead], timeout_s=0.5)
+        await source.observe()
+        metrics.online_predictions.labels("stable", "1", "true").inc()
+        (samples,) = await source.windows(30)
+        await source.aclose()
+        only_dead = ScrapeSource([dead], timeout_s=0.5)
+        try:
+            with pytest.raises(MetricsUnavailableError):
+                await only_dead.windows(30)
+        finally:
+            await only_dead.aclose()
+        return samples
+
+    samples = asyncio.run(run())
+    assert build_observation(samples).of("stable", "1").correct == 1
+
+
+def test_counter_reset_counts_from_zero():
+    key = (f"{m.UPSTREAM_REQUESTS}_total", (("variant", "canary"),))
+    assert increases({key: 100.0}, {key: 7.0}) == {key: 7.0}
+    assert increases({key: 5.0}, {key: 7.0}) == {key: 2.0}
+    assert increases(None, {key: 7.0}) == {key: 7.0}
+
+
+def test_gauges_are_current_values_not_increases():
+    key = (m.CIRCUIT_OPEN, (("variant", "canary"),))
+    assert increases({key: 1.0}, {key: 1.0}) == {key: 1.0}
+
+
+def test_promql_sums_the_increase_over_replicas():
+    query = promql(f"{m.UPSTREAM_REQUESTS}_total", 2.5)
+    assert query == (
+        f"sum by (variant, model_version, outcome) (increase({m.UPSTREAM_REQUESTS}_total[2500ms]))"
+    )

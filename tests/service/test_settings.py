@@ -1,0 +1,54 @@
+"""ServiceSettings read from INKWELL_SERVICE_* and the shared INKWELL_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from service.settings import ServiceSettings
+
+
+def test_defaults_work_on_one_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
+    settings = ServiceSettings()
+    assert settings.variant == "stable" and settings.resolved_port == 8001
+    assert settings.resolved_database_url == f"sqlite:///{tmp_path / 'inkwell.db'}"
+    assert settings.torch_threads >= 1
+    assert not settings.predict_requires_key and settings.api_keys == []
+
+
+def test_environment_configures_variant_keys_and_limits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
+    monkeypatch.setenv("INKWELL_SERVICE_VARIANT", "canary")
+    monkeypatch.setenv("INKWELL_SERVICE_API_KEYS", "alpha, beta")
+    monkeypatch.setenv("INKWELL_SERVICE_MICROBATCH_MAX_SIZE", "1")
+    monkeypatch.setenv("INKWELL_SERVICE_MAX_BODY_BYTES", "1000")
+    settings = ServiceSettings()
+    assert settings.variant == "canary" and settings.resolved_port == 8002
+    assert settings.accepts_key("beta") and not settings.accepts_key("gamma")
+    assert not settings.accepts_key(None)
+    assert settings.microbatch_max_size == 1 and settings.max_body_bytes == 1000
+
+
+def test_unknown_variant_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INKWELL_SERVICE_VARIANT", "blue")
+    with pytest.raises(ValidationError, match="stable"):
+        ServiceSettings()
+
+
+def test_cli_registers_service_and_bench_commands() -> None:
+    from inkwell.cli import _register_components, app
+
+    _register_components()
+    runner = CliRunner()
+    serve = runner.invoke(app, ["service", "--help"])
+    assert serve.exit_code == 0 and "--variant" in serve.output and "--port" in serve.output
+    bench = runner.invoke(app, ["bench", "service", "--help"])
+    assert bench.exit_code == 0 and "--concurrency" in bench.output
+    bad = runner.invoke(app, ["service", "--variant", "blue"])
+    assert bad.exit_code != 0

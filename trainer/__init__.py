@@ -1,0 +1,1 @@
+"""The trainer worker: validated, tuned, gated continual learning from user uploads."""

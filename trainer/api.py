@@ -1,0 +1,69 @@
+"""Admin routes: trigger a retrain, read the status, metrics and health. Thin: they delegate."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from inkwell.errors import AuthError, InkwellError
+from trainer.worker import Worker
+
+router = APIRouter()
+
+
+class AdminDisabledError(InkwellError):
+    code = "admin_disabled"
+    status_code = 503
+
+
+def get_worker(request: Request) -> Worker:
+    worker: Worker = request.app.state.worker
+    return worker
+
+
+WorkerDep = Annotated[Worker, Depends(get_worker)]
+
+
+def require_api_key(worker: WorkerDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Checks `X-API-Key` against INKWELL_TRAINER_ADMIN_API_KEY (constant-time)."""
+    expected = worker.settings.admin_api_key
+    if expected is None:
+        raise AdminDisabledError(
+            "Manual retraining over HTTP is disabled: set INKWELL_TRAINER_ADMIN_API_KEY on the "
+            "trainer, or run `inkwell trainer retrain` on its machine."
+        )
+    if x_api_key is None or not hmac.compare_digest(
+        x_api_key.encode(), expected.get_secret_value().encode()
+    ):
+        raise AuthError("Missing or wrong X-API-Key header; send the trainer's admin API key.")
+
+
+@router.post("/v1/retrain", status_code=202, dependencies=[Depends(require_api_key)])
+async def request_retrain(worker: WorkerDep) -> dict[str, Any]:
+    """Retrain at the next poll (202); 409 if one is running or nothing is pending."""
+    pending = await run_in_threadpool(worker.request)
+    return {"accepted": True, "pending": pending.count, "users": len(pending.per_user)}
+
+
+@router.get("/v1/status")
+async def status(worker: WorkerDep) -> dict[str, Any]:
+    """Watermark, pending samples, the active and last job, stable/canary versions."""
+    return await run_in_threadpool(worker.status)
+
+
+@router.get("/metrics")
+async def metrics(worker: WorkerDep) -> Response:
+    """Prometheus metrics (`inkwell_trainer_*`)."""
+    return Response(
+        worker.retrainer.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+@router.get("/healthz")
+async def healthz(worker: WorkerDep) -> dict[str, Any]:
+    """Alive, and whether the worker thread is polling."""
+    return {"status": "ok", "worker_alive": worker.alive}

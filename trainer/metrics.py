@@ -1,0 +1,67 @@
+"""The trainer's Prometheus metrics (the only module that defines them)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from trainer.validation import REASONS
+
+
+class TrainerMetrics:
+    """`inkwell_trainer_*` metrics on their own registry (one per worker)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.retrains = Counter(
+            "inkwell_trainer_retrains_total",
+            "Retrains by outcome (passed, rejected, failed, skipped).",
+            ["outcome"],
+            registry=r,
+        )
+        self.quarantined = Counter(
+            "inkwell_trainer_quarantined_samples_total",
+            "Samples quarantined by data validation or a rejected candidate, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.trained = Counter(
+            "inkwell_trainer_trained_samples_total", "New samples used by retrains.", registry=r
+        )
+        self.seconds = Histogram(
+            "inkwell_trainer_retrain_seconds",
+            "Wall time of a retrain, start to commit.",
+            buckets=(5, 10, 20, 30, 45, 60, 90, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.pending = Gauge(
+            "inkwell_trainer_pending_samples", "Accepted samples waiting for a retrain.", registry=r
+        )
+        self.watermark = Gauge(
+            "inkwell_trainer_watermark", "Highest sample id processed by a retrain.", registry=r
+        )
+        self.running = Gauge(
+            "inkwell_trainer_retrain_running", "1 while a retrain is running.", registry=r
+        )
+        self.last_version = Gauge(
+            "inkwell_trainer_last_candidate_version",
+            "Registry version of the last candidate (passed or rejected).",
+            registry=r,
+        )
+        self.buffer_size = Gauge(
+            "inkwell_trainer_buffer_size", "Items in the latest replay buffer.", registry=r
+        )
+        self.old_accuracy = Gauge(
+            "inkwell_trainer_candidate_accuracy",
+            "Accuracy of the last candidate by evaluation set (mnist_test, holdout).",
+            ["dataset"],
+            registry=r,
+        )
+        for reason in (*REASONS, "gate_rejected"):
+            self.quarantined.labels(reason=reason)
+        for outcome in ("passed", "rejected", "failed", "skipped"):
+            self.retrains.labels(outcome=outcome)
+
+    def render(self) -> bytes:
+        """Text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,321 @@
+"""The trainer's durable state, in the same database as the samples.
+
+- `trainer_state`: per model name, the watermark (highest sample id a finished retrain has
+  processed). It moves only in `commit_job`, in the same transaction that marks the samples
+  trained or quarantined, and only after the version is registered: a crash at any moment
+  leaves the watermark and the samples' states consistent with each other.
+- `trainer_jobs`: one row per retrain. `running` while computing, `computed` once everything
+  needed to publish it (weights, buffer, tags, sample verdicts) is on disk, then `done`;
+  `interrupted` when a restart finds a running job whose process died. A partial unique index
+  allows at most one active (`running`/`computed`) job per model: one retrain at a time, even
+  across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Index, Integer, String, Text, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from inkwell.errors import ConflictError
+from inkwell.store import ACCEPTED, QUARANTINED, TRAINED, Base, Sample, SampleStore
+
+RUNNING = "running"
+COMPUTED = "computed"
+DONE = "done"
+INTERRUPTED = "interrupted"
+FAILED = "failed"
+ACTIVE = (RUNNING, COMPUTED)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TrainerStateRow(Base):
+    """Watermark per model name."""
+
+    __tablename__ = "trainer_state"
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    watermark: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class TrainerJob(Base):
+    """One retrain: who runs it, how far it got, and (once computed) its full plan."""
+
+    __tablename__ = "trainer_jobs"
+    __table_args__ = (
+        Index(
+            "uq_trainer_one_active_job",
+            "model_name",
+            unique=True,
+            sqlite_where=text("status IN ('running', 'computed')"),
+            postgresql_where=text("status IN ('running', 'computed')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    phase: Mapped[str] = mapped_column(String(32), default="starting")
+    trigger: Mapped[str] = mapped_column(String(64))
+    parent_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    plan: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A detached snapshot of a job row."""
+
+    id: int
+    status: str
+    phase: str
+    trigger: str
+    parent_version: str | None
+    run_id: str | None
+    version: str | None
+    outcome: str | None
+    plan: dict[str, Any] | None
+    error: str | None
+    host: str
+    pid: int
+    started_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: TrainerJob) -> JobView:
+        return cls(
+            id=row.id,
+            status=row.status,
+            phase=row.phase,
+            trigger=row.trigger,
+            parent_version=row.parent_version,
+            run_id=row.run_id,
+            version=row.version,
+            outcome=row.outcome,
+            plan=json.loads(row.plan) if row.plan else None,
+            error=row.error,
+            host=row.host,
+            pid=row.pid,
+            started_at=row.started_at,
+            updated_at=row.updated_at,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows (no plan internals)."""
+        return {
+            "job_id": self.id,
+            "status": self.status,
+            "phase": self.phase,
+            "trigger": self.trigger,
+            "parent_version": self.parent_version,
+            "version": self.version,
+            "outcome": self.outcome,
+            "run_id": self.run_id,
+            "error": self.error,
+            "started_at": self.started_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def process_alive(host: str, pid: int) -> bool:
+    """Whether the process that owns a job still exists (only decidable on the same host)."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class TrainerState:
+    """Watermark and job bookkeeping on top of a `SampleStore`'s database."""
+
+    def __init__(self, store: SampleStore, model_name: str) -> None:
+        self.store = store
+        self.model_name = model_name
+        Base.metadata.create_all(
+            store.engine,
+            tables=[TrainerStateRow.__table__, TrainerJob.__table__],  # type: ignore[list-item]
+        )
+
+    def watermark(self) -> int:
+        with self.store.session() as session:
+            row = session.get(TrainerStateRow, self.model_name)
+            return int(row.watermark) if row is not None else 0
+
+    def begin_job(self, trigger: str, parent_version: str | None) -> JobView:
+        """Insert a running job; ConflictError if another retrain is active."""
+        try:
+            with self.store.session() as session:
+                row = TrainerJob(
+                    model_name=self.model_name,
+                    status=RUNNING,
+                    trigger=trigger,
+                    parent_version=parent_version,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                )
+                session.add(row)
+                session.flush()
+                return JobView.of(row)
+        except IntegrityError as exc:
+            active = self.active_job()
+            raise ConflictError(
+                f"A retrain is already in progress (job {active.id if active else '?'}, "
+                f"phase {active.phase if active else '?'}); wait for it to finish "
+                "(GET /v1/status) and try again."
+            ) from exc
+
+    def set_phase(self, job_id: int, phase: str, **fields: Any) -> None:
+        with self.store.session() as session:
+            session.execute(
+                update(TrainerJob)
+                .where(TrainerJob.id == job_id)
+                .values(phase=phase, updated_at=_now(), **fields)
+            )
+
+    def mark_computed(self, job_id: int, plan: Mapping[str, Any]) -> None:
+        """Persist the full plan; from here a restart can finish the job without recomputing."""
+        self.set_phase(job_id, "computed", status=COMPUTED, plan=json.dumps(plan, default=str))
+
+    def end_job(self, job_id: int, status: str, *, error: str | None = None) -> None:
+        """Close a job that will not be committed (interrupted, failed or nothing to do)."""
+        self.set_phase(job_id, status, status=status, error=error)
+
+    def commit_job(
+        self,
+        job_id: int,
+        *,
+        version: str,
+        outcome: str,
+        trained: Iterable[int],
+        quarantined: Mapping[int, str],
+        watermark: int,
+    ) -> None:
+        """One transaction: sample states, the watermark and the job's end."""
+        trained = list(trained)
+        with self.store.session() as session:
+            job = session.get(TrainerJob, job_id)
+            if job is None or job.status == DONE:
+                return
+            if trained:
+                session.execute(
+                    update(Sample)
+                    .where(Sample.id.in_(trained))
+                    .values(state=TRAINED, reason=None, trained_version=version)
+                )
+            by_reason: dict[str, list[int]] = {}
+            for sample_id, reason in quarantined.items():
+                by_reason.setdefault(reason, []).append(int(sample_id))
+            for reason, ids in by_reason.items():
+                session.execute(
+                    update(Sample)
+                    .where(Sample.id.in_(ids))
+                    .values(state=QUARANTINED, reason=reason, trained_version=version)
+                )
+            row = session.get(TrainerStateRow, self.model_name)
+            if row is None:
+                row = TrainerStateRow(model_name=self.model_name, watermark=0)
+                session.add(row)
+            row.watermark = max(int(row.watermark or 0), int(watermark))
+            row.updated_at = _now()
+            job.status, job.phase, job.version, job.outcome = DONE, "done", version, outcome
+            job.updated_at = _now()
+
+    def active_job(self) -> JobView | None:
+        with self.store.session() as session:
+            row = session.scalar(
+                select(TrainerJob)
+                .where(TrainerJob.model_name == self.model_name, TrainerJob.status.in_(ACTIVE))
+                .order_by(TrainerJob.id.desc())
+            )
+            return JobView.of(row) if row is not None else None
+
+    def last_job(self) -> JobView | None:
+        with self.store.session() as session:
+            row = session.scalar(
+                select(TrainerJob)
+                .where(TrainerJob.model_name == self.model_name)
+                .order_by(TrainerJob.id.desc())
+            )
+            return JobView.of(row) if row is not None else None
+
+    def new_samples(self, snapshot: int, lineage: Iterable[str]) -> list[Sample]:
+        """What a retrain from a stable model learns: accepted samples up to `snapshot`, plus
+        samples trained into candidates outside the stable model's lineage (never promoted, or
+        rolled back), oldest first."""
+        lineage = list(lineage)
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(Sample)
+                .where(
+                    Sample.id <= snapshot,
+                    (Sample.state == ACCEPTED)
+                    | (
+                        (Sample.state == TRAINED)
+                        & (
+                            Sample.trained_version.is_(None)
+                            | Sample.trained_version.notin_(lineage)
+                        )
+                    ),
+                )
+                .order_by(Sample.id)
+            )
+            return list(rows)
+
+    def lineage_samples(self, lineage: Iterable[str]) -> list[Sample]:
+        """Samples already learned by the stable model or its ancestors."""
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(Sample)
+                .where(Sample.state == TRAINED, Sample.trained_version.in_(list(lineage)))
+                .order_by(Sample.id)
+            )
+            return list(rows)
+
+    def pending(self) -> list[tuple[int, str, datetime]]:
+        """(id, user, created_at) of every accepted sample waiting for a retrain."""
+        with self.store.session() as session:
+            rows = session.execute(
+                select(Sample.id, Sample.user_id, Sample.created_at)
+                .where(Sample.state == ACCEPTED)
+                .order_by(Sample.id)
+            ).all()
+            return [(int(i), str(u), c) for i, u, c in rows]
+
+    def known_users(self, users: Iterable[str]) -> set[str]:
+        """Which of `users` already have trained samples (they are not new users)."""
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(Sample.user_id)
+                .where(Sample.user_id.in_(list(users)), Sample.state == TRAINED)
+                .distinct()
+            )
+            return set(rows)
+
+    def job(self, job_id: int) -> JobView | None:
+        with self.store.session() as session:
+            row = session.get(TrainerJob, job_id)
+            return JobView.of(row) if row is not None else None
