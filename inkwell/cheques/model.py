@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from inkwell.cheques.preprocess import INPUT_HEIGHT
+from inkwell.cheques.preprocess import FRAME_STRIDE, INPUT_HEIGHT
 
 BLANK = 0
 NUM_CLASSES = 11
@@ -87,12 +88,17 @@ class CRNN(nn.Module):
         self.classify = nn.Linear(2 * self.config.hidden, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (N, T, 11). With `frames` (real frames per field), the BiLSTM skips the
-        padding of shorter fields, so a field reads the same alone or in a padded batch."""
+        """Logits (N, T, 11).
+
+        In eval mode, `frames` (real frames per field) makes the BiLSTM skip the padding of
+        shorter fields, so a field reads the same alone or in a padded batch. Training does
+        not pack: packed sequences take a slow non-fused LSTM path on CPU (~2x a step), and
+        training batches are grouped by width, so there is little padding to learn from.
+        """
         f = self.features(x)
         n, c, h, w = f.shape
         seq = self.dropout(self.project(f.permute(0, 3, 1, 2).reshape(n, w, c * h)))
-        if frames is not None and bool((frames < w).any()):
+        if frames is not None and not self.training and bool((frames < w).any()):
             packed = pack_padded_sequence(
                 seq, frames.clamp(1, w).cpu(), batch_first=True, enforce_sorted=False
             )
@@ -106,3 +112,24 @@ class CRNN(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def batch_inputs(fields: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad prepared fields (H, W_i) to one (N, 1, H, W) tensor; returns it and the widths.
+
+    Width is padded with background (0) up to a multiple of `FRAME_STRIDE`.
+    """
+    if not fields:
+        raise ValueError("batch_inputs needs at least one field")
+    height = fields[0].shape[0]
+    widths = [f.shape[1] for f in fields]
+    padded = -(-max(widths) // FRAME_STRIDE) * FRAME_STRIDE
+    batch = np.zeros((len(fields), 1, height, padded), np.float32)
+    for i, f in enumerate(fields):
+        batch[i, 0, :, : f.shape[1]] = f
+    return torch.from_numpy(batch), torch.tensor(widths, dtype=torch.long)
+
+
+def frames_for(widths: torch.Tensor) -> torch.Tensor:
+    """Number of output frames the recogniser produces for inputs of these widths."""
+    return torch.div(widths + FRAME_STRIDE - 1, FRAME_STRIDE, rounding_mode="floor")

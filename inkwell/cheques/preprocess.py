@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from inkwell.errors import InvalidImageError, NoInkError
@@ -36,13 +35,17 @@ class FieldInput:
     x_offset: int = 0  # first original column of the crop the input was made from
 
 
-def _orient(gray: np.ndarray) -> np.ndarray:
-    """Ink map (1 = ink) from a grayscale image (1 = white).
+def _ink_levels(gray: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Ink map (1 = ink) of a grayscale image (1 = white), its background level (median) and
+    its ink level (99.5th percentile), from one partial sort.
 
     Polarity comes from the median of the whole field, not its border: paper covers most of
     an amount field, while a printed box often runs right along the border.
     """
-    return gray if float(np.median(gray)) < 0.5 else 1.0 - gray
+    dark, median, light = (float(v) for v in np.percentile(gray, [0.5, 50.0, 99.5]))
+    if median < 0.5:  # light ink on dark paper
+        return gray, median, light
+    return 1.0 - gray, 1.0 - median, 1.0 - dark
 
 
 def ink_bounds(ink: np.ndarray) -> tuple[int, int, int, int]:
@@ -85,9 +88,7 @@ def prepare_field(gray: np.ndarray, height: int = INPUT_HEIGHT) -> FieldInput:
         )
     if not np.isfinite(array).all():
         raise InvalidImageError("The image contains NaN or infinite values.")
-    ink = _orient(np.clip(array.astype(np.float32), 0.0, 1.0))
-    low = float(np.median(ink))
-    high = float(np.percentile(ink, 99.5))
+    ink, low, high = _ink_levels(np.clip(array.astype(np.float32), 0.0, 1.0))
     if high - low < MIN_CONTRAST:
         raise NoInkError(
             "No ink found in the amount field: the image is blank or too faint "
@@ -106,24 +107,3 @@ def prepare_field(gray: np.ndarray, height: int = INPUT_HEIGHT) -> FieldInput:
     return FieldInput(
         np.clip(pixels, 0.0, 1.0), w / width, array.shape[1], array.shape[0], x_offset=c0
     )
-
-
-def batch_inputs(fields: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad prepared fields (H, W_i) to one (N, 1, H, W) tensor; returns it and the widths.
-
-    Width is padded with background (0) up to a multiple of `FRAME_STRIDE`.
-    """
-    if not fields:
-        raise ValueError("batch_inputs needs at least one field")
-    height = fields[0].shape[0]
-    widths = [f.shape[1] for f in fields]
-    padded = -(-max(widths) // FRAME_STRIDE) * FRAME_STRIDE
-    batch = np.zeros((len(fields), 1, height, padded), np.float32)
-    for i, f in enumerate(fields):
-        batch[i, 0, :, : f.shape[1]] = f
-    return torch.from_numpy(batch), torch.tensor(widths, dtype=torch.long)
-
-
-def frames_for(widths: torch.Tensor) -> torch.Tensor:
-    """Number of output frames the recogniser produces for inputs of these widths."""
-    return torch.div(widths + FRAME_STRIDE - 1, FRAME_STRIDE, rounding_mode="floor")

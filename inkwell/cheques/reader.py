@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,11 @@ import torch.nn.functional as F
 
 from inkwell.cheques.decode import DECODERS, Decoded
 from inkwell.cheques.locate import LAYOUTS, FieldLocation, is_whole_cheque, locate_amount_field
-from inkwell.cheques.model import CRNN, CRNNConfig
+from inkwell.cheques.model import CRNN, CRNNConfig, batch_inputs, frames_for
 from inkwell.cheques.preprocess import (
     FRAME_STRIDE,
     PREPROCESSING_VERSION,
     FieldInput,
-    batch_inputs,
-    frames_for,
     prepare_field,
 )
 from inkwell.errors import InvalidInputError, ModelNotFoundError, NoInkError
@@ -67,7 +65,6 @@ class ChequeReading:
     model_name: str = ""
     model_version: str | None = None
     decoder: str = "greedy"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the API response body)."""

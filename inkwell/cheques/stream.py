@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from inkwell.cheques.model import ALPHABET
+from inkwell.cheques.model import ALPHABET, batch_inputs
 from inkwell.cheques.pools import DigitPool
-from inkwell.cheques.preprocess import INPUT_HEIGHT, batch_inputs, prepare_field
+from inkwell.cheques.preprocess import INPUT_HEIGHT, prepare_field
 from inkwell.cheques.synth import FieldSample, SynthConfig, sample_field, sample_rng
 from inkwell.errors import NoInkError
 
@@ -37,25 +37,42 @@ def encode_label(label: str) -> list[int]:
     return [ALPHABET.index(ch) + 1 for ch in label]
 
 
-def make_batch(samples: list[FieldSample], height: int = INPUT_HEIGHT) -> FieldBatch:
-    """Preprocess rendered samples into one batch (blank-looking fields become empty labels)."""
-    fields: list[np.ndarray] = []
-    labels: list[str] = []
+def prepare_samples(
+    samples: list[FieldSample], height: int = INPUT_HEIGHT
+) -> list[tuple[np.ndarray, str]]:
+    """Preprocess rendered samples (fields too faint for the reader are left out, as it would
+    refuse them)."""
+    prepared: list[tuple[np.ndarray, str]] = []
     for sample in samples:
         try:
-            fields.append(prepare_field(sample.image, height).pixels)
-            labels.append(sample.label)
+            prepared.append((prepare_field(sample.image, height).pixels, sample.label))
         except NoInkError:
-            continue  # so faint the reader would refuse it anyway
-    inputs, widths = batch_inputs(fields)
+            continue
+    return prepared
+
+
+def collate(prepared: list[tuple[np.ndarray, str]]) -> FieldBatch:
+    """Pad prepared fields into one batch with CTC targets."""
+    inputs, widths = batch_inputs([pixels for pixels, _ in prepared])
+    labels = [label for _, label in prepared]
     encoded = [encode_label(label) for label in labels]
     targets = torch.tensor([c for e in encoded for c in e], dtype=torch.long)
     lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
     return FieldBatch(inputs, widths, targets, lengths, labels)
 
 
+def make_batch(samples: list[FieldSample], height: int = INPUT_HEIGHT) -> FieldBatch:
+    """Preprocess rendered samples into one batch."""
+    return collate(prepare_samples(samples, height))
+
+
 class FieldStream(IterableDataset[FieldBatch]):
-    """An endless (or `n_batches`-long) stream of synthetic batches from `pool`."""
+    """An endless stream of synthetic batches from `pool`.
+
+    Fields are rendered in chunks of `bucket` batches and grouped by width inside a chunk
+    (batch order shuffled), so little compute goes into padding; chunk ``k`` depends only on
+    (seed, split, k), and worker processes take chunks in turn.
+    """
 
     def __init__(
         self,
@@ -64,26 +81,36 @@ class FieldStream(IterableDataset[FieldBatch]):
         seed: int,
         batch_size: int,
         cfg: SynthConfig | None = None,
-        n_batches: int | None = None,
         height: int = INPUT_HEIGHT,
+        bucket: int = 8,
     ) -> None:
         super().__init__()
         self.pool = pool
         self.seed = seed
         self.batch_size = batch_size
         self.cfg = cfg or SynthConfig()
-        self.n_batches = n_batches
         self.height = height
+        self.bucket = max(1, bucket)
+
+    def chunk(self, index: int) -> list[FieldBatch]:
+        """The batches of chunk `index`, grouped by width, in shuffled order."""
+        size = self.batch_size * self.bucket
+        samples = [
+            sample_field(self.pool, sample_rng(self.seed, self.pool.split, i), self.cfg)
+            for i in range(index * size, (index + 1) * size)
+        ]
+        prepared = sorted(prepare_samples(samples, self.height), key=lambda p: p[0].shape[1])
+        batches = [
+            collate(prepared[i : i + self.batch_size])
+            for i in range(0, len(prepared), self.batch_size)
+        ]
+        order = np.random.default_rng([self.seed, index, 7]).permutation(len(batches))
+        return [batches[i] for i in order]
 
     def __iter__(self) -> Iterator[FieldBatch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        batch_index = worker
-        while self.n_batches is None or batch_index < self.n_batches:
-            start = batch_index * self.batch_size
-            samples = [
-                sample_field(self.pool, sample_rng(self.seed, self.pool.split, i), self.cfg)
-                for i in range(start, start + self.batch_size)
-            ]
-            yield make_batch(samples, self.height)
-            batch_index += workers
+        index = worker
+        while True:
+            yield from self.chunk(index)
+            index += workers

@@ -25,11 +25,10 @@ from torch.utils.data import DataLoader
 from inkwell.cheques.calibrate import Calibration, calibrate, sequence_confidences
 from inkwell.cheques.decode import greedy_decode
 from inkwell.cheques.metrics import EvalReport, evaluate_readings
-from inkwell.cheques.model import CRNN, CRNNConfig, count_parameters
+from inkwell.cheques.model import CRNN, CRNNConfig, count_parameters, frames_for
 from inkwell.cheques.pools import DigitPool, load_pool
-from inkwell.cheques.preprocess import frames_for
 from inkwell.cheques.reader import ChequeReader
-from inkwell.cheques.stream import FieldBatch, FieldStream, make_batch
+from inkwell.cheques.stream import FieldBatch, FieldStream, collate, prepare_samples
 from inkwell.cheques.synth import SynthConfig, generate_fields
 from inkwell.registry import Registry, VersionInfo
 from inkwell.settings import STABLE, CoreSettings
@@ -143,12 +142,14 @@ def greedy_texts(logits: list[np.ndarray]) -> list[str]:
 
 
 def validation_metrics(model: CRNN, batches: list[FieldBatch]) -> dict[str, float]:
-    """String accuracy and CER on prepared validation batches."""
+    """String accuracy, CER and mean CTC loss (nats per field) on prepared validation batches."""
     logits, labels = predict_logits(model, batches)
     texts = greedy_texts(logits)
     ones = [1.0] * len(texts)
     report = evaluate_readings(labels, labels, texts, ones, [False] * len(texts))
-    return {"val_string_accuracy": report.string_accuracy, "val_cer": report.cer}
+    probabilities = sequence_confidences(logits, labels)
+    loss = float(-np.log(np.clip(probabilities, 1e-30, 1.0)).mean()) if labels else 0.0
+    return {"val_string_accuracy": report.string_accuracy, "val_cer": report.cer, "val_loss": loss}
 
 
 def fit_recogniser(
@@ -202,8 +203,9 @@ def validation_batches(
     pool: DigitPool, n: int, seed: int, synth: SynthConfig, batch_size: int = 64
 ) -> list[FieldBatch]:
     """`n` fields of the validation pool, rendered once and kept in memory."""
-    samples = list(generate_fields(pool, n, seed, synth))
-    return [make_batch(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
+    prepared = prepare_samples(list(generate_fields(pool, n, seed, synth)))
+    prepared.sort(key=lambda p: p[0].shape[1])  # similar widths together: little padding
+    return [collate(prepared[i : i + batch_size]) for i in range(0, len(prepared), batch_size)]
 
 
 def calibrate_reader(

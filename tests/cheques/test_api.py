@@ -6,48 +6,22 @@ frame (so greedy decoding reads "5"): the plumbing is tested exactly, without tr
 
 from __future__ import annotations
 
-import io
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
-from inkwell.cheques.model import CRNN, CRNNConfig
 from inkwell.cheques.reader import ChequeReader
 from inkwell.registry import Registry
 from inkwell.settings import STABLE, CoreSettings
 from service.main import create_app
 from service.settings import ServiceSettings
+from tests.cheques.helpers import TINY, always_five, field_image, png
 
 READ = "/v1/cheques/read"
-TINY = CRNNConfig(channels=(8, 8, 16, 16), hidden=16)
-
-
-def always_five() -> ChequeReader:
-    model = CRNN(TINY)
-    with torch.no_grad():
-        model.classify.weight.zero_()
-        model.classify.bias.fill_(-5.0)
-        model.classify.bias[6] = 5.0  # class d + 1 is digit d
-    meta = ChequeReader.build_meta(TINY, calibration={"temperature": 1.0, "review_threshold": 0.5})
-    return ChequeReader(model, meta)
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def field_image() -> np.ndarray:
-    image = np.full((50, 200), 235, np.uint8)
-    image[15:35, 30:170] = 20  # some ink
-    return image
 
 
 def settings_for(home: Path, mnist_dir: Path) -> ServiceSettings:

@@ -1,0 +1,128 @@
+"""`inkwell cheques ...` end to end: synth writes data sets, eval/read print what they say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from inkwell.cheques.cli import register
+from tests.cheques.helpers import always_five, field_image
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    cli = typer.Typer()
+    register(cli)
+    return cli
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("always-five")
+    always_five().save(folder)
+    return folder
+
+
+def invoke(app: typer.Typer, *args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_synth_writes_test_fields_from_mnist_test_digits(
+    app: typer.Typer, tmp_path: Path, mnist_dir: Path
+) -> None:
+    code, out = invoke(
+        app, "cheques", "synth", "--n", "3", "--split", "test", "--seed", "1",
+        "--out", str(tmp_path), "--data", str(mnist_dir),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "wrote 3 field images" in out and "MNIST test images" in out
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    assert rows[0] == "filename,digit_string" and len(rows) == 4
+
+
+def test_synth_writes_whole_cheques_with_boxes(
+    app: typer.Typer, tmp_path: Path, mnist_dir: Path
+) -> None:
+    code, out = invoke(
+        app, "cheques", "synth", "--kind", "cheque", "--n", "1", "--out", str(tmp_path),
+        "--data", str(mnist_dir),
+    )  # fmt: skip
+    assert code == 0, out
+    assert (tmp_path / "boxes.csv").is_file()
+
+
+def test_synth_refuses_an_unknown_split(app: typer.Typer, tmp_path: Path) -> None:
+    code, out = invoke(app, "cheques", "synth", "--split", "holdout", "--out", str(tmp_path))
+    assert code != 0
+    assert "choose one of train, val, test" in out
+
+
+def _folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    Image.fromarray(field_image()).save(folder / "a.png")
+    Image.fromarray(field_image()).save(folder / "b.png")
+    Image.fromarray(np.full((50, 200), 240, np.uint8)).save(folder / "blank.png")
+    (folder / "labels.csv").write_text("filename,digit_string\na.png,5\nb.png,57\nblank.png,\n")
+    return folder
+
+
+def test_eval_prints_and_writes_the_metrics(
+    app: typer.Typer, tmp_path: Path, model_dir: Path
+) -> None:
+    folder = _folder(tmp_path)
+    report = tmp_path / "report.json"
+    code, out = invoke(
+        app, "cheques", "eval", str(folder), "--model-dir", str(model_dir), "--json", str(report),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "string accuracy" in out and "66.67 %" in out
+    data = json.loads(report.read_text())
+    assert data["eval_string_accuracy"] == pytest.approx(2 / 3)  # "5" ✓, "57" ✗, blank ✓
+    assert data["eval_cer"] == pytest.approx(1 / 3)  # one digit missing of three
+    assert data["refused"] == {"no_ink": 1}
+
+
+def test_read_prints_json_lines(app: typer.Typer, tmp_path: Path, model_dir: Path) -> None:
+    image = tmp_path / "amount.png"
+    Image.fromarray(field_image()).save(image)
+    code, out = invoke(app, "cheques", "read", str(image), "--model-dir", str(model_dir), "--json")
+    assert code == 0, out
+    reading = json.loads(out.strip().splitlines()[-1])
+    assert reading["amount"] == "5"
+    assert reading["file"] == str(image)
+
+
+def test_read_of_a_blank_image_fails_with_the_reason(
+    app: typer.Typer, tmp_path: Path, model_dir: Path
+) -> None:
+    image = tmp_path / "blank.png"
+    Image.fromarray(np.full((50, 200), 240, np.uint8)).save(image)
+    code, out = invoke(app, "cheques", "read", str(image), "--model-dir", str(model_dir))
+    assert code == 2
+    assert "no_ink" in out
+
+
+@pytest.mark.slow
+def test_tiny_training_registers_stable_and_eval_reads_it(
+    app: typer.Typer, inkwell_home: Path, tmp_path: Path, mnist_dir: Path
+) -> None:
+    code, out = invoke(
+        app, "cheques", "train", "--preset", "tiny", "--steps", "4", "--val-size", "16",
+        "--data", str(mnist_dir), "--out", str(tmp_path / "model"),
+    )  # fmt: skip
+    assert code == 0, out
+    assert "registered inkwell-cheques v1 (stable)" in out
+    assert (tmp_path / "model" / "weights.pt").is_file()
+    code, out = invoke(app, "cheques", "eval", str(_folder(tmp_path)), "--model", "stable")
+    assert code == 0, out
+    assert "model inkwell-cheques v1" in out
