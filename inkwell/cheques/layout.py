@@ -37,6 +37,7 @@ class ChequeSample:
     label: str
     box: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the amount box, lines included
     style: str
+    ink_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # where the amount's ink is
 
 
 def _paste_text(alpha: np.ndarray, text: str, size: int, top: int, left: int) -> tuple[int, int]:
@@ -160,7 +161,10 @@ def render_cheque(pool: DigitPool, rng: np.random.Generator) -> ChequeSample:
     ih, iw = ink_alpha.shape
     left = bx0 + 3 + int(rng.integers(0, max(1, box_w - iw - 5)))
     top = by1 - ih - round(float(rng.uniform(0.08, 0.3)) * box_h)
-    render.paste_max(pen_alpha, ink_alpha, max(by0 - round(0.1 * box_h), top), left)
+    top = max(by0 - round(0.1 * box_h), top)
+    render.paste_max(pen_alpha, ink_alpha, top, left)
+    r0, r1, c0, c1 = render.ink_bbox(ink_alpha, 0.2)
+    ink_box = (left + c0, top + r0, left + c1, top + r1)
 
     # date, with handwritten digits above a line
     date_y = round(float(rng.uniform(0.17, 0.22)) * height)
@@ -205,7 +209,9 @@ def render_cheque(pool: DigitPool, rng: np.random.Generator) -> ChequeSample:
         * (1.0 - float(rng.uniform(0.6, 0.95)) * pen_alpha)
     )
     scanned = render.scan(reflectance, rng, 0.7)
-    return ChequeSample(render.to_uint8(scanned), written.label, (bx0, by0, bx1, by1), style)
+    return ChequeSample(
+        render.to_uint8(scanned), written.label, (bx0, by0, bx1, by1), style, ink_box
+    )
 
 
 def cheque_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -220,16 +226,17 @@ def generate_cheques(pool: DigitPool, n: int, seed: int, start: int = 0) -> Iter
 
 
 def write_cheques(out: Path, samples: Iterable[ChequeSample], split: str, seed: int) -> int:
-    """Write cheques as PNGs plus `labels.csv` and `boxes.csv` (filename,x0,y0,x1,y1,style)."""
+    """Write cheques as PNGs plus `labels.csv` and `boxes.csv` (the amount box, its style,
+    and the bounding box of the amount's ink)."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str]] = []
     with (out / BOXES_FILE).open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(("filename", "x0", "y0", "x1", "y1", "style"))
+        writer.writerow(("filename", "x0", "y0", "x1", "y1", "style", "ink_box"))
         for i, sample in enumerate(samples):
             name = f"cheque-{split}-{seed}-{i:06d}.png"
             Image.fromarray(sample.image).save(out / name)
             rows.append((name, sample.label))
-            writer.writerow((name, *sample.box, sample.style))
+            writer.writerow((name, *sample.box, sample.style, " ".join(map(str, sample.ink_box))))
     write_labels(out / LABELS_FILE, rows)
     return len(rows)

@@ -146,7 +146,7 @@ def _line_mask(darkness: np.ndarray, window: int, min_len: int) -> np.ndarray:
 def _rules(darkness: np.ndarray, min_h: int, min_v: int) -> tuple[list[_Segment], np.ndarray]:
     """Horizontal rules (pieces joined) at least `min_h` long, and the vertical-rule mask."""
     pieces = _segments(_line_mask(darkness, 61, max(8, min_h // 4)))
-    merged = _merge_collinear(pieces, max_gap=round(0.06 * darkness.shape[1]))
+    merged = _merge_collinear(pieces, max_gap=round(0.025 * darkness.shape[1]))
     vertical = _line_mask(darkness.T, 9, min_v).T
     return [seg for seg in merged if seg.length >= min_h], vertical
 

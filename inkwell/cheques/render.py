@@ -23,7 +23,7 @@ from inkwell.cheques.amounts import Token
 # ---- pen glyphs ----------------------------------------------------------------------------
 
 
-def _ink_bbox(image: np.ndarray, level: float) -> tuple[int, int, int, int]:
+def ink_bbox(image: np.ndarray, level: float) -> tuple[int, int, int, int]:
     mask = image > level
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
@@ -70,7 +70,7 @@ def digit_glyph(
     a fine pen only when the strokes are thick enough to survive it), so no digit fades away.
     """
     alpha = image28.astype(np.float32) / 255.0
-    top, bottom, left, right = _ink_bbox(alpha, 0.1)
+    top, bottom, left, right = ink_bbox(alpha, 0.1)
     alpha = alpha[top:bottom, left:right]
     weight = rng.random()
     if weight < 0.2:

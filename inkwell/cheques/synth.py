@@ -128,7 +128,7 @@ def compose_ink(placed: list[Placed], digit_height: float) -> InkLayout:
     for p in placed:
         render.paste_max(alpha, p.alpha, p.top - top, p.left - left)
         if p.digit >= 0:
-            r0, r1, c0, c1 = render._ink_bbox(p.alpha, 0.2)
+            r0, r1, c0, c1 = render.ink_bbox(p.alpha, 0.2)
             boxes.append(
                 (p.left - left + c0, p.top - top + r0, p.left - left + c1, p.top - top + r1)
             )

@@ -130,7 +130,7 @@ def test_reads_are_counted_in_metrics(client: TestClient) -> None:
 
 
 def test_without_a_cheque_model_the_route_is_503(inkwell_home: Path, mnist_dir: Path) -> None:
-    # inkwell_home clears MLFLOW_TRACKING_URI, which MLflow exports when a registry is opened
+    # a fresh home: no registry, so no cheque model
     with TestClient(create_app(settings_for(inkwell_home, mnist_dir))) as empty:
         response = empty.post(
             READ, content=png(field_image()), headers={"Content-Type": "image/png"}
