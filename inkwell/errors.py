@@ -98,6 +98,13 @@ class ModelNotReadyError(InkwellError):
     status_code = 503
 
 
+class ModelOutputError(InkwellError):
+    """The model answered with NaN or infinity: a broken model, never a prediction."""
+
+    code = "model_output_invalid"
+    status_code = 500
+
+
 class RegistryUnavailableError(InkwellError):
     code = "registry_unavailable"
     status_code = 503

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inkwell.errors import InkwellError, ModelNotReadyError
+from inkwell.errors import InkwellError, ModelNotReadyError, ModelOutputError
 from inkwell.model import DigitNet
 from inkwell.registry import Registry
 from inkwell.settings import CoreSettings
@@ -169,7 +169,14 @@ class DigitModel:
             )
         batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         logits = served.forward(batch.reshape(-1, 1, 28, 28))
-        return Prediction(torch.softmax(logits, dim=1).numpy(), served)
+        probabilities = torch.softmax(logits, dim=1).numpy()
+        if not np.isfinite(probabilities).all():
+            raise ModelOutputError(
+                f"{self.name} v{served.version} ({self.variant}) returned NaN or infinite scores; "
+                "no prediction was made. Roll back to the previous version or re-register the "
+                "model; the input itself was valid."
+            )
+        return Prediction(probabilities, served)
 
     # ---- internals ----------------------------------------------------------------------
     def _forward_for(self, model: DigitNet) -> tuple[Forward, bool]:

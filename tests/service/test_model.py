@@ -111,3 +111,44 @@ def test_service_without_a_reachable_registry_is_alive_but_not_ready(
         metrics = client.get("/metrics").text
         assert 'inkwell_service_model_load_failures_total{reason="registry_unavailable"' in metrics
         assert 'inkwell_service_ready{variant="stable"} 0.0' in metrics
+
+
+def _poison_served_weights(model: DigitModel) -> None:
+    """Make the loaded model answer NaN, as a broken checkpoint would after loading."""
+    import torch
+
+    assert model.current is not None
+    with torch.no_grad():
+        for parameter in model.current.model.parameters():
+            parameter.fill_(float("nan"))
+
+
+def test_nan_model_output_is_an_error_not_a_prediction(trained_registry: TrainedRegistry) -> None:
+    from inkwell.errors import ModelOutputError
+
+    model = DigitModel(trained_registry.settings(), STABLE, optimize=False)
+    model.load()
+    _poison_served_weights(model)
+    with pytest.raises(ModelOutputError, match="NaN or infinite") as raised:
+        model.predict(trained_registry.test_images[:3] / 255.0)
+    assert raised.value.status_code == 500
+
+
+def test_nan_model_output_answers_500_with_the_error_code(
+    trained_registry: TrainedRegistry,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from tests.service.conftest import assert_error, encode
+
+    app = create_app(trained_registry.settings(poll_interval_s=60, optimize_model=False))
+    with TestClient(app) as client:
+        image = encode(trained_registry.test_images[0])
+        ok = client.post("/v1/digits/predict", content=image, headers={"content-type": "image/png"})
+        assert ok.status_code == 200, ok.text
+        _poison_served_weights(app.state.context.model)
+        broken = client.post(
+            "/v1/digits/predict", content=image, headers={"content-type": "image/png"}
+        )
+        assert_error(broken, 500, "model_output_invalid")
