@@ -69,6 +69,10 @@ def retrain(
         console.print(f"reconciled {line}")
     with console.status("retraining (validate, tune, train, gate, register)..."):
         outcome = retrainer.retrain("manual")
+    if outcome.version is None:
+        console.print(f"job {outcome.job_id}: {outcome.status} in {outcome.seconds:.1f} s")
+        console.print(f"[red]{'; '.join(outcome.reasons)}[/red]")
+        return
     console.print(
         f"job {outcome.job_id}: version {outcome.version} {outcome.status} "
         f"(parent {outcome.parent_version}) in {outcome.seconds:.1f} s"

@@ -15,7 +15,8 @@ class TrainerMetrics:
         r = self.registry
         self.retrains = Counter(
             "inkwell_trainer_retrains_total",
-            "Retrains by outcome (passed, rejected, failed, skipped).",
+            "Retrains by outcome (passed, rejected, quarantined = every new sample was, failed, "
+            "skipped).",
             ["outcome"],
             registry=r,
         )

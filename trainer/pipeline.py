@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 import os
 import shutil
@@ -59,7 +60,9 @@ from trainer.validation import (
 
 BUFFER_FILE = "replay_buffer.npz"
 WEIGHTS_FILE = "candidate.pt"
+log = logging.getLogger("inkwell.trainer")
 GATE_REJECTED = "gate_rejected"
+ALL_QUARANTINED = "quarantined"  # a job whose every new sample was quarantined
 REFERENCE_SIZE = 2000
 OLD_VALIDATION_SIZE = 1000
 PER_USER_EVAL = 200
@@ -70,8 +73,8 @@ class RetrainOutcome:
     """What one retrain produced."""
 
     job_id: int
-    status: str  # passed | rejected
-    version: str
+    status: str  # passed | rejected | quarantined (every new sample; nothing was trained)
+    version: str | None
     parent_version: str | None
     run_id: str | None
     seconds: float
@@ -328,6 +331,12 @@ class Retrainer:
             },
             "validation.json",
         )
+        if not accepted:
+            # nothing left to learn from: a candidate would be the stable model again
+            registry.set_tags(
+                {"parent_version": stable.info.version, "validation_status": ALL_QUARANTINED}
+            )
+            return self._quarantine_plan(job, stable, run_id, samples, report, started)
         # -- train (HPO, then the candidate)
         self.state.set_phase(job.id, "tuning")
         train = _tensors(parts["train"] + ([] if s.hpo_trials > 1 else parts["val"]))
@@ -620,6 +629,34 @@ class Retrainer:
             "metrics": metrics,
         }
 
+    def _quarantine_plan(
+        self,
+        job: JobView,
+        stable: LoadedDigitModel,
+        run_id: str,
+        samples: list[Sample],
+        report: ValidationReport,
+        started: float,
+    ) -> dict[str, Any]:
+        """The plan of a job whose every new sample was quarantined: no candidate, no version."""
+        return {
+            "job_id": job.id,
+            "run_id": run_id,
+            "parent_version": stable.info.version,
+            "no_candidate": True,
+            "passed": False,
+            "reasons": [
+                f"all {len(samples)} new samples were quarantined "
+                f"({', '.join(f'{k}: {v}' for k, v in report.counts().items() if v)}); "
+                "nothing was trained and no version registered"
+            ],
+            "trained": [],
+            "quarantined": {str(k): v for k, v in report.quarantined.items()},
+            "watermark": max(x.id for x in samples),
+            "counts": report.counts(),
+            "metrics": {"compute_seconds": time.perf_counter() - started},
+        }
+
     # ---- publishing ------------------------------------------------------------------------
     def _find_published(self, job_id: int) -> VersionInfo | None:
         for info in self.registry.list_versions(self.settings.model_name):
@@ -629,6 +666,8 @@ class Retrainer:
 
     def _publish(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
         """Register (if not yet), complete, alias and commit a computed job. Idempotent."""
+        if plan.get("no_candidate"):
+            return self._commit_quarantined(job, plan)
         self.state.set_phase(job.id, "registering")
         name = self.settings.model_name
         info = self._find_published(job.id)
@@ -671,6 +710,33 @@ class Retrainer:
             quarantined={k: int(v) for k, v in plan["counts"].items() if v},
             reasons=list(plan["reasons"]),
             metrics={k: float(v) for k, v in plan["metrics"].items()},
+        )
+
+    def _commit_quarantined(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
+        self.state.commit_job(
+            job.id,
+            version=None,
+            outcome=ALL_QUARANTINED,
+            trained=[],
+            quarantined={int(k): v for k, v in plan["quarantined"].items()},
+            watermark=int(plan["watermark"]),
+        )
+        m = self.metrics
+        m.retrains.labels(outcome=ALL_QUARANTINED).inc()
+        for reason, count in plan["counts"].items():
+            if count:
+                m.quarantined.labels(reason=reason).inc(count)
+        m.watermark.set(self.state.watermark())
+        log.warning("retrain job %s: %s", job.id, plan["reasons"][0])
+        return RetrainOutcome(
+            job_id=job.id,
+            status=ALL_QUARANTINED,
+            version=None,
+            parent_version=plan["parent_version"],
+            run_id=plan["run_id"],
+            seconds=float(plan["metrics"]["compute_seconds"]),
+            quarantined={k: int(v) for k, v in plan["counts"].items() if v},
+            reasons=list(plan["reasons"]),
         )
 
     def _count(self, plan: dict[str, Any], status: str, version: str) -> None:

@@ -216,7 +216,7 @@ class TrainerState:
         self,
         job_id: int,
         *,
-        version: str,
+        version: str | None,
         outcome: str,
         trained: Iterable[int],
         quarantined: Mapping[int, str],

@@ -590,7 +590,7 @@ function renderTrainer(trainer) {
     const m = outcome.metrics || {};
     const acc = m.test_accuracy !== undefined ? ` · MNIST ${pct(m.test_accuracy, 2)} (stable ${pct(m.stable_test_accuracy, 2)})` : "";
     const held = m.holdout_accuracy !== undefined ? ` · new style ${pct(m.holdout_accuracy, 1)} (stable ${pct(m.stable_holdout_accuracy, 1)})` : "";
-    rows.push(["last gate", `${outcome.status} v${outcome.version}${acc}${held}`]);
+    rows.push(["last gate", `${outcome.status}${outcome.version ? " v" + outcome.version : ""}${acc}${held}`]);
     if (outcome.reasons && outcome.reasons.length) rows.push(["gate said", outcome.reasons.join("; ")]);
     const q = Object.entries(outcome.quarantined || {});
     if (q.length) rows.push(["quarantined", q.map(([r, n]) => `${r}: ${n}`).join(", ")]);

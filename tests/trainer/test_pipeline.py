@@ -94,6 +94,37 @@ def test_a_poisoned_batch_is_quarantined_and_counted(
     assert run.data.metrics["quarantined_total"] >= len(wrong)
 
 
+def test_a_batch_that_is_all_quarantined_registers_no_version(
+    registered_base: str, store: SampleStore, mnist: MnistArrays
+) -> None:
+    # every label off by one: the user's labels disagree with the model on nearly every sample
+    wrong = (mnist.test_labels[300:348] + 1) % 10
+    poisoned = upload(store, "mallory", mnist.test_images[300:348], wrong)
+    settings = TrainerSettings()
+    retrainer = Retrainer(settings, store=store)
+    versions_before = Registry(settings).list_versions("inkwell-digits")
+
+    outcome = retrainer.retrain("test")
+
+    assert outcome.status == "quarantined" and outcome.version is None, outcome
+    assert "nothing was trained" in outcome.reasons[0]
+    assert sum(outcome.quarantined.values()) == len(poisoned)
+    assert Registry(settings).list_versions("inkwell-digits") == versions_before
+    registry = Registry(settings)
+    assert registry.find_version("inkwell-digits", CANARY) is None
+    assert registry.get_version("inkwell-digits", STABLE).version == registered_base
+    assert {s.state for s in store.by_ids(poisoned)} == {QUARANTINED}
+    assert retrainer.state.watermark() == max(poisoned)  # handled: not retried forever
+    job = retrainer.state.last_job()
+    assert job.status == "done" and job.outcome == "quarantined" and job.version is None
+    metrics = retrainer.metrics.render().decode()
+    assert 'inkwell_trainer_retrains_total{outcome="quarantined"} 1.0' in metrics
+    run = MlflowClient(settings.resolved_tracking_uri).get_run(outcome.run_id)
+    assert run.data.tags["validation_status"] == "quarantined"
+    with pytest.raises(NothingToTrainError):  # and the batch does not trigger again
+        retrainer.retrain("test")
+
+
 def test_a_damaged_candidate_is_recorded_as_rejected_and_not_aliased(
     registered_base: str, store: SampleStore, mnist: MnistArrays, monkeypatch: pytest.MonkeyPatch
 ) -> None:
