@@ -135,12 +135,6 @@ def rolled_back_within(router_url: str, intervals: float) -> float:
     return took
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="on the contended 2-core dev machine (load 6-13) the canary service answered slowly "
-    "at the first step and the rollout was rolled back (error rate + p95 vs stable); passes when "
-    "the machine is quiet. Tracked in the router issue's notes.",
-)
 def test_good_canary_is_promoted_through_every_step_and_stable_reloads_it(system, stop_later):
     router, router_url = system.router(system.canary_url, shadow=True)
     stop_later.append(router)
