@@ -176,6 +176,21 @@ def _png(pixels: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def _wait_for_canary_in_rollout(router: str, timeout: float = 180.0) -> None:
+    """Until the router has put the registered canary in a rollout and seen the canary service
+    serve it: before that, `X-Inkwell-Variant: canary` is answered by stable (on a loaded
+    machine the services can be ready well before the controller's first look)."""
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{router}/admin/rollout", headers={"X-API-Key": ADMIN_KEY}, timeout=10)
+        state = dict(answer.json())
+        if state.get("phase") == "canary" and (state.get("canary_ready_at") or 0) > 0:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the router never started routing to the canary: {state}")
+
+
 def _send_traffic(router: str, mnist_dir: Path) -> None:
     from inkwell.data import load_split
 
@@ -301,6 +316,7 @@ def live(
         system = LiveSystem(
             prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
         )
+        _wait_for_canary_in_rollout(router)
         _send_traffic(router, mnist_dir)
         _wait_for(system, "sum(variant:inkwell_router_requests:rate5m) > 0")
         _wait_for(system, "sum(variant:inkwell_service_prediction_confidence:mean5m) > 0")
