@@ -96,6 +96,9 @@ def fit_temperature(
     return float(grid[int(np.argmin(losses))])
 
 
+MIN_AUTO_ACCEPT_CONFIDENCE = 0.5
+
+
 def review_threshold(confidences: np.ndarray, rate: float) -> float:
     """The confidence below which about `rate` of these fields fall (0 when rate is 0)."""
     if rate <= 0 or confidences.size == 0:
@@ -111,7 +114,9 @@ def calibrate(
     raw = sequence_confidences(logits, texts, 1.0)
     temperature = fit_temperature(logits, texts, correct)
     calibrated = sequence_confidences(logits, texts, temperature)
-    threshold = review_threshold(calibrated, review_rate)
+    # never auto-accept an amount the model itself thinks more likely wrong than right, however
+    # low the validation quantile falls (a weak model's quantile can be ~0)
+    threshold = max(review_threshold(calibrated, review_rate), MIN_AUTO_ACCEPT_CONFIDENCE)
     kept = calibrated >= threshold
     return Calibration(
         temperature=temperature,

@@ -76,7 +76,10 @@ def test_a_tiny_recogniser_learns_to_read_short_amounts(
     assert after["val_loss"] < 0.6 * before["val_loss"], (before, after)
     assert after["val_cer"] < min(0.85, before["val_cer"] - 0.05), (before, after)
     calibration, report = calibrate_reader(model, val, review_rate=0.25)
-    assert 0.1 <= report.flagged_rate <= 0.4
+    # at least the target share goes to review; more here, since this seconds-trained model
+    # doubts most readings and none below 0.5 confidence is auto-accepted
+    assert report.flagged_rate >= 0.1
+    assert calibration.review_threshold >= 0.5
     assert calibration.temperature > 0
 
 
@@ -111,3 +114,14 @@ def test_review_threshold_sends_the_target_share_to_review() -> None:
 def test_synth_config_of_the_training_config() -> None:
     cfg = ChequeTrainConfig(min_digits=3, max_digits=5, blank_rate=0.1)
     assert cfg.synth_config() == SynthConfig(min_digits=3, max_digits=5, blank_rate=0.1)
+
+
+def test_a_weak_model_never_auto_accepts_a_reading_it_doubts() -> None:
+    # every validation reading is unsure (confidence ~0.3): the 5 % quantile is ~0.3, but a
+    # reading below 0.5 must still go to a person
+    frame = np.full((6, 11), -4.0)
+    frame[:, 0] = 4.0
+    frame[2, 4], frame[2, 5], frame[2, 0] = 1.0, 1.0, 1.0  # "3", "4" or blank: a three-way tie
+    logits = [frame.copy() for _ in range(50)]
+    calibration = calibrate(logits, ["3"] * 50, ["3"] * 50, review_rate=0.05)
+    assert calibration.review_threshold >= 0.5
