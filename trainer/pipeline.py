@@ -639,6 +639,7 @@ class Retrainer:
         started: float,
     ) -> dict[str, Any]:
         """The plan of a job whose every new sample was quarantined: no candidate, no version."""
+        counts = report.counts()
         return {
             "job_id": job.id,
             "run_id": run_id,
@@ -647,13 +648,13 @@ class Retrainer:
             "passed": False,
             "reasons": [
                 f"all {len(samples)} new samples were quarantined "
-                f"({', '.join(f'{k}: {v}' for k, v in report.counts().items() if v)}); "
+                f"({', '.join(f'{k}: {v}' for k, v in counts.items() if v)}); "
                 "nothing was trained and no version registered"
             ],
             "trained": [],
             "quarantined": {str(k): v for k, v in report.quarantined.items()},
             "watermark": max(x.id for x in samples),
-            "counts": report.counts(),
+            "counts": counts,
             "metrics": {"compute_seconds": time.perf_counter() - started},
         }
 
@@ -721,12 +722,7 @@ class Retrainer:
             quarantined={int(k): v for k, v in plan["quarantined"].items()},
             watermark=int(plan["watermark"]),
         )
-        m = self.metrics
-        m.retrains.labels(outcome=ALL_QUARANTINED).inc()
-        for reason, count in plan["counts"].items():
-            if count:
-                m.quarantined.labels(reason=reason).inc(count)
-        m.watermark.set(self.state.watermark())
+        self._count(plan, ALL_QUARANTINED, None)
         log.warning("retrain job %s: %s", job.id, plan["reasons"][0])
         return RetrainOutcome(
             job_id=job.id,
@@ -739,19 +735,22 @@ class Retrainer:
             reasons=list(plan["reasons"]),
         )
 
-    def _count(self, plan: dict[str, Any], status: str, version: str) -> None:
+    def _count(self, plan: dict[str, Any], status: str, version: str | None) -> None:
+        """Metrics of a committed job; without a version (all quarantined) only the counts."""
         m = self.metrics
         m.retrains.labels(outcome=status).inc()
         for reason, count in plan["counts"].items():
             if count:
                 m.quarantined.labels(reason=reason).inc(count)
+        m.watermark.set(self.state.watermark())
+        if version is None:
+            return
         if status == "rejected":
             m.quarantined.labels(reason=GATE_REJECTED).inc(
                 sum(1 for r in plan["quarantined"].values() if r == GATE_REJECTED)
             )
         m.trained.inc(len(plan["trained"]))
         m.seconds.observe(float(plan["metrics"].get("compute_seconds", 0.0)))
-        m.watermark.set(self.state.watermark())
         m.last_version.set(float(version))
         m.buffer_size.set(float(plan["metrics"].get("buffer_size", 0.0)))
         m.old_accuracy.labels(dataset="mnist_test").set(plan["metrics"]["test_accuracy"])

@@ -218,114 +218,119 @@ def _send_traffic(router: str, mnist_dir: Path) -> None:
                 assert stored.status_code in (200, 201), stored.text
 
 
+def _start_live(
+    processes: Processes, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path
+) -> LiveSystem:
+    work = tmp_path_factory.mktemp("live")
+    env = _base_env(work / "home", mnist_dir)
+    ports = {name: free_port() for name in ("router", "stable", "canary", "trainer", "prometheus")}
+    prom_url = f"http://127.0.0.1:{ports['prometheus']}"
+    # Independent starts overlap: this machine is small and shared.
+    config = work / "prometheus.yml"
+    _prometheus_config(ports, config)
+    processes.start(
+        "prometheus",
+        [
+            prometheus(),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={work / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+        ],
+        env,
+        work,
+    )
+    mlflow_url = _start_mlflow(processes, work, env)
+    env["INKWELL_TRACKING_URI"] = mlflow_url
+    # Compose's `init`: registers v1 as stable. Its second run (below) must do nothing.
+    init_outputs = [_finish(_spawn(_init_command(), env, work))]
+    second_init = _spawn(_init_command(), env, work)
+    canary = _spawn([sys.executable, "-c", REGISTER_CANARY], env, work)
+    for variant in ("stable", "canary"):
+        processes.start(
+            f"service-{variant}",
+            _inkwell("service", "--variant", variant),
+            env
+            | {
+                "INKWELL_SERVICE_PORT": str(ports[variant]),
+                "INKWELL_SERVICE_API_KEYS": UPLOAD_KEY,
+                "INKWELL_SERVICE_POLL_INTERVAL_S": "1",
+                "INKWELL_SERVICE_TORCH_THREADS": "1",
+            },
+            work,
+        )
+    processes.start(
+        "trainer",
+        _inkwell("trainer"),
+        env
+        | {
+            "INKWELL_TRAINER_PORT": str(ports["trainer"]),
+            "INKWELL_TRAINER_ADMIN_API_KEY": ADMIN_KEY,
+            # One small, quick retrain from the uploads below (the real trigger path).
+            "INKWELL_TRAINER_MIN_NEW_SAMPLES": "20",
+            "INKWELL_TRAINER_DEBOUNCE_SECONDS": "1",
+            "INKWELL_TRAINER_POLL_SECONDS": "0.5",
+            "INKWELL_TRAINER_HPO_TRIALS": "0",
+            "INKWELL_TRAINER_EPOCHS": "1",
+            "INKWELL_TRAINER_MIN_STEPS": "5",
+            "INKWELL_TRAINER_THREADS": "1",
+            # The stable model here is a one-batch model whose answers are near uniform, so
+            # the validation checks that lean on it would quarantine every upload (and rightly
+            # leave nothing to train). Turn them off: this test needs one real retrain for the
+            # trainer's panels; validation has its own tests.
+            "INKWELL_TRAINER_OOD_MAX_ENTROPY": "5",
+            "INKWELL_TRAINER_OOD_DISTANCE_FACTOR": "1000",
+            "INKWELL_TRAINER_LABEL_CONFLICT_CONFIDENCE": "1",
+            "INKWELL_TRAINER_USER_DISAGREEMENT_FLOOR": "1",
+        },
+        work,
+    )
+    processes.start(
+        "router",
+        _inkwell("router"),
+        env
+        | {
+            "INKWELL_ROUTER_PORT": str(ports["router"]),
+            "INKWELL_ROUTER_STABLE_URL": f"http://127.0.0.1:{ports['stable']}",
+            "INKWELL_ROUTER_CANARY_URL": f"http://127.0.0.1:{ports['canary']}",
+            "INKWELL_ROUTER_PROMETHEUS_URL": prom_url,
+            "INKWELL_ROUTER_ADMIN_API_KEY": ADMIN_KEY,
+            "INKWELL_ROUTER_ANALYSIS_INTERVAL_S": "5",
+            "INKWELL_ROUTER_MIN_REQUESTS": "5",
+        },
+        work,
+    )
+    init_outputs.append(_finish(second_init))
+    _finish(canary)
+    processes.wait_http("prometheus", f"{prom_url}/-/ready", timeout=60)
+    for variant in ("stable", "canary"):
+        processes.wait_http(
+            f"service-{variant}", f"http://127.0.0.1:{ports[variant]}/readyz", timeout=180
+        )
+    processes.wait_http("trainer", f"http://127.0.0.1:{ports['trainer']}/healthz", timeout=180)
+    router = f"http://127.0.0.1:{ports['router']}"
+    processes.wait_http("router", f"{router}/readyz", timeout=180)
+    system = LiveSystem(
+        prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
+    )
+    _wait_for_canary_in_rollout(router)
+    _send_traffic(router, mnist_dir)
+    _wait_for(system, "sum(variant:inkwell_router_requests:rate5m) > 0")
+    _wait_for(system, "sum(variant:inkwell_service_prediction_confidence:mean5m) > 0")
+    _wait_for(
+        system,
+        'sum(inkwell_trainer_retrains_total{outcome=~"passed|rejected|failed"}) > 0',
+        timeout=240,
+    )
+    _wait_for(system, "max by (dataset) (inkwell_trainer_candidate_accuracy)")
+    return system
+
+
 @pytest.fixture(scope="module")
 def live(
     processes: Processes, tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path
 ) -> Iterator[LiveSystem]:
     try:
-        work = tmp_path_factory.mktemp("live")
-        env = _base_env(work / "home", mnist_dir)
-        ports = {
-            name: free_port() for name in ("router", "stable", "canary", "trainer", "prometheus")
-        }
-        prom_url = f"http://127.0.0.1:{ports['prometheus']}"
-        # Independent starts overlap: this machine is small and shared.
-        config = work / "prometheus.yml"
-        _prometheus_config(ports, config)
-        processes.start(
-            "prometheus",
-            [
-                prometheus(),
-                f"--config.file={config}",
-                f"--storage.tsdb.path={work / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
-            ],
-            env,
-            work,
-        )
-        mlflow_url = _start_mlflow(processes, work, env)
-        env["INKWELL_TRACKING_URI"] = mlflow_url
-        # Compose's `init`: registers v1 as stable. Its second run (below) must do nothing.
-        init_outputs = [_finish(_spawn(_init_command(), env, work))]
-        second_init = _spawn(_init_command(), env, work)
-        canary = _spawn([sys.executable, "-c", REGISTER_CANARY], env, work)
-        for variant in ("stable", "canary"):
-            processes.start(
-                f"service-{variant}",
-                _inkwell("service", "--variant", variant),
-                env
-                | {
-                    "INKWELL_SERVICE_PORT": str(ports[variant]),
-                    "INKWELL_SERVICE_API_KEYS": UPLOAD_KEY,
-                    "INKWELL_SERVICE_POLL_INTERVAL_S": "1",
-                    "INKWELL_SERVICE_TORCH_THREADS": "1",
-                },
-                work,
-            )
-        processes.start(
-            "trainer",
-            _inkwell("trainer"),
-            env
-            | {
-                "INKWELL_TRAINER_PORT": str(ports["trainer"]),
-                "INKWELL_TRAINER_ADMIN_API_KEY": ADMIN_KEY,
-                # One small, quick retrain from the uploads below (the real trigger path).
-                "INKWELL_TRAINER_MIN_NEW_SAMPLES": "20",
-                "INKWELL_TRAINER_DEBOUNCE_SECONDS": "1",
-                "INKWELL_TRAINER_POLL_SECONDS": "0.5",
-                "INKWELL_TRAINER_HPO_TRIALS": "0",
-                "INKWELL_TRAINER_EPOCHS": "1",
-                "INKWELL_TRAINER_MIN_STEPS": "5",
-                "INKWELL_TRAINER_THREADS": "1",
-                # The stable model here is a one-batch model whose answers are near uniform, so
-                # the validation checks that lean on it would quarantine every upload (and rightly
-                # leave nothing to train). Turn them off: this test needs one real retrain for the
-                # trainer's panels; validation has its own tests.
-                "INKWELL_TRAINER_OOD_MAX_ENTROPY": "5",
-                "INKWELL_TRAINER_OOD_DISTANCE_FACTOR": "1000",
-                "INKWELL_TRAINER_LABEL_CONFLICT_CONFIDENCE": "1",
-                "INKWELL_TRAINER_USER_DISAGREEMENT_FLOOR": "1",
-            },
-            work,
-        )
-        processes.start(
-            "router",
-            _inkwell("router"),
-            env
-            | {
-                "INKWELL_ROUTER_PORT": str(ports["router"]),
-                "INKWELL_ROUTER_STABLE_URL": f"http://127.0.0.1:{ports['stable']}",
-                "INKWELL_ROUTER_CANARY_URL": f"http://127.0.0.1:{ports['canary']}",
-                "INKWELL_ROUTER_PROMETHEUS_URL": prom_url,
-                "INKWELL_ROUTER_ADMIN_API_KEY": ADMIN_KEY,
-                "INKWELL_ROUTER_ANALYSIS_INTERVAL_S": "5",
-                "INKWELL_ROUTER_MIN_REQUESTS": "5",
-            },
-            work,
-        )
-        init_outputs.append(_finish(second_init))
-        _finish(canary)
-        processes.wait_http("prometheus", f"{prom_url}/-/ready", timeout=60)
-        for variant in ("stable", "canary"):
-            processes.wait_http(
-                f"service-{variant}", f"http://127.0.0.1:{ports[variant]}/readyz", timeout=180
-            )
-        processes.wait_http("trainer", f"http://127.0.0.1:{ports['trainer']}/healthz", timeout=180)
-        router = f"http://127.0.0.1:{ports['router']}"
-        processes.wait_http("router", f"{router}/readyz", timeout=180)
-        system = LiveSystem(
-            prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
-        )
-        _wait_for_canary_in_rollout(router)
-        _send_traffic(router, mnist_dir)
-        _wait_for(system, "sum(variant:inkwell_router_requests:rate5m) > 0")
-        _wait_for(system, "sum(variant:inkwell_service_prediction_confidence:mean5m) > 0")
-        _wait_for(
-            system,
-            'sum(inkwell_trainer_retrains_total{outcome=~"passed|rejected|failed"}) > 0',
-            timeout=240,
-        )
-        _wait_for(system, "max by (dataset) (inkwell_trainer_candidate_accuracy)")
+        system = _start_live(processes, tmp_path_factory, mnist_dir)
     except BaseException:
         processes.stop_all()  # a failed start must not leave servers running for the retry
         raise

@@ -102,15 +102,15 @@ def test_a_batch_that_is_all_quarantined_registers_no_version(
     poisoned = upload(store, "mallory", mnist.test_images[300:348], wrong)
     settings = TrainerSettings()
     retrainer = Retrainer(settings, store=store)
-    versions_before = Registry(settings).list_versions("inkwell-digits")
+    registry = Registry(settings)
+    versions_before = registry.list_versions("inkwell-digits")
 
     outcome = retrainer.retrain("test")
 
     assert outcome.status == "quarantined" and outcome.version is None, outcome
     assert "nothing was trained" in outcome.reasons[0]
     assert sum(outcome.quarantined.values()) == len(poisoned)
-    assert Registry(settings).list_versions("inkwell-digits") == versions_before
-    registry = Registry(settings)
+    assert registry.list_versions("inkwell-digits") == versions_before
     assert registry.find_version("inkwell-digits", CANARY) is None
     assert registry.get_version("inkwell-digits", STABLE).version == registered_base
     assert {s.state for s in store.by_ids(poisoned)} == {QUARANTINED}
