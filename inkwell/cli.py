@@ -62,13 +62,17 @@ def _progress_step(progress: Progress, task: TaskID) -> Callable[[int, float], N
 def train(
     optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.")] = "adam",
     lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (default per optimizer).")
+        float | None,
+        typer.Option(help="Peak learning rate (default: the base recipe's, else per optimizer)."),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 8,
+    epochs: Annotated[int, typer.Option(min=1)] = 4,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     seed: int = 0,
     dry_run: Annotated[bool, typer.Option(help="Train on one batch only (smoke test).")] = False,
     width: Annotated[int, typer.Option(min=4, help="Channels of the first conv block.")] = 16,
+    stem_convs: Annotated[
+        int, typer.Option(min=1, max=4, help="Convolutions at full 28x28 resolution.")
+    ] = 1,
     register: Annotated[bool, typer.Option(help="Register the model in MLflow.")] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     if_missing: Annotated[
@@ -83,7 +87,7 @@ def train(
 ) -> None:
     """Train the base digit model on MNIST and register it (the first version becomes stable)."""
     from inkwell.model import ModelConfig
-    from inkwell.train import train_base_model
+    from inkwell.train import BASE_PEAK_LR, train_base_model
     from inkwell.training import TrainConfig, TrainHooks
 
     if optimizer not in OPTIMIZERS:
@@ -99,6 +103,8 @@ def train(
                 f"{existing.name} v{existing.version} is already {STABLE}: nothing to train"
             )
             return
+    if lr is None:
+        lr = BASE_PEAK_LR.get(optimizer)  # None: the optimizer's own default
     cfg = TrainConfig(
         optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, dry_run=dry_run
     )
@@ -116,7 +122,7 @@ def train(
         outcome = train_base_model(
             cfg,
             data_dir=data,
-            model_config=ModelConfig(width=width),
+            model_config=ModelConfig(width=width, stem_convs=stem_convs),
             hooks=TrainHooks(on_step=on_step, on_epoch=on_epoch),
             register=register,
             threads=threads,

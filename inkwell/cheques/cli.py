@@ -113,6 +113,13 @@ def train(
         bool, typer.Option(help="Point alias stable at the new version even if one exists.")
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Also save the model to this folder.")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="Warm-start from a saved model folder (from --out): continue its training "
+            "with a fresh schedule over --steps."
+        ),
+    ] = None,
     data: DataOpt = None,
 ) -> None:
     """Train the amount recogniser on synthetic fields generated on the fly, in memory."""
@@ -156,6 +163,7 @@ def train(
             register=register,
             promote=promote,
             out_dir=out,
+            init_dir=init,
         )
     cal, report = outcome.calibration, outcome.val_report
     console.print(

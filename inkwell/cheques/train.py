@@ -258,21 +258,29 @@ def train_cheque_model(
     register: bool = True,
     promote: bool = False,
     out_dir: Path | None = None,
+    init_dir: Path | None = None,
 ) -> ChequeTrainOutcome:
     """Train on synthetic fields from MNIST train digits, calibrate on the validation pool,
     track in MLflow and register `inkwell-cheques` (alias `stable` if it has none yet, or
-    when `promote`)."""
+    when `promote`).
+
+    `init_dir` warm-starts from a saved model (its architecture wins over `cfg`'s): a longer
+    schedule run in several sittings, each a fresh one-cycle over `cfg.steps`."""
     settings = settings or CoreSettings()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if init_dir is not None:
+        model = ChequeReader.from_dir(init_dir).model
+        cfg = replace(cfg, channels=model.config.channels, hidden=model.config.hidden)
+    else:
+        model = CRNN(cfg.model_config())
     train_pool = load_pool("train", data_dir, settings)
     val_pool = load_pool("val", data_dir, settings)
     synth = cfg.synth_config()
     # validation fields always hold an amount: calibration is about reading amounts
     val_synth = replace(synth, blank_rate=0.0)
     val = validation_batches(val_pool, cfg.val_size, cfg.seed + 10_000, val_synth)
-    model = CRNN(cfg.model_config())
     registry = Registry(settings) if register else None
     started = time.perf_counter()
     user_hooks = hooks or TrainHooks()
@@ -287,6 +295,7 @@ def train_cheque_model(
         **{f"train.{k}": v for k, v in asdict(cfg).items()},
         "model.parameters": count_parameters(model),
         "model.architecture": "CRNN",
+        "model.init_from": str(init_dir) if init_dir is not None else "scratch",
         "data.train_pool": f"MNIST train[0:{len(train_pool)}]",
         "data.val_pool": f"MNIST train[{int(val_pool.source_index[0])}:]",
         "torch.threads": torch.get_num_threads(),
@@ -305,6 +314,7 @@ def train_cheque_model(
             name=settings.cheque_model_name,
             calibration=calibration.to_dict(),
             train=asdict(cfg),
+            init_from=str(init_dir) if init_dir is not None else None,
             val=report.to_metrics("val"),
             data={"train_pool": params["data.train_pool"], "val_pool": params["data.val_pool"]},
         )

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import typer
 from PIL import Image
 from typer.testing import CliRunner
 
 from inkwell.cheques.cli import register
+from inkwell.errors import ModelNotFoundError
 from tests.cheques.helpers import always_five, field_image
 
 runner = CliRunner()
@@ -126,3 +128,35 @@ def test_tiny_training_registers_stable_and_eval_reads_it(
     code, out = invoke(app, "cheques", "eval", str(_folder(tmp_path)), "--model", "stable")
     assert code == 0, out
     assert "model inkwell-cheques v1" in out
+
+
+@pytest.mark.slow
+def test_training_continues_from_a_saved_model(
+    app: typer.Typer, tmp_path: Path, mnist_dir: Path
+) -> None:
+    common = ("--preset", "tiny", "--val-size", "16", "--no-register", "--data", str(mnist_dir))
+    first, second = tmp_path / "first", tmp_path / "second"
+    code, out = invoke(app, "cheques", "train", "--steps", "3", "--out", str(first), *common)
+    assert code == 0, out
+    # a vanishing learning rate: the continued model must still be the first one's weights
+    code, out = invoke(
+        app, "cheques", "train", "--steps", "2", "--lr", "1e-12", "--init", str(first),
+        "--seed", "1", "--out", str(second), *common,
+    )  # fmt: skip
+    assert code == 0, out
+    before = torch.load(first / "weights.pt", weights_only=True)
+    after = torch.load(second / "weights.pt", weights_only=True)
+    assert before.keys() == after.keys()
+    for key, value in before.items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(value, after[key], atol=1e-6), key
+    assert json.loads((second / "model.json").read_text())["init_from"] == str(first)
+
+
+def test_continuing_from_a_folder_without_a_model_says_what_is_missing(
+    app: typer.Typer, tmp_path: Path
+) -> None:
+    # `inkwell`'s entry point prints an InkwellError as one line (code and message), exit 2
+    result = runner.invoke(app, ["cheques", "train", "--init", str(tmp_path), "--no-register"])
+    assert isinstance(result.exception, ModelNotFoundError)
+    assert "holds no cheque model" in result.exception.message

@@ -38,6 +38,30 @@ def test_train_dry_run_registers_stable_and_eval_prints_accuracy(
     assert re.search(r"^accuracy \d{1,3}\.\d\d %$", evaluated.stdout, re.MULTILINE)
 
 
+def test_train_uses_the_base_recipe_unless_told_otherwise(
+    inkwell_home: Path, tmp_path: Path
+) -> None:
+    from inkwell.registry import Registry
+
+    assert _inkwell("train", "--dry-run", "--width", "4", cwd=tmp_path).returncode == 0
+    told = _inkwell(
+        "train", "--dry-run", "--width", "4", "--lr", "0.01", "--stem-convs", "2",
+        "--no-register", cwd=tmp_path,
+    )  # fmt: skip
+    assert told.returncode == 0, told.stderr
+    registry = Registry()
+    runs = registry.client.search_runs(
+        [registry.experiment_id()], order_by=["attributes.start_time ASC"]
+    )
+    recipe, custom = (run.data.params for run in runs)
+    assert (recipe["train.lr"], recipe["train.epochs"], recipe["model.stem_convs"]) == (
+        "0.006",
+        "4",
+        "1",
+    )
+    assert (custom["train.lr"], custom["model.stem_convs"]) == ("0.01", "2")
+
+
 def test_eval_without_models_fails_with_clear_message(inkwell_home: Path, tmp_path: Path) -> None:
     result = _inkwell("eval", cwd=tmp_path)
     assert result.returncode == 2
