@@ -52,13 +52,14 @@ def trained_digit_weights(
     from inkwell.training import TrainConfig, fit, seed_everything
 
     split = load_split("train", mnist)
-    recipe = f"w{width}-n{n}-e{epochs}-{sorted(split.md5.items())}"
+    config = ModelConfig(width=width)
+    recipe = f"{sorted(config.to_dict().items())}-n{n}-e{epochs}-{sorted(split.md5.items())}"
     key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
     path = CACHE / f"digits-{key}.pt"
     if path.exists():
         return dict(torch.load(path, map_location="cpu", weights_only=True))
     seed_everything(0)
-    model = DigitNet(ModelConfig(width=width))
+    model = DigitNet(config)
     x, y = split_tensors(split)
     fit(model, (x[:n], y[:n]), TrainConfig(epochs=epochs, batch_size=64, seed=0))
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -58,12 +58,19 @@ def mnist(mnist_path: Path) -> MnistArrays:
     return MnistArrays(train.images, train.labels, test.images, test.labels)
 
 
+# The trainer tests' tiny model keeps the two-convolution stem their gate limits were set for:
+# at width 8 and seconds of training, one stem convolution leaves it too noisy (94 %, and a
+# retrain swings it by ~4 pp). The product's default (one, at width 16) is measured by the
+# benchmarks, and the registry test covers loading both.
+TINY = ModelConfig(width=8, stem_convs=2)
+
+
 @pytest.fixture(scope="session")
 def tiny_base(mnist: MnistArrays) -> dict[str, torch.Tensor]:
     """Weights of a small DigitNet trained for seconds on 6,000 MNIST images (~90 %)."""
     torch.set_num_threads(1)  # the test machines are shared; more threads only contend
     torch.manual_seed(0)
-    model = DigitNet(ModelConfig(width=8))
+    model = DigitNet(TINY)
     x = images_to_tensor(mnist.train_images[:6000])
     y = torch.from_numpy(mnist.train_labels[:6000].copy())
     fit(model, (x, y), TrainConfig(epochs=2, batch_size=64, seed=0), eval_every_epoch=False)
@@ -119,7 +126,7 @@ def registered_base(trainer_home: Path, tiny_base: dict[str, torch.Tensor]) -> s
     from inkwell.settings import CoreSettings
 
     registry = Registry(CoreSettings())
-    model = DigitNet(ModelConfig(width=8))
+    model = DigitNet(TINY)
     model.load_state_dict(tiny_base)
     with registry.start_run("tiny-base", tags={"inkwell.kind": "base"}) as run:
         info = registry.register_digit_model(

@@ -36,7 +36,8 @@ def test_uploads_through_the_service_become_a_canary_with_tags(
 
     outcome = worker.poll_once()
 
-    assert outcome is not None and outcome.status == "passed", outcome
+    assert outcome is not None
+    assert outcome.status == "passed", outcome.reasons
     registry = Registry(settings)
     canary = registry.get_version(settings.model_name, CANARY)
     assert canary.version == outcome.version

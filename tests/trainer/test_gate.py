@@ -6,14 +6,14 @@ import copy
 
 import torch
 
-from inkwell.model import DigitNet, ModelConfig
+from inkwell.model import DigitNet
 from inkwell.training import EvalResult, evaluate, images_to_tensor
-from tests.trainer.conftest import MnistArrays
+from tests.trainer.conftest import TINY, MnistArrays
 from trainer.gate import GateThresholds, decide
 
 
 def _model(weights: dict[str, torch.Tensor]) -> DigitNet:
-    model = DigitNet(ModelConfig(width=8))
+    model = DigitNet(TINY)
     model.load_state_dict(weights)
     return model.eval()
 

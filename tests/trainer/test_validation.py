@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from inkwell.model import DigitNet, ModelConfig
-from tests.trainer.conftest import MnistArrays, png_bytes
+from inkwell.model import DigitNet
+from tests.trainer.conftest import TINY, MnistArrays, png_bytes
 from trainer.validation import (
     BLANK,
     DUPLICATE,
@@ -25,7 +25,7 @@ from trainer.validation import (
 
 @pytest.fixture(scope="module")
 def model(tiny_base: dict[str, torch.Tensor]) -> DigitNet:
-    net = DigitNet(ModelConfig(width=8))
+    net = DigitNet(TINY)
     net.load_state_dict(tiny_base)
     return net.eval()
 
