@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -61,6 +62,12 @@ async def read_json(request: Request) -> Any:
             'The request body is empty. Send a JSON object, e.g. {"pixels": [[0, ...], ...]}.',
             code="empty_body",
         )
+    try:
+        # orjson parses a 256-image batch ~3x faster than `json`; it refuses NaN and Infinity,
+        # which Python's parser below accepts so that they get their own clear error later
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
