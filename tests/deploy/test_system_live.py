@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -344,7 +345,10 @@ def _wait_for(system: LiveSystem, expr: str, timeout: float = 60.0) -> None:
         if answer["status"] == "success" and answer["data"]["result"]:
             return
         time.sleep(0.5)
-    pytest.fail(f"Prometheus never returned data for {expr}")
+    # the series the expression is built from, to tell missing data from NaN or zero
+    names = sorted(set(re.findall(r"[a-z_:]*inkwell_[a-z_:0-9]+", expr)))
+    seen = {name: system.query(name)["data"]["result"] for name in names}
+    pytest.fail(f"Prometheus never returned data for {expr}; its series now: {seen}")
 
 
 def _expand(expr: str) -> str:
