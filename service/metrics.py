@@ -153,6 +153,12 @@ class ServiceMetrics:
 
     def model_swapped(self, name: str, old: str | None, new: str) -> None:
         self.reloads.labels(self.variant, new).inc()
+        # The new version's prediction series exist from zero before its first answer: a
+        # counter first scraped after a burst would start at the burst's count, and rate()
+        # (the canary analysis, the dashboards) would never see those predictions.
+        self.confidence.labels(self.variant, new)
+        for digit in range(10):
+            self.predictions.labels(str(digit), self.variant, new)
         if old is not None and old != new:
             with contextlib.suppress(KeyError):
                 self.model_info.remove(self.variant, name, old)

@@ -118,6 +118,24 @@ def test_batch_multipart_images(client: TestClient, trained_registry: TrainedReg
     assert len(response.json()["predictions"]) == 5
 
 
+def test_a_loaded_versions_prediction_series_start_at_zero(
+    trained_registry: TrainedRegistry,
+) -> None:
+    from service.main import create_app
+
+    # before its first answer: so rate() counts the first burst of predictions too
+    with TestClient(create_app(trained_registry.settings(poll_interval_s=60))) as fresh:
+        text = fresh.get("/metrics").text
+    assert (
+        'inkwell_service_prediction_confidence_count{model_version="1",variant="stable"} 0.0'
+        in text
+    )
+    assert (
+        'inkwell_service_predictions_total{digit="7",model_version="1",variant="stable"} 0.0'
+        in text
+    )
+
+
 def test_metrics_count_requests_predictions_and_confidence(client: TestClient) -> None:
     client.post(
         "/v1/digits/predict", json={"pixels": [[0] * 28] * 10 + [[255] * 28] + [[0] * 28] * 17}
