@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -28,8 +28,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        fields = ("width", "dropout", "num_classes", "stem_convs")
-        known = {k: data[k] for k in fields if k in data}
+        known = {f.name: data[f.name] for f in fields(cls) if f.name in data}
         known.setdefault("stem_convs", 2)
         return cls(**known)
 

@@ -270,6 +270,7 @@ def train_cheque_model(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    init_from = str(init_dir) if init_dir is not None else None
     if init_dir is not None:
         model = ChequeReader.from_dir(init_dir).model
         cfg = replace(cfg, channels=model.config.channels, hidden=model.config.hidden)
@@ -295,7 +296,7 @@ def train_cheque_model(
         **{f"train.{k}": v for k, v in asdict(cfg).items()},
         "model.parameters": count_parameters(model),
         "model.architecture": "CRNN",
-        "model.init_from": str(init_dir) if init_dir is not None else "scratch",
+        "model.init_from": init_from or "scratch",
         "data.train_pool": f"MNIST train[0:{len(train_pool)}]",
         "data.val_pool": f"MNIST train[{int(val_pool.source_index[0])}:]",
         "torch.threads": torch.get_num_threads(),
@@ -314,7 +315,7 @@ def train_cheque_model(
             name=settings.cheque_model_name,
             calibration=calibration.to_dict(),
             train=asdict(cfg),
-            init_from=str(init_dir) if init_dir is not None else None,
+            init_from=init_from,
             val=report.to_metrics("val"),
             data={"train_pool": params["data.train_pool"], "val_pool": params["data.val_pool"]},
         )
