@@ -89,21 +89,29 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
+def _median(values: np.ndarray) -> float:
+    """`np.median` of a small 1-D array, without its ~20x per-call overhead."""
+    ordered = np.sort(values)
+    n = ordered.size
+    return (float(ordered[(n - 1) // 2]) + float(ordered[n // 2])) / 2
+
+
 def ink_map(gray: np.ndarray) -> np.ndarray:
     """Grayscale (1 = white) → ink intensity in [0, 1] (1 = ink), polarity from the border."""
     if gray.ndim != 2 or gray.size == 0:
         raise InvalidImageError(f"Expected a 2-D grayscale image, got shape {gray.shape}.")
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    background = float(np.median(border))
-    ink = gray if background < 0.5 else 1.0 - gray
-    bg_level = float(np.median(np.concatenate([ink[0], ink[-1], ink[:, 0], ink[:, -1]])))
+    background = _median(border)
+    # Light paper: ink is the inverse; the border's median inverts with it.
+    ink, bg_level = (gray, background) if background < 0.5 else (1.0 - gray, 1.0 - background)
     peak = float(ink.max())
     if peak - bg_level < MIN_CONTRAST:
         raise NoInkError(
             "No ink found: the image is blank or has too little contrast. Send an image with a "
             "dark digit on light paper (or light on dark)."
         )
-    return np.clip((ink - bg_level) / (peak - bg_level), 0.0, 1.0).astype(np.float32)
+    out = (ink - np.float32(bg_level)) * np.float32(1.0 / (peak - bg_level))
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def to_mnist(ink: np.ndarray, box: int = 20, size: int = 28) -> np.ndarray:
@@ -121,13 +129,19 @@ def to_mnist(ink: np.ndarray, box: int = 20, size: int = 28) -> np.ndarray:
         (new_w, new_h), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
     )
     small = np.asarray(resized, dtype=np.float32) / 255.0
+    total = float(small.sum(dtype=np.float64))
+    if total <= 0.0:
+        raise NoInkError("No ink found in the image. Send an image that contains a digit.")
     canvas = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = small
-    cy, cx = ndimage.center_of_mass(canvas)
+    # Centre of mass from the small array's row/column sums (ndimage.center_of_mass is ~10x
+    # slower for the same numbers).
+    cy = top + float(small.sum(axis=1, dtype=np.float64) @ np.arange(new_h)) / total
+    cx = left + float(small.sum(axis=0, dtype=np.float64) @ np.arange(new_w)) / total
     shift = (size / 2 - 0.5 - cy, size / 2 - 0.5 - cx)
     centred = ndimage.shift(canvas, shift, order=1, mode="constant", cval=0.0)
-    return np.clip(centred, 0.0, 1.0).astype(np.float32)
+    return np.clip(centred, 0.0, 1.0, out=centred)
 
 
 def preprocess_gray(gray: np.ndarray) -> np.ndarray:

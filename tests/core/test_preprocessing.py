@@ -85,3 +85,46 @@ def test_malformed_arrays_are_rejected(values: object) -> None:
 def test_uint8_range_arrays_are_scaled() -> None:
     out = validate_mnist_array([[255] * 28] * 28)
     assert out.max() == 1.0
+
+
+def _reference_to_mnist(ink: np.ndarray) -> np.ndarray:
+    """The textbook steps with SciPy's own centre of mass (what `to_mnist` must equal)."""
+    from scipy import ndimage
+
+    mask = ink > 0.25
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = crop.shape
+    scale = 20 / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = Image.fromarray((crop * 255).astype(np.uint8)).resize(
+        (new_w, new_h), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
+    )
+    canvas = np.zeros((28, 28), dtype=np.float32)
+    top, left = (28 - new_h) // 2, (28 - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(resized, np.float32) / 255
+    cy, cx = ndimage.center_of_mass(canvas)
+    return np.clip(ndimage.shift(canvas, (13.5 - cy, 13.5 - cx), order=1), 0, 1)
+
+
+def test_fast_normalisation_matches_the_reference_steps() -> None:
+    from inkwell.preprocessing import ink_map, to_mnist
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        image = Image.new("L", (int(rng.integers(30, 160)), int(rng.integers(30, 160))), 255)
+        draw = ImageDraw.Draw(image)
+        w, h = image.size
+        for _ in range(int(rng.integers(1, 4))):  # off-centre, lopsided strokes
+            points = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(3)]
+            draw.line(points, fill=int(rng.integers(0, 80)), width=int(rng.integers(2, 9)))
+        gray = np.asarray(image, np.float32) / 255
+        if trial % 2:
+            gray = 1 - gray  # light ink on dark paper
+        ink = ink_map(gray)
+        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        light_paper = np.median(border) >= 0.5
+        expected_bg = 1 - np.median(border) if light_paper else np.median(border)
+        expected = np.clip(((1 - gray if light_paper else gray) - expected_bg), 0, None)
+        np.testing.assert_allclose(ink, expected / expected.max(), atol=1e-5)
+        np.testing.assert_allclose(to_mnist(ink), _reference_to_mnist(ink), atol=1e-5)
