@@ -73,6 +73,13 @@ def train(
     stem_convs: Annotated[
         int, typer.Option(min=1, max=4, help="Convolutions at full 28x28 resolution.")
     ] = 1,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="Training augmentation: affine (small rotations, scale, shear, shifts) or "
+            "handwriting (also wider slant and rotation, stroke thickness, elastic distortion)."
+        ),
+    ] = "affine",
     register: Annotated[bool, typer.Option(help="Register the model in MLflow.")] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     if_missing: Annotated[
@@ -88,10 +95,14 @@ def train(
     """Train the base digit model on MNIST and register it (the first version becomes stable)."""
     from inkwell.model import ModelConfig
     from inkwell.train import BASE_PEAK_LR, train_base_model
-    from inkwell.training import TrainConfig, TrainHooks
+    from inkwell.training import AUGMENT_POLICIES, TrainConfig, TrainHooks
 
     if optimizer not in OPTIMIZERS:
         raise typer.BadParameter(f"choose one of {', '.join(OPTIMIZERS)}", param_hint="--optimizer")
+    if augment not in AUGMENT_POLICIES:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(AUGMENT_POLICIES)}", param_hint="--augment"
+        )
     if if_missing:
         from inkwell.registry import Registry
         from inkwell.settings import STABLE
@@ -106,7 +117,13 @@ def train(
     if lr is None:
         lr = BASE_PEAK_LR.get(optimizer)  # None: the optimizer's own default
     cfg = TrainConfig(
-        optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, seed=seed, dry_run=dry_run
+        optimizer=optimizer,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        dry_run=dry_run,
+        augment_policy=augment,
     )
     steps_per_epoch = -(-60_000 // batch_size)
     total = 1 if dry_run else steps_per_epoch * epochs

@@ -303,6 +303,7 @@ class Retrainer:
                 "replay_ratio": s.replay_ratio,
                 "distill_weight": s.distill_weight,
                 "ewc_lambda": s.ewc_lambda,
+                "augment_policy": s.augment_policy,
                 "buffer.policy": buffer.policy,
                 "buffer.capacity": buffer.max_size,
                 "hpo.trials": s.hpo_trials,
@@ -472,6 +473,7 @@ class Retrainer:
                 seed=s.seed,
                 weight_decay=0.0,
                 augment=True,
+                augment_policy=s.augment_policy,
             )
             if data[0].shape[0]:
                 fit(

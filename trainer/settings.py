@@ -59,6 +59,10 @@ class TrainerSettings(CoreSettings):
     epochs: int = Field(default=12, ge=1, description="Epochs over the new samples per retrain.")
     batch_size: int = Field(default=16, ge=1, description="New samples per mini-batch.")
     min_steps: int = Field(default=40, ge=1, description="At least this many optimizer steps.")
+    augment_policy: Literal["affine", "handwriting"] = Field(
+        default="affine",
+        description="Augmentation of each retrain's mini-batches (see inkwell.training).",
+    )
     holdout_fraction: float = Field(
         default=0.2, ge=0.0, lt=1.0, description="Share of new samples held out for the gate."
     )

@@ -61,6 +61,12 @@ def test_unknown_optimizer_is_a_usage_error(inkwell_home: Path, tmp_path: Path) 
     assert "sgdm" in result.stdout + result.stderr
 
 
+def test_unknown_augmentation_is_a_usage_error(inkwell_home: Path, tmp_path: Path) -> None:
+    result = _inkwell("train", "--augment", "mixup", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "handwriting" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("name", ["sgd", "sgdm", "adagrad", "rmsprop", "adam"])
 def test_bench_optimizers_runs_each_optimizer_and_saves_plot(
     inkwell_home: Path, tmp_path: Path, name: str

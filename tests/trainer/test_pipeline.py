@@ -49,6 +49,7 @@ def test_enough_uploads_trigger_a_retrain_that_registers_a_canary_with_its_tags(
     client = MlflowClient(settings.resolved_tracking_uri)
     run = client.get_run(info.run_id)
     assert run.data.params["watermark"] == str(max(ids))
+    assert run.data.params["augment_policy"] == "affine"
     assert "forgetting" in run.data.metrics and "peak_rss_bytes" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(info.run_id)}
     assert {"samples.json", "buffer_stats.json", "gate.json", "hpo.json"} <= artifacts
