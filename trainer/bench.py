@@ -103,6 +103,7 @@ def run_bench(
     base_epochs: int,
     threads: int | None,
     output: Path | None,
+    base_augment: str = "affine",
 ) -> dict[str, Any]:
     """Run the selected streams and print (and optionally save) their numbers."""
     if stream not in ("split", "customers", "both"):
@@ -120,6 +121,7 @@ def run_bench(
             samples_per_user=samples_per_user,
             base_home=base_home,
             base_epochs=base_epochs,
+            base_augment=base_augment,
             threads=threads,
         )
     if output is not None:

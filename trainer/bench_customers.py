@@ -147,7 +147,9 @@ def make_uploader(settings: CoreSettings) -> tuple[Uploader, str, Callable[[], N
     return via_http, "POST /v1/samples (service app in-process)", close
 
 
-def _prepare_base(home: Path, base_home: Path | None, base_epochs: int) -> None:
+def _prepare_base(
+    home: Path, base_home: Path | None, base_epochs: int, base_augment: str = "affine"
+) -> None:
     settings = CoreSettings(home=home)
     if base_home is not None:
         source = Registry(CoreSettings(home=base_home)).load_digit_model(STABLE)
@@ -163,8 +165,12 @@ def _prepare_base(home: Path, base_home: Path | None, base_epochs: int) -> None:
         return
     from inkwell.train import train_base_model
 
-    console.print(f"training the base model ({base_epochs} epochs) into {home} ...")
-    train_base_model(TrainConfig(epochs=base_epochs), settings=settings)
+    console.print(
+        f"training the base model ({base_epochs} epochs, {base_augment} augmentation) into "
+        f"{home} ..."
+    )
+    cfg = TrainConfig(epochs=base_epochs, augment_policy=base_augment)
+    train_base_model(cfg, settings=settings)
 
 
 def run_customers(
@@ -175,13 +181,14 @@ def run_customers(
     base_epochs: int,
     threads: int | None,
     keep_home: bool = False,
+    base_augment: str = "affine",
 ) -> dict[str, Any]:
     """The stream; returns per-user numbers (also printed as a table)."""
     if threads:
         torch.set_num_threads(threads)
     home = Path(tempfile.mkdtemp(prefix="inkwell-bench-customers-"))
     core = CoreSettings(home=home)
-    _prepare_base(home, base_home, base_epochs)
+    _prepare_base(home, base_home, base_epochs, base_augment)
     settings = TrainerSettings(
         home=home,
         min_new_samples=samples_per_user,

@@ -118,12 +118,20 @@ def bench_continual(
         typer.Option(help="An INKWELL_HOME whose stable model to start from (else trains one)."),
     ] = None,
     base_epochs: Annotated[int, typer.Option(min=1)] = 8,
+    base_augment: Annotated[
+        str, typer.Option(help="Augmentation of that base model: affine or handwriting.")
+    ] = "affine",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write all numbers as JSON here.")] = None,
 ) -> None:
     """Continual-learning benchmarks: Split-MNIST and a stream of new customers."""
+    from inkwell.training import AUGMENT_POLICIES
     from trainer.bench import run_bench
 
+    if base_augment not in AUGMENT_POLICIES:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(AUGMENT_POLICIES)}", param_hint="--base-augment"
+        )
     run_bench(
         stream=stream,
         buffers=[int(b) for b in buffers.split(",") if b],
@@ -134,6 +142,7 @@ def bench_continual(
         samples_per_user=samples_per_user,
         base_home=base_home,
         base_epochs=base_epochs,
+        base_augment=base_augment,
         threads=threads,
         output=output,
     )

@@ -65,6 +65,11 @@ def test_unknown_augmentation_is_a_usage_error(inkwell_home: Path, tmp_path: Pat
     result = _inkwell("train", "--augment", "mixup", "--dry-run", cwd=tmp_path)
     assert result.returncode == 2
     assert "handwriting" in result.stdout + result.stderr
+    bench = _inkwell(
+        "bench", "continual", "--stream", "customers", "--base-augment", "mixup", cwd=tmp_path
+    )
+    assert bench.returncode == 2
+    assert "handwriting" in bench.stdout + bench.stderr
 
 
 @pytest.mark.parametrize("name", ["sgd", "sgdm", "adagrad", "rmsprop", "adam"])
