@@ -187,6 +187,10 @@ def share_above(x: float, buckets: Mapping[float, float]) -> float:
     return 0.0
 
 
+# z of the accuracy bound that may fail a canary before it has min_labels labels.
+SEQUENTIAL_Z = 2.576
+
+
 def wilson(successes: float, n: float, z: float = 1.645) -> tuple[float, float]:
     """Wilson score interval of a proportion (one-sided 95 % bounds with the default z)."""
     if n <= 0:
@@ -382,7 +386,10 @@ def check_accuracy(canary: VariantStats, stable: VariantStats, t: Thresholds) ->
     )
     if limit is None or stable.labelled < t.min_labels or c is None:
         return Check("online_accuracy", Status.NO_DATA, c, s, limit, text)
-    _, upper = wilson(canary.correct, canary.labelled)
+    # Decisive before min_labels only when clearly below the limit: this bound is looked at
+    # every analysis interval as labels trickle in, so it is one-sided 99.5 % (a good canary's
+    # few unlucky early labels, e.g. 3 right of 7, must not roll it back; 0 of 6 still does).
+    _, upper = wilson(canary.correct, canary.labelled, z=SEQUENTIAL_Z)
     if upper < limit:
         return Check("online_accuracy", Status.FAIL, c, s, limit, text)
     if canary.labelled < t.min_labels:

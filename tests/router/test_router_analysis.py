@@ -133,6 +133,15 @@ def test_few_wrong_labels_are_already_decisive():
     assert check(verdict, "online_accuracy").status is Status.FAIL
 
 
+def test_a_good_canary_with_a_few_unlucky_early_labels_is_not_failed():
+    # what a live rollout once saw: stable 88 % over 84 labels, canary 3 right of its first 7
+    thresholds = Thresholds(min_requests=20, min_shadow=20, min_labels=8, accuracy_drop=0.1)
+    canary, stable = stats(correct=3, incorrect=4), stats(n=900, correct=74, incorrect=10)
+    obs = Observation(stats={("canary", "2"): canary, ("stable", "1"): stable}, shadow={})
+    verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=thresholds)
+    assert check(verdict, "online_accuracy").status is Status.NO_DATA
+
+
 def test_accuracy_needs_a_baseline():
     verdict = observe(stats(correct=0, incorrect=30), stats(n=900))
     assert check(verdict, "online_accuracy").status is Status.NO_DATA
