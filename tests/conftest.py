@@ -42,3 +42,20 @@ def inkwell_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Pat
     for name in ("INKWELL_TRACKING_URI", "MLFLOW_TRACKING_URI", "INKWELL_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+# A test that failed once and passed on its rerun would leave no trace of why in CI's log
+# (`-ra` lists only the name). Keep the first failure's text and print it at the end.
+_RERUN_FAILURES: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.outcome == "rerun":
+        _RERUN_FAILURES.append(f"{report.nodeid} ({report.when}):\n{report.longreprtext[-4000:]}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _RERUN_FAILURES:
+        terminalreporter.section("failures that passed on their rerun")
+        for text in _RERUN_FAILURES:
+            terminalreporter.write_line(text)
