@@ -108,3 +108,24 @@ def test_handwriting_policy_trains(mnist_dir: Path) -> None:
     cfg = TrainConfig(epochs=2, batch_size=32, seed=1, augment_policy="handwriting")
     fit(model, train, cfg)
     assert evaluate(model, *test).accuracy > 0.8
+
+
+@pytest.mark.parametrize("policy", ["affine", "handwriting"])
+def test_fit_augments_with_the_configured_policy(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    import inkwell.training as training
+
+    calls: list[str] = []
+    for name in ("augment_batch", "augment_handwriting"):
+        real = getattr(training, name)
+
+        def spy(*args: object, _real=real, _name=name, **kwargs: object) -> torch.Tensor:
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(training, name, spy)
+    train, _ = _subset(mnist_dir, 128, 1)
+    fit(DigitNet(ModelConfig(width=4)), train, TrainConfig(max_steps=2, augment_policy=policy))
+    expected = "augment_handwriting" if policy == "handwriting" else "augment_batch"
+    assert calls == [expected, expected]
