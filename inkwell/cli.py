@@ -97,12 +97,8 @@ def train(
     from inkwell.train import BASE_PEAK_LR, train_base_model
     from inkwell.training import AUGMENT_POLICIES, TrainConfig, TrainHooks
 
-    if optimizer not in OPTIMIZERS:
-        raise typer.BadParameter(f"choose one of {', '.join(OPTIMIZERS)}", param_hint="--optimizer")
-    if augment not in AUGMENT_POLICIES:
-        raise typer.BadParameter(
-            f"choose one of {', '.join(AUGMENT_POLICIES)}", param_hint="--augment"
-        )
+    check_choice(optimizer, OPTIMIZERS, "--optimizer")
+    check_choice(augment, AUGMENT_POLICIES, "--augment")
     if if_missing:
         from inkwell.registry import Registry
         from inkwell.settings import STABLE
@@ -257,6 +253,12 @@ def bench_optimizers(
         )
     console.print(table)
     console.print(f"plot saved to {plot_runs(runs, plot, target)}")
+
+
+def check_choice(value: str, choices: tuple[str, ...], hint: str) -> None:
+    """A usage error (exit 2) naming the choices when `value` is not one of them."""
+    if value not in choices:
+        raise typer.BadParameter(f"choose one of {', '.join(choices)}", param_hint=hint)
 
 
 def _register_components() -> None:

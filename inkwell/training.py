@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -143,7 +143,8 @@ class HandwritingAugment:
     style_probability: float = 0.5  # share of images that also get thickness + elastic
 
 
-AUGMENT_POLICIES = ("affine", "handwriting")
+AugmentPolicy = Literal["affine", "handwriting"]
+AUGMENT_POLICIES: tuple[str, ...] = get_args(AugmentPolicy)
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:

@@ -101,9 +101,9 @@ def run_bench(
     samples_per_user: int,
     base_home: Path | None,
     base_epochs: int,
+    base_augment: str,
     threads: int | None,
     output: Path | None,
-    base_augment: str = "affine",
 ) -> dict[str, Any]:
     """Run the selected streams and print (and optionally save) their numbers."""
     if stream not in ("split", "customers", "both"):

@@ -147,9 +147,7 @@ def make_uploader(settings: CoreSettings) -> tuple[Uploader, str, Callable[[], N
     return via_http, "POST /v1/samples (service app in-process)", close
 
 
-def _prepare_base(
-    home: Path, base_home: Path | None, base_epochs: int, base_augment: str = "affine"
-) -> None:
+def _prepare_base(home: Path, base_home: Path | None, base_epochs: int, base_augment: str) -> None:
     settings = CoreSettings(home=home)
     if base_home is not None:
         source = Registry(CoreSettings(home=base_home)).load_digit_model(STABLE)
@@ -179,9 +177,9 @@ def run_customers(
     samples_per_user: int,
     base_home: Path | None,
     base_epochs: int,
+    base_augment: str,
     threads: int | None,
     keep_home: bool = False,
-    base_augment: str = "affine",
 ) -> dict[str, Any]:
     """The stream; returns per-user numbers (also printed as a table)."""
     if threads:

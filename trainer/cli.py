@@ -125,13 +125,11 @@ def bench_continual(
     output: Annotated[Path | None, typer.Option(help="Write all numbers as JSON here.")] = None,
 ) -> None:
     """Continual-learning benchmarks: Split-MNIST and a stream of new customers."""
+    from inkwell.cli import check_choice
     from inkwell.training import AUGMENT_POLICIES
     from trainer.bench import run_bench
 
-    if base_augment not in AUGMENT_POLICIES:
-        raise typer.BadParameter(
-            f"choose one of {', '.join(AUGMENT_POLICIES)}", param_hint="--base-augment"
-        )
+    check_choice(base_augment, AUGMENT_POLICIES, "--base-augment")
     run_bench(
         stream=stream,
         buffers=[int(b) for b in buffers.split(",") if b],

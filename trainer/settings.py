@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from inkwell.optim import OPTIMIZERS
 from inkwell.settings import CoreSettings
+from inkwell.training import AugmentPolicy
 
 BufferPolicy = Literal["class_balanced", "reservoir"]
 
@@ -59,7 +60,7 @@ class TrainerSettings(CoreSettings):
     epochs: int = Field(default=12, ge=1, description="Epochs over the new samples per retrain.")
     batch_size: int = Field(default=16, ge=1, description="New samples per mini-batch.")
     min_steps: int = Field(default=40, ge=1, description="At least this many optimizer steps.")
-    augment_policy: Literal["affine", "handwriting"] = Field(
+    augment_policy: AugmentPolicy = Field(
         default="affine",
         description="Augmentation of each retrain's mini-batches (see inkwell.training).",
     )

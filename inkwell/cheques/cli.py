@@ -15,6 +15,7 @@ from rich.table import Table
 
 from inkwell.cheques.locate import LAYOUTS
 from inkwell.cheques.pools import SPLITS
+from inkwell.cli import check_choice
 
 if TYPE_CHECKING:
     from inkwell.cheques.reader import ChequeReader
@@ -39,11 +40,6 @@ LayoutOpt = Annotated[
     str, typer.Option(help=f"{' | '.join(LAYOUTS)}: auto decides field vs whole cheque by size.")
 ]
 DecoderOpt = Annotated[str, typer.Option(help="greedy (fast) or beam (CTC prefix beam search).")]
-
-
-def _check_choice(value: str, choices: tuple[str, ...], hint: str) -> None:
-    if value not in choices:
-        raise typer.BadParameter(f"choose one of {', '.join(choices)}", param_hint=hint)
 
 
 def _reader(model: str, model_dir: Path | None) -> ChequeReader:
@@ -73,8 +69,8 @@ def synth(
     from inkwell.cheques.synth import generate_fields, write_fields
     from inkwell.cli import console, progress_bar
 
-    _check_choice(split, SPLITS, "--split")
-    _check_choice(kind, ("field", "cheque"), "--kind")
+    check_choice(split, SPLITS, "--split")
+    check_choice(kind, ("field", "cheque"), "--kind")
     pool = load_pool(split, data)
     with progress_bar() as progress:
         task = progress.add_task(f"synth {kind}s ({split})", total=n, info="")
@@ -126,7 +122,7 @@ def train(
     from inkwell.cheques.train import ChequeTrainConfig, TrainHooks, train_cheque_model
     from inkwell.cli import console, progress_bar
 
-    _check_choice(preset, ("full", "tiny"), "--preset")
+    check_choice(preset, ("full", "tiny"), "--preset")
     overrides = {
         "steps": steps,
         "batch_size": batch_size,
@@ -211,8 +207,8 @@ def eval_cmd(
     from inkwell.cheques.evaluate import evaluate_folder
     from inkwell.cli import console, progress_bar
 
-    _check_choice(layout, LAYOUTS, "--layout")
-    _check_choice(decoder, ("greedy", "beam"), "--decoder")
+    check_choice(layout, LAYOUTS, "--layout")
+    check_choice(decoder, ("greedy", "beam"), "--decoder")
     rates = _parse_rates(review)
     reader = _reader(model, model_dir)
     total = len(read_labels(folder, labels))
@@ -278,8 +274,8 @@ def read(
     from inkwell.cli import console
     from inkwell.errors import InkwellError
 
-    _check_choice(layout, LAYOUTS, "--layout")
-    _check_choice(decoder, ("greedy", "beam"), "--decoder")
+    check_choice(layout, LAYOUTS, "--layout")
+    check_choice(decoder, ("greedy", "beam"), "--decoder")
     reader = _reader(model, model_dir)
     failed = 0
     for path in files:
