@@ -93,12 +93,14 @@ def train(
     data: DataOpt = None,
 ) -> None:
     """Train the base digit model on MNIST and register it (the first version becomes stable)."""
-    from inkwell.model import ModelConfig
-    from inkwell.train import BASE_PEAK_LR, train_base_model
     from inkwell.training import AUGMENT_POLICIES, TrainConfig, TrainHooks
 
+    # usage errors first, before the registry (MLflow) is imported
     check_choice(optimizer, OPTIMIZERS, "--optimizer")
     check_choice(augment, AUGMENT_POLICIES, "--augment")
+    from inkwell.model import ModelConfig
+    from inkwell.train import BASE_PEAK_LR, train_base_model
+
     if if_missing:
         from inkwell.registry import Registry
         from inkwell.settings import STABLE
@@ -204,6 +206,8 @@ def bench_optimizers(
     data: DataOpt = None,
 ) -> None:
     """Train one model per optimizer under the same budget; print a table, save a plot."""
+    for name in only or ():
+        check_choice(name, OPTIMIZERS, "--only")
     from inkwell.bench.optimizers import plot_runs, run_optimizer
     from inkwell.data import load_split
     from inkwell.train import split_tensors

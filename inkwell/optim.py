@@ -1,11 +1,16 @@
-"""The five optimizers of the report, built by name with their hyper-parameters."""
+"""The five optimizers of the report, built by name with their hyper-parameters.
+
+torch is imported where it is used, so the CLI can list and check optimizer names (and answer
+`--help` or a usage error) without paying for torch's import.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 OPTIMIZERS = ("sgd", "sgdm", "adagrad", "rmsprop", "adam")
 
@@ -28,6 +33,8 @@ def build_optimizer(
     weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
     """Build `sgd`, `sgdm` (SGD + Nesterov-free momentum), `adagrad`, `rmsprop` or `adam`."""
+    import torch
+
     key = name.lower()
     if key not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -53,6 +60,8 @@ def uses_momentum_cycling(optimizer: torch.optim.Optimizer) -> bool:
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held in the optimizer's per-parameter state tensors (momentum buffers, moments)."""
+    import torch
+
     total = 0
     for state in optimizer.state.values():
         for value in state.values():

@@ -24,12 +24,14 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import torch
 import typer
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 HOST = "127.0.0.1"
 JSON = "application/json"
@@ -253,6 +255,8 @@ def bare_forward_rate(
     model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seconds: float
 ) -> ForwardRate:
     """`softmax(model(x))` alone (no HTTP, no parsing), same batch, same threads."""
+    import torch
+
     with torch.inference_mode():
         model(x)
         count, start, cpu = 0, time.perf_counter(), time.process_time()
@@ -285,6 +289,7 @@ def bench_service(
     ] = "png",
 ) -> None:
     """Single-image req/s and p50/p95/p99 (micro-batched vs naive), batch route vs bare model."""
+    import torch
     from rich.table import Table
 
     from inkwell.cli import console

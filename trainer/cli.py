@@ -127,9 +127,10 @@ def bench_continual(
     """Continual-learning benchmarks: Split-MNIST and a stream of new customers."""
     from inkwell.cli import check_choice
     from inkwell.training import AUGMENT_POLICIES
-    from trainer.bench import run_bench
 
     check_choice(base_augment, AUGMENT_POLICIES, "--base-augment")
+    from trainer.bench import run_bench
+
     run_bench(
         stream=stream,
         buffers=[int(b) for b in buffers.split(",") if b],
