@@ -142,6 +142,43 @@ def test_a_good_canary_with_a_few_unlucky_early_labels_is_not_failed():
     assert check(verdict, "online_accuracy").status is Status.NO_DATA
 
 
+def _fail_probability(true_accuracy: float, labels: int, stable: VariantStats) -> float:
+    """Exact chance (binomial over the canary's labels) that the accuracy check fails."""
+    total = 0.0
+    for right in range(labels + 1):
+        canary = stats(correct=right, incorrect=labels - right)
+        obs = Observation(stats={("canary", "2"): canary, ("stable", "1"): stable}, shadow={})
+        verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+        if check(verdict, "online_accuracy").status is Status.FAIL:
+            total += (
+                math.comb(labels, right)
+                * true_accuracy**right
+                * (1 - true_accuracy) ** (labels - right)
+            )
+    return total
+
+
+def test_a_canary_as_good_as_stable_is_rarely_failed_on_online_accuracy():
+    stable = stats(n=900, correct=485, incorrect=15)  # 97 %
+    # at min_labels a point estimate failed 2 errors in 20 (90 % < 92 %): 12 % of good canaries
+    assert _fail_probability(0.97, 20, stable) < 0.01
+    assert _fail_probability(0.97, 100, stable) < 0.01
+    two_unlucky = stats(correct=18, incorrect=2)
+    obs = Observation(stats={("canary", "2"): two_unlucky, ("stable", "1"): stable}, shadow={})
+    verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+    assert check(verdict, "online_accuracy").status is Status.NO_DATA
+
+
+def test_a_clearly_worse_canary_is_failed_once_labels_tell():
+    stable = stats(n=900, correct=485, incorrect=15)  # 97 %, limit 92 %
+    assert _fail_probability(0.80, 100, stable) > 0.9
+    assert _fail_probability(0.50, 20, stable) > 0.99
+    worse = stats(correct=30, incorrect=10)  # 75 % over 40 labels
+    obs = Observation(stats={("canary", "2"): worse, ("stable", "1"): stable}, shadow={})
+    verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+    assert check(verdict, "online_accuracy").status is Status.FAIL
+
+
 def test_accuracy_needs_a_baseline():
     verdict = observe(stats(correct=0, incorrect=30), stats(n=900))
     assert check(verdict, "online_accuracy").status is Status.NO_DATA
