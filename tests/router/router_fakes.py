@@ -28,11 +28,18 @@ def free_port() -> int:
 
 @contextmanager
 def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
-    """Run an ASGI app with uvicorn in a background thread; yields its base URL."""
-    port = port or free_port()
+    """Run an ASGI app with uvicorn in a background thread; yields its base URL.
+
+    The listening socket is bound here and handed to uvicorn, so no other process can take the
+    port between choosing it and serving on it.
+    """
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port or 0))
+    port = int(sock.getsockname()[1])
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
@@ -44,6 +51,7 @@ def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        sock.close()
 
 
 def digit_of(body: bytes) -> int:

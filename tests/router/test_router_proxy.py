@@ -48,7 +48,7 @@ def router(
         **overrides,
     )
     with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a loaded CI machine: the first probe can be slow
         while wait:
             ready = client.get("/readyz")
             versions = ready.json().get("served_versions", {}) if ready.status_code == 200 else {}
