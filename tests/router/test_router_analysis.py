@@ -146,9 +146,7 @@ def _fail_probability(true_accuracy: float, labels: int, stable: VariantStats) -
     """Exact chance (binomial over the canary's labels) that the accuracy check fails."""
     total = 0.0
     for right in range(labels + 1):
-        canary = stats(correct=right, incorrect=labels - right)
-        obs = Observation(stats={("canary", "2"): canary, ("stable", "1"): stable}, shadow={})
-        verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+        verdict = observe(stats(correct=right, incorrect=labels - right), stable)
         if check(verdict, "online_accuracy").status is Status.FAIL:
             total += (
                 math.comb(labels, right)
@@ -163,9 +161,7 @@ def test_a_canary_as_good_as_stable_is_rarely_failed_on_online_accuracy():
     # at min_labels a point estimate failed 2 errors in 20 (90 % < 92 %): 12 % of good canaries
     assert _fail_probability(0.97, 20, stable) < 0.01
     assert _fail_probability(0.97, 100, stable) < 0.01
-    two_unlucky = stats(correct=18, incorrect=2)
-    obs = Observation(stats={("canary", "2"): two_unlucky, ("stable", "1"): stable}, shadow={})
-    verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+    verdict = observe(stats(correct=18, incorrect=2), stable)
     assert check(verdict, "online_accuracy").status is Status.NO_DATA
 
 
@@ -173,9 +169,7 @@ def test_a_clearly_worse_canary_is_failed_once_labels_tell():
     stable = stats(n=900, correct=485, incorrect=15)  # 97 %, limit 92 %
     assert _fail_probability(0.80, 100, stable) > 0.9
     assert _fail_probability(0.50, 20, stable) > 0.99
-    worse = stats(correct=30, incorrect=10)  # 75 % over 40 labels
-    obs = Observation(stats={("canary", "2"): worse, ("stable", "1"): stable}, shadow={})
-    verdict = analyse(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+    verdict = observe(stats(correct=30, incorrect=10), stable)  # 75 % over 40 labels
     assert check(verdict, "online_accuracy").status is Status.FAIL
 
 
