@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +41,7 @@ class Run:
     seconds: float
     requests: int = 0
     errors: int = 0
+    dropped: int = 0  # errors where the connection closed without an answer
     latencies_ms: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds
 
@@ -54,6 +55,7 @@ class Summary:
     p95: float
     p99: float
     errors: int
+    dropped: int
     cpu_ms: dict[str, float]
 
 
@@ -71,6 +73,7 @@ def summarise(runs: list[Run]) -> Summary:
         float(np.percentile(latencies, 95)),
         float(np.percentile(latencies, 99)),
         sum(r.errors for r in runs),
+        sum(r.dropped for r in runs),
         cpu,
     )
 
@@ -133,7 +136,13 @@ async def closed_loop(
                     return
                 writer.write(payloads[index % len(payloads)])
                 index += concurrency
-                status = await _response(reader)
+                try:
+                    status = await _response(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    # the target closed the connection without an answer: a failed request
+                    status = 0
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(HOST, port)
                 if sent < measure_from:
                     continue
                 if status == 200:
@@ -141,6 +150,7 @@ async def closed_loop(
                     run.latencies_ms.append((time.perf_counter() - sent) * 1000)
                 else:
                     run.errors += 1
+                    run.dropped += status == 0
         finally:
             writer.close()
 
@@ -204,8 +214,33 @@ def bench_router(
     client: Annotated[
         str, typer.Option(help="The router's upstream client: fast or httpx.")
     ] = "fast",
+    reference: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also measure a reference proxy hop in the same run: pipe (a Python byte "
+            "pipe) or nginx (needs nginx installed). Repeat for both."
+        ),
+    ] = None,
 ) -> None:
     """Router overhead: p50/p95/p99 and req/s direct to the service vs through the router."""
+    from router.reference import REFERENCES, nginx_binary, reference_command
+
+    levels = concurrency or [1, 16]
+    if client not in ("fast", "httpx"):
+        raise typer.BadParameter("choose fast or httpx", param_hint="--client")
+    references = list(dict.fromkeys(reference or []))
+    for name in references:
+        if name not in REFERENCES:
+            raise typer.BadParameter(
+                f"{name!r} is not a reference; choose from {', '.join(REFERENCES)}",
+                param_hint="--reference",
+            )
+        if name == "nginx":
+            try:
+                nginx_binary()
+            except FileNotFoundError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--reference") from exc
+
     from rich.table import Table
 
     from inkwell.cli import console
@@ -214,9 +249,6 @@ def bench_router(
     from inkwell.registry import Registry
     from router.settings import RouterSettings
 
-    levels = concurrency or [1, 16]
-    if client not in ("fast", "httpx"):
-        raise typer.BadParameter("choose fast or httpx", param_hint="--client")
     settings = RouterSettings()
     registry = Registry(settings)
     if registry.find_version(settings.model_name, "stable") is None:
@@ -248,23 +280,34 @@ def bench_router(
     console.print(
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} before start; "
         f"levels {levels}, {rounds} rounds × {duration:g} s per target; upstream client {client}"
+        + (f"; references {', '.join(references)}" if references else "")
     )
+    targets = ["direct", "router", *references]
     results: dict[tuple[str, int], list[Run]] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="inkwell-bench-router-") as tmp,
-        process("service", service_args, env, Path(tmp), f"{stable_url}/readyz") as service_pid,
-        process(
-            "router", router_args, env, Path(tmp), f"http://{HOST}:{router_port}/readyz"
-        ) as router_pid,
-    ):
-        pids = {"service": service_pid, "router": router_pid}
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inkwell-bench-router-")))
+        pids = {
+            "service": stack.enter_context(
+                process("service", service_args, env, tmp, f"{stable_url}/readyz")
+            ),
+            "router": stack.enter_context(
+                process("router", router_args, env, tmp, f"http://{HOST}:{router_port}/readyz")
+            ),
+        }
+        ports = {"direct": service_port, "router": router_port}
+        for name in references:
+            ports[name] = free_port()
+            command = reference_command(name, service_port, ports[name], tmp)
+            pid = stack.enter_context(
+                process(name, command, env, tmp, f"http://{HOST}:{ports[name]}/readyz")
+            )
+            pids[name] = nginx_worker(pid) if name == "nginx" else pid
         for level in levels:
             for index in range(rounds):
-                order = ("direct", "router") if index % 2 == 0 else ("router", "direct")
-                for target in order:
-                    port = service_port if target == "direct" else router_port
+                shift = index % len(targets)
+                for target in targets[shift:] + targets[:shift]:  # each goes first in turn
                     run = drive(
-                        port,
+                        ports[target],
                         payloads,
                         target=target,
                         concurrency=level,
@@ -274,33 +317,64 @@ def bench_router(
                     )
                     results.setdefault((target, level), []).append(run)
     table = Table(
-        "target", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
-        "service CPU ms/req", "router CPU ms/req",
+        "target", "clients", "req/s", "vs direct", "p50 ms", "p95 ms", "p99 ms", "errors",
+        "service CPU ms/req", "proxy CPU ms/req",
         title="inkwell bench router (PNG single-image predictions)",
     )  # fmt: skip
     verdicts = []
     for level in levels:
         direct = summarise(results[("direct", level)])
-        routed = summarise(results[("router", level)])
-        for s in (direct, routed):
+        for target in targets:
+            s = summarise(results[(target, level)])
             table.add_row(
                 s.target,
                 str(s.concurrency),
                 f"{s.rate:,.0f}",
+                "-" if target == "direct" else f"{change(s.rate, direct.rate):+.1f} %",
                 f"{s.p50:.2f}",
                 f"{s.p95:.2f}",
                 f"{s.p99:.2f}",
-                str(s.errors),
+                f"{s.errors} ({s.dropped} dropped)" if s.dropped else str(s.errors),
                 f"{s.cpu_ms.get('service', 0):.2f}",
-                f"{s.cpu_ms.get('router', 0):.2f}" if s.target == "router" else "-",
+                "-" if target == "direct" else f"{s.cpu_ms.get(target, 0):.2f}",
             )
+        routed = summarise(results[("router", level)])
         added = routed.p50 - direct.p50
-        loss = 100 * (1 - routed.rate / direct.rate) if direct.rate else float("nan")
+        loss = -change(routed.rate, direct.rate)
         verdicts.append(
             f"{level} clients: router adds {added:+.2f} ms at p50 (target ≤ 1 ms: "
-            f"{'met' if added <= 1 else 'not met'}), throughput {loss:+.1f} % lower "
-            f"(target ≤ 10 %: {'met' if loss <= 10 else 'not met'})"
+            f"{'met' if added <= 1 else 'not met'}), throughput {versus(loss)} "
+            f"(target ≤ 10 % lower: {'met' if loss <= 10 else 'not met'})"
         )
+        for name in references:
+            ref = summarise(results[(name, level)])
+            verdicts.append(
+                f"{level} clients: reference {name} adds {ref.p50 - direct.p50:+.2f} ms at p50, "
+                f"throughput {versus(-change(ref.rate, direct.rate))}, "
+                f"{ref.cpu_ms.get(name, 0):.2f} ms of CPU per request"
+            )
     console.print(table)
     for line in verdicts:
         console.print(line)
+
+
+def change(rate: float, baseline: float) -> float:
+    """Percent change of `rate` against `baseline` (nan without a baseline)."""
+    return 100 * (rate / baseline - 1) if baseline else float("nan")
+
+
+def versus(loss: float) -> str:
+    """'12.3 % lower' / '1.7 % higher' than direct, from a loss in percent."""
+    return f"{abs(loss):.1f} % {'lower' if loss >= 0 else 'higher'}"
+
+
+def nginx_worker(master: int) -> int:
+    """nginx's master process forks the worker that does the proxying: measure that one."""
+    import psutil
+
+    deadline = time.monotonic() + 10
+    while not (children := psutil.Process(master).children()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nginx (pid {master}) started no worker process")
+        time.sleep(0.05)
+    return int(children[0].pid)
