@@ -323,9 +323,9 @@ def bench_router(
     )  # fmt: skip
     verdicts = []
     for level in levels:
-        direct = summarise(results[("direct", level)])
-        for target in targets:
-            s = summarise(results[(target, level)])
+        summaries = {target: summarise(results[(target, level)]) for target in targets}
+        direct = summaries["direct"]
+        for target, s in summaries.items():
             table.add_row(
                 s.target,
                 str(s.concurrency),
@@ -338,7 +338,7 @@ def bench_router(
                 f"{s.cpu_ms.get('service', 0):.2f}",
                 "-" if target == "direct" else f"{s.cpu_ms.get(target, 0):.2f}",
             )
-        routed = summarise(results[("router", level)])
+        routed = summaries["router"]
         added = routed.p50 - direct.p50
         loss = -change(routed.rate, direct.rate)
         verdicts.append(
@@ -347,7 +347,7 @@ def bench_router(
             f"(target ≤ 10 % lower: {'met' if loss <= 10 else 'not met'})"
         )
         for name in references:
-            ref = summarise(results[(name, level)])
+            ref = summaries[name]
             verdicts.append(
                 f"{level} clients: reference {name} adds {ref.p50 - direct.p50:+.2f} ms at p50, "
                 f"throughput {versus(-change(ref.rate, direct.rate))}, "

@@ -4,10 +4,9 @@ load generator counts a connection closed without an answer as a failed request.
 from __future__ import annotations
 
 import asyncio
-import shutil
+import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,36 +15,21 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from router.bench import Run, closed_loop, http_post
-from router.reference import nginx_config, reference_command
+from router.bench import Run, closed_loop, http_post, process
+from router.reference import nginx_binary, nginx_config, reference_command
 from tests.router.router_fakes import FakeService, digit_of, free_port
 
 
 @contextmanager
 def reference(name: str, service_url: str, workdir: Path) -> Iterator[str]:
-    """Start reference `name` in front of the service; yield its URL once it proxies."""
+    """Start reference `name` in front of the service as the bench does; yield its URL once it
+    proxies the service's /readyz."""
     port = free_port()
     upstream_port = int(urlsplit(service_url).port or 80)
     command = reference_command(name, upstream_port, port, workdir)
-    log = (workdir / f"{name}.log").open("wb")
-    child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert child.poll() is None, (workdir / f"{name}.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{name} never proxied /readyz"
-            time.sleep(0.1)
+    with process(name, command, dict(os.environ), workdir, f"{url}/readyz"):
         yield url
-    finally:
-        child.terminate()
-        child.wait(timeout=15)
-        log.close()
 
 
 def assert_proxies(url: str, service: FakeService) -> None:
@@ -64,7 +48,12 @@ def assert_proxies(url: str, service: FakeService) -> None:
     assert service.predictions == before + 3
 
 
-NGINX_MISSING = shutil.which("nginx") is None and not Path("/usr/sbin/nginx").is_file()
+def nginx_missing() -> bool:
+    try:
+        nginx_binary()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 @pytest.mark.parametrize(
@@ -74,7 +63,7 @@ NGINX_MISSING = shutil.which("nginx") is None and not Path("/usr/sbin/nginx").is
         pytest.param(
             "nginx",
             marks=pytest.mark.skipif(
-                NGINX_MISSING,
+                nginx_missing(),
                 reason="nginx is not installed (apt-get install nginx-light; CI installs it)",
             ),
         ),
