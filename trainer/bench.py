@@ -104,6 +104,7 @@ def run_bench(
     base_augment: str,
     threads: int | None,
     output: Path | None,
+    style_ceiling: int = 0,
 ) -> dict[str, Any]:
     """Run the selected streams and print (and optionally save) their numbers."""
     if stream not in ("split", "customers", "both"):
@@ -123,6 +124,7 @@ def run_bench(
             base_epochs=base_epochs,
             base_augment=base_augment,
             threads=threads,
+            style_ceiling_samples=style_ceiling,
         )
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

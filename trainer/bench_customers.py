@@ -9,6 +9,11 @@ and the benchmark then promotes it to stable the way the rollout controller woul
 healthy canary. After each user it reports MNIST test accuracy (all 10,000, and the digits no
 user touched), the user's held-out style accuracy, earlier users' style accuracy, and the time
 from the last upload to the registered canary.
+
+With `style_ceiling` > 0 it also measures each style's *ceiling*: a fresh model of the stable
+model's architecture trained with the base recipe on that many MNIST *train* digits rendered in
+the user's style, read on the same held-out digits. That is what a learner with a thousand times
+more of the user's handwriting reaches, i.e. how legible the style itself is.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from scipy import ndimage
 
 from inkwell.cli import console
 from inkwell.data import load_split
-from inkwell.model import DigitNet
+from inkwell.model import DigitNet, ModelConfig
 from inkwell.preprocessing import preprocess_bytes
 from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.store import SampleStore
-from inkwell.training import TrainConfig, evaluate, images_to_tensor
+from inkwell.train import BASE_PEAK_LR
+from inkwell.training import TrainConfig, evaluate, fit, images_to_tensor, seed_everything
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
 from trainer.worker import Worker
@@ -104,6 +110,31 @@ def scan_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(255 - image).resize((84, 84), Image.Resampling.BICUBIC).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def render_scans(images: np.ndarray, style: Style, rng: np.random.Generator) -> torch.Tensor:
+    """MNIST digits (uint8) in `style`, scanned and preprocessed like uploads: (N, 1, 28, 28)."""
+    pixels = np.stack([preprocess_bytes(scan_png(render(im, style, rng))) for im in images])
+    return torch.from_numpy(pixels.astype(np.float32)).reshape(-1, 1, 28, 28)
+
+
+def style_ceiling(
+    style: Style,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    held: tuple[torch.Tensor, torch.Tensor],
+    *,
+    model_config: ModelConfig,
+    epochs: int = 4,
+    seed: int = 0,
+) -> float:
+    """Held-out accuracy of a model trained from scratch on `train_images` drawn in `style`."""
+    x = render_scans(train_images, style, np.random.default_rng(10_000 + seed))
+    seed_everything(seed)
+    model = DigitNet(model_config)
+    cfg = TrainConfig(epochs=epochs, lr=BASE_PEAK_LR["adam"], seed=seed)
+    fit(model, (x, torch.from_numpy(train_labels.copy())), cfg, eval_every_epoch=False)
+    return evaluate(model, *held).accuracy
 
 
 Uploader = Callable[[str, int, bytes, str], None]
@@ -179,6 +210,7 @@ def run_customers(
     base_epochs: int,
     base_augment: str,
     threads: int | None,
+    style_ceiling_samples: int = 0,
     keep_home: bool = False,
 ) -> dict[str, Any]:
     """The stream; returns per-user numbers (also printed as a table)."""
@@ -258,8 +290,34 @@ def run_customers(
         close()
         if not keep_home:
             shutil.rmtree(home, ignore_errors=True)
+    if style_ceiling_samples:
+        _add_ceilings(rows, styles, held, base.config, style_ceiling_samples, core)
     Console(width=160).print(_table(rows))
     return {"upload_path": path, "users": rows, "base_mnist_accuracy": base_acc}
+
+
+def _add_ceilings(
+    rows: list[dict[str, Any]],
+    styles: list[Style],
+    held: list[tuple[torch.Tensor, torch.Tensor]],
+    model_config: ModelConfig,
+    samples: int,
+    core: CoreSettings,
+) -> None:
+    """After the stream: each style's ceiling on the same held-out digits (see module doc)."""
+    train = load_split("train", settings=core)
+    n = min(samples, len(train.labels))
+    for row, style, user_held in zip(rows, styles, held, strict=False):
+        started = time.perf_counter()
+        row["style_ceiling_accuracy"] = style_ceiling(
+            style, train.images[:n], train.labels[:n], user_held, model_config=model_config
+        )
+        row["style_ceiling_samples"] = n
+        console.print(
+            f"user {row['user']}: a model trained on {n:,} digits in this style reads "
+            f"{100 * row['style_ceiling_accuracy']:.2f} % of the held-out digits "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
 
 
 def _wait_for_job(retrainer: Retrainer, after: int, timeout: float) -> Any:
@@ -323,6 +381,9 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         "quarantined",
         title="New customers stream",
     )
+    ceilings = any("style_ceiling_accuracy" in row for row in rows)
+    if ceilings:
+        table.add_column("style ceiling %")
     for row in rows:
         drop = -row["mnist_drop_pp"]
         prev = row["previous_users_style_accuracy"]
@@ -336,5 +397,6 @@ def _table(rows: list[dict[str, Any]]) -> Table:
             f"{100 * row['style_accuracy_before']:.1f} → {100 * row['style_accuracy']:.2f}",
             "-" if prev is None else f"{100 * prev:.2f}",
             str(row["quarantined"]),
+            *([f"{100 * row.get('style_ceiling_accuracy', float('nan')):.2f}"] if ceilings else []),
         )
     return table

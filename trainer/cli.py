@@ -121,6 +121,14 @@ def bench_continual(
     base_augment: Annotated[
         str, typer.Option(help="Augmentation of that base model: affine or handwriting.")
     ] = "affine",
+    style_ceiling: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also train a model on this many MNIST train digits in each user's style and "
+            "read the user's held-out digits with it: how legible the style is (0 = skip).",
+        ),
+    ] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write all numbers as JSON here.")] = None,
 ) -> None:
@@ -142,6 +150,7 @@ def bench_continual(
         base_home=base_home,
         base_epochs=base_epochs,
         base_augment=base_augment,
+        style_ceiling=style_ceiling,
         threads=threads,
         output=output,
     )

@@ -70,6 +70,14 @@ def test_unknown_augmentation_is_a_usage_error(inkwell_home: Path, tmp_path: Pat
     assert "handwriting" in bench.stdout + bench.stderr
 
 
+def test_negative_style_ceiling_is_a_usage_error(inkwell_home: Path, tmp_path: Path) -> None:
+    result = _inkwell(
+        "bench", "continual", "--stream", "customers", "--style-ceiling", "-5", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "--style-ceiling" in result.stdout + result.stderr
+
+
 def test_bench_optimizers_runs_all_five_optimizers_and_saves_plot(
     inkwell_home: Path, tmp_path: Path
 ) -> None:
