@@ -8,6 +8,7 @@ highest sample id already trained on".
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from sqlalchemy import (
     DateTime,
     Integer,
     LargeBinary,
+    MetaData,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
     event,
@@ -28,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 ACCEPTED = "accepted"
@@ -92,6 +95,29 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def create_schema(
+    engine: Engine,
+    metadata: MetaData,
+    tables: list[Table] | None = None,
+    *,
+    attempts: int = 5,
+) -> None:
+    """`metadata.create_all` that tolerates other processes creating the same tables at once.
+
+    The service variants, the trainer and the router share one database and start together;
+    `create_all` checks for each table and then creates it, so two starters can both find it
+    missing and the slower one fails with "table ... already exists". Checking again settles it.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine, tables=tables)
+            return
+        except DatabaseError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+
+
 def content_hash(data: bytes) -> str:
     """sha256 of the uploaded bytes (duplicate detection)."""
     return hashlib.sha256(data).hexdigest()
@@ -102,7 +128,7 @@ class SampleStore:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_schema(self.engine, Base.metadata)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

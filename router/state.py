@@ -20,7 +20,7 @@ from sqlalchemy import Float, Integer, String, Text, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from inkwell.store import make_engine
+from inkwell.store import create_schema, make_engine
 
 
 class Phase(StrEnum):
@@ -147,7 +147,7 @@ class RolloutStore:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        create_schema(self.engine, Base.metadata)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -26,7 +26,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from inkwell.errors import ConflictError
-from inkwell.store import ACCEPTED, QUARANTINED, TRAINED, Base, Sample, SampleStore
+from inkwell.store import (
+    ACCEPTED,
+    QUARANTINED,
+    TRAINED,
+    Base,
+    Sample,
+    SampleStore,
+    create_schema,
+)
 
 RUNNING = "running"
 COMPUTED = "computed"
@@ -163,9 +171,10 @@ class TrainerState:
     def __init__(self, store: SampleStore, model_name: str) -> None:
         self.store = store
         self.model_name = model_name
-        Base.metadata.create_all(
+        create_schema(
             store.engine,
-            tables=[TrainerStateRow.__table__, TrainerJob.__table__],  # type: ignore[list-item]
+            Base.metadata,
+            [TrainerStateRow.__table__, TrainerJob.__table__],  # type: ignore[list-item]
         )
 
     def watermark(self) -> int:
