@@ -192,12 +192,18 @@ def _wait_for_canary_in_rollout(router: str, timeout: float = 180.0) -> None:
     pytest.fail(f"the router never started routing to the canary: {state}")
 
 
-def _send_traffic(router: str, mnist_dir: Path) -> None:
+def _send_traffic(system: LiveSystem, mnist_dir: Path) -> None:
     from inkwell.data import load_split
 
     split = load_split("test", mnist_dir)
-    with httpx.Client(base_url=router, timeout=30) as client:
+    with httpx.Client(base_url=system.router, timeout=30) as client:
         for i in range(60):
+            if i == 4:
+                # rate() counts only what a series gains after its first scrape. On a fast
+                # machine the whole burst fits between two scrapes and every rate reads 0, so
+                # let Prometheus see the first requests' series before sending the rest.
+                _wait_for(system, "inkwell_router_requests_total")
+                _wait_for(system, "inkwell_service_prediction_confidence_count")
             image = _png(split.images[i])
             user = f"user-{i % 30}"
             headers = {"X-User-Id": user}
@@ -314,7 +320,7 @@ def _start_live(
         prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
     )
     _wait_for_canary_in_rollout(router)
-    _send_traffic(router, mnist_dir)
+    _send_traffic(system, mnist_dir)
     _wait_for(system, "sum(variant:inkwell_router_requests:rate5m) > 0")
     _wait_for(system, "sum(variant:inkwell_service_prediction_confidence:mean5m) > 0")
     _wait_for(
