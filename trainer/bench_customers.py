@@ -22,7 +22,7 @@ import io
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,15 @@ def scan_png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def preprocess_scans(images: Iterable[np.ndarray]) -> torch.Tensor:
+    """Rendered digits scanned and preprocessed the way uploads are: (N, 1, 28, 28)."""
+    pixels = np.stack([preprocess_bytes(scan_png(im)) for im in images])
+    return torch.from_numpy(pixels.astype(np.float32)).reshape(-1, 1, 28, 28)
+
+
 def render_scans(images: np.ndarray, style: Style, rng: np.random.Generator) -> torch.Tensor:
     """MNIST digits (uint8) in `style`, scanned and preprocessed like uploads: (N, 1, 28, 28)."""
-    pixels = np.stack([preprocess_bytes(scan_png(render(im, style, rng))) for im in images])
-    return torch.from_numpy(pixels.astype(np.float32)).reshape(-1, 1, 28, 28)
+    return preprocess_scans(render(im, style, rng) for im in images)
 
 
 def style_ceiling(
@@ -254,12 +259,9 @@ def run_customers(
             user_rng = np.random.default_rng(u)
             images = np.stack([render(test.images[i], style, user_rng) for i in idx])
             # held-out style digits go through the same preprocessing as uploads
-            held_pixels = np.stack(
-                [preprocess_bytes(scan_png(im)) for im in images[samples_per_user:]]
-            )
             held.append(
                 (
-                    torch.from_numpy(held_pixels.astype(np.float32)).reshape(-1, 1, 28, 28),
+                    preprocess_scans(images[samples_per_user:]),
                     torch.from_numpy(test.labels[idx[samples_per_user:]].copy()),
                 )
             )
@@ -307,7 +309,7 @@ def _add_ceilings(
     """After the stream: each style's ceiling on the same held-out digits (see module doc)."""
     train = load_split("train", settings=core)
     n = min(samples, len(train.labels))
-    for row, style, user_held in zip(rows, styles, held, strict=False):
+    for row, style, user_held in zip(rows, styles, held, strict=True):
         started = time.perf_counter()
         row["style_ceiling_accuracy"] = style_ceiling(
             style, train.images[:n], train.labels[:n], user_held, model_config=model_config
