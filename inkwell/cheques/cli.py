@@ -40,6 +40,14 @@ LayoutOpt = Annotated[
     str, typer.Option(help=f"{' | '.join(LAYOUTS)}: auto decides field vs whole cheque by size.")
 ]
 DecoderOpt = Annotated[str, typer.Option(help="greedy (fast) or beam (CTC prefix beam search).")]
+SynthOpt = Annotated[
+    str,
+    typer.Option(
+        "--synth",
+        help="classic (the original synthetic fields) or real (closer to scanned bank cheques: "
+        "touching digits, small zeros after a thousands dot, flagged 1s, crossed 7s, '.-').",
+    ),
+]
 
 
 def _reader(model: str, model_dir: Path | None) -> ChequeReader:
@@ -61,16 +69,18 @@ def synth(
     kind: Annotated[str, typer.Option(help="field (amount box) or cheque (whole cheque).")] = (
         "field"
     ),
+    synth_style: SynthOpt = "classic",
     data: DataOpt = None,
 ) -> None:
     """Generate synthetic amount fields (or whole cheques) with labels.csv."""
     from inkwell.cheques.layout import generate_cheques, write_cheques
     from inkwell.cheques.pools import load_pool
-    from inkwell.cheques.synth import generate_fields, write_fields
+    from inkwell.cheques.synth import SYNTH_STYLES, generate_fields, synth_config, write_fields
     from inkwell.cli import console, progress_bar
 
     check_choice(split, SPLITS, "--split")
     check_choice(kind, ("field", "cheque"), "--kind")
+    check_choice(synth_style, SYNTH_STYLES, "--synth")
     pool = load_pool(split, data)
     with progress_bar() as progress:
         task = progress.add_task(f"synth {kind}s ({split})", total=n, info="")
@@ -81,7 +91,8 @@ def synth(
                 progress.advance(task)
 
         if kind == "field":
-            count = write_fields(out, tick(generate_fields(pool, n, seed)), split, seed)
+            fields = generate_fields(pool, n, seed, synth_config(synth_style))
+            count = write_fields(out, tick(fields), split, seed)
         else:
             count = write_cheques(out, tick(generate_cheques(pool, n, seed)), split, seed)
     console.print(
@@ -102,6 +113,7 @@ def train(
         float, typer.Option(min=0.0, max=0.5, help="Target fraction sent to human review.")
     ] = 0.05,
     preset: Annotated[str, typer.Option(help="full, or tiny (seconds; smoke test).")] = "full",
+    synth_style: SynthOpt = "classic",
     workers: Annotated[int, typer.Option(min=0, help="Data-generating processes.")] = 1,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     register: Annotated[bool, typer.Option(help="Track in MLflow and register.")] = True,
@@ -119,10 +131,12 @@ def train(
     data: DataOpt = None,
 ) -> None:
     """Train the amount recogniser on synthetic fields generated on the fly, in memory."""
+    from inkwell.cheques.synth import SYNTH_STYLES
     from inkwell.cheques.train import ChequeTrainConfig, TrainHooks, train_cheque_model
     from inkwell.cli import console, progress_bar
 
     check_choice(preset, ("full", "tiny"), "--preset")
+    check_choice(synth_style, SYNTH_STYLES, "--synth")
     overrides = {
         "steps": steps,
         "batch_size": batch_size,
@@ -131,6 +145,7 @@ def train(
         "val_size": val_size,
         "eval_every": eval_every,
         "review_rate": review_rate,
+        "synth_style": synth_style,
         "workers": workers,
         "threads": threads,
     }

@@ -57,21 +57,78 @@ def affine_alpha(
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def _stroke(alpha: np.ndarray, points: list[tuple[float, float]], width: float) -> np.ndarray:
+    """`alpha` with a pen stroke through `points` ((x, y) in pixels) drawn on top."""
+    layer = Image.new("L", (alpha.shape[1], alpha.shape[0]), 0)
+    ImageDraw.Draw(layer).line(points, fill=255, width=max(2, math.ceil(width)), joint="curve")
+    stroke = ndimage.gaussian_filter(np.asarray(layer, np.float32) / 255.0, 0.3)
+    return np.maximum(alpha, np.clip(stroke * 1.5, 0.0, 1.0))
+
+
+def _pen_width(alpha: np.ndarray) -> float:
+    """Rough stroke width of a glyph: inked area over its skeleton-ish length."""
+    ink = alpha > 0.5
+    area = float(ink.sum())
+    if area == 0:
+        return 2.0
+    eroded = float(ndimage.binary_erosion(ink).sum())
+    return float(np.clip(2.0 * area / max(1.0, area - eroded), 1.5, 4.0))
+
+
+def writer_form(alpha: np.ndarray, digit: int, rng: np.random.Generator) -> np.ndarray:
+    """Redraw a cropped MNIST digit in a form common outside the US: a 7 with a crossbar, a
+    1 with a long flag (and sometimes a foot). Other digits are returned unchanged."""
+    h, w = alpha.shape
+    pen = _pen_width(alpha)
+    if digit == 7:
+        y = h * float(rng.uniform(0.45, 0.62))
+        cols = np.flatnonzero(alpha[int(y)] > 0.4)
+        half = h * float(rng.uniform(0.18, 0.3))
+        pad = math.ceil(half)
+        canvas = np.pad(alpha, ((0, 0), (pad, pad)))
+        centre = pad + (float(cols.mean()) if cols.size else w / 2)
+        tilt = h * float(rng.normal(0.0, 0.04))
+        canvas = _stroke(canvas, [(centre - half, y + tilt), (centre + half, y - tilt)], pen)
+        keep = np.flatnonzero(canvas.max(axis=0) > 0.1)
+        return canvas[:, keep[0] : keep[-1] + 1]
+    if digit == 1:
+        flag = round(h * float(rng.uniform(0.25, 0.55)))
+        foot = rng.random() < 0.25
+        pad_right = round(0.3 * h) if foot else 0
+        canvas = np.zeros((h, w + flag + pad_right), np.float32)
+        canvas[:, flag : flag + w] = alpha
+        top_cols = np.flatnonzero(alpha[: max(1, h // 6)].max(axis=0) > 0.4)
+        x_top = flag + (float(top_cols.mean()) if top_cols.size else w / 2)
+        drop = h * float(rng.uniform(0.2, 0.45))
+        canvas = _stroke(canvas, [(x_top, 1.0), (x_top - flag, drop)], pen)
+        if foot:
+            bottom_cols = np.flatnonzero(alpha[-max(1, h // 8) :].max(axis=0) > 0.4)
+            x_bottom = flag + (float(bottom_cols.mean()) if bottom_cols.size else w / 2)
+            half = 0.25 * h
+            canvas = _stroke(canvas, [(x_bottom - half, h - 2.0), (x_bottom + half, h - 2.0)], pen)
+        return canvas
+    return alpha
+
+
 def digit_glyph(
     image28: np.ndarray,
     rng: np.random.Generator,
     height: float,
     slant: float,
     width_scale: float = 1.0,
+    form: int | None = None,
 ) -> np.ndarray:
     """An MNIST digit redrawn at `height` px with a slant, a pen weight and small wobbles.
 
     The pen weight changes at MNIST resolution (a 2x2 dilation for a broad pen; an erosion for
     a fine pen only when the strokes are thick enough to survive it), so no digit fades away.
+    `form` set to the digit's value redraws it in another writer's form (`writer_form`).
     """
     alpha = image28.astype(np.float32) / 255.0
     top, bottom, left, right = ink_bbox(alpha, 0.1)
     alpha = alpha[top:bottom, left:right]
+    if form is not None:
+        alpha = writer_form(alpha, form, rng)
     weight = rng.random()
     if weight < 0.2:
         alpha = ndimage.grey_dilation(alpha, size=(2, 2))
@@ -176,13 +233,20 @@ def token_glyph(
     height: float,
     slant: float,
     pen_width: float,
+    forms: float = 0.0,
 ) -> tuple[np.ndarray, int]:
-    """Alpha map of one pen token and the row of its baseline."""
+    """Alpha map of one pen token and the row of its baseline; `forms` is the chance that a
+    1 or a 7 is drawn in a non-US writer's form."""
     if token.is_digit:
         if image28 is None:
             raise ValueError("a digit token needs its MNIST glyph")
-        h = height * (0.62 if token.raised else float(rng.uniform(0.88, 1.1)))
-        glyph = digit_glyph(image28, rng, h, slant, width_scale=float(rng.uniform(0.85, 1.18)))
+        h = height * (0.62 if token.raised else float(rng.uniform(0.88, 1.1))) * token.scale
+        form = None
+        if forms > 0 and token.digit in (1, 7) and rng.random() < forms:
+            form = token.digit
+        glyph = digit_glyph(
+            image28, rng, h, slant, width_scale=float(rng.uniform(0.85, 1.18)), form=form
+        )
         baseline = glyph.shape[0] - 1
         if token.raised:  # superscript cents sit with their bottom near mid-height
             baseline += round(0.4 * height)

@@ -21,7 +21,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from inkwell.cheques import render
-from inkwell.cheques.amounts import WrittenAmount, blank_amount, sample_amount
+from inkwell.cheques.amounts import (
+    CLASSIC,
+    WritingStyle,
+    WrittenAmount,
+    blank_amount,
+    sample_amount,
+)
 from inkwell.cheques.pools import SPLITS, DigitPool
 
 LABELS_FILE = "labels.csv"
@@ -40,6 +46,34 @@ class SynthConfig:
     max_digit_height: float = 44.0
     blank_rate: float = 0.0  # fraction of fields with no digit at all (label "")
     degrade: float = 1.0  # strength of the scanner simulation, 0 = clean
+    writing: WritingStyle = CLASSIC  # separators, compact zeros, trailing strokes
+    gap: tuple[float, float] = (-0.12, 0.3)  # range of a writer's mean gap, x digit height
+    forms: float = 0.0  # chance a 1 or 7 is drawn in a non-US form (flag, crossbar)
+    printed_dollar: float = 0.25  # fields with a printed "$" before the box
+
+    @classmethod
+    def real_cheques(cls, **overrides: object) -> SynthConfig:
+        """Closer to scanned bank cheques (style "real"): tighter, touching digits, small
+        quick zeros after a thousands dot, 1s with flags and crossed 7s, ".-" endings."""
+        base: dict[str, object] = {
+            "writing": WritingStyle.real_cheques(),
+            "gap": (-0.18, 0.18),
+            "forms": 0.4,
+            "printed_dollar": 0.05,
+        }
+        return cls(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+SYNTH_STYLES = ("classic", "real")
+
+
+def synth_config(style: str, **overrides: object) -> SynthConfig:
+    """The generator configuration of a named style (`SYNTH_STYLES`)."""
+    if style == "classic":
+        return SynthConfig(**overrides)  # type: ignore[arg-type]
+    if style == "real":
+        return SynthConfig.real_cheques(**overrides)
+    raise ValueError(f"unknown synthetic style {style!r}; use one of {', '.join(SYNTH_STYLES)}")
 
 
 @dataclass
@@ -51,6 +85,7 @@ class Placed:
     left: int
     digit: int
     source: int = -1
+    scale: float = 1.0
 
 
 @dataclass
@@ -84,11 +119,13 @@ def layout_ink(
     pool: DigitPool,
     rng: np.random.Generator,
     digit_height: float,
+    cfg: SynthConfig | None = None,
 ) -> list[Placed]:
     """Place the pen tokens of `written` along a baseline at y = 0 (tops are negative)."""
+    cfg = cfg or SynthConfig()
     slant = float(np.clip(rng.normal(0.12, 0.15), -0.35, 0.5))
     pen_width = max(1.0, float(rng.uniform(0.05, 0.13)) * digit_height)
-    mean_gap = float(rng.uniform(-0.12, 0.3)) * digit_height
+    mean_gap = float(rng.uniform(*cfg.gap)) * digit_height
     slope = float(rng.normal(0.0, 0.03))
     placed: list[Placed] = []
     x = 0.0
@@ -99,12 +136,21 @@ def layout_ink(
             position = pool.pick(token.digit, rng)
             image28 = pool.images[position]
             source = int(pool.source_index[position])
-        glyph, baseline = render.token_glyph(token, image28, rng, digit_height, slant, pen_width)
+        glyph, baseline = render.token_glyph(
+            token, image28, rng, digit_height, slant, pen_width, cfg.forms
+        )
         if i > 0:
-            x += mean_gap + float(rng.normal(0.0, 0.06)) * digit_height
+            gap = mean_gap + float(rng.normal(0.0, 0.06)) * digit_height
+            x += gap * min(token.scale, placed[-1].scale) if gap > 0 else gap
         y = slope * x + float(rng.normal(0.0, 0.035)) * digit_height
         placed.append(
-            Placed(glyph, round(y) - baseline, round(x), token.digit if token.is_digit else -1)
+            Placed(
+                glyph,
+                round(y) - baseline,
+                round(x),
+                token.digit if token.is_digit else -1,
+                scale=token.scale,
+            )
         )
         placed[-1].source = source
         x += glyph.shape[1]
@@ -196,13 +242,13 @@ def render_field(
 ) -> FieldSample:
     """Draw `written` as a scanned amount field (see the module docstring for the steps)."""
     digit_height = float(rng.uniform(cfg.min_digit_height, cfg.max_digit_height))
-    ink = compose_ink(layout_ink(written, pool, rng, digit_height), digit_height)
+    ink = compose_ink(layout_ink(written, pool, rng, digit_height, cfg), digit_height)
     ink_h, ink_w = ink.alpha.shape
     height = max(ink_h + 2, round(digit_height * float(rng.uniform(1.2, 2.3))))
     top = int(rng.integers(0, height - ink_h + 1))
     left = round(float(rng.uniform(0.03, 1.2)) * digit_height)
     dollar_width = 0
-    if rng.random() < 0.25:
+    if rng.random() < cfg.printed_dollar:
         dollar_width = round(float(rng.uniform(0.8, 1.4)) * digit_height)
         left += dollar_width
     right = round(float(rng.uniform(0.03, 1.2)) * digit_height)
@@ -226,9 +272,9 @@ def render_field(
 def sample_field(pool: DigitPool, rng: np.random.Generator, cfg: SynthConfig) -> FieldSample:
     """A random amount field (or, with probability `cfg.blank_rate`, one with no digits)."""
     if cfg.blank_rate > 0 and rng.random() < cfg.blank_rate:
-        written = blank_amount(rng)
+        written = blank_amount(rng, cfg.writing)
     else:
-        written = sample_amount(rng, cfg.min_digits, cfg.max_digits)
+        written = sample_amount(rng, cfg.min_digits, cfg.max_digits, cfg.writing)
     return render_field(written, pool, rng, cfg)
 
 
@@ -272,11 +318,13 @@ def write_fields(out: Path, samples: Iterator[FieldSample], split: str, seed: in
 
 __all__ = [
     "LABELS_FILE",
+    "SYNTH_STYLES",
     "FieldSample",
     "SynthConfig",
     "generate_fields",
     "render_field",
     "sample_field",
     "sample_rng",
+    "synth_config",
     "write_fields",
 ]

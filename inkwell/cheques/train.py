@@ -29,7 +29,7 @@ from inkwell.cheques.model import CRNN, CRNNConfig, count_parameters, frames_for
 from inkwell.cheques.pools import DigitPool, load_pool
 from inkwell.cheques.reader import ChequeReader
 from inkwell.cheques.stream import FieldBatch, FieldStream, collate, prepare_samples
-from inkwell.cheques.synth import SynthConfig, generate_fields
+from inkwell.cheques.synth import SynthConfig, generate_fields, synth_config
 from inkwell.registry import Registry, VersionInfo
 from inkwell.settings import STABLE, CoreSettings
 
@@ -54,6 +54,7 @@ class ChequeTrainConfig:
     channels: tuple[int, int, int, int] = (32, 48, 64, 96)
     hidden: int = 96
     blank_rate: float = 0.02
+    synth_style: str = "classic"  # "real": closer to scanned bank cheques (see synth_config)
     min_digits: int = 2
     max_digits: int = 7
     val_size: int = 1000
@@ -81,8 +82,11 @@ class ChequeTrainConfig:
         return CRNNConfig(channels=self.channels, hidden=self.hidden)
 
     def synth_config(self) -> SynthConfig:
-        return SynthConfig(
-            min_digits=self.min_digits, max_digits=self.max_digits, blank_rate=self.blank_rate
+        return synth_config(
+            self.synth_style,
+            min_digits=self.min_digits,
+            max_digits=self.max_digits,
+            blank_rate=self.blank_rate,
         )
 
 

@@ -11,9 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inkwell.cheques.amounts import sample_amount, write_amount
+from inkwell.cheques import render
+from inkwell.cheques.amounts import WritingStyle, sample_amount, write_amount
 from inkwell.cheques.pools import VAL_START, DigitPool, load_pool
-from inkwell.cheques.synth import SynthConfig, generate_fields, sample_field, write_fields
+from inkwell.cheques.synth import (
+    SynthConfig,
+    generate_fields,
+    sample_field,
+    synth_config,
+    write_fields,
+)
 
 
 def test_same_seed_gives_identical_fields(test_pool: DigitPool) -> None:
@@ -140,3 +147,58 @@ def test_write_fields_writes_images_labels_and_provenance(
 def test_unknown_split_is_refused(mnist_dir: Path) -> None:
     with pytest.raises(ValueError, match="split must be one of"):
         load_pool("holdout", mnist_dir)
+
+
+def _ink(alpha: np.ndarray) -> float:
+    return float((alpha > 0.4).sum())
+
+
+def test_writer_form_crosses_a_seven_and_flags_a_one(test_pool: DigitPool) -> None:
+    rng = np.random.default_rng(0)
+    for digit in (7, 1):
+        image = test_pool.images[test_pool.pick(digit, rng)].astype(np.float32) / 255.0
+        r0, r1, c0, c1 = render.ink_bbox(image, 0.1)
+        crop = image[r0:r1, c0:c1]
+        redrawn = render.writer_form(crop, digit, rng)
+        assert _ink(redrawn) > _ink(crop) * 1.1  # a new stroke was added
+        if digit == 1:
+            assert redrawn.shape[1] > crop.shape[1]  # the flag reaches out to the left
+            assert redrawn[: crop.shape[0] // 3, : redrawn.shape[1] - crop.shape[1]].max() > 0.4
+    three = test_pool.images[test_pool.pick(3, rng)].astype(np.float32) / 255.0
+    assert np.array_equal(render.writer_form(three, 3, rng), three)
+
+
+def test_real_style_writes_trailing_thousands_zeros_small() -> None:
+    rng = np.random.default_rng(2)
+    style = WritingStyle(compact_zeros=1.0, thousands_rate=1.0, cents_rate=0.0)
+    for _ in range(50):
+        written = write_amount("22000", rng, style)
+        digits = [t for t in written.tokens if t.is_digit]
+        assert [t.scale for t in digits[:2]] == [1.0, 1.0]
+        assert all(0.45 <= t.scale < 0.95 for t in digits[2:])
+        assert "".join(str(t.digit) for t in digits) == "22000"
+
+
+def test_amounts_without_a_zero_run_keep_full_size_digits() -> None:
+    rng = np.random.default_rng(3)
+    style = WritingStyle(compact_zeros=1.0)
+    for label in ("12345", "1005", "7"):
+        written = write_amount(label, rng, style)
+        assert all(t.scale == 1.0 for t in written.tokens if t.is_digit)
+
+
+def test_real_style_fields_keep_their_labels_and_boxes(test_pool: DigitPool) -> None:
+    samples = list(generate_fields(test_pool, 30, seed=4, cfg=synth_config("real")))
+    for sample in samples:
+        assert sample.label.isdigit() and 2 <= len(sample.label) <= 7
+        assert len(sample.boxes) == len(sample.label)
+        centres = [(x0 + x1) / 2 for x0, _, x1, _ in sample.boxes]
+        assert centres == sorted(centres)
+    classic = list(generate_fields(test_pool, 30, seed=4))
+    assert [s.label for s in classic] == [s.label for s in samples]  # same amounts drawn
+    assert any(a.image.shape != b.image.shape for a, b in zip(classic, samples, strict=True))
+
+
+def test_unknown_synth_style_is_refused() -> None:
+    with pytest.raises(ValueError, match="classic, real"):
+        synth_config("fancy")
