@@ -195,6 +195,119 @@ def train(
         console.print(f"saved to {out}")
 
 
+@cheques_app.command()
+def split(
+    folder: Annotated[Path, typer.Argument(help="Folder with images and labels.csv.")],
+    out: Annotated[Path, typer.Option(help="Folder for train.csv and test.csv.")],
+    test: Annotated[int, typer.Option(min=1, help="Fields in the held-out test part.")] = 207,
+    seed: int = 0,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (default labels.csv).")] = None,
+) -> None:
+    """Split a labelled folder into fixed, seeded train and test label files."""
+    from inkwell.cheques.dataset import read_labels
+    from inkwell.cheques.finetune import split_rows
+    from inkwell.cheques.synth import write_labels
+    from inkwell.cli import console
+
+    rows = read_labels(folder, labels)
+    train_rows, test_rows = split_rows(rows, test, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train.csv", train_rows), ("test.csv", test_rows)):
+        write_labels(out / name, [(str(r.path.resolve()), r.label) for r in part])
+    console.print(
+        f"{len(train_rows)} train / {len(test_rows)} test fields of {folder} (seed {seed}) "
+        f"written to {out}/train.csv and {out}/test.csv"
+    )
+
+
+@cheques_app.command()
+def finetune(
+    folder: Annotated[Path, typer.Argument(help="Folder of reviewed fields (labels.csv).")],
+    init: Annotated[Path, typer.Option(help="Saved model folder to start from.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the fine-tuned model to.")],
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (default labels.csv).")] = None,
+    calibrate_share: Annotated[
+        float,
+        typer.Option(
+            min=0.05, max=0.5, help="Share of the reviewed fields kept out for calibration."
+        ),
+    ] = 0.15,
+    steps: Annotated[int, typer.Option(min=1, help="Training batches.")] = 1500,
+    batch_size: Annotated[int, typer.Option(min=2)] = 32,
+    real_fraction: Annotated[
+        float, typer.Option(min=0.05, max=1.0, help="Share of each batch from reviewed fields.")
+    ] = 0.5,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 5e-4,
+    synth_style: SynthOpt = "real",
+    review_rate: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Target fraction sent to human review.")
+    ] = 0.05,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    data: DataOpt = None,
+) -> None:
+    """Fine-tune a reader on real reviewed fields with synthetic replay; recalibrate on real."""
+    from inkwell.cheques.dataset import read_labels
+    from inkwell.cheques.finetune import (
+        FinetuneConfig,
+        finetune_reader,
+        load_real_fields,
+        split_rows,
+    )
+    from inkwell.cheques.pools import load_pool
+    from inkwell.cheques.reader import ChequeReader
+    from inkwell.cheques.synth import SYNTH_STYLES
+    from inkwell.cheques.train import TrainHooks
+    from inkwell.cli import console, progress_bar
+
+    check_choice(synth_style, SYNTH_STYLES, "--synth")
+    rows = read_labels(folder, labels)
+    n_cal = max(1, round(calibrate_share * len(rows)))
+    train_rows, cal_rows = split_rows(rows, n_cal, seed + 1)
+    cfg = FinetuneConfig(
+        steps=steps,
+        batch_size=batch_size,
+        real_fraction=real_fraction,
+        lr=lr,
+        seed=seed,
+        synth_style=synth_style,
+        review_rate=review_rate,
+        threads=threads,
+    )
+    reader = ChequeReader.from_dir(init)
+    pool = load_pool("train", data)
+    with progress_bar() as progress:
+        task = progress.add_task("fine-tuning", total=steps, info="")
+
+        def on_step(step: int, loss: float) -> None:
+            progress.update(task, completed=step, info=f"ctc loss {loss:.3f}")
+
+        def on_eval(step: int, metrics: dict[str, float]) -> None:
+            progress.console.print(
+                f"step {step}: real calibration fields, string accuracy "
+                f"{100 * metrics['val_string_accuracy']:.2f} %, "
+                f"CER {100 * metrics['val_cer']:.2f} %"
+            )
+
+        outcome = finetune_reader(
+            reader,
+            load_real_fields(train_rows),
+            load_real_fields(cal_rows),
+            pool,
+            cfg,
+            hooks=TrainHooks(on_step, on_eval),
+        )
+    outcome.reader.save(out)
+    cal, report = outcome.calibration, outcome.calibration_report
+    console.print(
+        f"{len(train_rows)} reviewed fields for training, {len(cal_rows)} for calibration: "
+        f"string accuracy {100 * report.string_accuracy:.2f} %, review threshold "
+        f"{cal.review_threshold:.4f} ({100 * cal.target_review_rate:.0f} % to review → "
+        f"{100 * cal.val_accepted_accuracy:.2f} % on the rest); {outcome.seconds:.0f} s; "
+        f"saved to {out}"
+    )
+
+
 def _parse_rates(text: str) -> list[float]:
     try:
         rates = [float(part) / 100.0 for part in text.split(",") if part.strip()]

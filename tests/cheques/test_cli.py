@@ -160,3 +160,48 @@ def test_continuing_from_a_folder_without_a_model_says_what_is_missing(
     result = runner.invoke(app, ["cheques", "train", "--init", str(tmp_path), "--no-register"])
     assert isinstance(result.exception, ModelNotFoundError)
     assert "holds no cheque model" in result.exception.message
+
+
+def _labelled_folder(folder: Path, n: int) -> Path:
+    folder.mkdir()
+    rows = ["filename,digit_string"]
+    for i in range(n):
+        image = np.full((40, 120), 230, np.uint8)
+        image[10:30, 10 + i : 100] = 30
+        Image.fromarray(image).save(folder / f"f{i}.png")
+        rows.append(f"f{i}.png,{i + 10}.000")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_split_writes_fixed_train_and_test_label_files(app: typer.Typer, tmp_path: Path) -> None:
+    folder = _labelled_folder(tmp_path / "fields", 10)
+    out = tmp_path / "split"
+    code, text = invoke(app, "cheques", "split", str(folder), "--out", str(out), "--test", "3")
+    assert code == 0, text
+    test_rows = [line.split(",") for line in (out / "test.csv").read_text().split()[1:]]
+    train_rows = [line.split(",") for line in (out / "train.csv").read_text().split()[1:]]
+    assert len(test_rows) == 3 and len(train_rows) == 7
+    assert all(label.endswith("000") and "." not in label for _, label in test_rows)
+    assert all(Path(name).is_absolute() and Path(name).is_file() for name, _ in test_rows)
+
+
+def test_finetune_saves_a_reader_calibrated_on_reviewed_fields(
+    app: typer.Typer, model_dir: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    folder = _labelled_folder(tmp_path / "fields", 12)
+    out = tmp_path / "tuned"
+    code, text = invoke(
+        app, "cheques", "finetune", str(folder), "--init", str(model_dir), "--out", str(out),
+        "--steps", "2", "--batch-size", "4", "--threads", "1", "--data", str(mnist_dir),
+    )  # fmt: skip
+    assert code == 0, text
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["finetune"]["real_fields"] + meta["finetune"]["calibration_fields"] == 12
+    assert "2 for calibration" in text
+
+
+def test_unknown_synth_style_is_a_usage_error(app: typer.Typer, tmp_path: Path) -> None:
+    code, text = invoke(app, "cheques", "synth", "--out", str(tmp_path), "--synth", "fancy")
+    assert code == 2
+    assert "classic" in text and "real" in text

@@ -1,0 +1,85 @@
+"""Fine-tuning on reviewed fields: the split, the augmentation, the mixed batches, the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inkwell.cheques.dataset import LabelledImage
+from inkwell.cheques.finetune import (
+    FinetuneConfig,
+    MixedStream,
+    augment_real,
+    finetune_reader,
+    split_rows,
+)
+from inkwell.cheques.pools import DigitPool
+from inkwell.cheques.synth import generate_fields, synth_config
+from inkwell.errors import InvalidInputError
+from tests.cheques.helpers import always_five
+
+
+def _fields(pool: DigitPool, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    """Stand-ins for reviewed fields: rendered amount fields as gray arrays (1 = white)."""
+    return [
+        (s.image.astype(np.float32) / 255.0, s.label)
+        for s in generate_fields(pool, n, seed, synth_config("real"))
+    ]
+
+
+def test_split_is_fixed_by_its_seed_and_disjoint() -> None:
+    rows = [LabelledImage(Path(f"f{i}.jpg"), str(100 + i)) for i in range(50)]
+    train, test = split_rows(rows, 12, seed=3)
+    again_train, again_test = split_rows(rows, 12, seed=3)
+    assert (train, test) == (again_train, again_test)
+    assert len(test) == 12 and len(train) == 38
+    assert not {r.path for r in train} & {r.path for r in test}
+    assert split_rows(rows, 12, seed=4)[1] != test
+
+
+def test_split_refuses_a_test_part_as_big_as_the_folder() -> None:
+    rows = [LabelledImage(Path(f"f{i}.jpg"), "12") for i in range(5)]
+    with pytest.raises(InvalidInputError, match="between 1 and 4"):
+        split_rows(rows, 5, seed=0)
+
+
+def test_augmentation_changes_the_scan_but_keeps_it_an_image(test_pool: DigitPool) -> None:
+    gray, _ = _fields(test_pool, 1, seed=1)[0]
+    first = augment_real(gray, np.random.default_rng(0))
+    assert first.dtype == np.float32 and first.min() >= 0.0 and first.max() <= 1.0
+    assert abs(first.shape[0] - gray.shape[0]) <= 0.2 * gray.shape[0] + 6
+    assert abs(first.shape[1] - gray.shape[1]) <= 0.2 * gray.shape[1] + 10
+    same = augment_real(gray, np.random.default_rng(0))
+    assert np.array_equal(first, same)
+    other = augment_real(gray, np.random.default_rng(1))
+    assert first.shape != other.shape or not np.array_equal(first, other)
+
+
+def test_mixed_batches_hold_the_real_share_and_synthetic_replay(train_pool: DigitPool) -> None:
+    real = [(gray, "4242") for gray, _ in _fields(train_pool, 3, seed=2)]
+    cfg = FinetuneConfig(batch_size=8, real_fraction=0.25)
+    batch = next(iter(MixedStream(real, train_pool, cfg)))
+    assert len(batch.labels) == 8
+    assert batch.labels[:2] == ["4242", "4242"]
+    assert "4242" not in batch.labels[2:]  # synthetic amounts drawn from their own stream
+    assert int(batch.target_lengths.sum()) == len(batch.targets)
+
+
+def test_fine_tuning_learns_from_reviewed_fields_and_leaves_the_parent_alone(
+    train_pool: DigitPool,
+) -> None:
+    parent = always_five()
+    before = {k: v.clone() for k, v in parent.model.state_dict().items()}
+    fields = _fields(train_pool, 24, seed=5)
+    cfg = FinetuneConfig(steps=6, batch_size=8, lr=5e-3, eval_every=0, threads=1)
+    outcome = finetune_reader(parent, fields[:16], fields[16:], train_pool, cfg)
+    for key, value in parent.model.state_dict().items():
+        assert torch.equal(value, before[key])
+    tuned = outcome.reader.model.state_dict()
+    assert any(not torch.equal(tuned[k], before[k]) for k in before)
+    assert outcome.calibration_report.n == 8  # calibrated on the held-out reviewed fields
+    assert outcome.reader.meta["finetune"]["real_fields"] == 16
+    assert outcome.reader.meta["calibration"] == outcome.calibration.to_dict()
