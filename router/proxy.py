@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, MutableMapping
@@ -23,7 +24,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from inkwell.errors import InvalidInputError, PayloadTooLargeError, UpstreamUnavailableError
+from inkwell.errors import (
+    BadRequestError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UpstreamUnavailableError,
+)
 from inkwell.settings import CANARY, STABLE
 from router import metrics as m
 from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
@@ -70,6 +76,10 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+# Client-supplied addresses are never forwarded: a client could pose as any address (to the
+# service's logs and per-client limits). The router sets X-Forwarded-For itself from the peer,
+# which uvicorn has already resolved through trusted proxies only (FORWARDED_ALLOW_IPS).
+CLIENT_ADDRESS_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 # The router's server adds its own; the service's would be duplicates.
 ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
 USER_HEADER_B = USER_HEADER.encode()
@@ -95,6 +105,32 @@ def route_template(path: str) -> str:
     if not all(w in ROUTE_WORDS for w in words):
         return "other"
     return "/" + "/".join(words)
+
+
+# Bytes that would end or split the upstream request line: controls, space, DEL.
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def request_target(scope: MutableMapping[str, Any]) -> str:
+    """The target to forward: the client's raw (still percent-encoded) path and query.
+
+    The decoded `path` turns `%0d%0a` into a real line break, which would split one client
+    request into two upstream requests on a kept-alive connection; the raw bytes cannot.
+    A target that decodes to controls or spaces is refused too: no route has them.
+    """
+    path: str = scope["path"]
+    raw_path: bytes = scope.get("raw_path") or path.encode("utf-8")
+    query: bytes = scope.get("query_string", b"")
+    for part, shown in ((path.encode("utf-8"), "path"), (raw_path, "path"), (query, "query")):
+        if _UNSAFE_TARGET.search(part):
+            raise BadRequestError(
+                f"the request {shown} contains control characters or spaces (such as %0d%0a "
+                "or %20); percent-encoded line breaks and spaces are not allowed in a URL "
+                "here. Send the path without them.",
+                code="invalid_request_target",
+            )
+    target = raw_path + b"?" + query if query else raw_path
+    return target.decode("latin-1")
 
 
 def is_model_route(path: str) -> bool:
@@ -141,6 +177,8 @@ def read_headers(scope: MutableMapping[str, Any]) -> Incoming:
             incoming.variant = value.decode("latin-1")
         elif name == b"cookie":
             incoming.cookie = value.decode("latin-1")
+        elif name in CLIENT_ADDRESS_HEADERS:
+            continue
         if name not in HOP_BY_HOP:
             forward.append((name, value))
     client = scope.get("client")
@@ -239,12 +277,15 @@ class Proxy:
         path: str = scope["path"]
         method: str = scope["method"]
         query: str = scope.get("query_string", b"").decode("latin-1")
+        target = request_target(scope)
         route = route_template(path)
         incoming = read_headers(scope)
         body = await self._read_body(request, incoming.content_length)
         raw_headers = incoming.upstream
         if not is_model_route(path):
-            return await self._to_stable(method, path, query, raw_headers, body, route, started)
+            return await self._to_stable(
+                method, path, target, query, raw_headers, body, route, started
+            )
 
         split = self.split()
         override = parse_override(incoming.variant)
@@ -271,7 +312,7 @@ class Proxy:
         if answered == CANARY and not self.breaker.allow():
             answered = STABLE
         if answered == CANARY:
-            attempt = await self._attempt(self.canary, method, path, query, raw_headers, body)
+            attempt = await self._attempt(self.canary, method, path, target, raw_headers, body)
             self._breaker_record(not attempt.failed)
             if attempt.failed:
                 fallback = attempt.outcome
@@ -280,9 +321,9 @@ class Proxy:
                     "canary %s on %s (%s); answering from stable", fallback, path, attempt.error
                 )
                 answered = STABLE
-                attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+                attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
         else:
-            attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+            attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
         if attempt.failed and attempt.outcome != m.INVALID:  # stable's answer, whatever it is
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
@@ -305,7 +346,7 @@ class Proxy:
             self._start_shadow(
                 method,
                 path,
-                query,
+                target,
                 raw_headers,
                 body,
                 prediction,
@@ -328,6 +369,7 @@ class Proxy:
         self,
         method: str,
         path: str,
+        target: str,
         query: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
@@ -335,7 +377,7 @@ class Proxy:
         started: float,
     ) -> Response:
         """Non-model routes (samples, stats, health) always go to stable."""
-        attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+        attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
         if attempt.failed:
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
@@ -365,7 +407,7 @@ class Proxy:
         self,
         method: str,
         path: str,
-        query: str,
+        target: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         stable_prediction: str,
@@ -379,7 +421,7 @@ class Proxy:
             self._shadow(
                 method,
                 path,
-                query,
+                target,
                 raw_headers,
                 body,
                 stable_prediction,
@@ -394,7 +436,7 @@ class Proxy:
         self,
         method: str,
         path: str,
-        query: str,
+        target: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         stable_prediction: str,
@@ -406,7 +448,7 @@ class Proxy:
             self.metrics.shadow_dropped.labels("breaker_open").inc()
             return
         attempt = await self._attempt(
-            self.canary, method, path, query, raw_headers, body, mode=m.SHADOW
+            self.canary, method, path, target, raw_headers, body, mode=m.SHADOW
         )
         self._breaker_record(not attempt.failed)
         if attempt.failed or not 200 <= attempt.status < 300:
@@ -433,13 +475,13 @@ class Proxy:
         backend: Backend,
         method: str,
         path: str,
-        query: str,
+        target: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         *,
         mode: str = m.LIVE,
     ) -> Attempt:
-        target = f"{path}?{query}" if query else path
+        """Send the request to one backend; `path` (decoded) classifies, `target` is sent."""
         started = time.perf_counter()
         outcome, status, headers, content, error = m.OK, 0, [], b"", ""
         try:

@@ -42,6 +42,12 @@ class RouterSettings(CoreSettings):
     canary_timeout_s: float = Field(
         default=2.0, gt=0, description="A slower canary answer is abandoned and retried on stable."
     )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxies (comma-separated IPs or CIDRs, e.g. the Ingress's) whose "
+        "X-Forwarded-For names the client; default none: every client's own "
+        "X-Forwarded-For is ignored and the router sends the peer's address.",
+    )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=256, gt=0)
     upstream_client: Literal["fast", "httpx"] = Field(
