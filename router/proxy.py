@@ -38,9 +38,11 @@ from router.forward import TIMEOUT, Upstream, UpstreamFailure, make_upstream
 from router.metrics import RouterMetrics
 from router.payload import answer_problem, peek, prediction_of, version_of
 from router.routing import (
+    OVERRIDE_KEY_HEADER,
     USER_HEADER,
     VARIANT_HEADER,
     Split,
+    check_override_key,
     choose,
     parse_override,
     should_shadow,
@@ -84,6 +86,7 @@ CLIENT_ADDRESS_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-i
 ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
 USER_HEADER_B = USER_HEADER.encode()
 VARIANT_HEADER_B = VARIANT_HEADER.encode()
+OVERRIDE_KEY_HEADER_B = OVERRIDE_KEY_HEADER.encode()
 ANSWERED_HEADER = b"x-inkwell-variant"
 FALLBACK_HEADER = b"x-inkwell-fallback"
 UNKNOWN_VERSION = "unknown"
@@ -159,6 +162,7 @@ class Incoming:
     content_length: str | None = None
     user: str | None = None
     variant: str | None = None
+    override_key: str | None = None
     cookie: str | None = None
 
 
@@ -177,6 +181,9 @@ def read_headers(scope: MutableMapping[str, Any]) -> Incoming:
             incoming.variant = value.decode("latin-1")
         elif name == b"cookie":
             incoming.cookie = value.decode("latin-1")
+        elif name == OVERRIDE_KEY_HEADER_B:
+            incoming.override_key = value.decode("latin-1")
+            continue  # a key for the router only: never sent on
         elif name in CLIENT_ADDRESS_HEADERS:
             continue
         if name not in HOP_BY_HOP:
@@ -265,6 +272,7 @@ class Proxy:
         self.memory = ServedMemory(settings.served_memory)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.max_shadow_in_flight = 64  # beyond this, copies are dropped: shadow never queues
+        self.override_keys: tuple[str, ...] = ()  # may send X-Inkwell-Variant (set at start)
 
     def backend(self, variant: str) -> Backend:
         return self.canary if variant == CANARY else self.stable
@@ -289,6 +297,11 @@ class Proxy:
 
         split = self.split()
         override = parse_override(incoming.variant)
+        if override is not None:
+            check_override_key(incoming.override_key, self.override_keys)
+        # A tester's override is kept out of everything the rollout is judged on: its own
+        # metric mode, no circuit breaker, no shadow copy, no delayed-label scoring.
+        mode = m.LIVE if override is None else m.OVERRIDE
         user_id = validate_user_id(
             incoming.user or cookie_value(incoming.cookie, self.settings.user_cookie)
         )
@@ -309,11 +322,14 @@ class Proxy:
         )
         answered = choice.variant
         fallback = ""
-        if answered == CANARY and not self.breaker.allow():
+        if answered == CANARY and override is None and not self.breaker.allow():
             answered = STABLE
         if answered == CANARY:
-            attempt = await self._attempt(self.canary, method, path, target, raw_headers, body)
-            self._breaker_record(not attempt.failed)
+            attempt = await self._attempt(
+                self.canary, method, path, target, raw_headers, body, mode=mode
+            )
+            if override is None:
+                self._breaker_record(not attempt.failed)
             if attempt.failed:
                 fallback = attempt.outcome
                 self.metrics.fallbacks.labels(attempt.outcome).inc()
@@ -321,9 +337,13 @@ class Proxy:
                     "canary %s on %s (%s); answering from stable", fallback, path, attempt.error
                 )
                 answered = STABLE
-                attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
+                attempt = await self._attempt(
+                    self.stable, method, path, target, raw_headers, body, mode=mode
+                )
         else:
-            attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
+            attempt = await self._attempt(
+                self.stable, method, path, target, raw_headers, body, mode=mode
+            )
         if attempt.failed and attempt.outcome != m.INVALID:  # stable's answer, whatever it is
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
@@ -335,10 +355,11 @@ class Proxy:
         prediction = None
         if method == "POST" and attempt.document is not None:
             prediction = prediction_of(attempt.document)
-            if prediction is not None and peeked is not None and peeked.image_key:
+            if prediction is not None and peeked is not None and peeked.image_key and not override:
                 self.memory.remember(peeked.image_key, Served(answered, version, prediction))
         if (
             method == "POST"
+            and override is None
             and not fallback
             and prediction is not None
             and should_shadow(split, answered, canary_ready and self.breaker.peek(), self.rng)

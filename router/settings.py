@@ -92,6 +92,11 @@ class RouterSettings(CoreSettings):
         description="Key for the admin API (header X-API-Key); default: generated once and "
         "kept in <home>/router-admin.key.",
     )
+    tester_api_key: SecretStr | None = Field(
+        default=None,
+        description="A second key that may send X-Inkwell-Variant overrides (header "
+        "X-Inkwell-Override-Key) but not call the admin API; the admin key may too.",
+    )
     admin_url: str | None = Field(
         default=None, description="Router the `inkwell rollout` commands call (default: local)."
     )

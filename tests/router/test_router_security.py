@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from router import metrics as m
+from router.analysis import Sample, build_observation
 from router.app import create_app
 from router.cli import forwarding_options
 from router.settings import RouterSettings
+from router.sources import parse_exposition
 from tests.router.router_fakes import serve_in_thread
 
 ADMIN_KEY = "router-admin-key-for-tests-0123456789"
+TESTER_KEY = "router-tester-key-for-tests-9876543210"
 
 
 @dataclass
@@ -25,6 +29,7 @@ class Recorder:
 
     variant: str
     version: str
+    status: int = 200  # of predictions
     requests: list[tuple[str, bytes, bytes, dict[bytes, list[bytes]]]] = field(default_factory=list)
 
     def proxied(self) -> list[tuple[str, bytes, bytes, dict[bytes, list[bytes]]]]:
@@ -51,7 +56,7 @@ class Recorder:
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": 200 if scope["path"] == "/readyz" else self.status,
                 "headers": [(b"content-type", b"application/json")],
             }
         )
@@ -74,6 +79,7 @@ def router(tmp_path, stable_url: str, canary_url: str, **overrides) -> Iterator[
         controller=False,
         probe_interval_s=0.1,
         admin_api_key=ADMIN_KEY,
+        tester_api_key=TESTER_KEY,
         **overrides,
     )
     app = create_app(settings)
@@ -156,3 +162,73 @@ def test_a_trusted_proxy_names_the_client(tmp_path, upstreams):
         client.get("/v1/samples/stats", headers={"X-Forwarded-For": "203.0.113.7"})
         [(_, _, _, headers)] = stable.proxied()
         assert headers[b"x-forwarded-for"] == [b"203.0.113.7"]
+
+
+# ---- the variant override -----------------------------------------------------------------------
+
+
+def predict(client: httpx.Client, **headers: str) -> httpx.Response:
+    return client.post(
+        "/v1/digits/predict", content=b"png", headers={"content-type": "image/png", **headers}
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "code"),
+    [(None, "missing_override_key"), ("not-the-key", "invalid_override_key")],
+)
+@pytest.mark.parametrize("variant", ["canary", "stable"])
+def test_an_override_without_the_key_is_refused(tmp_path, upstreams, key, code, variant):
+    stable, stable_url, canary, canary_url = upstreams
+    headers = {"X-Inkwell-Variant": variant}
+    if key is not None:
+        headers["X-Inkwell-Override-Key"] = key
+    with router(tmp_path, stable_url, canary_url) as client:
+        response = predict(client, **headers)
+        assert response.status_code == 401
+        assert response.json()["code"] == code
+        assert "X-Inkwell-Override-Key" in response.json()["message"]
+        assert not stable.proxied() and not canary.proxied()
+
+
+@pytest.mark.parametrize("key", [ADMIN_KEY, TESTER_KEY])
+def test_the_admin_or_tester_key_may_override_and_is_not_sent_on(tmp_path, upstreams, key):
+    _, stable_url, canary, canary_url = upstreams
+    with router(tmp_path, stable_url, canary_url) as client:
+        response = predict(client, **{"X-Inkwell-Variant": "canary", "X-Inkwell-Override-Key": key})
+        assert response.status_code == 200
+        assert response.headers["x-inkwell-variant"] == "canary"
+        [(_, _, _, headers)] = canary.proxied()
+        assert b"x-inkwell-override-key" not in headers
+
+
+def test_the_tester_key_cannot_call_the_admin_api(tmp_path, upstreams):
+    _, stable_url, _, canary_url = upstreams
+    with router(tmp_path, stable_url, canary_url) as client:
+        assert client.get("/admin/rollout", headers={"X-API-Key": TESTER_KEY}).status_code == 401
+
+
+def test_override_traffic_stays_out_of_the_analysis_and_the_breaker(tmp_path, upstreams):
+    _, stable_url, canary, canary_url = upstreams
+    canary.status = 500  # every override request to the canary fails
+    override = {"X-Inkwell-Variant": "canary", "X-Inkwell-Override-Key": TESTER_KEY}
+    with router(tmp_path, stable_url, canary_url, breaker_consecutive_failures=3) as client:
+        for _ in range(10):
+            assert predict(client, **override).status_code == 200  # stable's answer
+        assert len(canary.proxied()) == 10  # the breaker never opened on testers' failures
+        exposition = client.get("/metrics").text
+    series = parse_exposition(exposition)
+    samples = [Sample(name, dict(labels), value) for (name, labels), value in series.items()]
+    assert (
+        sum(
+            s.value
+            for s in samples
+            if s.name == f"{m.UPSTREAM_REQUESTS}_total" and s.labels["mode"] == "override"
+        )
+        == 20
+    )  # 10 to the canary, 10 answered by stable: counted, under their own mode
+    observation = build_observation(samples)
+    assert observation.of("canary", "2").requests == 0
+    assert observation.of("canary", "2").latency_count == 0
+    assert observation.of("stable", "1").requests == 0
+    assert observation.breaker_open.get("canary") is False
