@@ -36,7 +36,7 @@ from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from router.feedback import Served, ServedMemory, score
 from router.forward import TIMEOUT, Upstream, UpstreamFailure, make_upstream
 from router.metrics import RouterMetrics
-from router.payload import answer_problem, peek, prediction_of, version_of
+from router.payload import Peek, answer_problem, peek, prediction_of, version_of
 from router.routing import (
     OVERRIDE_KEY_HEADER,
     USER_HEADER,
@@ -90,6 +90,9 @@ OVERRIDE_KEY_HEADER_B = OVERRIDE_KEY_HEADER.encode()
 ANSWERED_HEADER = b"x-inkwell-variant"
 FALLBACK_HEADER = b"x-inkwell-fallback"
 UNKNOWN_VERSION = "unknown"
+# Bodies above this are read (JSON parsed, multipart split, hashed) in a worker thread: a
+# 16 MB JSON document takes the event loop away from every other request for ~0.1 s.
+PEEK_INLINE_BYTES = 64 * 1024
 
 
 @functools.lru_cache(maxsize=4096)
@@ -305,7 +308,11 @@ class Proxy:
         user_id = validate_user_id(
             incoming.user or cookie_value(incoming.cookie, self.settings.user_cookie)
         )
-        peeked = peek(incoming.content_type, body, query) if method == "POST" else None
+        peeked = (
+            await self._peek(incoming.content_type, body, query, strict=True)
+            if method == "POST"
+            else None
+        )
         if user_id is None and peeked is not None:
             user_id = validate_user_id(peeked.user_id)
         new_cookie: str | None = None
@@ -344,7 +351,9 @@ class Proxy:
             attempt = await self._attempt(
                 self.stable, method, path, target, raw_headers, body, mode=mode
             )
-        if attempt.failed and attempt.outcome != m.INVALID:  # stable's answer, whatever it is
+        # stable's answer, whatever it is, even a 5xx (its message says what went wrong); only
+        # no answer at all is the router's 502
+        if attempt.outcome in (m.TIMEOUT, m.UNAVAILABLE):
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
                 f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
@@ -355,7 +364,7 @@ class Proxy:
         prediction = None
         if method == "POST" and attempt.document is not None:
             prediction = prediction_of(attempt.document)
-            if prediction is not None and peeked is not None and peeked.image_key and not override:
+            if peeked is not None and peeked.image_key and prediction is not None and not override:
                 self.memory.remember(peeked.image_key, Served(answered, version, prediction))
         if (
             method == "POST"
@@ -399,23 +408,33 @@ class Proxy:
     ) -> Response:
         """Non-model routes (samples, stats, health) always go to stable."""
         attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
-        if attempt.failed:
+        if attempt.outcome in (m.TIMEOUT, m.UNAVAILABLE):  # a 5xx answer is passed on as is
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
                 f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
                 "retry shortly, and check that it is running."
             )
         if method == "POST" and path == SAMPLES_PATH and 200 <= attempt.status < 300:
-            self._score_label(raw_headers, body, query)
+            await self._score_label(raw_headers, body, query)
         self._count(route, STABLE, self.stable.served_version, attempt.status, started)
         return self._response(attempt, STABLE, "")
 
-    def _score_label(self, raw_headers: list[tuple[bytes, bytes]], body: bytes, query: str) -> None:
+    async def _peek(
+        self, content_type: str | None, body: bytes, query: str, *, strict: bool
+    ) -> Peek:
+        """`payload.peek`, in a worker thread for a large body."""
+        if len(body) <= PEEK_INLINE_BYTES:
+            return peek(content_type, body, query, strict=strict)
+        return await asyncio.to_thread(peek, content_type, body, query, strict=strict)
+
+    async def _score_label(
+        self, raw_headers: list[tuple[bytes, bytes]], body: bytes, query: str
+    ) -> None:
         """A stored labelled upload scores earlier predictions of the same image."""
         content_type = next(
             (v.decode("latin-1") for k, v in raw_headers if k == b"content-type"), None
         )
-        found = peek(content_type, body, query)
+        found = await self._peek(content_type, body, query, strict=False)
         if not found.image_key or found.label is None:
             return
         for served, correct in score(self.memory.take(found.image_key), found.label):

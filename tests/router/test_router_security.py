@@ -3,6 +3,7 @@ client addresses, anonymous overrides, malformed JSON bodies. Real router, real 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from router import metrics as m
+from router import proxy
 from router.analysis import Sample, build_observation
 from router.app import create_app
 from router.cli import forwarding_options
@@ -232,3 +234,77 @@ def test_override_traffic_stays_out_of_the_analysis_and_the_breaker(tmp_path, up
     assert observation.of("canary", "2").latency_count == 0
     assert observation.of("stable", "1").requests == 0
     assert observation.breaker_open.get("canary") is False
+
+
+# ---- JSON bodies the router reads ---------------------------------------------------------------
+
+
+def post_json(client: httpx.Client, body: bytes) -> httpx.Response:
+    return client.post(
+        "/v1/digits/predict", content=body, headers={"content-type": "application/json"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, 422, "nested more than 32"),
+        (b'{"pixels":' + b"[" * 40 + b"0" + b"]" * 40 + b"}", 422, "nested more than 32"),
+        (b'{"pixels": [' + b"9" * 300 + b"]}", 422, "integer of 300 digits"),
+        (b'{"user_id": -' + b"7" * 25 + b', "pixels": [0]}', 422, "at most 64 bits"),
+        (b'{"pixels": [' + b"1" * 5000 + b"]}", 400, "not valid JSON"),
+        (b'{"pixels": [0, 1,', 400, "not valid JSON"),
+        (b"\xff\xfe{}", 400, "not valid JSON"),
+    ],
+)
+def test_malformed_json_is_a_4xx_with_a_message_and_never_forwarded(
+    tmp_path, upstreams, body, status, words
+):
+    stable, stable_url, canary, canary_url = upstreams
+    with router(tmp_path, stable_url, canary_url) as client:
+        response = post_json(client, body)
+        assert response.status_code == status, response.text
+        assert response.json()["code"] == "invalid_json"
+        assert words in response.json()["message"]
+        assert client.get("/healthz").status_code == 200
+        assert not stable.proxied() and not canary.proxied()
+
+
+def test_well_formed_json_is_forwarded_unchanged(tmp_path, upstreams):
+    stable, stable_url, _, canary_url = upstreams
+    body = b'{"user_id": 12345, "pixels": [[0, 255], [18446744073709551615, 1.5e3]]}'
+    with router(tmp_path, stable_url, canary_url) as client:
+        assert post_json(client, body).status_code == 200
+        assert len(stable.proxied()) == 1
+
+
+def test_large_bodies_are_read_off_the_event_loop(tmp_path, upstreams, monkeypatch):
+    on_loop: list[tuple[int, bool]] = []
+    real_peek = proxy.peek
+
+    def recording_peek(content_type, body, query="", *, strict=False):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append((len(body), True))
+        except RuntimeError:
+            on_loop.append((len(body), False))
+        return real_peek(content_type, body, query, strict=strict)
+
+    monkeypatch.setattr(proxy, "peek", recording_peek)
+    _, stable_url, _, canary_url = upstreams
+    small = b'{"pixels": [' + b"0," * 100 + b"0]}"
+    large = b'{"pixels": [' + b"0," * 400_000 + b"0]}"
+    with router(tmp_path, stable_url, canary_url) as client:
+        assert post_json(client, small).status_code == 200
+        assert post_json(client, large).status_code == 200
+    assert on_loop == [(len(small), True), (len(large), False)]
+
+
+def test_a_stable_error_answer_is_passed_on_not_called_unavailable(tmp_path, upstreams):
+    stable, stable_url, _, canary_url = upstreams
+    stable.status = 500
+    with router(tmp_path, stable_url, canary_url) as client:
+        response = post_json(client, b'{"pixels": [0]}')
+        assert response.status_code == 500
+        assert response.json()["model_version"] == "1"  # the service's own body
+        assert response.headers["x-inkwell-variant"] == "stable"
