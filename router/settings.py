@@ -8,10 +8,10 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from inkwell.settings import CoreSettings
+from inkwell.settings import ApiKey, CoreSettings, check_key
 
 ADMIN_KEY_FILE = "router-admin.key"
 
@@ -87,12 +87,12 @@ class RouterSettings(CoreSettings):
     )
 
     # ---- admin ---------------------------------------------------------------------------
-    admin_api_key: SecretStr | None = Field(
+    admin_api_key: ApiKey | None = Field(
         default=None,
         description="Key for the admin API (header X-API-Key); default: generated once and "
         "kept in <home>/router-admin.key.",
     )
-    tester_api_key: SecretStr | None = Field(
+    tester_api_key: ApiKey | None = Field(
         default=None,
         description="A second key that may send X-Inkwell-Variant overrides (header "
         "X-Inkwell-Override-Key) but not call the admin API; the admin key may too.",
@@ -229,7 +229,7 @@ class RouterSettings(CoreSettings):
             return self.admin_api_key.get_secret_value()
         path = Path(self.home) / ADMIN_KEY_FILE
         if path.exists():
-            return path.read_text().strip() or None
+            return _key_from_file(path)
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +243,18 @@ class RouterSettings(CoreSettings):
         try:
             os.link(tmp, path)  # atomic and fails if another process made the key first
         except FileExistsError:
-            return path.read_text().strip() or None
+            return _key_from_file(path)
         finally:
             tmp.unlink(missing_ok=True)
         return key
+
+
+def _key_from_file(path: Path) -> str | None:
+    """The admin key kept in `path`; a hand-written weak one is refused like a setting."""
+    key = path.read_text().strip()
+    if not key:
+        return None
+    try:
+        return check_key(key)
+    except ValueError as exc:
+        raise ValueError(f"the router's admin key in {path}: {exc}") from exc

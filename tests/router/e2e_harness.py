@@ -27,8 +27,8 @@ from PIL import Image
 from tests.router.router_fakes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN_KEY = "e2e-admin-key"
-SERVICE_KEY = "e2e-upload-key"
+ADMIN_KEY = "e2e-admin-key-0123456789"
+SERVICE_KEY = "e2e-upload-key-0123456789"
 CLI = "from inkwell.cli import main; main()"
 
 
