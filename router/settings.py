@@ -135,7 +135,9 @@ class RouterSettings(CoreSettings):
 
     # ---- analysis thresholds (canary compared against the stable baseline) ---------------
     min_requests: int = Field(
-        default=20, ge=1, description="Canary requests needed before a step can pass."
+        default=20,
+        ge=1,
+        description="Canary requests needed before a step can pass or a request check fail.",
     )
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     error_rate_margin: float = Field(
