@@ -42,6 +42,13 @@ class InvalidInputError(InkwellError):
     status_code = 422
 
 
+class BadRequestError(InvalidInputError):
+    """The request itself is malformed (its target, its framing), not just its content."""
+
+    code = "bad_request"
+    status_code = 400
+
+
 class InvalidImageError(InvalidInputError):
     code = "invalid_image"
 

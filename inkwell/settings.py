@@ -8,14 +8,47 @@ configures the whole system. Every default works on one machine with no server.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STABLE = "stable"
 CANARY = "canary"
 VARIANTS = (STABLE, CANARY)
+
+
+MIN_KEY_LENGTH = 16
+# The values example files ship with (`change-me...`) and their usual spellings.
+_PLACEHOLDER = re.compile(r"^(change|replace)[-_ ]?me|^your[-_ ]")
+KEY_ADVICE = 'make one with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def check_key(key: str) -> str:
+    """A key as configured, or ValueError if it is a placeholder or shorter than 16 chars."""
+    if _PLACEHOLDER.search(key.strip().lower()):
+        raise ValueError(
+            f"this key is a placeholder ({key[:12]!r}...), not a secret: anyone who read the "
+            f"example file knows it. Replace it with a random key; {KEY_ADVICE}"
+        )
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(
+            f"this key has {len(key)} characters; a key needs at least {MIN_KEY_LENGTH} so it "
+            f"cannot be guessed. {KEY_ADVICE[0].upper()}{KEY_ADVICE[1:]}"
+        )
+    return key
+
+
+def _check_secret(value: SecretStr) -> SecretStr:
+    check_key(value.get_secret_value())
+    return value
+
+
+# Every API key a component reads from its settings: refused at start-up when it is a
+# placeholder or too short.
+ApiKey = Annotated[SecretStr, AfterValidator(_check_secret)]
 
 
 def _shared(name: str, *extra: str) -> AliasChoices:
@@ -31,7 +64,10 @@ def default_home() -> Path:
 class CoreSettings(BaseSettings):
     """Settings every process reads: where data, state and the model registry live."""
 
-    model_config = SettingsConfigDict(env_prefix="INKWELL_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a refused key must not be printed in the start-up error
+    model_config = SettingsConfigDict(
+        env_prefix="INKWELL_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     home: Path = Field(default_factory=default_home, validation_alias=_shared("HOME"))
     data_dir: Path | None = Field(

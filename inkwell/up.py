@@ -43,6 +43,7 @@ CHEQUE_TRAINING = "cheque-training"
 COMPONENTS = (SERVICE_STABLE, SERVICE_CANARY, TRAINER, ROUTER)
 API_KEY_FILE = "api.key"
 ADMIN_KEY_FILE = "router-admin.key"  # the file the router itself falls back to
+TRAINER_KEY_FILE = "trainer-admin.key"
 
 
 class UpSettings(CoreSettings):
@@ -152,12 +153,15 @@ def local_key(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Keys:
-    """The client key (sample uploads) and the admin key (rollout and retrain actions)."""
+    """The client key (sample uploads), the router's admin key (rollout actions) and the
+    trainer's admin key (retrains): two admin keys, so one leaked key opens only one API."""
 
     api_key: str
     admin_key: str
     api_key_source: str
     admin_key_source: str
+    trainer_key: str
+    trainer_key_source: str
 
 
 def resolve_keys(settings: UpSettings, environ: dict[str, str] | None = None) -> Keys:
@@ -176,7 +180,13 @@ def resolve_keys(settings: UpSettings, environ: dict[str, str] | None = None) ->
     else:
         path = settings.home / ADMIN_KEY_FILE
         admin, admin_source = local_key(path), str(path)
-    return Keys(api_key, admin, api_source, admin_source)
+    trainer = env.get("INKWELL_TRAINER_ADMIN_API_KEY", "").strip()
+    if trainer:
+        trainer_source = "INKWELL_TRAINER_ADMIN_API_KEY"
+    else:
+        path = settings.home / TRAINER_KEY_FILE
+        trainer, trainer_source = local_key(path), str(path)
+    return Keys(api_key, admin, api_source, admin_source, trainer, trainer_source)
 
 
 # ---- process specs -------------------------------------------------------------------------
@@ -276,7 +286,7 @@ def build_specs(settings: UpSettings, keys: Keys, prometheus: str | None) -> lis
             "INKWELL_TRAINER_PORT": str(settings.trainer_port),
         }
         if not os.environ.get("INKWELL_TRAINER_ADMIN_API_KEY"):
-            trainer_env["INKWELL_TRAINER_ADMIN_API_KEY"] = keys.admin_key
+            trainer_env["INKWELL_TRAINER_ADMIN_API_KEY"] = keys.trainer_key
         specs.append(
             ProcessSpec(
                 name=TRAINER,
@@ -436,7 +446,10 @@ def print_summary(settings: UpSettings, keys: Keys, supervisor: Supervisor) -> N
         if name in running and name in settings.ports:
             table.add_row(name, settings.url(settings.ports[name]))
     table.add_row("API key (uploads)", f"{keys.api_key}  [dim]({keys.api_key_source})[/dim]")
-    table.add_row("admin key", f"{keys.admin_key}  [dim]({keys.admin_key_source})[/dim]")
+    table.add_row("router admin key", f"{keys.admin_key}  [dim]({keys.admin_key_source})[/dim]")
+    table.add_row(
+        "trainer admin key", f"{keys.trainer_key}  [dim]({keys.trainer_key_source})[/dim]"
+    )
     table.add_row("logs", str(settings.resolved_log_dir))
     console.print("[green bold]Inkwell is up.[/green bold]")
     console.print(table)

@@ -122,6 +122,10 @@ class Runtime:
     async def start(self) -> None:
         settings = self.settings
         self.admin_key = await asyncio.to_thread(settings.resolved_admin_key)
+        tester = settings.tester_api_key
+        self.proxy.override_keys = tuple(
+            key for key in (self.admin_key, tester and tester.get_secret_value()) if key
+        )
         await self.proxy.probe_all()
         if settings.controller:
             self.store = await asyncio.to_thread(RolloutStore, settings.resolved_database_url)

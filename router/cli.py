@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from inkwell.errors import AuthError, InkwellError, UpstreamUnavailableError
+
+if TYPE_CHECKING:
+    from router.settings import RouterSettings
 
 rollout_app = typer.Typer(
     help="Watch and steer the stable/canary rollout (calls the router's admin API).",
@@ -77,7 +80,15 @@ def serve(
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **forwarding_options(settings),
     )
+
+
+def forwarding_options(settings: RouterSettings) -> dict[str, Any]:
+    """uvicorn options: trust X-Forwarded-For only from the configured proxies."""
+    if not settings.forwarded_allow_ips:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.forwarded_allow_ips}
 
 
 def _call(method: str, path: str, url: str | None, key: str | None, body: Any = None) -> Any:

@@ -40,6 +40,7 @@ OUTCOMES = (OK, CLIENT_ERROR, ERROR, TIMEOUT, UNAVAILABLE, INVALID)
 FAILED_OUTCOMES = (ERROR, TIMEOUT, UNAVAILABLE, INVALID)
 LIVE = "live"
 SHADOW = "shadow"
+OVERRIDE = "override"  # a tester's X-Inkwell-Variant request: never part of the analysis
 
 LATENCY_BUCKETS = (
     0.001,
@@ -88,7 +89,8 @@ class RouterMetrics:
         )
         self.upstream_requests = Counter(
             UPSTREAM_REQUESTS,
-            "Requests the router sent to a model service, by outcome (live or shadow copy).",
+            "Requests the router sent to a model service, by outcome and mode (live, shadow "
+            "copy, or override: a tester's request, left out of the analysis).",
             ["variant", "model_version", "outcome", "mode"],
             registry=r,
         )
@@ -175,15 +177,17 @@ class RouterMetrics:
     def observe_upstream(
         self, variant: str, version: str, outcome: str, mode: str, seconds: float
     ) -> None:
-        """One request sent to a model service."""
+        """One request sent to a model service (override requests: counted, not timed, so
+        the latency the analysis reads is users' and shadow copies' only)."""
         self._child(self.upstream_requests, variant, version, outcome, mode).inc()
-        self._child(self.upstream_latency, variant, version).observe(seconds)
+        if mode != OVERRIDE:
+            self._child(self.upstream_latency, variant, version).observe(seconds)
 
     def prime(self, variant: str, version: str) -> None:
         """Create a variant/version's series at zero so Prometheus sees them from the start
         (`increase()` misses the first increments of a series born between scrapes)."""
         for outcome in OUTCOMES:
-            for mode in (LIVE, SHADOW):
+            for mode in (LIVE, SHADOW, OVERRIDE):
                 self.upstream_requests.labels(variant, version, outcome, mode)
         self.upstream_latency.labels(variant, version)
         for correct in ("true", "false"):

@@ -1,6 +1,8 @@
 """Pure reading of request and response bodies: the user id, the image's content hash, the
-label of an upload, and the prediction in a service answer. Nothing here raises on odd input:
-the service validates requests; the router only peeks and forwards the bytes unchanged.
+label of an upload, and the prediction in a service answer. The service validates requests and
+the router forwards the bytes unchanged; the router refuses (with `strict`) only JSON it cannot
+read safely itself: not JSON at all, nested deeper than any request needs, or integers beyond
+64 bits. Without `strict` nothing here raises on odd input.
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from inkwell.errors import BadRequestError, InvalidInputError
+
 USER_FIELDS = ("user_id", "user")
 LABEL_FIELDS = ("label",)
 IMAGE_FIELDS = ("image", "file", "upload")
 PIXEL_FIELDS = ("pixels", "image", "images", "inputs", "instances")
+# The deepest request (Open Inference Protocol: body, inputs, input, data as [n][h][w]) is 6.
+MAX_JSON_DEPTH = 32
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,51 @@ def _first(mapping: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def peek(content_type: str | None, body: bytes, query: str = "") -> Peek:
-    """User id, image hash and label from a request, whatever form it was sent in."""
+def json_problem(document: Any) -> str | None:
+    """Why a parsed JSON request is unsafe to hand on (too deep, an integer beyond 64 bits),
+    or None. Iterative: a deep document must not exhaust the stack here."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        items = value.values() if isinstance(value, dict) else value
+        if depth > MAX_JSON_DEPTH:
+            return f"it is nested more than {MAX_JSON_DEPTH} levels deep"
+        for item in items:
+            kind = type(item)
+            if kind is int and not INT64_MIN <= item <= UINT64_MAX:
+                return f"it holds an integer of {len(str(abs(item)))} digits (at most 64 bits)"
+            if kind is list or kind is dict:
+                stack.append((item, depth + 1))
+    return None
+
+
+def parse_json(body: bytes) -> Any:
+    """A JSON request body, or a 4xx error that says what is wrong with it."""
+    problem: str | None
+    try:
+        document = json.loads(body)
+    except RecursionError:
+        document, problem = None, f"it is nested more than {MAX_JSON_DEPTH} levels deep"
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also 4300+ digit integers
+        raise BadRequestError(
+            f"the request body is not valid JSON ({str(exc)[:200]}); send a JSON document, "
+            "or the right Content-Type for an image.",
+            code="invalid_json",
+        ) from exc
+    else:
+        problem = json_problem(document) if isinstance(document, list | dict) else None
+    if problem is not None:
+        raise InvalidInputError(
+            f"the JSON request body cannot be used: {problem}. Send the pixels as a flat or "
+            "[rows][columns] array of numbers, as docs/service.md shows.",
+            code="invalid_json",
+        )
+    return document
+
+
+def peek(content_type: str | None, body: bytes, query: str = "", *, strict: bool = False) -> Peek:
+    """User id, image hash and label from a request, whatever form it was sent in. With
+    `strict`, a JSON body the router cannot read safely is a 4xx (`parse_json`)."""
     kind = media_type(content_type)
     fields: dict[str, str] = {}
     image_key: str | None = None
@@ -123,8 +173,10 @@ def peek(content_type: str | None, body: bytes, query: str = "") -> Peek:
                 fields.setdefault(part.name, part.data.decode("utf-8", "replace"))
     elif kind == "application/json" or kind.endswith("+json"):
         try:
-            document = json.loads(body) if body else None
-        except (ValueError, UnicodeDecodeError):
+            document = parse_json(body) if body else None
+        except InvalidInputError:
+            if strict:
+                raise
             document = None
         if isinstance(document, dict):
             for name in (*USER_FIELDS, *LABEL_FIELDS):

@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, MutableMapping
@@ -23,18 +24,25 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from inkwell.errors import InvalidInputError, PayloadTooLargeError, UpstreamUnavailableError
+from inkwell.errors import (
+    BadRequestError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    UpstreamUnavailableError,
+)
 from inkwell.settings import CANARY, STABLE
 from router import metrics as m
 from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from router.feedback import Served, ServedMemory, score
 from router.forward import TIMEOUT, Upstream, UpstreamFailure, make_upstream
 from router.metrics import RouterMetrics
-from router.payload import answer_problem, peek, prediction_of, version_of
+from router.payload import Peek, answer_problem, peek, prediction_of, version_of
 from router.routing import (
+    OVERRIDE_KEY_HEADER,
     USER_HEADER,
     VARIANT_HEADER,
     Split,
+    check_override_key,
     choose,
     parse_override,
     should_shadow,
@@ -70,13 +78,21 @@ HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+# Client-supplied addresses are never forwarded: a client could pose as any address (to the
+# service's logs and per-client limits). The router sets X-Forwarded-For itself from the peer,
+# which uvicorn has already resolved through trusted proxies only (FORWARDED_ALLOW_IPS).
+CLIENT_ADDRESS_HEADERS = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 # The router's server adds its own; the service's would be duplicates.
 ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
 USER_HEADER_B = USER_HEADER.encode()
 VARIANT_HEADER_B = VARIANT_HEADER.encode()
+OVERRIDE_KEY_HEADER_B = OVERRIDE_KEY_HEADER.encode()
 ANSWERED_HEADER = b"x-inkwell-variant"
 FALLBACK_HEADER = b"x-inkwell-fallback"
 UNKNOWN_VERSION = "unknown"
+# Bodies above this are read (JSON parsed, multipart split, hashed) in a worker thread: a
+# 16 MB JSON document takes the event loop away from every other request for ~0.1 s.
+PEEK_INLINE_BYTES = 64 * 1024
 
 
 @functools.lru_cache(maxsize=4096)
@@ -95,6 +111,32 @@ def route_template(path: str) -> str:
     if not all(w in ROUTE_WORDS for w in words):
         return "other"
     return "/" + "/".join(words)
+
+
+# Bytes that would end or split the upstream request line: controls, space, DEL.
+_UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
+
+
+def request_target(scope: MutableMapping[str, Any]) -> str:
+    """The target to forward: the client's raw (still percent-encoded) path and query.
+
+    The decoded `path` turns `%0d%0a` into a real line break, which would split one client
+    request into two upstream requests on a kept-alive connection; the raw bytes cannot.
+    A target that decodes to controls or spaces is refused too: no route has them.
+    """
+    path: str = scope["path"]
+    raw_path: bytes = scope.get("raw_path") or path.encode("utf-8")
+    query: bytes = scope.get("query_string", b"")
+    for part, shown in ((path.encode("utf-8"), "path"), (raw_path, "path"), (query, "query")):
+        if _UNSAFE_TARGET.search(part):
+            raise BadRequestError(
+                f"the request {shown} contains control characters or spaces (such as %0d%0a "
+                "or %20); percent-encoded line breaks and spaces are not allowed in a URL "
+                "here. Send the path without them.",
+                code="invalid_request_target",
+            )
+    target = raw_path + b"?" + query if query else raw_path
+    return target.decode("latin-1")
 
 
 def is_model_route(path: str) -> bool:
@@ -123,6 +165,7 @@ class Incoming:
     content_length: str | None = None
     user: str | None = None
     variant: str | None = None
+    override_key: str | None = None
     cookie: str | None = None
 
 
@@ -141,6 +184,11 @@ def read_headers(scope: MutableMapping[str, Any]) -> Incoming:
             incoming.variant = value.decode("latin-1")
         elif name == b"cookie":
             incoming.cookie = value.decode("latin-1")
+        elif name == OVERRIDE_KEY_HEADER_B:
+            incoming.override_key = value.decode("latin-1")
+            continue  # a key for the router only: never sent on
+        elif name in CLIENT_ADDRESS_HEADERS:
+            continue
         if name not in HOP_BY_HOP:
             forward.append((name, value))
     client = scope.get("client")
@@ -227,6 +275,7 @@ class Proxy:
         self.memory = ServedMemory(settings.served_memory)
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.max_shadow_in_flight = 64  # beyond this, copies are dropped: shadow never queues
+        self.override_keys: tuple[str, ...] = ()  # may send X-Inkwell-Variant (set at start)
 
     def backend(self, variant: str) -> Backend:
         return self.canary if variant == CANARY else self.stable
@@ -239,19 +288,31 @@ class Proxy:
         path: str = scope["path"]
         method: str = scope["method"]
         query: str = scope.get("query_string", b"").decode("latin-1")
+        target = request_target(scope)
         route = route_template(path)
         incoming = read_headers(scope)
         body = await self._read_body(request, incoming.content_length)
         raw_headers = incoming.upstream
         if not is_model_route(path):
-            return await self._to_stable(method, path, query, raw_headers, body, route, started)
+            return await self._to_stable(
+                method, path, target, query, raw_headers, body, route, started
+            )
 
         split = self.split()
         override = parse_override(incoming.variant)
+        if override is not None:
+            check_override_key(incoming.override_key, self.override_keys)
+        # A tester's override is kept out of everything the rollout is judged on: its own
+        # metric mode, no circuit breaker, no shadow copy, no delayed-label scoring.
+        mode = m.LIVE if override is None else m.OVERRIDE
         user_id = validate_user_id(
             incoming.user or cookie_value(incoming.cookie, self.settings.user_cookie)
         )
-        peeked = peek(incoming.content_type, body, query) if method == "POST" else None
+        peeked = (
+            await self._peek(incoming.content_type, body, query, strict=True)
+            if method == "POST"
+            else None
+        )
         if user_id is None and peeked is not None:
             user_id = validate_user_id(peeked.user_id)
         new_cookie: str | None = None
@@ -268,11 +329,14 @@ class Proxy:
         )
         answered = choice.variant
         fallback = ""
-        if answered == CANARY and not self.breaker.allow():
+        if answered == CANARY and override is None and not self.breaker.allow():
             answered = STABLE
         if answered == CANARY:
-            attempt = await self._attempt(self.canary, method, path, query, raw_headers, body)
-            self._breaker_record(not attempt.failed)
+            attempt = await self._attempt(
+                self.canary, method, path, target, raw_headers, body, mode=mode
+            )
+            if override is None:
+                self._breaker_record(not attempt.failed)
             if attempt.failed:
                 fallback = attempt.outcome
                 self.metrics.fallbacks.labels(attempt.outcome).inc()
@@ -280,10 +344,16 @@ class Proxy:
                     "canary %s on %s (%s); answering from stable", fallback, path, attempt.error
                 )
                 answered = STABLE
-                attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
+                attempt = await self._attempt(
+                    self.stable, method, path, target, raw_headers, body, mode=mode
+                )
         else:
-            attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
-        if attempt.failed and attempt.outcome != m.INVALID:  # stable's answer, whatever it is
+            attempt = await self._attempt(
+                self.stable, method, path, target, raw_headers, body, mode=mode
+            )
+        # stable's answer, whatever it is, even a 5xx (its message says what went wrong); only
+        # no answer at all is the router's 502
+        if attempt.outcome in (m.TIMEOUT, m.UNAVAILABLE):
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
                 f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
@@ -294,10 +364,11 @@ class Proxy:
         prediction = None
         if method == "POST" and attempt.document is not None:
             prediction = prediction_of(attempt.document)
-            if prediction is not None and peeked is not None and peeked.image_key:
+            if peeked is not None and peeked.image_key and prediction is not None and not override:
                 self.memory.remember(peeked.image_key, Served(answered, version, prediction))
         if (
             method == "POST"
+            and override is None
             and not fallback
             and prediction is not None
             and should_shadow(split, answered, canary_ready and self.breaker.peek(), self.rng)
@@ -305,7 +376,7 @@ class Proxy:
             self._start_shadow(
                 method,
                 path,
-                query,
+                target,
                 raw_headers,
                 body,
                 prediction,
@@ -328,6 +399,7 @@ class Proxy:
         self,
         method: str,
         path: str,
+        target: str,
         query: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
@@ -335,24 +407,34 @@ class Proxy:
         started: float,
     ) -> Response:
         """Non-model routes (samples, stats, health) always go to stable."""
-        attempt = await self._attempt(self.stable, method, path, query, raw_headers, body)
-        if attempt.failed:
+        attempt = await self._attempt(self.stable, method, path, target, raw_headers, body)
+        if attempt.outcome in (m.TIMEOUT, m.UNAVAILABLE):  # a 5xx answer is passed on as is
             self._count(route, STABLE, self.stable.served_version, 502, started)
             raise UpstreamUnavailableError(
                 f"the stable service at {self.stable.url} did not answer ({attempt.error}); "
                 "retry shortly, and check that it is running."
             )
         if method == "POST" and path == SAMPLES_PATH and 200 <= attempt.status < 300:
-            self._score_label(raw_headers, body, query)
+            await self._score_label(raw_headers, body, query)
         self._count(route, STABLE, self.stable.served_version, attempt.status, started)
         return self._response(attempt, STABLE, "")
 
-    def _score_label(self, raw_headers: list[tuple[bytes, bytes]], body: bytes, query: str) -> None:
+    async def _peek(
+        self, content_type: str | None, body: bytes, query: str, *, strict: bool
+    ) -> Peek:
+        """`payload.peek`, in a worker thread for a large body."""
+        if len(body) <= PEEK_INLINE_BYTES:
+            return peek(content_type, body, query, strict=strict)
+        return await asyncio.to_thread(peek, content_type, body, query, strict=strict)
+
+    async def _score_label(
+        self, raw_headers: list[tuple[bytes, bytes]], body: bytes, query: str
+    ) -> None:
         """A stored labelled upload scores earlier predictions of the same image."""
         content_type = next(
             (v.decode("latin-1") for k, v in raw_headers if k == b"content-type"), None
         )
-        found = peek(content_type, body, query)
+        found = await self._peek(content_type, body, query, strict=False)
         if not found.image_key or found.label is None:
             return
         for served, correct in score(self.memory.take(found.image_key), found.label):
@@ -365,7 +447,7 @@ class Proxy:
         self,
         method: str,
         path: str,
-        query: str,
+        target: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         stable_prediction: str,
@@ -379,7 +461,7 @@ class Proxy:
             self._shadow(
                 method,
                 path,
-                query,
+                target,
                 raw_headers,
                 body,
                 stable_prediction,
@@ -394,7 +476,7 @@ class Proxy:
         self,
         method: str,
         path: str,
-        query: str,
+        target: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         stable_prediction: str,
@@ -406,7 +488,7 @@ class Proxy:
             self.metrics.shadow_dropped.labels("breaker_open").inc()
             return
         attempt = await self._attempt(
-            self.canary, method, path, query, raw_headers, body, mode=m.SHADOW
+            self.canary, method, path, target, raw_headers, body, mode=m.SHADOW
         )
         self._breaker_record(not attempt.failed)
         if attempt.failed or not 200 <= attempt.status < 300:
@@ -433,13 +515,13 @@ class Proxy:
         backend: Backend,
         method: str,
         path: str,
-        query: str,
+        target: str,
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         *,
         mode: str = m.LIVE,
     ) -> Attempt:
-        target = f"{path}?{query}" if query else path
+        """Send the request to one backend; `path` (decoded) classifies, `target` is sent."""
         started = time.perf_counter()
         outcome, status, headers, content, error = m.OK, 0, [], b"", ""
         try:

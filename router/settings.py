@@ -8,10 +8,10 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from inkwell.settings import CoreSettings
+from inkwell.settings import ApiKey, CoreSettings, check_key
 
 ADMIN_KEY_FILE = "router-admin.key"
 
@@ -41,6 +41,12 @@ class RouterSettings(CoreSettings):
     stable_timeout_s: float = Field(default=30.0, gt=0)
     canary_timeout_s: float = Field(
         default=2.0, gt=0, description="A slower canary answer is abandoned and retried on stable."
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxies (comma-separated IPs or CIDRs, e.g. the Ingress's) whose "
+        "X-Forwarded-For names the client; default none: every client's own "
+        "X-Forwarded-For is ignored and the router sends the peer's address.",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=256, gt=0)
@@ -81,10 +87,15 @@ class RouterSettings(CoreSettings):
     )
 
     # ---- admin ---------------------------------------------------------------------------
-    admin_api_key: SecretStr | None = Field(
+    admin_api_key: ApiKey | None = Field(
         default=None,
         description="Key for the admin API (header X-API-Key); default: generated once and "
         "kept in <home>/router-admin.key.",
+    )
+    tester_api_key: ApiKey | None = Field(
+        default=None,
+        description="A second key that may send X-Inkwell-Variant overrides (header "
+        "X-Inkwell-Override-Key) but not call the admin API; the admin key may too.",
     )
     admin_url: str | None = Field(
         default=None, description="Router the `inkwell rollout` commands call (default: local)."
@@ -124,7 +135,9 @@ class RouterSettings(CoreSettings):
 
     # ---- analysis thresholds (canary compared against the stable baseline) ---------------
     min_requests: int = Field(
-        default=20, ge=1, description="Canary requests needed before a step can pass."
+        default=20,
+        ge=1,
+        description="Canary requests needed before a step can pass or a request check fail.",
     )
     max_error_rate: float = Field(default=0.05, ge=0, le=1)
     error_rate_margin: float = Field(
@@ -218,7 +231,7 @@ class RouterSettings(CoreSettings):
             return self.admin_api_key.get_secret_value()
         path = Path(self.home) / ADMIN_KEY_FILE
         if path.exists():
-            return path.read_text().strip() or None
+            return _key_from_file(path)
         if not create:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +245,18 @@ class RouterSettings(CoreSettings):
         try:
             os.link(tmp, path)  # atomic and fails if another process made the key first
         except FileExistsError:
-            return path.read_text().strip() or None
+            return _key_from_file(path)
         finally:
             tmp.unlink(missing_ok=True)
         return key
+
+
+def _key_from_file(path: Path) -> str | None:
+    """The admin key kept in `path`; a hand-written weak one is refused like a setting."""
+    key = path.read_text().strip()
+    if not key:
+        return None
+    try:
+        return check_key(key)
+    except ValueError as exc:
+        raise ValueError(f"the router's admin key in {path}: {exc}") from exc

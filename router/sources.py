@@ -34,6 +34,8 @@ COUNTERS = (
     f"{m.SHADOW_COMPARISONS}_total",
 )
 GAUGES = (m.CIRCUIT_OPEN,)
+# Series the analysis must not see (summing by the GROUP_BY labels would mix them in).
+SELECTORS = {f"{m.UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}'}
 GROUP_BY = {
     f"{m.UPSTREAM_REQUESTS}_total": ("variant", "model_version", "outcome"),
     f"{m.UPSTREAM_LATENCY}_bucket": ("variant", "model_version", "le"),
@@ -66,7 +68,8 @@ class MetricSource(Protocol):
 def promql(sample_name: str, seconds: float) -> str:
     """The PromQL query for one metric's increase over the window, summed over replicas."""
     window = f"{max(1, math.ceil(seconds * 1000))}ms"
-    return f"sum by ({', '.join(GROUP_BY[sample_name])}) (increase({sample_name}[{window}]))"
+    series = sample_name + SELECTORS.get(sample_name, "")
+    return f"sum by ({', '.join(GROUP_BY[sample_name])}) (increase({series}[{window}]))"
 
 
 class PrometheusSource:

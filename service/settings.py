@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from inkwell.preprocessing import ImageLimits
-from inkwell.settings import CANARY, STABLE, CoreSettings
+from inkwell.settings import CANARY, STABLE, ApiKey, CoreSettings
 
 Variant = Literal["stable", "canary"]  # the values of inkwell.settings.VARIANTS
 DEFAULT_PORTS = {STABLE: 8001, CANARY: 8002}
@@ -51,7 +51,7 @@ class ServiceSettings(CoreSettings):
         default=True,
         description="Serve a frozen, oneDNN-fused TorchScript copy (checked against eager).",
     )
-    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+    api_keys: Annotated[list[ApiKey], NoDecode] = Field(
         default_factory=list,
         description="Keys accepted in the X-API-Key header (comma-separated in the environment).",
     )

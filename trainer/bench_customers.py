@@ -19,6 +19,7 @@ more of the user's handwriting reaches, i.e. how legible the style itself is.
 from __future__ import annotations
 
 import io
+import secrets
 import shutil
 import tempfile
 import time
@@ -163,7 +164,8 @@ def make_uploader(settings: CoreSettings) -> tuple[Uploader, str, Callable[[], N
 
         return direct, "sample store (service package not present)", store.engine.dispose
 
-    service_settings = ServiceSettings(home=settings.home, api_keys=[SecretStr("bench-key")])
+    api_key = secrets.token_urlsafe(24)  # the service refuses short or placeholder keys
+    service_settings = ServiceSettings(home=settings.home, api_keys=[SecretStr(api_key)])
     client = TestClient(create_app(service_settings))
     client.__enter__()
 
@@ -172,7 +174,7 @@ def make_uploader(settings: CoreSettings) -> tuple[Uploader, str, Callable[[], N
             "/v1/samples",
             files={"image": (f"{key}.png", data, "image/png")},
             data={"label": str(label), "user_id": user, "idempotency_key": key},
-            headers={"X-API-Key": "bench-key"},
+            headers={"X-API-Key": api_key},
         )
         if response.status_code not in (200, 201):
             raise RuntimeError(f"upload failed: {response.status_code} {response.text}")

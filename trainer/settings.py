@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from inkwell.optim import OPTIMIZERS
-from inkwell.settings import CoreSettings
+from inkwell.settings import ApiKey, CoreSettings
 from inkwell.training import AugmentPolicy
 
 BufferPolicy = Literal["class_balanced", "reservoir"]
@@ -133,7 +133,7 @@ class TrainerSettings(CoreSettings):
     )
 
     # ---- admin API -------------------------------------------------------------------------
-    admin_api_key: SecretStr | None = Field(
+    admin_api_key: ApiKey | None = Field(
         default=None, description="Key for POST /v1/retrain (header X-API-Key); unset disables it."
     )
     host: str = "127.0.0.1"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,9 +89,25 @@ def compose_config(env_file: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+def filled_env_file(example: Path, target: Path) -> Path:
+    """A copy of an example `NAME=value` file with every `change-me` value replaced by a random
+    key, as its header tells the user to do (the components refuse the placeholders)."""
+    lines = []
+    for line in example.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#") and value.startswith("change-me"):
+            line = f"{name}={secrets.token_hex(24)}"
+        lines.append(line)
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
 def load_compose() -> dict[str, Any]:
-    """docker-compose.yml as Compose resolves it with the example `.env` (the user's copy)."""
-    result = compose_config()
+    """docker-compose.yml as Compose resolves it with the user's `.env`: the example with its
+    placeholders replaced."""
+    with tempfile.TemporaryDirectory() as folder:
+        env_file = filled_env_file(REPO / ".env.example", Path(folder) / ".env")
+        result = compose_config(env_file)
     if result.returncode != 0:
         raise AssertionError(f"docker-compose config failed:\n{result.stderr}")
     config: dict[str, Any] = json.loads(result.stdout)

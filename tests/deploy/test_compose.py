@@ -9,6 +9,7 @@ health checks; state lives on volumes; keys must come from .env.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,36 @@ def test_compose_refuses_to_start_without_the_keys(tmp_path: Path) -> None:
 
 def test_example_env_file_sets_every_required_variable() -> None:
     assert compose_config().returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [
+        ("service-stable", "INKWELL_SERVICE_API_KEYS"),
+        ("router", "INKWELL_ROUTER_ADMIN_API_KEY"),
+        ("trainer", "INKWELL_TRAINER_ADMIN_API_KEY"),
+    ],
+)
+def test_the_example_placeholder_keys_are_refused_at_start(
+    service: str, variable: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    result = compose_config()  # the example .env copied without replacing its values
+    assert result.returncode == 0, result.stderr
+    env = environment(json.loads(result.stdout)["services"][service])
+    assert env[variable].startswith("change-me")
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    extra = {"variant": "stable"} if service.startswith("service") else {}
+    with pytest.raises(ValidationError, match="placeholder"):
+        _settings_class(service)(**extra)
+
+
+def test_router_and_trainer_have_separate_admin_keys(compose: dict[str, Any]) -> None:
+    router = environment(compose["services"]["router"])["INKWELL_ROUTER_ADMIN_API_KEY"]
+    trainer = environment(compose["services"]["trainer"])["INKWELL_TRAINER_ADMIN_API_KEY"]
+    assert router != trainer
 
 
 @pytest.mark.parametrize("service", list(COMPONENTS))

@@ -29,6 +29,7 @@ from tests.deploy.helpers import (
     OVERLAYS,
     REPO,
     RULES_DIR,
+    filled_env_file,
     kubectl,
     settings_env_keys,
     tool,
@@ -74,11 +75,12 @@ PREFIXES = {
 
 
 def _k8s_tree(tmp: Path) -> Path:
-    """A copy of k8s/ and monitoring/ with prod's secrets.env made from its example."""
+    """A copy of k8s/ and monitoring/ with prod's secrets.env made from its example (real keys
+    in place of its placeholders, as a user does)."""
     shutil.copytree(K8S, tmp / "k8s")
     shutil.copytree(MONITORING, tmp / "monitoring")
     prod = tmp / "k8s" / "overlays" / "prod"
-    shutil.copy(prod / "secrets.env.example", prod / "secrets.env")
+    filled_env_file(prod / "secrets.env.example", prod / "secrets.env")
     return tmp / "k8s"
 
 

@@ -209,6 +209,7 @@ def _send_traffic(system: LiveSystem, mnist_dir: Path) -> None:
             headers = {"X-User-Id": user}
             if i % 4 == 0:  # the canary's share is small early in a rollout: ask for it too
                 headers["X-Inkwell-Variant"] = "canary"
+                headers["X-Inkwell-Override-Key"] = ADMIN_KEY  # overrides need a key
             answer = client.post(
                 "/v1/digits/predict",
                 files={"image": ("digit.png", image, "image/png")},

@@ -30,8 +30,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
 CACHE = ARTIFACTS / "cache"
-API_KEY = "e2e-client-key"
-ADMIN_KEY = "e2e-admin-key"
+API_KEY = "e2e-client-key-0123456789"
+ADMIN_KEY = "e2e-admin-key-0123456789"
 TINY_WIDTH = 8
 
 

@@ -27,8 +27,8 @@ from PIL import Image
 from tests.router.router_fakes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN_KEY = "e2e-admin-key"
-SERVICE_KEY = "e2e-upload-key"
+ADMIN_KEY = "e2e-admin-key-0123456789"
+SERVICE_KEY = "e2e-upload-key-0123456789"
 CLI = "from inkwell.cli import main; main()"
 
 
@@ -148,9 +148,11 @@ def start_router(
         "probe_interval_s": 0.2,
         "state_refresh_s": 0.2,
         "canary_timeout_s": 1.0,
-        "min_requests": 10,
+        # no check fails below its minimum: at a 5 % step a 2 s interval sees a handful of
+        # canary requests, so a bad canary is caught within two intervals only with small ones
+        "min_requests": 5,
         "min_shadow": 10,
-        "min_labels": 8,
+        "min_labels": 5,
         "min_agreement": 0.85,
         "accuracy_drop": 0.1,
         "reload_timeout_s": 30,

@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
+def serve_in_thread(app, port: int | None = None, **options: object) -> Iterator[str]:
     """Run an ASGI app with uvicorn in a background thread; yields its base URL.
 
     The listening socket is bound here and handed to uvicorn, so no other process can take the
@@ -37,7 +37,9 @@ def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port or 0))
     port = int(sock.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

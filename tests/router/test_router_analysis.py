@@ -72,8 +72,41 @@ def test_5xx_canary_fails_on_error_rate():
     assert "error rate" in verdict.reason()
 
 
-def test_a_few_errors_in_a_row_fail_before_min_requests():
-    verdict = observe(stats(n=4, errors=4), stats(n=600))
+@pytest.mark.parametrize(
+    ("canary", "name"),
+    [
+        (stats(n=1, errors=1), "error_rate"),
+        (stats(n=19, errors=19), "error_rate"),
+        (stats(n=19, latency=2.0), "p95_latency"),
+        (stats(n=19, confidence=float("nan")), "mean_confidence"),
+        (stats(n=19, confidence=0.1), "mean_confidence"),
+        (stats(correct=0, incorrect=19), "online_accuracy"),
+    ],
+)
+def test_no_check_fails_on_fewer_samples_than_its_minimum(canary, name):
+    stable = stats(n=900, correct=490, incorrect=10)
+    verdict = observe(canary, stable, agree=0, disagree=19)
+    assert verdict.result is not Result.FAIL, verdict.reason()
+    assert check(verdict, name).status is Status.NO_DATA
+    assert check(verdict, "shadow_agreement").status is Status.NO_DATA
+
+
+def test_a_client_error_burst_below_the_minimum_does_not_fail():
+    canary = stats(n=19)
+    canary.client_errors = 19
+    verdict = observe(canary, stats(n=900))
+    assert check(verdict, "client_error_rate").status is Status.NO_DATA
+
+
+def test_one_error_among_the_minimum_is_not_a_failure():
+    # 1 in 30 is above the 2 % limit, but far from proof that the canary is worse
+    verdict = observe(stats(n=30, errors=1), stats(n=900))
+    assert check(verdict, "error_rate").status is Status.NO_DATA
+    assert verdict.result is not Result.FAIL
+
+
+def test_errors_at_the_minimum_fail():
+    verdict = observe(stats(n=20, errors=20), stats(n=600))
     assert verdict.result is Result.FAIL
 
 
@@ -88,8 +121,8 @@ def test_slow_canary_fails_on_p95_relative_to_stable():
     assert check(verdict, "p95_latency").status is Status.FAIL
 
 
-def test_a_few_very_slow_requests_already_fail():
-    verdict = observe(stats(n=5, latency=0.5), stats(n=900, latency=0.005))
+def test_very_slow_requests_fail_at_the_minimum():
+    verdict = observe(stats(n=20, latency=0.5), stats(n=900, latency=0.005))
     assert check(verdict, "p95_latency").status is Status.FAIL
 
 
@@ -128,8 +161,8 @@ def test_wrong_canary_fails_on_online_accuracy():
     assert verdict.result is Result.FAIL
 
 
-def test_few_wrong_labels_are_already_decisive():
-    verdict = observe(stats(correct=0, incorrect=6), stats(n=900, correct=49, incorrect=1))
+def test_wrong_labels_are_decisive_at_the_minimum():
+    verdict = observe(stats(correct=0, incorrect=20), stats(n=900, correct=49, incorrect=1))
     assert check(verdict, "online_accuracy").status is Status.FAIL
 
 

@@ -11,10 +11,26 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.app import create_app
+from router.routing import user_position
 from router.settings import RouterSettings
 from tests.router.router_fakes import FakeService, digit_of, free_port, serve_in_thread
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png but the fake service does not care"
+ADMIN_KEY = "proxy-test-admin-key-0123456789"
+OVERRIDE = {"X-Inkwell-Override-Key": ADMIN_KEY}
+
+
+def users_on(variant: str, weight: float, count: int, canary_version: str = "2") -> list[str]:
+    """User ids the sticky split puts on `variant` at `weight` (the fake canary serves "2")."""
+    found = []
+    for i in range(10_000):
+        user = f"user-{i}"
+        on_canary = user_position(user, canary_version) < weight
+        if on_canary == (variant == "canary"):
+            found.append(user)
+            if len(found) == count:
+                return found
+    raise AssertionError("no such users")
 
 
 def image(i: int) -> bytes:
@@ -37,6 +53,7 @@ def router(
     wait_canary: bool = True,
     **overrides,
 ):
+    overrides.setdefault("admin_api_key", ADMIN_KEY)
     settings = RouterSettings(
         home=tmp_path,
         stable_url=stable_url,
@@ -98,14 +115,18 @@ def test_response_says_which_variant_answered(tmp_path, stable_service, canary_s
 def test_override_header_picks_the_variant(tmp_path, stable_service, canary_service):
     with router(tmp_path, stable_service[1], canary_service[1], canary_weight=0) as client:
         assert (
-            predict(client, image(1), **{"X-Inkwell-Variant": "canary"}).json()["variant"]
+            predict(client, image(1), **{"X-Inkwell-Variant": "canary", **OVERRIDE}).json()[
+                "variant"
+            ]
             == "canary"
         )
         assert (
-            predict(client, image(1), **{"X-Inkwell-Variant": "stable"}).json()["variant"]
+            predict(client, image(1), **{"X-Inkwell-Variant": "stable", **OVERRIDE}).json()[
+                "variant"
+            ]
             == "stable"
         )
-        bad = predict(client, image(1), **{"X-Inkwell-Variant": "green"})
+        bad = predict(client, image(1), **{"X-Inkwell-Variant": "green", **OVERRIDE})
         assert bad.status_code == 422
         assert bad.json()["code"] == "invalid_variant"
         assert "stable" in bad.json()["message"]
@@ -268,10 +289,11 @@ def test_delayed_labels_score_the_variant_that_answered(
 ):
     canary, _ = canary_service
     canary.mode = "wrong"
-    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=0) as client:
+    users = {v: users_on(v, 50, 4) for v in ("stable", "canary")}
+    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=50) as client:
         for i in range(8):
             variant = "canary" if i % 2 else "stable"
-            response = predict(client, image(i), **{"X-Inkwell-Variant": variant})
+            response = predict(client, image(i), **{"X-User-Id": users[variant][i // 2]})
             assert response.json()["variant"] == variant
         for i in range(8):
             upload = client.post(
@@ -312,9 +334,10 @@ def test_oversize_body_is_refused_with_a_fix(tmp_path, stable_service, canary_se
 
 
 def test_metrics_are_labelled_by_variant_and_version(tmp_path, stable_service, canary_service):
-    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=0) as client:
-        predict(client, image(1))
-        predict(client, image(1), **{"X-Inkwell-Variant": "canary"})
+    [on_stable], [on_canary] = users_on("stable", 50, 1), users_on("canary", 50, 1)
+    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=50) as client:
+        predict(client, image(1), **{"X-User-Id": on_stable})
+        predict(client, image(1), **{"X-User-Id": on_canary})
         requests = "inkwell_router_requests_total"
         assert metric(client, requests, variant="stable", model_version="1", status="200") == 1
         assert metric(client, requests, variant="canary", model_version="2", status="200") == 1
@@ -330,7 +353,12 @@ def test_metrics_are_labelled_by_variant_and_version(tmp_path, stable_service, c
 def test_admin_calls_without_the_key_get_401(
     tmp_path, stable_service, canary_service, headers, code
 ):
-    with router(tmp_path, stable_service[1], canary_service[1], admin_api_key="s3cret") as client:
+    with router(
+        tmp_path,
+        stable_service[1],
+        canary_service[1],
+        admin_api_key="proxy-test-other-admin-key-42",
+    ) as client:
         for method, path in [
             ("GET", "/admin/rollout"),
             ("POST", "/admin/rollout/promote"),
@@ -342,6 +370,6 @@ def test_admin_calls_without_the_key_get_401(
             response = client.request(method, path, headers=headers)
             assert response.status_code == 401, path
             assert response.json()["code"] == code
-        ok = client.get("/admin/rollout", headers={"X-API-Key": "s3cret"})
+        ok = client.get("/admin/rollout", headers={"X-API-Key": "proxy-test-other-admin-key-42"})
         assert ok.status_code == 409  # right key; this router runs without a controller
         assert ok.json()["code"] == "controller_disabled"

@@ -100,7 +100,15 @@ def test_gauges_are_current_values_not_increases():
 
 
 def test_promql_sums_the_increase_over_replicas():
+    query = promql(f"{m.UPSTREAM_LATENCY}_bucket", 2.5)
+    assert query == (
+        f"sum by (variant, model_version, le) (increase({m.UPSTREAM_LATENCY}_bucket[2500ms]))"
+    )
+
+
+def test_promql_leaves_override_requests_out_of_the_analysis():
     query = promql(f"{m.UPSTREAM_REQUESTS}_total", 2.5)
     assert query == (
-        f"sum by (variant, model_version, outcome) (increase({m.UPSTREAM_REQUESTS}_total[2500ms]))"
+        "sum by (variant, model_version, outcome) "
+        f'(increase({m.UPSTREAM_REQUESTS}_total{{mode!="override"}}[2500ms]))'
     )

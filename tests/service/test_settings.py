@@ -25,12 +25,13 @@ def test_environment_configures_variant_keys_and_limits(
 ) -> None:
     monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
     monkeypatch.setenv("INKWELL_SERVICE_VARIANT", "canary")
-    monkeypatch.setenv("INKWELL_SERVICE_API_KEYS", "alpha, beta")
+    monkeypatch.setenv("INKWELL_SERVICE_API_KEYS", "alpha-key-0123456789, beta-key-0123456789")
     monkeypatch.setenv("INKWELL_SERVICE_MICROBATCH_MAX_SIZE", "1")
     monkeypatch.setenv("INKWELL_SERVICE_MAX_BODY_BYTES", "1000")
     settings = ServiceSettings()
     assert settings.variant == "canary" and settings.resolved_port == 8002
-    assert settings.accepts_key("beta") and not settings.accepts_key("gamma")
+    assert settings.accepts_key("beta-key-0123456789")
+    assert not settings.accepts_key("gamma-key-0123456789")
     assert not settings.accepts_key(None)
     assert settings.microbatch_max_size == 1 and settings.max_body_bytes == 1000
 

@@ -14,7 +14,7 @@ from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
 from trainer.worker import Worker
 
-KEY = "admin-secret"
+KEY = "trainer-admin-secret-0123456789"
 
 
 @pytest.fixture

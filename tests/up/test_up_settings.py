@@ -27,7 +27,7 @@ from inkwell.up import (
     resolve_keys,
 )
 
-KEYS = Keys("client-key", "admin-key", "test", "test")
+KEYS = Keys("client-key", "admin-key", "test", "test", "trainer-key", "test")
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def test_specs_wire_every_component_to_the_others(settings: UpSettings) -> None:
     assert router["INKWELL_ROUTER_ADMIN_API_KEY"] == "admin-key"
     assert "INKWELL_ROUTER_PROMETHEUS_URL" not in router  # the controller scrapes itself
     assert specs["trainer"].env["INKWELL_TRAINER_PORT"] == "8003"
-    assert specs["trainer"].env["INKWELL_TRAINER_ADMIN_API_KEY"] == "admin-key"
+    # the router and the trainer have separate admin keys
+    assert specs["trainer"].env["INKWELL_TRAINER_ADMIN_API_KEY"] == "trainer-key"
     for spec in specs.values():
         assert spec.env["INKWELL_HOME"] == str(settings.home)
 
@@ -133,14 +134,20 @@ def test_local_keys_are_made_once_and_readable_by_the_owner_only(tmp_path: Path)
 
 
 def test_configured_keys_win_over_key_files(settings: UpSettings) -> None:
-    env = {"INKWELL_SERVICE_API_KEYS": " k1 , k2", "INKWELL_ROUTER_ADMIN_API_KEY": "boss"}
+    env = {
+        "INKWELL_SERVICE_API_KEYS": " k1 , k2",
+        "INKWELL_ROUTER_ADMIN_API_KEY": "boss",
+        "INKWELL_TRAINER_ADMIN_API_KEY": "trainer-boss",
+    }
     keys = resolve_keys(settings, env)
-    assert (keys.api_key, keys.admin_key) == ("k1", "boss")
+    assert (keys.api_key, keys.admin_key, keys.trainer_key) == ("k1", "boss", "trainer-boss")
     assert not (settings.home / "api.key").exists()
     generated = resolve_keys(settings, {})
     assert generated.api_key == (settings.home / "api.key").read_text()
     # the router reads the same file when it runs without INKWELL_ROUTER_ADMIN_API_KEY
     assert generated.admin_key == (settings.home / "router-admin.key").read_text()
+    assert generated.trainer_key == (settings.home / "trainer-admin.key").read_text()
+    assert generated.trainer_key != generated.admin_key
 
 
 def test_a_taken_port_is_reported_with_the_setting_to_change(settings: UpSettings) -> None:
