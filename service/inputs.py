@@ -6,8 +6,10 @@ raises an `inkwell.errors` exception whose message says what to fix; the error m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +21,18 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from inkwell.errors import InvalidImageError, InvalidInputError, NoInkError, PayloadTooLargeError
+from inkwell.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidInputError,
+    NoInkError,
+    PayloadTooLargeError,
+)
 from inkwell.errors import UnsupportedMediaTypeError as MediaTypeError
 from inkwell.preprocessing import (
     MIN_CONTRAST,
     ImageLimits,
+    open_image,
     preprocess_bytes,
     validate_mnist_array,
 )
@@ -34,9 +43,6 @@ IMAGE_TYPES = frozenset(
 RAW_TYPES = IMAGE_TYPES | {"application/octet-stream", ""}
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
-# Decoding a small image costs less than a thread hand-off; big ones (photos) are decoded off
-# the event loop so one large upload never stalls everyone else's requests.
-INLINE_DECODE_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
 ACCEPTED_TYPES_HINT = (
     "Send an image as the raw body (Content-Type image/png, image/jpeg, image/bmp or image/webp), "
@@ -49,10 +55,41 @@ def media_type(request: Request) -> str:
 
 
 async def image_to_mnist(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """Encoded image bytes → (28, 28) float32 in [0, 1], ink = 1 (MNIST format)."""
-    if len(data) <= INLINE_DECODE_BYTES:
-        return preprocess_bytes(data, limits)
+    """Encoded image bytes → (28, 28) float32 in [0, 1], ink = 1 (MNIST format).
+
+    Always in a worker thread: even a small file can declare millions of pixels, and decoding
+    on the event loop would stall every other request, health checks included.
+    """
     return await run_in_threadpool(preprocess_bytes, data, limits)
+
+
+def decode_batch(
+    files: list[tuple[str, bytes]], limits: ImageLimits, max_total_pixels: int
+) -> np.ndarray:
+    """Named encoded images → (N, 28, 28); all headers are checked before any is decoded."""
+    total = 0
+    for index, (name, data) in enumerate(files):
+        with _naming_image(index, name):
+            width, height = open_image(data, limits).size
+        total += width * height
+    if total > max_total_pixels:
+        raise ImageTooLargeError(
+            f"The {len(files)} images declare {total:,} pixels together; the limit per batch is "
+            f"{max_total_pixels:,}. Send fewer or smaller images per batch."
+        )
+    arrays = []
+    for index, (name, data) in enumerate(files):
+        with _naming_image(index, name):
+            arrays.append(preprocess_bytes(data, limits))
+    return np.stack(arrays)
+
+
+@contextlib.contextmanager
+def _naming_image(index: int, name: str | None) -> Iterator[None]:
+    try:
+        yield
+    except InvalidInputError as exc:
+        raise type(exc)(f"Image {index} ({name}): {exc.message}") from exc
 
 
 async def read_json(request: Request) -> Any:
@@ -217,20 +254,17 @@ async def image_bytes(request: Request) -> bytes:
     )
 
 
-async def image_batch(request: Request, limits: ImageLimits, limit: int) -> np.ndarray:
+async def image_batch(
+    request: Request, limits: ImageLimits, limit: int, max_total_pixels: int
+) -> np.ndarray:
     """A batch from a multipart form (repeated `images` files) or JSON `{"images": [...]}`."""
     kind = media_type(request)
     if kind == MULTIPART_TYPE:
         form = await read_form(request, max_files=limit + 1)
-        files = [v for v in form.getlist("images") if isinstance(v, UploadFile)]
-        check_batch_size(len(files), limit)
-        arrays = []
-        for index, upload in enumerate(files):
-            try:
-                arrays.append(await image_to_mnist(await upload.read(), limits))
-            except InvalidInputError as exc:
-                raise type(exc)(f"Image {index} ({upload.filename}): {exc.message}") from exc
-        return np.stack(arrays)
+        uploads = [v for v in form.getlist("images") if isinstance(v, UploadFile)]
+        check_batch_size(len(uploads), limit)
+        files = [(upload.filename or "", await upload.read()) for upload in uploads]
+        return await run_in_threadpool(decode_batch, files, limits, max_total_pixels)
     if kind == JSON_TYPE:
         payload = await read_json(request)
         if not isinstance(payload, dict) or "images" not in payload:

@@ -59,8 +59,18 @@ class ServiceSettings(CoreSettings):
         default=False, description="Predictions are open by default; true makes them keyed."
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(default=16_000_000, ge=1)
-    max_image_side: int = Field(default=8_000, ge=1)
+    max_image_pixels: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="Most pixels one image may declare (a digit or an amount field needs far "
+        "fewer); checked from the header before any pixel is decoded.",
+    )
+    max_image_side: int = Field(default=4_000, ge=1, description="Longest side of one image.")
+    max_batch_pixels: int = Field(
+        default=16_000_000,
+        ge=1,
+        description="Most pixels the images of one batch request may declare together.",
+    )
     poll_interval_s: float = Field(
         default=5.0, gt=0.0, description="How often the model alias is checked for a move."
     )

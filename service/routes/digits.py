@@ -69,6 +69,8 @@ async def predict_digit(request: Request, context: PredictContextDep) -> Respons
 async def predict_digits(request: Request, context: PredictContextDep) -> Response:
     """Read the digits in up to INKWELL_SERVICE_MAX_BATCH_IMAGES images, in order."""
     settings = context.settings
-    images = await inputs.image_batch(request, settings.image_limits, settings.max_batch_images)
+    images = await inputs.image_batch(
+        request, settings.image_limits, settings.max_batch_images, settings.max_batch_pixels
+    )
     prediction = await context.batcher.infer(images)
     return responses.batch(request, context.metrics, prediction)

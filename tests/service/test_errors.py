@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
-import struct
-import zlib
+import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
-from tests.service.conftest import API_KEY, TrainedRegistry, as_photo, assert_error, encode
+from tests.service.conftest import (
+    API_KEY,
+    TrainedRegistry,
+    as_photo,
+    assert_error,
+    encode,
+    png_of_zeros,
+)
 
 PREDICT = "/v1/digits/predict"
 BATCH = "/v1/digits/predict/batch"
 SAMPLES = "/v1/samples"
 KEY = {"X-API-Key": API_KEY}
-
-
-def png_of_zeros(width: int, height: int, bit_depth: int = 1) -> bytes:
-    """A valid grayscale PNG of the given size whose pixels compress to almost nothing."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row = b"\x00" * (1 + (width * bit_depth + 7) // 8)
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
 
 
 def post_json(client: TestClient, path: str, payload: object):  # type: ignore[no-untyped-def]
@@ -86,6 +78,35 @@ def test_decompression_bomb_under_pillow_limit_but_over_ours_is_too_large(
     data = png_of_zeros(5_000, 5_000, bit_depth=8)  # 25 Mpx from ~25 kB
     body = assert_error(post_png(client, data), 413, "image_too_large")
     assert "5000x5000" in body["message"]
+
+
+def test_small_png_declaring_4000x4000_rgba_is_refused_before_decoding(
+    client: TestClient,
+) -> None:
+    data = png_of_zeros(
+        4_000, 4_000, bit_depth=8, color_type=6
+    )  # 16 Mpx RGBA (64 MB raw) in ~62 kB
+    assert len(data) < 64 * 1024
+    started = time.perf_counter()
+    body = assert_error(post_png(client, data), 413, "image_too_large")
+    assert time.perf_counter() - started < 2.0  # decoding it takes seconds and ~500 MB
+    assert "4000x4000" in body["message"] and "4,000,000" in body["message"]
+
+
+def test_jpeg_declaring_4000x4000_is_refused_before_decoding(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (4_000, 4_000), 255).save(buffer, "JPEG", quality=50)
+    response = client.post(
+        PREDICT, content=buffer.getvalue(), headers={"Content-Type": "image/jpeg"}
+    )
+    assert "4000x4000" in assert_error(response, 413, "image_too_large")["message"]
+
+
+def test_batch_over_its_pixel_budget_is_refused_before_decoding(client: TestClient) -> None:
+    image = png_of_zeros(2_000, 2_000)  # each within the per-image limit, 20 Mpx together
+    files = [("images", (f"{i}.png", image, "image/png")) for i in range(5)]
+    body = assert_error(client.post(BATCH, files=files), 413, "image_too_large")
+    assert "20,000,000 pixels together" in body["message"], body
 
 
 def test_all_white_image_has_no_ink(client: TestClient) -> None:

@@ -21,8 +21,10 @@ from tests.service.conftest import (
     API_KEY,
     LiveService,
     TrainedRegistry,
+    as_photo,
     encode,
     free_port,
+    png_of_zeros,
     service_env,
     wait_ready,
 )
@@ -172,3 +174,34 @@ def test_unreachable_mlflow_keeps_the_last_good_model(
         assert 'inkwell_service_model_load_failures_total{reason="registry_unavailable"' in metrics
         assert client.get(f"{service.url}/readyz").status_code == 200
         assert predict(client, service.url, image).status_code == 200
+
+
+def test_healthz_keeps_answering_while_large_images_and_pixel_bombs_arrive(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    # Decoding happens off the event loop and bombs are refused from their header, so the
+    # loop stays free for health checks (the old code decoded small files on the loop: seconds).
+    service = start_service(STABLE)
+    bomb = png_of_zeros(4_000, 4_000, bit_depth=8, color_type=6)
+    photo = encode(as_photo(trained_registry.test_images[0], size=1_800))  # 3.5 Mpx, allowed
+    uploads = [bomb, photo] * 3
+    statuses: list[int] = []
+    latencies: list[float] = []
+
+    def upload(data: bytes) -> None:
+        with httpx.Client(timeout=60) as client:
+            statuses.append(predict(client, service.url, data).status_code)
+
+    threads = [threading.Thread(target=upload, args=(data,)) for data in uploads]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(timeout=30) as client:
+        while any(thread.is_alive() for thread in threads):
+            started = time.perf_counter()
+            assert client.get(f"{service.url}/healthz").status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    assert latencies and max(latencies) < 1.0, latencies
+    assert sorted(statuses) == [200] * 3 + [413] * 3
