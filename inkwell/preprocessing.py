@@ -185,7 +185,7 @@ def validate_mnist_array(values: object) -> np.ndarray:
     """A client's 28x28 array (0..1 floats or 0..255 ints, ink = high) → float32 (28, 28)."""
     try:
         array = np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidImageError(
             "The pixel array is malformed: send a 28x28 list of lists of numbers."
         ) from exc

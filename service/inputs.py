@@ -92,13 +92,17 @@ def _naming_image(index: int, name: str | None) -> Iterator[None]:
         raise type(exc)(f"Image {index} ({name}): {exc.message}") from exc
 
 
-async def read_json(request: Request) -> Any:
-    body = await request.body()
-    if not body:
-        raise InvalidInputError(
-            'The request body is empty. Send a JSON object, e.g. {"pixels": [[0, ...], ...]}.',
-            code="empty_body",
-        )
+# JSON numbers are doubles (RFC 8259 interoperability); integers past int64 are read as floats,
+# as orjson reads them, so a 400-digit "pixel" becomes infinity and gets that clear error later.
+_EXACT_INT_DIGITS = 18
+
+
+def _json_int(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= _EXACT_INT_DIGITS else float(text)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON request body; anything unparseable is an InvalidInputError, never a 500."""
     try:
         # orjson parses a 256-image batch ~3x faster than `json`; it refuses NaN and Infinity,
         # which Python's parser below accepts so that they get their own clear error later
@@ -106,11 +110,28 @@ async def read_json(request: Request) -> Any:
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(body, parse_int=_json_int)
+    except RecursionError as exc:
+        raise InvalidInputError(
+            "The JSON is nested too deeply. Send a flat object; pixel arrays need only 2 levels "
+            "(3 for a batch).",
+            code="invalid_json",
+        ) from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise InvalidInputError(
             f"The body is not valid JSON ({exc}). Send a JSON object.", code="invalid_json"
         ) from exc
+
+
+async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON; an empty or malformed body is a 422 with a message."""
+    body = await request.body()
+    if not body:
+        raise InvalidInputError(
+            'The request body is empty. Send a JSON object, e.g. {"pixels": [[0, ...], ...]}.',
+            code="empty_body",
+        )
+    return parse_json(body)
 
 
 async def read_form(request: Request, max_files: int) -> FormData:

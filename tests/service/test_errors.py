@@ -142,6 +142,40 @@ def test_json_syntax_error_and_missing_field(client: TestClient) -> None:
     assert_error(client.post(PREDICT, json={"image": []}), 422, "invalid_json")
 
 
+NESTED = "[" * 3_000 + "]" * 3_000
+HUGE_INT = "1" + "0" * 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        (PREDICT, "[" * 100_000 + "]" * 100_000, "invalid_json"),
+        (PREDICT, '{"pixels": ' + NESTED + "}", "invalid_json"),
+        (PREDICT, '{"pixels": [[' + HUGE_INT + "]]}", "invalid_image"),
+        (PREDICT, '{"pixels": 1' + "0" * 5_000 + "}", "invalid_image"),
+        (BATCH, '{"images": ' + NESTED + "}", "invalid_json"),
+        (BATCH, '{"images": [[[-' + HUGE_INT + "]]]}", "invalid_image"),
+        (SAMPLES, '{"user_id": "u", "label": ' + NESTED + "}", "invalid_json"),
+        (SAMPLES, '{"user_id": "u", "label": 1, "pixels": [[' + HUGE_INT + "]]}", "invalid_image"),
+    ],
+    ids=[
+        "deep-body",
+        "deep-pixels",
+        "400-digit-pixel",
+        "5000-digit-pixels",
+        "deep-batch",
+        "400-digit-batch-pixel",
+        "deep-label",
+        "400-digit-sample-pixel",
+    ],
+)
+def test_malformed_json_is_a_422_with_a_message(
+    client: TestClient, path: str, body: str, code: str
+) -> None:
+    headers = {"Content-Type": "application/json", **KEY}
+    assert_error(client.post(path, content=body.encode(), headers=headers), 422, code)
+
+
 def test_malformed_batch_names_the_bad_image(client: TestClient) -> None:
     good = [[0] * 28] * 14 + [[200] * 28] + [[0] * 28] * 13
     bad = [[0] * 28] * 28
