@@ -43,6 +43,9 @@ class ServiceContext:
             self.model.predict,
             max_size=settings.microbatch_max_size,
             max_wait_s=settings.microbatch_max_wait_ms / 1000.0,
+            max_queued=settings.max_queued_images,
+            deadline_s=settings.request_deadline_ms / 1000.0,
+            retry_after_s=settings.retry_after_s,
             on_batch=self.metrics.observe_batch,
         )
         self.cheques = ChequeModel(settings, settings.variant)

@@ -46,6 +46,25 @@ class ServiceSettings(CoreSettings):
         description="How long the oldest queued request waits for company. Under load, "
         "batches form from what queues during a forward pass, so waiting only adds latency.",
     )
+    max_queued_images: int = Field(
+        default=2048,
+        ge=1,
+        description="Most images waiting for the model at once; more are refused with 503.",
+    )
+    request_deadline_ms: float = Field(
+        default=5000.0,
+        gt=0.0,
+        description="A request that waited this long for the model gets 503, not a late answer.",
+    )
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        description="Most requests processed at once (health checks and metrics not counted); "
+        "more are refused with 503 and Retry-After.",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=0, description="Retry-After (seconds) on requests shed under overload."
+    )
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
     optimize_model: bool = Field(
         default=True,

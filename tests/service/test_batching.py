@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from inkwell.errors import ModelNotReadyError
+from inkwell.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError
 from inkwell.settings import STABLE
 from service.batching import MicroBatcher
 from service.model import DigitModel, Prediction
@@ -98,3 +98,41 @@ def test_model_errors_reach_every_waiting_request(trained_registry: TrainedRegis
 
     results = asyncio.run(run())
     assert all(isinstance(r, ModelNotReadyError) for r in results)
+
+
+async def gather_results(batcher: MicroBatcher, requests: list[np.ndarray]) -> list[object]:
+    await batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.infer(r) for r in requests), return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_queue_over_its_bound_sheds_requests_with_retry_after(
+    model: DigitModel, trained_registry: TrainedRegistry
+) -> None:
+    images = trained_registry.test_images[:1].astype(np.float32) / 255.0
+    batcher = MicroBatcher(model.predict, max_size=1, max_wait_s=0.0, max_queued=8, retry_after_s=2)
+    # All 20 arrive before the worker takes any: 8 fit in the queue, 12 are shed at once.
+    results = asyncio.run(gather_results(batcher, [images] * 20))
+    answered = [r for r in results if isinstance(r, Prediction)]
+    shed = [r for r in results if isinstance(r, OverloadedError)]
+    assert len(answered) == 8 and len(shed) == 12, results
+    assert all(e.status_code == 503 and e.retry_after_s == 2 for e in shed)
+    assert "8" in shed[0].message and "Retry after 2 s" in shed[0].message
+    assert batcher.queued_images == 0
+
+
+def test_requests_queued_past_the_deadline_get_503_not_a_late_answer(
+    model: DigitModel, trained_registry: TrainedRegistry
+) -> None:
+    images = trained_registry.test_images[:1].astype(np.float32) / 255.0
+    batcher = MicroBatcher(model.predict, max_size=1, max_wait_s=0.0, deadline_s=0.1)
+    # One forward pass per request: 5,000 of them take far longer than the 100 ms deadline.
+    results = asyncio.run(gather_results(batcher, [images] * 5_000))
+    kinds = [isinstance(r, DeadlineExceededError) for r in results]
+    assert not kinds[0] and kinds[-1], "the oldest must be answered, the newest expire"
+    assert all(isinstance(r, Prediction | DeadlineExceededError) for r in results)
+    assert kinds == sorted(kinds), "first come, first served: once one expires, later ones do"
+    late = next(r for r in results if isinstance(r, DeadlineExceededError))
+    assert late.code == "deadline_exceeded" and "100 ms deadline" in late.message

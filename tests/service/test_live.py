@@ -205,3 +205,39 @@ def test_healthz_keeps_answering_while_large_images_and_pixel_bombs_arrive(
         thread.join()
     assert latencies and max(latencies) < 1.0, latencies
     assert sorted(statuses) == [200] * 3 + [413] * 3
+
+
+def test_overload_is_shed_with_503_and_retry_after_while_health_checks_answer(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    env = service_env(trained_registry, max_in_flight="2", retry_after_s="3")
+    service = start_service(STABLE, env=env)
+    photo = encode(as_photo(trained_registry.test_images[0], size=1_800))  # ~0.1-0.5 s to decode
+    answers: list[httpx.Response] = []
+    probes: list[tuple[int, float]] = []
+
+    def upload() -> None:
+        with httpx.Client(timeout=60) as client:
+            answers.append(predict(client, service.url, photo))
+
+    threads = [threading.Thread(target=upload) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(timeout=30) as client:
+        while any(thread.is_alive() for thread in threads):
+            for path in ("/healthz", "/readyz"):
+                started = time.perf_counter()
+                status = client.get(f"{service.url}{path}").status_code
+                probes.append((status, time.perf_counter() - started))
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) == {200, 503}, statuses
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.headers["Retry-After"] == "3"
+    assert shed.json()["code"] == "overloaded" and "limit 2" in shed.json()["message"]
+    assert probes and all(status == 200 for status, _ in probes), probes
+    assert max(latency for _, latency in probes) < 1.0, probes
+    with httpx.Client(timeout=30) as client:
+        assert predict(client, service.url, photo).status_code == 200  # recovered by itself
