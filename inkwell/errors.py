@@ -145,3 +145,9 @@ class DeadlineExceededError(OverloadedError):
     """A request waited in a queue past its deadline; answering late would only add load."""
 
     code = "deadline_exceeded"
+
+
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An idempotency key sent again with a different request than the one it first stored."""
+
+    code = "idempotency_key_reused"
