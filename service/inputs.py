@@ -9,14 +9,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import orjson
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -44,6 +45,7 @@ RAW_TYPES = IMAGE_TYPES | {"application/octet-stream", ""}
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
 MAX_ID_LENGTH = 128
+T = TypeVar("T")
 ACCEPTED_TYPES_HINT = (
     "Send an image as the raw body (Content-Type image/png, image/jpeg, image/bmp or image/webp), "
     "as multipart/form-data, or 28x28 pixel arrays as application/json."
@@ -54,13 +56,28 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def image_to_mnist(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """Encoded image bytes → (28, 28) float32 in [0, 1], ink = 1 (MNIST format).
+@dataclass(frozen=True)
+class Decoding:
+    """How much one request may decode, and how many decodes may run at once.
 
-    Always in a worker thread: even a small file can declare millions of pixels, and decoding
-    on the event loop would stall every other request, health checks included.
+    Decodes run in worker threads, never on the event loop: even a small file can declare
+    millions of pixels, and decoding it on the loop would stall every request, health checks
+    included. The limiter bounds the decodes in progress, so memory is bounded too (a few
+    megapixels each) however many requests arrive; the rest wait for a slot.
     """
-    return await run_in_threadpool(preprocess_bytes, data, limits)
+
+    limits: ImageLimits
+    max_batch_pixels: int
+    limiter: anyio.CapacityLimiter
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """`func(*args)` in a worker thread once a decode slot is free."""
+        return await anyio.to_thread.run_sync(func, *args, limiter=self.limiter)
+
+
+async def image_to_mnist(data: bytes, decoding: Decoding) -> np.ndarray:
+    """Encoded image bytes → (28, 28) float32 in [0, 1], ink = 1 (MNIST format)."""
+    return await decoding.run(preprocess_bytes, data, decoding.limits)
 
 
 def decode_batch(
@@ -233,7 +250,7 @@ def _validated(index: int, value: Any) -> np.ndarray:
         raise InvalidImageError(f"Image {index}: {exc.message}") from exc
 
 
-async def single_image(request: Request, limits: ImageLimits) -> np.ndarray:
+async def single_image(request: Request, decoding: Decoding) -> np.ndarray:
     """One image from a raw body, a multipart form or JSON pixels → (28, 28) float32."""
     kind = media_type(request)
     if kind in RAW_TYPES:
@@ -242,10 +259,10 @@ async def single_image(request: Request, limits: ImageLimits) -> np.ndarray:
             raise InvalidInputError(
                 f"The request body is empty. {ACCEPTED_TYPES_HINT}", code="empty_body"
             )
-        return await image_to_mnist(body, limits)
+        return await image_to_mnist(body, decoding)
     if kind == MULTIPART_TYPE:
         form = await read_form(request, max_files=1)
-        return await image_to_mnist(await form_file(form, "image", "file"), limits)
+        return await image_to_mnist(await form_file(form, "image", "file"), decoding)
     if kind == JSON_TYPE:
         return pixels_from_json(await read_json(request))
     raise MediaTypeError(f"Content-Type {kind!r} is not supported. {ACCEPTED_TYPES_HINT}")
@@ -275,9 +292,7 @@ async def image_bytes(request: Request) -> bytes:
     )
 
 
-async def image_batch(
-    request: Request, limits: ImageLimits, limit: int, max_total_pixels: int
-) -> np.ndarray:
+async def image_batch(request: Request, decoding: Decoding, limit: int) -> np.ndarray:
     """A batch from a multipart form (repeated `images` files) or JSON `{"images": [...]}`."""
     kind = media_type(request)
     if kind == MULTIPART_TYPE:
@@ -285,7 +300,7 @@ async def image_batch(
         uploads = [v for v in form.getlist("images") if isinstance(v, UploadFile)]
         check_batch_size(len(uploads), limit)
         files = [(upload.filename or "", await upload.read()) for upload in uploads]
-        return await run_in_threadpool(decode_batch, files, limits, max_total_pixels)
+        return await decoding.run(decode_batch, files, decoding.limits, decoding.max_batch_pixels)
     if kind == JSON_TYPE:
         payload = await read_json(request)
         if not isinstance(payload, dict) or "images" not in payload:
@@ -365,7 +380,7 @@ def encode_png(mnist: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-async def sample_upload(request: Request, limits: ImageLimits) -> SampleUpload:
+async def sample_upload(request: Request, decoding: Decoding) -> SampleUpload:
     """A labelled sample from multipart (image, label, user_id) or JSON (pixels, label, user_id).
 
     Fields are validated before the image is decoded, so a bad label costs no decoding.
@@ -378,7 +393,7 @@ async def sample_upload(request: Request, limits: ImageLimits) -> SampleUpload:
         user_id = parse_user_id(_field(form, "user_id"))
         key = parse_idempotency_key(_field(form, "idempotency_key") or header_key)
         image = await form_file(form, "image", "file")
-        mnist = await image_to_mnist(image, limits)
+        mnist = await image_to_mnist(image, decoding)
     elif kind == JSON_TYPE:
         payload = await read_json(request)
         if not isinstance(payload, dict):

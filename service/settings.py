@@ -20,6 +20,11 @@ def default_torch_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
+def default_decode_threads() -> int:
+    """One decode per core, at most four: more only adds memory, not throughput."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class ServiceSettings(CoreSettings):
     """Everything one service process needs; every default works on one machine."""
 
@@ -64,6 +69,11 @@ class ServiceSettings(CoreSettings):
     )
     retry_after_s: int = Field(
         default=1, ge=0, description="Retry-After (seconds) on requests shed under overload."
+    )
+    decode_threads: int = Field(
+        default_factory=default_decode_threads,
+        ge=1,
+        description="Most images decoded at once (bounds decoding memory); others wait.",
     )
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
     optimize_model: bool = Field(
