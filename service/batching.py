@@ -47,6 +47,7 @@ class MicroBatcher:
         deadline_s: float | None = None,
         retry_after_s: int = 1,
         on_batch: Callable[[int], None] | None = None,
+        on_shed: Callable[[str], None] | None = None,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
@@ -57,6 +58,7 @@ class MicroBatcher:
         self.deadline_s = deadline_s
         self.retry_after_s = retry_after_s
         self._on_batch = on_batch
+        self._on_shed = on_shed
         self._queued_images = 0  # enqueued and not yet taken into a batch (the carry included)
         self._queue: asyncio.Queue[_Pending] | None = None
         self._carry: _Pending | None = None
@@ -97,6 +99,7 @@ class MicroBatcher:
             and self._queued_images
             and (self._queued_images + count > self.max_queued)
         ):
+            self._shed("queue_full")
             raise OverloadedError(
                 f"The service is overloaded: {self._queued_images} images are already waiting "
                 f"for the model (limit {self.max_queued}). Retry after {self.retry_after_s} s, "
@@ -150,6 +153,10 @@ class MicroBatcher:
             self._queued_images -= len(item.images)
         return batch
 
+    def _shed(self, reason: str) -> None:
+        if self._on_shed is not None:
+            self._on_shed(reason)
+
     def _expire(self, batch: list[_Pending]) -> list[_Pending]:
         """Fail the requests that waited past the deadline; the rest go to the model."""
         if self.deadline_s is None:
@@ -161,6 +168,7 @@ class MicroBatcher:
             if waited <= self.deadline_s:
                 live.append(item)
             elif not item.future.done():
+                self._shed("deadline")
                 item.future.set_exception(
                     DeadlineExceededError(
                         f"The request waited {waited * 1000:.0f} ms for the model, past the "

@@ -49,6 +49,7 @@ class ServiceContext:
             deadline_s=settings.request_deadline_ms / 1000.0,
             retry_after_s=settings.retry_after_s,
             on_batch=self.metrics.observe_batch,
+            on_shed=self.metrics.request_shed,
         )
         self.cheques = ChequeModel(settings, settings.variant)
         self._store: SampleStore | None = None

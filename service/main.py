@@ -41,7 +41,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(
-        InFlightLimitMiddleware, limit=settings.max_in_flight, retry_after_s=settings.retry_after_s
+        InFlightLimitMiddleware,
+        limit=settings.max_in_flight,
+        retry_after_s=settings.retry_after_s,
+        metrics=context.metrics,
     )
     app.add_middleware(
         MetricsMiddleware, metrics=context.metrics, current_version=lambda: context.model.version

@@ -69,10 +69,13 @@ class InFlightLimitMiddleware:
     Health checks and metrics are never counted nor shed.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, retry_after_s: int) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, retry_after_s: int, metrics: ServiceMetrics
+    ) -> None:
         self.app = app
         self.limit = limit
         self.retry_after_s = retry_after_s
+        self.metrics = metrics
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -80,6 +83,7 @@ class InFlightLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
+            self.metrics.request_shed("in_flight")
             error = OverloadedError(
                 f"The service is overloaded: {self.in_flight} requests are being processed "
                 f"(limit {self.limit}). Retry after {self.retry_after_s} s, or send fewer "

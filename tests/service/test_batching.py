@@ -112,7 +112,15 @@ def test_queue_over_its_bound_sheds_requests_with_retry_after(
     model: DigitModel, trained_registry: TrainedRegistry
 ) -> None:
     images = trained_registry.test_images[:1].astype(np.float32) / 255.0
-    batcher = MicroBatcher(model.predict, max_size=1, max_wait_s=0.0, max_queued=8, retry_after_s=2)
+    reasons: list[str] = []
+    batcher = MicroBatcher(
+        model.predict,
+        max_size=1,
+        max_wait_s=0.0,
+        max_queued=8,
+        retry_after_s=2,
+        on_shed=reasons.append,
+    )
     # All 20 arrive before the worker takes any: 8 fit in the queue, 12 are shed at once.
     results = asyncio.run(gather_results(batcher, [images] * 20))
     answered = [r for r in results if isinstance(r, Prediction)]
@@ -121,13 +129,17 @@ def test_queue_over_its_bound_sheds_requests_with_retry_after(
     assert all(e.status_code == 503 and e.retry_after_s == 2 for e in shed)
     assert "8" in shed[0].message and "Retry after 2 s" in shed[0].message
     assert batcher.queued_images == 0
+    assert reasons == ["queue_full"] * 12
 
 
 def test_requests_queued_past_the_deadline_get_503_not_a_late_answer(
     model: DigitModel, trained_registry: TrainedRegistry
 ) -> None:
     images = trained_registry.test_images[:1].astype(np.float32) / 255.0
-    batcher = MicroBatcher(model.predict, max_size=1, max_wait_s=0.0, deadline_s=0.1)
+    reasons: list[str] = []
+    batcher = MicroBatcher(
+        model.predict, max_size=1, max_wait_s=0.0, deadline_s=0.1, on_shed=reasons.append
+    )
     # One forward pass per request: 5,000 of them take far longer than the 100 ms deadline.
     results = asyncio.run(gather_results(batcher, [images] * 5_000))
     kinds = [isinstance(r, DeadlineExceededError) for r in results]
@@ -136,3 +148,4 @@ def test_requests_queued_past_the_deadline_get_503_not_a_late_answer(
     assert kinds == sorted(kinds), "first come, first served: once one expires, later ones do"
     late = next(r for r in results if isinstance(r, DeadlineExceededError))
     assert late.code == "deadline_exceeded" and "100 ms deadline" in late.message
+    assert reasons == ["deadline"] * sum(kinds)

@@ -241,3 +241,9 @@ def test_overload_is_shed_with_503_and_retry_after_while_health_checks_answer(
     assert max(latency for _, latency in probes) < 1.0, probes
     with httpx.Client(timeout=30) as client:
         assert predict(client, service.url, photo).status_code == 200  # recovered by itself
+        metrics = client.get(f"{service.url}/metrics").text
+    shed_count = statuses.count(503)
+    assert (
+        f'inkwell_service_requests_shed_total{{reason="in_flight",variant="stable"}} '
+        f"{float(shed_count)}" in metrics
+    ), metrics
