@@ -112,6 +112,7 @@ def _naming_image(index: int, name: str | None) -> Iterator[None]:
 # JSON numbers are doubles (RFC 8259 interoperability); integers past int64 are read as floats,
 # as orjson reads them, so a 400-digit "pixel" becomes infinity and gets that clear error later.
 _EXACT_INT_DIGITS = 18
+SLOW_JSON_MAX_BYTES = 64 * 1024
 
 
 def _json_int(text: str) -> int | float:
@@ -124,8 +125,15 @@ def parse_json(body: bytes) -> Any:
         # orjson parses a 256-image batch ~3x faster than `json`; it refuses NaN and Infinity,
         # which Python's parser below accepts so that they get their own clear error later
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if len(body) > SLOW_JSON_MAX_BYTES:
+            # Python's parser holds the event loop (and the GIL) ~0.2 s per MB: big bodies get
+            # orjson's verdict, which says where the problem is.
+            raise InvalidInputError(
+                f"The body is not valid JSON ({exc}). Send a JSON object; NaN and Infinity "
+                "are not JSON numbers.",
+                code="invalid_json",
+            ) from exc
     try:
         return json.loads(body, parse_int=_json_int)
     except RecursionError as exc:
