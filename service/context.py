@@ -78,6 +78,9 @@ class ServiceContext:
             self.settings.image_limits,
             self.settings.max_batch_pixels,
             anyio.CapacityLimiter(self.settings.decode_threads),
+            deadline_s=self.settings.request_deadline_ms / 1000.0,
+            retry_after_s=self.settings.retry_after_s,
+            on_shed=self.metrics.request_shed,
         )
         self._store = await run_in_threadpool(SampleStore, self.settings.resolved_database_url)
         await self.refresh_model()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from inkwell.errors import (
+    DeadlineExceededError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidInputError,
@@ -63,16 +65,36 @@ class Decoding:
     Decodes run in worker threads, never on the event loop: even a small file can declare
     millions of pixels, and decoding it on the loop would stall every request, health checks
     included. The limiter bounds the decodes in progress, so memory is bounded too (a few
-    megapixels each) however many requests arrive; the rest wait for a slot.
+    megapixels each) however many requests arrive; the rest wait for a slot, for at most
+    `deadline_s` (then DeadlineExceededError, like a request queued too long for the model).
     """
 
     limits: ImageLimits
     max_batch_pixels: int
     limiter: anyio.CapacityLimiter
+    deadline_s: float | None = None
+    retry_after_s: int = 1
+    on_shed: Callable[[str], None] | None = None
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
         """`func(*args)` in a worker thread once a decode slot is free."""
-        return await anyio.to_thread.run_sync(func, *args, limiter=self.limiter)
+        started = time.perf_counter()
+        with anyio.move_on_after(self.deadline_s) as waiting:
+            await self.limiter.acquire()
+        if waiting.cancelled_caught:  # no token taken: acquire() is cancellation-safe
+            waited = time.perf_counter() - started
+            if self.on_shed is not None:
+                self.on_shed("deadline")
+            raise DeadlineExceededError(
+                f"The request waited {waited * 1000:.0f} ms for a decoding slot, past the "
+                f"{(self.deadline_s or 0) * 1000:.0f} ms deadline: the service is overloaded. "
+                f"Retry after {self.retry_after_s} s.",
+                retry_after_s=self.retry_after_s,
+            )
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        finally:
+            self.limiter.release()
 
 
 async def image_to_mnist(data: bytes, decoding: Decoding) -> np.ndarray:

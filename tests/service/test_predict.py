@@ -9,6 +9,7 @@ import anyio
 import numpy as np
 from fastapi.testclient import TestClient
 
+from inkwell.errors import DeadlineExceededError
 from inkwell.preprocessing import ImageLimits, preprocess_bytes
 from service.inputs import Decoding
 from service.main import create_app
@@ -201,3 +202,26 @@ def test_service_decodes_with_its_configured_number_of_threads(
             "/v1/digits/predict", content=image, headers={"Content-Type": "image/png"}
         )
         assert response.status_code == 200, response.text
+
+
+def test_waiting_past_the_deadline_for_a_decode_slot_is_a_503_not_a_late_answer(
+    trained_registry: TrainedRegistry,
+) -> None:
+    photo = encode(as_photo(trained_registry.test_images[0], size=1_800))  # ~0.3-1 s of work
+    limits = ImageLimits()
+    shed: list[str] = []
+
+    async def two_decodes() -> list[object]:
+        decoding = Decoding(
+            limits, 16_000_000, anyio.CapacityLimiter(1), 0.05, retry_after_s=2, on_shed=shed.append
+        )
+        first = decoding.run(preprocess_bytes, photo, limits)
+        second = decoding.run(preprocess_bytes, photo, limits)  # waits for the only slot
+        return await asyncio.gather(first, second, return_exceptions=True)
+
+    done, late = asyncio.run(two_decodes())
+    assert isinstance(done, np.ndarray) and done.shape == (28, 28)
+    assert isinstance(late, DeadlineExceededError), late
+    assert late.status_code == 503 and late.retry_after_s == 2
+    assert "decoding slot" in late.message and "50 ms deadline" in late.message
+    assert shed == ["deadline"]
