@@ -207,21 +207,29 @@ def test_service_decodes_with_its_configured_number_of_threads(
 def test_waiting_past_the_deadline_for_a_decode_slot_is_a_503_not_a_late_answer(
     trained_registry: TrainedRegistry,
 ) -> None:
-    photo = encode(as_photo(trained_registry.test_images[0], size=1_800))  # ~0.3-1 s of work
+    photo = encode(as_photo(trained_registry.test_images[0]))
     limits = ImageLimits()
     shed: list[str] = []
 
-    async def two_decodes() -> list[object]:
+    async def scenario() -> tuple[object, np.ndarray]:
         decoding = Decoding(
             limits, 16_000_000, anyio.CapacityLimiter(1), 0.05, retry_after_s=2, on_shed=shed.append
         )
-        first = decoding.run(preprocess_bytes, photo, limits)
-        second = decoding.run(preprocess_bytes, photo, limits)  # waits for the only slot
-        return await asyncio.gather(first, second, return_exceptions=True)
+        release = threading.Event()
+        holder = asyncio.ensure_future(decoding.run(release.wait, 10))  # takes the only slot
+        await asyncio.sleep(0.01)
+        try:
+            (late,) = await asyncio.gather(
+                decoding.run(preprocess_bytes, photo, limits), return_exceptions=True
+            )
+        finally:
+            release.set()
+        await holder
+        return late, await decoding.run(preprocess_bytes, photo, limits)  # the slot is free again
 
-    done, late = asyncio.run(two_decodes())
-    assert isinstance(done, np.ndarray) and done.shape == (28, 28)
+    late, after = asyncio.run(scenario())
     assert isinstance(late, DeadlineExceededError), late
     assert late.status_code == 503 and late.retry_after_s == 2
     assert "decoding slot" in late.message and "50 ms deadline" in late.message
     assert shed == ["deadline"]
+    assert after.shape == (28, 28)
