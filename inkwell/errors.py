@@ -135,3 +135,26 @@ class MetricsUnavailableError(InkwellError):
 
     code = "metrics_unavailable"
     status_code = 503
+
+
+class OverloadedError(InkwellError):
+    """The server sheds this request to stay responsive; the client may retry after a pause."""
+
+    code = "overloaded"
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(OverloadedError):
+    """A request waited in a queue past its deadline; answering late would only add load."""
+
+    code = "deadline_exceeded"
+
+
+class IdempotencyKeyReusedError(InvalidInputError):
+    """An idempotency key sent again with a different request than the one it first stored."""
+
+    code = "idempotency_key_reused"

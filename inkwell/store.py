@@ -34,6 +34,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from inkwell.errors import IdempotencyKeyReusedError
+
 ACCEPTED = "accepted"
 QUARANTINED = "quarantined"
 TRAINED = "trained"
@@ -149,10 +151,13 @@ class SampleStore:
         reason: str | None = None,
     ) -> AddResult:
         """Store a sample durably; a repeated idempotency key or identical content from the
-        same user returns the existing sample instead of a new one."""
+        same user returns the existing sample instead of a new one.
+
+        Raises IdempotencyKeyReusedError when the key was first used with another label or image.
+        """
         digest = content_hash(image)
         with self.session() as session:
-            existing = self._existing(session, user_id, digest, idempotency_key)
+            existing = self._existing(session, user_id, digest, idempotency_key, label)
             if existing is not None:
                 return existing
             sample = Sample(
@@ -170,20 +175,40 @@ class SampleStore:
                     session.add(sample)
                     session.flush()
             except IntegrityError:  # a concurrent request with the same key won the race
-                again = self._existing(session, user_id, digest, idempotency_key)
+                again = self._existing(session, user_id, digest, idempotency_key, label)
                 if again is None:
                     raise
                 return again
             return AddResult(sample.id, created=True)
 
     @staticmethod
-    def _existing(session: Session, user_id: str, digest: str, key: str | None) -> AddResult | None:
+    def _existing(
+        session: Session, user_id: str, digest: str, key: str | None, label: int
+    ) -> AddResult | None:
         if key is not None:
-            found = session.scalar(
-                select(Sample.id).where(Sample.user_id == user_id, Sample.idempotency_key == key)
-            )
+            found = session.execute(
+                select(Sample.id, Sample.label, Sample.content_sha256).where(
+                    Sample.user_id == user_id, Sample.idempotency_key == key
+                )
+            ).first()
             if found is not None:
-                return AddResult(found, created=False)
+                if (found.label, found.content_sha256) != (label, digest):
+                    # A replay must be the same request; anything else is a client bug that
+                    # would otherwise lose the new sample silently.
+                    changed = " and ".join(
+                        name
+                        for name, same in (
+                            ("label", found.label == label),
+                            ("image", found.content_sha256 == digest),
+                        )
+                        if not same
+                    )
+                    raise IdempotencyKeyReusedError(
+                        f"The idempotency key {key!r} was already used for sample {found.id} "
+                        f"with a different {changed}. Use a new key for a new sample; resend "
+                        "the same image and label only to retry."
+                    )
+                return AddResult(found.id, created=False)
         dup = session.scalar(
             select(Sample.id).where(Sample.user_id == user_id, Sample.content_sha256 == digest)
         )

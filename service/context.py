@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 
+import anyio
 import torch
 from starlette.concurrency import run_in_threadpool
 
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
 from service.cheques import ChequeModel
+from service.inputs import Decoding
 from service.metrics import ServiceMetrics
 from service.model import DigitModel, RefreshOutcome
 from service.settings import ServiceSettings
@@ -43,10 +45,15 @@ class ServiceContext:
             self.model.predict,
             max_size=settings.microbatch_max_size,
             max_wait_s=settings.microbatch_max_wait_ms / 1000.0,
+            max_queued=settings.max_queued_images,
+            deadline_s=settings.request_deadline_ms / 1000.0,
+            retry_after_s=settings.retry_after_s,
             on_batch=self.metrics.observe_batch,
+            on_shed=self.metrics.request_shed,
         )
         self.cheques = ChequeModel(settings, settings.variant)
         self._store: SampleStore | None = None
+        self._decoding: Decoding | None = None
         self._poller: asyncio.Task[None] | None = None
 
     @property
@@ -55,12 +62,26 @@ class ServiceContext:
             raise RuntimeError("ServiceContext.start() was not called")
         return self._store
 
+    @property
+    def decoding(self) -> Decoding:
+        if self._decoding is None:
+            raise RuntimeError("ServiceContext.start() was not called")
+        return self._decoding
+
     async def start(self) -> None:
         # An unreachable tracking server must fail fast, not retry for minutes, so the poller
         # comes back and the last good model keeps serving meanwhile.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         configure_torch(self.settings.torch_threads)
+        self._decoding = Decoding(
+            self.settings.image_limits,
+            self.settings.max_batch_pixels,
+            anyio.CapacityLimiter(self.settings.decode_threads),
+            deadline_s=self.settings.request_deadline_ms / 1000.0,
+            retry_after_s=self.settings.retry_after_s,
+            on_shed=self.metrics.request_shed,
+        )
         self._store = await run_in_threadpool(SampleStore, self.settings.resolved_database_url)
         await self.refresh_model()
         await self.refresh_cheque_model()

@@ -15,6 +15,7 @@ from inkwell.store import SampleStore
 from service.batching import MicroBatcher
 from service.cheques import ChequeModel
 from service.context import ServiceContext
+from service.inputs import Decoding
 from service.metrics import ServiceMetrics
 from service.model import DigitModel
 from service.settings import ServiceSettings
@@ -52,12 +53,17 @@ async def get_metrics(context: ContextDep) -> ServiceMetrics:
     return context.metrics
 
 
+async def get_decoding(context: ContextDep) -> Decoding:
+    return context.decoding
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 ModelDep = Annotated[DigitModel, Depends(get_model)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 StoreDep = Annotated[SampleStore, Depends(get_store)]
 ChequeModelDep = Annotated[ChequeModel, Depends(get_cheques)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+DecodingDep = Annotated[Decoding, Depends(get_decoding)]
 ApiKeyHeader = Annotated[
     str | None, Header(alias="X-API-Key", description="One of INKWELL_SERVICE_API_KEYS.")
 ]

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inkwell.errors import InkwellError
+from inkwell.errors import InkwellError, OverloadedError
 
 log = logging.getLogger("inkwell.service.errors")
 
@@ -46,20 +46,27 @@ def error_body(path: str, code: str, message: str) -> dict[str, str]:
     return body
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def error_response(
+    request: Request, status: int, code: str, message: str, *, retry_after_s: int | None = None
+) -> JSONResponse:
     """The JSON error response every handler (and the body-limit middleware) sends."""
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(
-        error_body(request.url.path, code, message), status_code=status, headers=headers
+        error_body(request.url.path, code, message), status_code=status, headers=headers or None
     )
 
 
 async def inkwell_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, InkwellError):  # pragma: no cover - registered for InkwellError
         raise exc
-    if exc.status_code >= 500:
+    retry_after = exc.retry_after_s if isinstance(exc, OverloadedError) else None
+    if exc.status_code >= 500 and retry_after is None:  # shed load is counted, not logged
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
-    return error_response(request, exc.status_code, exc.code, exc.message)
+    return error_response(
+        request, exc.status_code, exc.code, exc.message, retry_after_s=retry_after
+    )
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -6,24 +6,36 @@ raises an `inkwell.errors` exception whose message says what to fix; the error m
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import orjson
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from inkwell.errors import InvalidImageError, InvalidInputError, NoInkError, PayloadTooLargeError
+from inkwell.errors import (
+    DeadlineExceededError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidInputError,
+    NoInkError,
+    PayloadTooLargeError,
+)
 from inkwell.errors import UnsupportedMediaTypeError as MediaTypeError
 from inkwell.preprocessing import (
     MIN_CONTRAST,
     ImageLimits,
+    open_image,
     preprocess_bytes,
     validate_mnist_array,
 )
@@ -34,10 +46,8 @@ IMAGE_TYPES = frozenset(
 RAW_TYPES = IMAGE_TYPES | {"application/octet-stream", ""}
 JSON_TYPE = "application/json"
 MULTIPART_TYPE = "multipart/form-data"
-# Decoding a small image costs less than a thread hand-off; big ones (photos) are decoded off
-# the event loop so one large upload never stalls everyone else's requests.
-INLINE_DECODE_BYTES = 64 * 1024
 MAX_ID_LENGTH = 128
+T = TypeVar("T")
 ACCEPTED_TYPES_HINT = (
     "Send an image as the raw body (Content-Type image/png, image/jpeg, image/bmp or image/webp), "
     "as multipart/form-data, or 28x28 pixel arrays as application/json."
@@ -48,32 +58,127 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def image_to_mnist(data: bytes, limits: ImageLimits) -> np.ndarray:
+@dataclass(frozen=True)
+class Decoding:
+    """How much one request may decode, and how many decodes may run at once.
+
+    Decodes run in worker threads, never on the event loop: even a small file can declare
+    millions of pixels, and decoding it on the loop would stall every request, health checks
+    included. The limiter bounds the decodes in progress, so memory is bounded too (a few
+    megapixels each) however many requests arrive; the rest wait for a slot, for at most
+    `deadline_s` (then DeadlineExceededError, like a request queued too long for the model).
+    """
+
+    limits: ImageLimits
+    max_batch_pixels: int
+    limiter: anyio.CapacityLimiter
+    deadline_s: float | None = None
+    retry_after_s: int = 1
+    on_shed: Callable[[str], None] | None = None
+
+    async def run(self, func: Callable[..., T], *args: Any) -> T:
+        """`func(*args)` in a worker thread once a decode slot is free."""
+        started = time.perf_counter()
+        with anyio.move_on_after(self.deadline_s) as waiting:
+            await self.limiter.acquire()
+        if waiting.cancelled_caught:  # no token taken: acquire() is cancellation-safe
+            waited = time.perf_counter() - started
+            if self.on_shed is not None:
+                self.on_shed("deadline")
+            raise DeadlineExceededError(
+                f"The request waited {waited * 1000:.0f} ms for a decoding slot, past the "
+                f"{(self.deadline_s or 0) * 1000:.0f} ms deadline: the service is overloaded. "
+                f"Retry after {self.retry_after_s} s.",
+                retry_after_s=self.retry_after_s,
+            )
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        finally:
+            self.limiter.release()
+
+
+async def image_to_mnist(data: bytes, decoding: Decoding) -> np.ndarray:
     """Encoded image bytes → (28, 28) float32 in [0, 1], ink = 1 (MNIST format)."""
-    if len(data) <= INLINE_DECODE_BYTES:
-        return preprocess_bytes(data, limits)
-    return await run_in_threadpool(preprocess_bytes, data, limits)
+    return await decoding.run(preprocess_bytes, data, decoding.limits)
+
+
+def decode_batch(
+    files: list[tuple[str, bytes]], limits: ImageLimits, max_total_pixels: int
+) -> np.ndarray:
+    """Named encoded images → (N, 28, 28); all headers are checked before any is decoded."""
+    total = 0
+    for index, (name, data) in enumerate(files):
+        with _naming_image(index, name):
+            width, height = open_image(data, limits).size
+        total += width * height
+    if total > max_total_pixels:
+        raise ImageTooLargeError(
+            f"The {len(files)} images declare {total:,} pixels together; the limit per batch is "
+            f"{max_total_pixels:,}. Send fewer or smaller images per batch."
+        )
+    arrays = []
+    for index, (name, data) in enumerate(files):
+        with _naming_image(index, name):
+            arrays.append(preprocess_bytes(data, limits))
+    return np.stack(arrays)
+
+
+@contextlib.contextmanager
+def _naming_image(index: int, name: str | None) -> Iterator[None]:
+    try:
+        yield
+    except InvalidInputError as exc:
+        raise type(exc)(f"Image {index} ({name}): {exc.message}") from exc
+
+
+# JSON numbers are doubles (RFC 8259 interoperability); integers past int64 are read as floats,
+# as orjson reads them, so a 400-digit "pixel" becomes infinity and gets that clear error later.
+_EXACT_INT_DIGITS = 18
+SLOW_JSON_MAX_BYTES = 64 * 1024
+
+
+def _json_int(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= _EXACT_INT_DIGITS else float(text)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON request body; anything unparseable is an InvalidInputError, never a 500."""
+    try:
+        # orjson parses a 256-image batch ~3x faster than `json`; it refuses NaN and Infinity,
+        # which Python's parser below accepts so that they get their own clear error later
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if len(body) > SLOW_JSON_MAX_BYTES:
+            # Python's parser holds the event loop (and the GIL) ~0.2 s per MB: big bodies get
+            # orjson's verdict, which says where the problem is.
+            raise InvalidInputError(
+                f"The body is not valid JSON ({exc}). Send a JSON object; NaN and Infinity "
+                "are not JSON numbers.",
+                code="invalid_json",
+            ) from exc
+    try:
+        return json.loads(body, parse_int=_json_int)
+    except RecursionError as exc:
+        raise InvalidInputError(
+            "The JSON is nested too deeply. Send a flat object; pixel arrays need only 2 levels "
+            "(3 for a batch).",
+            code="invalid_json",
+        ) from exc
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InvalidInputError(
+            f"The body is not valid JSON ({exc}). Send a JSON object.", code="invalid_json"
+        ) from exc
 
 
 async def read_json(request: Request) -> Any:
+    """The request body parsed as JSON; an empty or malformed body is a 422 with a message."""
     body = await request.body()
     if not body:
         raise InvalidInputError(
             'The request body is empty. Send a JSON object, e.g. {"pixels": [[0, ...], ...]}.',
             code="empty_body",
         )
-    try:
-        # orjson parses a 256-image batch ~3x faster than `json`; it refuses NaN and Infinity,
-        # which Python's parser below accepts so that they get their own clear error later
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(
-            f"The body is not valid JSON ({exc}). Send a JSON object.", code="invalid_json"
-        ) from exc
+    return parse_json(body)
 
 
 async def read_form(request: Request, max_files: int) -> FormData:
@@ -175,7 +280,7 @@ def _validated(index: int, value: Any) -> np.ndarray:
         raise InvalidImageError(f"Image {index}: {exc.message}") from exc
 
 
-async def single_image(request: Request, limits: ImageLimits) -> np.ndarray:
+async def single_image(request: Request, decoding: Decoding) -> np.ndarray:
     """One image from a raw body, a multipart form or JSON pixels → (28, 28) float32."""
     kind = media_type(request)
     if kind in RAW_TYPES:
@@ -184,10 +289,10 @@ async def single_image(request: Request, limits: ImageLimits) -> np.ndarray:
             raise InvalidInputError(
                 f"The request body is empty. {ACCEPTED_TYPES_HINT}", code="empty_body"
             )
-        return await image_to_mnist(body, limits)
+        return await image_to_mnist(body, decoding)
     if kind == MULTIPART_TYPE:
         form = await read_form(request, max_files=1)
-        return await image_to_mnist(await form_file(form, "image", "file"), limits)
+        return await image_to_mnist(await form_file(form, "image", "file"), decoding)
     if kind == JSON_TYPE:
         return pixels_from_json(await read_json(request))
     raise MediaTypeError(f"Content-Type {kind!r} is not supported. {ACCEPTED_TYPES_HINT}")
@@ -217,20 +322,15 @@ async def image_bytes(request: Request) -> bytes:
     )
 
 
-async def image_batch(request: Request, limits: ImageLimits, limit: int) -> np.ndarray:
+async def image_batch(request: Request, decoding: Decoding, limit: int) -> np.ndarray:
     """A batch from a multipart form (repeated `images` files) or JSON `{"images": [...]}`."""
     kind = media_type(request)
     if kind == MULTIPART_TYPE:
         form = await read_form(request, max_files=limit + 1)
-        files = [v for v in form.getlist("images") if isinstance(v, UploadFile)]
-        check_batch_size(len(files), limit)
-        arrays = []
-        for index, upload in enumerate(files):
-            try:
-                arrays.append(await image_to_mnist(await upload.read(), limits))
-            except InvalidInputError as exc:
-                raise type(exc)(f"Image {index} ({upload.filename}): {exc.message}") from exc
-        return np.stack(arrays)
+        uploads = [v for v in form.getlist("images") if isinstance(v, UploadFile)]
+        check_batch_size(len(uploads), limit)
+        files = [(upload.filename or "", await upload.read()) for upload in uploads]
+        return await decoding.run(decode_batch, files, decoding.limits, decoding.max_batch_pixels)
     if kind == JSON_TYPE:
         payload = await read_json(request)
         if not isinstance(payload, dict) or "images" not in payload:
@@ -310,7 +410,7 @@ def encode_png(mnist: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-async def sample_upload(request: Request, limits: ImageLimits) -> SampleUpload:
+async def sample_upload(request: Request, decoding: Decoding) -> SampleUpload:
     """A labelled sample from multipart (image, label, user_id) or JSON (pixels, label, user_id).
 
     Fields are validated before the image is decoded, so a bad label costs no decoding.
@@ -323,7 +423,7 @@ async def sample_upload(request: Request, limits: ImageLimits) -> SampleUpload:
         user_id = parse_user_id(_field(form, "user_id"))
         key = parse_idempotency_key(_field(form, "idempotency_key") or header_key)
         image = await form_file(form, "image", "file")
-        mnist = await image_to_mnist(image, limits)
+        mnist = await image_to_mnist(image, decoding)
     elif kind == JSON_TYPE:
         payload = await read_json(request)
         if not isinstance(payload, dict):

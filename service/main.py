@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from inkwell import __version__
 from service.context import ServiceContext
 from service.errors import register_error_handlers
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, MetricsMiddleware
 from service.routes import cheques, digits, health, oip, samples
 from service.settings import ServiceSettings
 
@@ -40,6 +40,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.context = context
     register_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(
+        InFlightLimitMiddleware,
+        limit=settings.max_in_flight,
+        retry_after_s=settings.retry_after_s,
+        metrics=context.metrics,
+    )
     app.add_middleware(
         MetricsMiddleware, metrics=context.metrics, current_version=lambda: context.model.version
     )

@@ -25,6 +25,7 @@ LATENCY_BUCKETS = (
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 NO_VERSION = "none"
+SHED_REASONS = ("in_flight", "queue_full", "deadline")
 
 
 class ServiceMetrics:
@@ -108,6 +109,15 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.ready.labels(variant).set(0)
+        self.shed = Counter(
+            "inkwell_service_requests_shed_total",
+            "Requests refused with 503 to stay responsive, by reason: in_flight (over "
+            "MAX_IN_FLIGHT), queue_full (over MAX_QUEUED_IMAGES), deadline (queued too long).",
+            ("variant", "reason"),
+            registry=self.registry,
+        )
+        for reason in SHED_REASONS:  # from zero, so rate() sees the first burst
+            self.shed.labels(variant, reason)
         self.cheque_reads = Counter(
             "inkwell_service_cheque_reads_total",
             "Cheque amounts read, by whether they were flagged for human review.",
@@ -144,6 +154,9 @@ class ServiceMetrics:
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.labels(self.variant).observe(size)
+
+    def request_shed(self, reason: str) -> None:
+        self.shed.labels(self.variant, reason).inc()
 
     def sample_accepted(self, created: bool) -> None:
         self.samples_accepted.labels(self.variant, str(created).lower()).inc()

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware at the HTTP edge: the request-body limit and request metrics.
+"""Pure ASGI middleware at the HTTP edge: the request-body limit, the in-flight limit, metrics.
 
 Pure ASGI (not BaseHTTPMiddleware) because it runs on every request of a hot path.
 """
@@ -9,9 +9,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inkwell.errors import PayloadTooLargeError
+from inkwell.errors import OverloadedError, PayloadTooLargeError
+from service.errors import error_body
 from service.metrics import ServiceMetrics
 
 MODEL_VERSION_KEY = "model_version"
@@ -54,6 +56,52 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+# Probes and scrapes must answer under overload: an orchestrator that sees them fail restarts a
+# process that is merely busy, which turns overload into an outage.
+UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics", "/v2/health/")
+
+
+class InFlightLimitMiddleware:
+    """Sheds requests beyond `limit` processed at once with 503 + Retry-After, at no cost.
+
+    Health checks and metrics are never counted nor shed.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, retry_after_s: int, metrics: ServiceMetrics
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.metrics = metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope["path"]).startswith(UNLIMITED_PATHS):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.metrics.request_shed("in_flight")
+            error = OverloadedError(
+                f"The service is overloaded: {self.in_flight} requests are being processed "
+                f"(limit {self.limit}). Retry after {self.retry_after_s} s, or send fewer "
+                "concurrent requests.",
+                retry_after_s=self.retry_after_s,
+            )
+            response = JSONResponse(
+                error_body(str(scope["path"]), error.code, error.message),
+                status_code=error.status_code,
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class MetricsMiddleware:

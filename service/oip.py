@@ -8,13 +8,13 @@ extension (`Inference-Header-Content-Length` header, raw little-endian bytes aft
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inkwell.errors import InvalidInputError, PayloadTooLargeError
+from service.inputs import parse_json
 from service.model import Prediction
 
 INPUT_NAME = "input"
@@ -44,11 +44,24 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+# Sizes and shapes are integers in the protocol: 3136.0 or "3136" is refused, not coerced.
+StrictSize = Annotated[int, Field(strict=True, ge=0)]
+StrictDim = Annotated[int, Field(strict=True)]
+
+
+class TensorParameters(BaseModel):
+    """An input's parameters: the binary extension's size, anything else passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: StrictSize | None = None
+
+
 class RequestInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[StrictDim]
     datatype: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: TensorParameters = Field(default_factory=TensorParameters)
     data: Any = None
 
 
@@ -113,12 +126,9 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
                 f"{len(body)} bytes; it must be the length of the JSON header.",
                 code="invalid_request",
             )
+    payload = parse_json(body[:split])
     try:
-        request = InferenceRequest.model_validate(json.loads(body[:split]))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(
-            f"The inference request is not valid JSON ({exc}).", code="invalid_json"
-        ) from exc
+        request = InferenceRequest.model_validate(payload)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -157,7 +167,7 @@ def input_images(request: InferenceRequest, binary: bytes, limit: int) -> np.nda
             f"The batch has {count} images; the limit is {limit}. Split it into smaller batches.",
             code="batch_too_large",
         )
-    binary_size = tensor.parameters.get("binary_data_size")
+    binary_size = tensor.parameters.binary_data_size
     if binary_size is not None:
         if binary_size != count * PIXELS * 4 or len(binary) < binary_size:
             raise InvalidInputError(

@@ -20,6 +20,11 @@ def default_torch_threads() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
+def default_decode_threads() -> int:
+    """One decode per core, at most four: more only adds memory, not throughput."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 class ServiceSettings(CoreSettings):
     """Everything one service process needs; every default works on one machine."""
 
@@ -46,6 +51,30 @@ class ServiceSettings(CoreSettings):
         description="How long the oldest queued request waits for company. Under load, "
         "batches form from what queues during a forward pass, so waiting only adds latency.",
     )
+    max_queued_images: int = Field(
+        default=2048,
+        ge=1,
+        description="Most images waiting for the model at once; more are refused with 503.",
+    )
+    request_deadline_ms: float = Field(
+        default=5000.0,
+        gt=0.0,
+        description="A request that waited this long for the model gets 503, not a late answer.",
+    )
+    max_in_flight: int = Field(
+        default=256,
+        ge=1,
+        description="Most requests processed at once (health checks and metrics not counted); "
+        "more are refused with 503 and Retry-After.",
+    )
+    retry_after_s: int = Field(
+        default=1, ge=0, description="Retry-After (seconds) on requests shed under overload."
+    )
+    decode_threads: int = Field(
+        default_factory=default_decode_threads,
+        ge=1,
+        description="Most images decoded at once (bounds decoding memory); others wait.",
+    )
     torch_threads: int = Field(default_factory=default_torch_threads, ge=1)
     optimize_model: bool = Field(
         default=True,
@@ -59,8 +88,18 @@ class ServiceSettings(CoreSettings):
         default=False, description="Predictions are open by default; true makes them keyed."
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
-    max_image_pixels: int = Field(default=16_000_000, ge=1)
-    max_image_side: int = Field(default=8_000, ge=1)
+    max_image_pixels: int = Field(
+        default=4_000_000,
+        ge=1,
+        description="Most pixels one image may declare (a digit or an amount field needs far "
+        "fewer); checked from the header before any pixel is decoded.",
+    )
+    max_image_side: int = Field(default=4_000, ge=1, description="Longest side of one image.")
+    max_batch_pixels: int = Field(
+        default=16_000_000,
+        ge=1,
+        description="Most pixels the images of one batch request may declare together.",
+    )
     poll_interval_s: float = Field(
         default=5.0, gt=0.0, description="How often the model alias is checked for a move."
     )

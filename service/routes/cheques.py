@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
-from starlette.concurrency import run_in_threadpool
 
 from service import inputs
-from service.deps import ChequeModelDep, MetricsDep, PredictionAccess, SettingsDep
+from service.deps import (
+    ChequeModelDep,
+    DecodingDep,
+    MetricsDep,
+    PredictionAccess,
+    SettingsDep,
+)
 from service.schemas import ChequeCharacterPublic, ChequeReadingPublic
 
 router = APIRouter(prefix="/v1/cheques", tags=["cheques"], dependencies=[PredictionAccess])
@@ -44,6 +50,7 @@ async def read_cheque(
     request: Request,
     cheques: ChequeModelDep,
     settings: SettingsDep,
+    decoding: DecodingDep,
     metrics: MetricsDep,
     layout: Literal["auto", "field", "cheque"] = Query(
         "auto", description="auto: a whole cheque is recognised by its size."
@@ -52,8 +59,9 @@ async def read_cheque(
 ) -> ChequeReadingPublic:
     """Read the courtesy (numeric) amount; a blank field is a 422, never an invented amount."""
     data = await inputs.image_bytes(request)
-    reading = await run_in_threadpool(
-        cheques.read, data, layout=layout, decoder=decoder, limits=settings.image_limits
+    reading = await decoding.run(
+        functools.partial(cheques.read, layout=layout, decoder=decoder, limits=decoding.limits),
+        data,
     )
     version = reading.model_version or "none"
     metrics.observe_cheque(version, reading.confidence, reading.needs_review)

@@ -60,7 +60,7 @@ BATCH_BODY = {
 @router.post("/predict", response_model=PredictionPublic, openapi_extra=IMAGE_BODY)
 async def predict_digit(request: Request, context: PredictContextDep) -> Response:
     """Read the digit in one image (photo, scan or 28x28 pixels)."""
-    image = await inputs.single_image(request, context.settings.image_limits)
+    image = await inputs.single_image(request, context.decoding)
     prediction = await context.batcher.infer(image[None])
     return responses.single(request, context.metrics, prediction)
 
@@ -68,7 +68,6 @@ async def predict_digit(request: Request, context: PredictContextDep) -> Respons
 @router.post("/predict/batch", response_model=BatchPredictionPublic, openapi_extra=BATCH_BODY)
 async def predict_digits(request: Request, context: PredictContextDep) -> Response:
     """Read the digits in up to INKWELL_SERVICE_MAX_BATCH_IMAGES images, in order."""
-    settings = context.settings
-    images = await inputs.image_batch(request, settings.image_limits, settings.max_batch_images)
+    images = await inputs.image_batch(request, context.decoding, context.settings.max_batch_images)
     prediction = await context.batcher.infer(images)
     return responses.batch(request, context.metrics, prediction)

@@ -49,7 +49,7 @@ async def upload_sample(request: Request, context: ContextDep) -> Response:
     the earlier sample's id instead of storing it twice.
     """
     try:
-        upload = await inputs.sample_upload(request, context.settings.image_limits)
+        upload = await inputs.sample_upload(request, context.decoding)
     except InvalidInputError as exc:
         context.metrics.sample_rejected(exc.code)
         raise

@@ -20,6 +20,7 @@ from inkwell.settings import STABLE, CoreSettings
 from service.main import create_app
 from service.settings import ServiceSettings
 from tests.cheques.helpers import TINY, always_five, field_image, png
+from tests.service.conftest import png_of_zeros
 
 READ = "/v1/cheques/read"
 
@@ -103,6 +104,16 @@ def test_cheque_without_an_amount_box_says_to_crop_it(client: TestClient) -> Non
     response = client.post(READ, content=png(cheque), headers={"Content-Type": "image/png"})
     body = assert_error(response, 422, "amount_field_not_found")
     assert "Crop the amount box" in body["message"]
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "multipart/form-data"])
+def test_small_png_declaring_4000x4000_rgba_is_a_413(client: TestClient, content_type: str) -> None:
+    bomb = png_of_zeros(4_000, 4_000, bit_depth=8, color_type=6)  # ~62 kB, 64 MB raw
+    if content_type == "image/png":
+        response = client.post(READ, content=bomb, headers={"Content-Type": content_type})
+    else:
+        response = client.post(READ, files={"image": ("cheque.png", bomb, "image/png")})
+    assert "4000x4000" in assert_error(response, 413, "image_too_large")["message"]
 
 
 def test_json_is_not_an_image(client: TestClient) -> None:

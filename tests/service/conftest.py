@@ -6,9 +6,11 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,26 @@ def encode(array: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).convert(mode).save(buffer, fmt)
     return buffer.getvalue()
+
+
+def png_of_zeros(width: int, height: int, bit_depth: int = 1, color_type: int = 0) -> bytes:
+    """A valid PNG of the given size whose pixels compress to almost nothing (a pixel bomb).
+
+    `color_type` is the PNG one: 0 gray, 2 RGB, 4 gray + alpha, 6 RGBA.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[color_type]
+    row = b"\x00" * (1 + (width * channels * bit_depth + 7) // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
 
 
 def as_photo(digit: np.ndarray, size: int = 140) -> np.ndarray:

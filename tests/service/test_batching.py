@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
 
-from inkwell.errors import ModelNotReadyError
+from inkwell.errors import DeadlineExceededError, ModelNotReadyError, OverloadedError
 from inkwell.settings import STABLE
 from service.batching import MicroBatcher
 from service.model import DigitModel, Prediction
@@ -98,3 +99,66 @@ def test_model_errors_reach_every_waiting_request(trained_registry: TrainedRegis
 
     results = asyncio.run(run())
     assert all(isinstance(r, ModelNotReadyError) for r in results)
+
+
+async def gather_results(batcher: MicroBatcher, requests: list[np.ndarray]) -> list[object]:
+    await batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.infer(r) for r in requests), return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_queue_over_its_bound_sheds_requests_with_retry_after(
+    model: DigitModel, trained_registry: TrainedRegistry
+) -> None:
+    images = trained_registry.test_images[:1].astype(np.float32) / 255.0
+    reasons: list[str] = []
+    batcher = MicroBatcher(
+        model.predict,
+        max_size=1,
+        max_wait_s=0.0,
+        max_queued=8,
+        retry_after_s=2,
+        on_shed=reasons.append,
+    )
+    # All 20 arrive before the worker takes any: 8 fit in the queue, 12 are shed at once.
+    results = asyncio.run(gather_results(batcher, [images] * 20))
+    answered = [r for r in results if isinstance(r, Prediction)]
+    shed = [r for r in results if isinstance(r, OverloadedError)]
+    assert len(answered) == 8 and len(shed) == 12, results
+    assert all(e.status_code == 503 and e.retry_after_s == 2 for e in shed)
+    assert "8" in shed[0].message and "Retry after 2 s" in shed[0].message
+    assert batcher.queued_images == 0
+    assert reasons == ["queue_full"] * 12
+
+
+def test_requests_queued_past_the_deadline_get_503_not_a_late_answer(
+    model: DigitModel, trained_registry: TrainedRegistry
+) -> None:
+    images = trained_registry.test_images[:1].astype(np.float32) / 255.0
+    reasons: list[str] = []
+    batcher = MicroBatcher(
+        model.predict, max_size=1, max_wait_s=0.0, deadline_s=0.5, on_shed=reasons.append
+    )
+
+    async def scenario() -> tuple[object, list[object], object]:
+        await batcher.start()
+        try:
+            before = await batcher.infer(images)
+            stuck = [asyncio.ensure_future(batcher.infer(images)) for _ in range(3)]
+            await asyncio.sleep(0)  # all three are queued ...
+            time.sleep(0.6)  # ... and the loop is held past their deadline before any is taken
+            expired = await asyncio.gather(*stuck, return_exceptions=True)
+            after = await batcher.infer(images)
+            return before, expired, after
+        finally:
+            await batcher.stop()
+
+    before, expired, after = asyncio.run(scenario())
+    assert isinstance(before, Prediction) and isinstance(after, Prediction)
+    assert all(isinstance(r, DeadlineExceededError) for r in expired), expired
+    late = expired[0]
+    assert isinstance(late, DeadlineExceededError) and late.code == "deadline_exceeded"
+    assert late.status_code == 503 and "500 ms deadline" in late.message
+    assert reasons == ["deadline"] * 3

@@ -2,36 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
-import struct
-import zlib
+import time
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
-from tests.service.conftest import API_KEY, TrainedRegistry, as_photo, assert_error, encode
+from tests.service.conftest import (
+    API_KEY,
+    TrainedRegistry,
+    as_photo,
+    assert_error,
+    encode,
+    png_of_zeros,
+)
 
 PREDICT = "/v1/digits/predict"
 BATCH = "/v1/digits/predict/batch"
 SAMPLES = "/v1/samples"
 KEY = {"X-API-Key": API_KEY}
-
-
-def png_of_zeros(width: int, height: int, bit_depth: int = 1) -> bytes:
-    """A valid grayscale PNG of the given size whose pixels compress to almost nothing."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row = b"\x00" * (1 + (width * bit_depth + 7) // 8)
-    compressor = zlib.compressobj(9)
-    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
 
 
 def post_json(client: TestClient, path: str, payload: object):  # type: ignore[no-untyped-def]
@@ -88,6 +80,35 @@ def test_decompression_bomb_under_pillow_limit_but_over_ours_is_too_large(
     assert "5000x5000" in body["message"]
 
 
+def test_small_png_declaring_4000x4000_rgba_is_refused_before_decoding(
+    client: TestClient,
+) -> None:
+    data = png_of_zeros(
+        4_000, 4_000, bit_depth=8, color_type=6
+    )  # 16 Mpx RGBA (64 MB raw) in ~62 kB
+    assert len(data) < 64 * 1024
+    started = time.perf_counter()
+    body = assert_error(post_png(client, data), 413, "image_too_large")
+    assert time.perf_counter() - started < 2.0  # decoding it takes seconds and ~500 MB
+    assert "4000x4000" in body["message"] and "4,000,000" in body["message"]
+
+
+def test_jpeg_declaring_4000x4000_is_refused_before_decoding(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (4_000, 4_000), 255).save(buffer, "JPEG", quality=50)
+    response = client.post(
+        PREDICT, content=buffer.getvalue(), headers={"Content-Type": "image/jpeg"}
+    )
+    assert "4000x4000" in assert_error(response, 413, "image_too_large")["message"]
+
+
+def test_batch_over_its_pixel_budget_is_refused_before_decoding(client: TestClient) -> None:
+    image = png_of_zeros(2_000, 2_000)  # each within the per-image limit, 20 Mpx together
+    files = [("images", (f"{i}.png", image, "image/png")) for i in range(5)]
+    body = assert_error(client.post(BATCH, files=files), 413, "image_too_large")
+    assert "20,000,000 pixels together" in body["message"], body
+
+
 def test_all_white_image_has_no_ink(client: TestClient) -> None:
     white = np.full((120, 90), 255, dtype=np.uint8)
     assert_error(post_png(client, encode(white)), 422, "no_ink")
@@ -119,6 +140,48 @@ def test_json_syntax_error_and_missing_field(client: TestClient) -> None:
         client.post(PREDICT, content=b'{"pixels": [', headers=headers), 422, "invalid_json"
     )
     assert_error(client.post(PREDICT, json={"image": []}), 422, "invalid_json")
+
+
+NESTED = "[" * 3_000 + "]" * 3_000
+HUGE_INT = "1" + "0" * 400
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "code"),
+    [
+        (PREDICT, "[" * 100_000 + "]" * 100_000, "invalid_json"),
+        (PREDICT, '{"pixels": ' + NESTED + "}", "invalid_json"),
+        (PREDICT, '{"pixels": [[' + HUGE_INT + "]]}", "invalid_image"),
+        (PREDICT, '{"pixels": 1' + "0" * 5_000 + "}", "invalid_image"),
+        (BATCH, '{"images": ' + NESTED + "}", "invalid_json"),
+        (BATCH, '{"images": [[[-' + HUGE_INT + "]]]}", "invalid_image"),
+        (SAMPLES, '{"user_id": "u", "label": ' + NESTED + "}", "invalid_json"),
+        (SAMPLES, '{"user_id": "u", "label": 1, "pixels": [[' + HUGE_INT + "]]}", "invalid_image"),
+    ],
+    ids=[
+        "deep-body",
+        "deep-pixels",
+        "400-digit-pixel",
+        "5000-digit-pixels",
+        "deep-batch",
+        "400-digit-batch-pixel",
+        "deep-label",
+        "400-digit-sample-pixel",
+    ],
+)
+def test_malformed_json_is_a_422_with_a_message(
+    client: TestClient, path: str, body: str, code: str
+) -> None:
+    headers = {"Content-Type": "application/json", **KEY}
+    assert_error(client.post(path, content=body.encode(), headers=headers), 422, code)
+
+
+def test_big_json_with_nan_is_refused_by_the_fast_parser(client: TestClient) -> None:
+    # Python's parser (which reads NaN) needs ~1 s of event loop for these 6 MB; orjson ~0.1 s.
+    image = "[" + ",".join(["[" + ",".join(["0.5"] * 28) + "]"] * 28) + "]"
+    body = '{"images": [' + ",".join([image] * 2_000) + '], "note": NaN}'
+    response = client.post(BATCH, content=body, headers={"Content-Type": "application/json"})
+    assert "NaN and Infinity are not JSON" in assert_error(response, 422, "invalid_json")["message"]
 
 
 def test_malformed_batch_names_the_bad_image(client: TestClient) -> None:

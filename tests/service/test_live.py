@@ -21,8 +21,10 @@ from tests.service.conftest import (
     API_KEY,
     LiveService,
     TrainedRegistry,
+    as_photo,
     encode,
     free_port,
+    png_of_zeros,
     service_env,
     wait_ready,
 )
@@ -172,3 +174,76 @@ def test_unreachable_mlflow_keeps_the_last_good_model(
         assert 'inkwell_service_model_load_failures_total{reason="registry_unavailable"' in metrics
         assert client.get(f"{service.url}/readyz").status_code == 200
         assert predict(client, service.url, image).status_code == 200
+
+
+def test_healthz_keeps_answering_while_large_images_and_pixel_bombs_arrive(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    # Decoding happens off the event loop and bombs are refused from their header, so the
+    # loop stays free for health checks (the old code decoded small files on the loop: seconds).
+    service = start_service(STABLE)
+    bomb = png_of_zeros(4_000, 4_000, bit_depth=8, color_type=6)
+    photo = encode(as_photo(trained_registry.test_images[0], size=1_800))  # 3.5 Mpx, allowed
+    uploads = [bomb, photo] * 3
+    statuses: list[int] = []
+    latencies: list[float] = []
+
+    def upload(data: bytes) -> None:
+        with httpx.Client(timeout=60) as client:
+            statuses.append(predict(client, service.url, data).status_code)
+
+    threads = [threading.Thread(target=upload, args=(data,)) for data in uploads]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(timeout=30) as client:
+        while any(thread.is_alive() for thread in threads):
+            started = time.perf_counter()
+            assert client.get(f"{service.url}/healthz").status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    assert latencies and max(latencies) < 1.0, latencies
+    assert sorted(statuses) == [200] * 3 + [413] * 3
+
+
+def test_overload_is_shed_with_503_and_retry_after_while_health_checks_answer(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    env = service_env(trained_registry, max_in_flight="2", retry_after_s="3")
+    service = start_service(STABLE, env=env)
+    photo = encode(as_photo(trained_registry.test_images[0], size=1_800))  # ~0.1-0.5 s to decode
+    answers: list[httpx.Response] = []
+    probes: list[tuple[int, float]] = []
+
+    def upload() -> None:
+        with httpx.Client(timeout=60) as client:
+            answers.append(predict(client, service.url, photo))
+
+    threads = [threading.Thread(target=upload) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    with httpx.Client(timeout=30) as client:
+        while any(thread.is_alive() for thread in threads):
+            for path in ("/healthz", "/readyz"):
+                started = time.perf_counter()
+                status = client.get(f"{service.url}{path}").status_code
+                probes.append((status, time.perf_counter() - started))
+            time.sleep(0.02)
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert set(statuses) == {200, 503}, statuses
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.headers["Retry-After"] == "3"
+    assert shed.json()["code"] == "overloaded" and "limit 2" in shed.json()["message"]
+    assert probes and all(status == 200 for status, _ in probes), probes
+    assert max(latency for _, latency in probes) < 1.0, probes
+    with httpx.Client(timeout=30) as client:
+        assert predict(client, service.url, photo).status_code == 200  # recovered by itself
+        metrics = client.get(f"{service.url}/metrics").text
+    shed_count = statuses.count(503)
+    assert (
+        f'inkwell_service_requests_shed_total{{reason="in_flight",variant="stable"}} '
+        f"{float(shed_count)}" in metrics
+    ), metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.service.conftest import TrainedRegistry, assert_error
@@ -122,3 +123,54 @@ def test_unknown_model_or_version_is_404(client: TestClient) -> None:
     assert_error(client.get("/v2/models/resnet"), 404, "model_not_found")
     assert_error(client.get(f"{MODEL}/versions/999"), 404, "model_not_found")
     assert_error(client.post("/v2/models/resnet/infer", json={}), 404, "model_not_found")
+
+
+HUGE_INT = "1" + "0" * 400
+NESTED = "[" * 3_000 + "]" * 3_000
+PIXELS_JSON = "[" + ",".join(["0.5"] * 784) + "]"
+
+
+def tensor_json(shape: str = "[1, 784]", data: str | None = None, parameters: str = "") -> str:
+    """An infer request's JSON text with raw snippets, for what json.dumps cannot write."""
+    fields = f'"name": "input", "shape": {shape}, "datatype": "FP32"'
+    if data is not None:
+        fields += f', "data": {data}'
+    if parameters:
+        fields += f', "parameters": {parameters}'
+    return f'{{"inputs": [{{{fields}}}]}}'
+
+
+def post_raw(client: TestClient, head: str, binary: bytes = b""):  # type: ignore[no-untyped-def]
+    headers = {"Content-Type": "application/json"}
+    if binary:
+        headers["Inference-Header-Content-Length"] = str(len(head.encode()))
+    return client.post(f"{MODEL}/infer", content=head.encode() + binary, headers=headers)
+
+
+def test_binary_data_size_must_be_an_integer_not_a_float(client: TestClient) -> None:
+    head = tensor_json(parameters='{"binary_data_size": 3136.0}')
+    body = assert_error(post_raw(client, head, b"\0" * 3136), 422, "invalid_request")
+    assert "binary_data_size" in body["message"] and "integer" in body["message"]
+
+
+def test_shape_must_be_integers_not_floats(client: TestClient) -> None:
+    head = tensor_json(shape="[1, 784.0]", data=PIXELS_JSON)
+    body = assert_error(post_raw(client, head), 422, "invalid_request")
+    assert "shape" in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("head", "code"),
+    [
+        (NESTED, "invalid_json"),
+        ('{"inputs": ' + NESTED + "}", "invalid_json"),
+        (tensor_json(data=NESTED), "invalid_json"),
+        (tensor_json(data=f"[{HUGE_INT}{',0' * 783}]"), "invalid_data"),
+        (tensor_json(data=f"[1{'0' * 5_000}{',0' * 783}]"), "invalid_data"),
+    ],
+    ids=["deep-body", "deep-inputs", "deep-data", "400-digit-value", "5000-digit-value"],
+)
+def test_malformed_json_in_infer_requests_is_a_422(
+    client: TestClient, head: str, code: str
+) -> None:
+    assert_error(post_raw(client, head), 422, code)

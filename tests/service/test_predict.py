@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
+import anyio
 import numpy as np
 from fastapi.testclient import TestClient
 
+from inkwell.errors import DeadlineExceededError
+from inkwell.preprocessing import ImageLimits, preprocess_bytes
+from service.inputs import Decoding
+from service.main import create_app
 from tests.service.conftest import TrainedRegistry, as_photo, encode
 
 N = 40
@@ -154,3 +162,74 @@ def test_health_and_readiness(client: TestClient, trained_registry: TrainedRegis
     ready = client.get("/readyz").json()
     assert ready["model_version"] == trained_registry.v1.version
     assert ready["variant"] == "stable"
+
+
+def test_decodes_in_progress_never_exceed_the_decode_threads(
+    trained_registry: TrainedRegistry,
+) -> None:
+    photo = encode(as_photo(trained_registry.test_images[0], size=600))
+    limits = ImageLimits()
+    lock = threading.Lock()
+    active = peak = 0
+
+    def tracked(data: bytes) -> np.ndarray:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            return preprocess_bytes(data, limits)
+        finally:
+            with lock:
+                active -= 1
+
+    async def decode_many() -> list[np.ndarray]:
+        decoding = Decoding(limits, 16_000_000, anyio.CapacityLimiter(2))
+        return await asyncio.gather(*(decoding.run(tracked, photo) for _ in range(12)))
+
+    results = asyncio.run(decode_many())
+    assert peak <= 2, peak
+    assert all(np.array_equal(r, results[0]) for r in results)
+
+
+def test_service_decodes_with_its_configured_number_of_threads(
+    trained_registry: TrainedRegistry,
+) -> None:
+    with TestClient(create_app(trained_registry.settings(decode_threads=3))) as client:
+        assert client.app.state.context.decoding.limiter.total_tokens == 3  # type: ignore[attr-defined]
+        image = encode(as_photo(trained_registry.test_images[0]))
+        response = client.post(
+            "/v1/digits/predict", content=image, headers={"Content-Type": "image/png"}
+        )
+        assert response.status_code == 200, response.text
+
+
+def test_waiting_past_the_deadline_for_a_decode_slot_is_a_503_not_a_late_answer(
+    trained_registry: TrainedRegistry,
+) -> None:
+    photo = encode(as_photo(trained_registry.test_images[0]))
+    limits = ImageLimits()
+    shed: list[str] = []
+
+    async def scenario() -> tuple[object, np.ndarray]:
+        decoding = Decoding(
+            limits, 16_000_000, anyio.CapacityLimiter(1), 0.05, retry_after_s=2, on_shed=shed.append
+        )
+        release = threading.Event()
+        holder = asyncio.ensure_future(decoding.run(release.wait, 10))  # takes the only slot
+        await asyncio.sleep(0.01)
+        try:
+            (late,) = await asyncio.gather(
+                decoding.run(preprocess_bytes, photo, limits), return_exceptions=True
+            )
+        finally:
+            release.set()
+        await holder
+        return late, await decoding.run(preprocess_bytes, photo, limits)  # the slot is free again
+
+    late, after = asyncio.run(scenario())
+    assert isinstance(late, DeadlineExceededError), late
+    assert late.status_code == 503 and late.retry_after_s == 2
+    assert "decoding slot" in late.message and "50 ms deadline" in late.message
+    assert shed == ["deadline"]
+    assert after.shape == (28, 28)

@@ -8,7 +8,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from inkwell.store import SampleStore
-from tests.service.conftest import API_KEY, TrainedRegistry, as_photo, encode
+from tests.service.conftest import API_KEY, TrainedRegistry, as_photo, assert_error, encode
 
 KEY = {"X-API-Key": API_KEY}
 
@@ -64,16 +64,30 @@ def test_idempotency_key_replay_returns_the_same_sample(
     client: TestClient, trained_registry: TrainedRegistry
 ) -> None:
     user = f"user-{uuid.uuid4().hex[:8]}"
-    first = upload(client, encode(trained_registry.test_images[9]), "7", user, idempotency_key="k1")
-    replay = upload(
-        client,
-        encode(trained_registry.test_images[10]),
-        "7",
-        user,
-        headers={"Idempotency-Key": "k1"},
-    )
+    image = encode(trained_registry.test_images[9])
+    first = upload(client, image, "7", user, idempotency_key="k1")
+    replay = upload(client, image, "7", user, headers={"Idempotency-Key": "k1"})
     assert first.status_code == 201 and replay.status_code == 200
     assert replay.json()["sample_id"] == first.json()["sample_id"]
+
+
+def test_idempotency_key_reused_with_another_image_or_label_is_a_422(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    image = encode(trained_registry.test_images[9])
+    first = upload(client, image, "7", user, idempotency_key="k2")
+    assert first.status_code == 201, first.text
+    sample_id = first.json()["sample_id"]
+    other_image = upload(
+        client, encode(trained_registry.test_images[10]), "7", user, idempotency_key="k2"
+    )
+    body = assert_error(other_image, 422, "idempotency_key_reused")
+    assert f"sample {sample_id} with a different image" in body["message"]
+    other_label = upload(client, image, "3", user, headers={"Idempotency-Key": "k2"})
+    body = assert_error(other_label, 422, "idempotency_key_reused")
+    assert "different label" in body["message"] and "new key" in body["message"]
+    assert store_of(trained_registry).get(sample_id).label == 7  # type: ignore[union-attr]
 
 
 def test_json_pixels_sample_is_stored_as_png(
