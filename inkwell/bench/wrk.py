@@ -210,7 +210,8 @@ class LatencyStats:
 
         def pct(q: float) -> float:
             # nearest rank, as wrk's histogram reports it
-            return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+            rank = math.ceil(round(q * len(ordered) / 100, 6))  # 99.9 % of 1000 is 999, not 1000
+            return ordered[min(len(ordered), max(1, rank)) - 1]
 
         rate = len(ordered) / seconds if seconds else 0.0
         return cls(rate, pct(50), pct(90), pct(99), pct(99.9), ordered[-1], errors)
