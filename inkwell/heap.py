@@ -2,12 +2,12 @@
 
 A service or router process holds about half a million objects once torch, MLflow, FastAPI and
 the model are loaded. Python's full (generation 2) collection walks all of them while holding
-the GIL: 40-700 ms on a busy 2-core machine, during which no request moves, and under load one
-comes every 10-20 s. Freezing the heap once start-up is done (`gc.freeze()`) moves those objects
-to a permanent generation that collections skip, so a full collection only walks what was
-created since: a few milliseconds. Frozen objects are still freed by reference counting; only
-reference cycles among them are not, so whatever replaces a large part of that heap (a model
-swap: an eager `nn.Module` sits in a cycle) calls `refreeze()` to let its old cycles go.
+the GIL: 0.4-0.7 s on a busy 2-core machine, during which no request moves, and under load one
+comes every 10-20 s. Freezing the heap once start-up is done (`gc.freeze()`) moves those
+objects to a permanent generation that collections skip, so a full collection only walks what
+was created since: tens of milliseconds at most. Frozen objects are still freed by reference
+counting; only reference cycles among them are not, so whatever replaces a large part of that
+heap (a model swap: an eager `nn.Module` sits in a cycle) calls `refreeze()` to let them go.
 """
 
 from __future__ import annotations
