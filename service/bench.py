@@ -303,7 +303,11 @@ def compare_generators(
     warmup: float,
     progress: Callable[[str], None],
 ) -> dict[tuple[str, int, str], wrk.LatencyStats]:
-    """This bench's client and wrk in turns on one service: (body, connections, generator)."""
+    """This bench's client and wrk in turns on one service: (body, connections, generator).
+
+    Without wrk on PATH only this bench's client runs (the caller says why).
+    """
+    generators = ["bench client", "wrk"] if wrk.binary() else ["bench client"]
     runs: dict[tuple[str, int, str], list[wrk.LatencyStats]] = {}
     for body_name, requests in bodies.items():
         own: list[tuple[bytes, list[int]]] = [
@@ -311,8 +315,8 @@ def compare_generators(
         ]
         for level in levels:
             for index in range(rounds):
-                generators = ["bench client", "wrk"]
-                for generator in generators[index % 2 :] + generators[: index % 2]:
+                shift = index % len(generators)  # each generator goes first in turn
+                for generator in generators[shift:] + generators[:shift]:
                     progress(f"{body_name}, {level} connections, {generator} ...")
                     if generator == "wrk":
                         stats = wrk.LatencyStats.of_wrk(
@@ -495,7 +499,7 @@ def bench_service(
                 batched,
                 single_image_bodies(images[:64]),
                 levels,
-                rounds=rounds if wrk.binary() else 1,
+                rounds=rounds,
                 duration=duration,
                 warmup=warmup,
                 progress=lambda line: console.print(f"[bold]generators[/bold]: {line}"),
@@ -559,7 +563,7 @@ def bench_service(
         generators_table = Table(
             "body", "connections", "load generator", *wrk.COLUMNS,
             title=f"single-image requests to the micro-batched service from this bench's client "
-            f"and from wrk, in turns; median of {rounds if wrk.binary() else 1} x {duration:g} s "
+            f"and from wrk, in turns; median of {rounds} x {duration:g} s "
             "(max: the largest)",
         )  # fmt: skip
         for (body_name, level, generator), stats in compared.items():
