@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inkwell.errors import InkwellError
+from inkwell.heap import freeze_long_lived, thaw
 from inkwell.settings import CANARY, STABLE
 from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from router import admin
@@ -200,10 +201,12 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
+        freeze_long_lived()  # full collections skip the start-up heap; see inkwell.heap
         try:
             yield
         finally:
             await runtime.stop()
+            thaw()
 
     app = FastAPI(
         title="Inkwell router",

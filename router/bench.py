@@ -5,6 +5,8 @@ the benchmark never takes part in a live rollout), then drives both with the sam
 load of single-image PNG predictions, alternating direct and routed rounds so that a noisy
 neighbour on a shared machine hurts both alike. The load generator is a minimal keep-alive
 HTTP/1.1 client on asyncio streams (an HTTP library would spend more CPU than the router).
+When wrk is installed, each of those runs is followed by a wrk run with the same bodies and
+connections, and both generators' percentiles are reported side by side.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,8 @@ import httpx
 import numpy as np
 import typer
 from PIL import Image
+
+from inkwell.bench import wrk
 
 HOST = "127.0.0.1"
 CLI = "from inkwell.cli import main; main()"
@@ -221,11 +225,19 @@ def bench_router(
             "pipe) or nginx (needs nginx installed). Repeat for both."
         ),
     ] = None,
+    body: Annotated[
+        str, typer.Option(help="Request body: png (raw image/png) or multipart (an image field).")
+    ] = "png",
+    compare: Annotated[
+        bool, typer.Option(help="Follow each run with a wrk run (skipped when wrk is absent).")
+    ] = True,
 ) -> None:
     """Router overhead: p50/p95/p99 and req/s direct to the service vs through the router."""
     from router.reference import REFERENCES, nginx_binary, reference_command
 
     levels = concurrency or [1, 16]
+    if body not in ("png", "multipart"):
+        raise typer.BadParameter("choose png or multipart", param_hint="--body")
     if client not in ("fast", "httpx"):
         raise typer.BadParameter("choose fast or httpx", param_hint="--client")
     references = list(dict.fromkeys(reference or []))
@@ -257,10 +269,22 @@ def bench_router(
             "`inkwell train` (the benchmark serves it)."
         )
     images = load_split("test", settings.data_dir).images[:256]
-    payloads = [
-        http_post("/v1/digits/predict", png(img), "image/png", f"user-{i}")
+    bodies = [
+        replace(
+            wrk.multipart("image", f"digit-{i}.png", png(img), "image/png")
+            if body == "multipart"
+            else wrk.WrkRequest(png(img), "image/png"),
+            headers={"X-User-Id": f"user-{i}"},
+        )
         for i, img in enumerate(images)
     ]
+    payloads = [
+        http_post("/v1/digits/predict", r.body, r.content_type, r.headers["X-User-Id"])
+        for r in bodies
+    ]
+    with_wrk = compare and wrk.binary() is not None
+    if compare and not with_wrk:
+        console.print(f"[yellow]{wrk.MISSING}[/yellow] This bench's client runs alone.")
     env = {k: v for k, v in os.environ.items() if not k.startswith("INKWELL_ROUTER_")}
     env.update(
         INKWELL_HOME=str(settings.home),
@@ -284,6 +308,7 @@ def bench_router(
     )
     targets = ["direct", "router", *references]
     results: dict[tuple[str, int], list[Run]] = {}
+    generators: dict[tuple[str, int, str], list[wrk.LatencyStats]] = {}
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inkwell-bench-router-")))
         pids = {
@@ -316,10 +341,24 @@ def bench_router(
                         pids=pids,
                     )
                     results.setdefault((target, level), []).append(run)
+                    if not with_wrk:
+                        continue
+                    own = wrk.LatencyStats.of_latencies(run.latencies_ms, run.seconds, run.errors)
+                    generators.setdefault((target, level, "bench client"), []).append(own)
+                    measured = wrk.run(
+                        ports[target],
+                        "/v1/digits/predict",
+                        bodies,
+                        connections=level,
+                        seconds=duration,
+                        warmup=warmup,
+                    )
+                    stats = wrk.LatencyStats.of_wrk(measured)
+                    generators.setdefault((target, level, "wrk"), []).append(stats)
     table = Table(
         "target", "clients", "req/s", "vs direct", "p50 ms", "p95 ms", "p99 ms", "errors",
         "service CPU ms/req", "proxy CPU ms/req",
-        title="inkwell bench router (PNG single-image predictions)",
+        title=f"inkwell bench router ({body} single-image predictions)",
     )  # fmt: skip
     verdicts = []
     for level in levels:
@@ -356,6 +395,18 @@ def bench_router(
     console.print(table)
     for line in verdicts:
         console.print(line)
+    if generators:
+        generators_table = Table(
+            "target", "connections", "load generator", *wrk.COLUMNS,
+            title=f"this bench's client and wrk on the same targets ({body} bodies), each run "
+            f"followed by wrk's; median of {rounds} x {duration:g} s (max: the largest)",
+        )  # fmt: skip
+        for (target, level, generator), per_round in sorted(
+            generators.items(), key=lambda item: (item[0][1], targets.index(item[0][0]))
+        ):
+            median = wrk.median_of(per_round)
+            generators_table.add_row(target, str(level), generator, *median.cells())
+        console.print(generators_table)
 
 
 def change(rate: float, baseline: float) -> float:

@@ -6,7 +6,9 @@ requests at a fixed concurrency for a fixed time; then measures the batch routes
 bare forward pass the service runs (same version, same torch threads, best of before/after).
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams: an HTTP library
 would spend more CPU per request than the service does, and on a small machine the generator
-shares the cores with the service.
+shares the cores with the service. Last, the same single-image loads (raw PNG and multipart)
+run in turns from this client and from wrk (when installed) at several connection counts, so
+the report shows whether an independent load generator sees the same tail.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 from PIL import Image
+
+from inkwell.bench import wrk
 
 if TYPE_CHECKING:
     import torch
@@ -274,6 +278,74 @@ def png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+PREDICT = "/v1/digits/predict"
+
+
+def single_image_bodies(images: np.ndarray) -> dict[str, list[wrk.WrkRequest]]:
+    """The same digits as a raw image/png body and as a multipart `image` field."""
+    encoded = [png(image) for image in images]
+    return {
+        "raw image/png": [wrk.WrkRequest(data, "image/png") for data in encoded],
+        "multipart image": [
+            wrk.multipart("image", f"digit-{i}.png", data, "image/png")
+            for i, data in enumerate(encoded)
+        ],
+    }
+
+
+def compare_generators(
+    service: tuple[int, int],
+    bodies: dict[str, list[wrk.WrkRequest]],
+    levels: list[int],
+    *,
+    rounds: int,
+    duration: float,
+    warmup: float,
+    progress: Callable[[str], None],
+) -> dict[tuple[str, int, str], wrk.LatencyStats]:
+    """This bench's client and wrk in turns on one service: (body, connections, generator).
+
+    Without wrk on PATH only this bench's client runs (the caller says why).
+    """
+    generators = ["bench client", "wrk"] if wrk.binary() else ["bench client"]
+    runs: dict[tuple[str, int, str], list[wrk.LatencyStats]] = {}
+    for body_name, requests in bodies.items():
+        own: list[tuple[bytes, list[int]]] = [
+            (http_request(PREDICT, r.body, r.content_type), []) for r in requests
+        ]
+        for level in levels:
+            for index in range(rounds):
+                shift = index % len(generators)  # each generator goes first in turn
+                for generator in generators[shift:] + generators[:shift]:
+                    progress(f"{body_name}, {level} connections, {generator} ...")
+                    if generator == "wrk":
+                        stats = wrk.LatencyStats.of_wrk(
+                            wrk.run(
+                                service[1],
+                                PREDICT,
+                                requests,
+                                connections=level,
+                                seconds=duration,
+                                warmup=warmup,
+                            )
+                        )
+                    else:
+                        result = run_load(
+                            service,
+                            own,
+                            concurrency=level,
+                            duration=duration,
+                            warmup=warmup,
+                            name=generator,
+                            images_per_request=1,
+                        )
+                        stats = wrk.LatencyStats.of_latencies(
+                            result.latencies_ms, result.seconds, result.errors
+                        )
+                    runs.setdefault((body_name, level, generator), []).append(stats)
+    return {key: wrk.median_of(values) for key, values in runs.items()}
+
+
 def bench_service(
     duration: Annotated[float, typer.Option(help="Measured seconds per scenario.")] = 10.0,
     warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each.")] = 2.0,
@@ -287,6 +359,12 @@ def bench_service(
     payload: Annotated[
         str, typer.Option(help="Single-image body: png (decoded and normalised) or json pixels.")
     ] = "png",
+    compare: Annotated[
+        bool, typer.Option(help="Also run this client and wrk in turns (raw PNG and multipart).")
+    ] = True,
+    compare_connections: Annotated[
+        list[int] | None, typer.Option(help="Connections for that comparison (repeat).")
+    ] = None,
 ) -> None:
     """Single-image req/s and p50/p95/p99 (micro-batched vs naive), batch route vs bare model."""
     import torch
@@ -338,6 +416,9 @@ def bench_service(
         "v1 JSON": "POST /v1/digits/predict/batch, JSON 0..255 arrays",
         "v2 binary FP32": f"POST /v2/models/{settings.model_name}/infer, binary FP32",
     }
+    levels = compare_connections or [16, 64]
+    if compare and wrk.binary() is None:
+        console.print(f"[yellow]{wrk.MISSING}[/yellow] This client runs alone.")
     load1 = os.getloadavg()[0]
     console.print(
         f"model {loaded.info.name} v{version} ({variant}); {os.cpu_count()} CPUs, load average "
@@ -412,10 +493,21 @@ def bench_service(
             )
         bare_after = bare_forward_rate(forward, x, duration / 2)
         bare = max(bare_before, bare_after, key=lambda r: r.images_per_s)
+        compared: dict[tuple[str, int, str], wrk.LatencyStats] = {}
+        if compare:
+            compared = compare_generators(
+                batched,
+                single_image_bodies(images[:64]),
+                levels,
+                rounds=rounds,
+                duration=duration,
+                warmup=warmup,
+                progress=lambda line: console.print(f"[bold]generators[/bold]: {line}"),
+            )
 
     table = Table(
-        "configuration", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors", "accuracy %",
-        "service CPU ms/req",
+        "configuration", "req/s", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "max ms", "errors",
+        "accuracy %", "service CPU ms/req",
         title=f"single-image {payload} requests, concurrency {concurrency}, "
         f"{rounds} x {duration:g} s each, interleaved",
     )  # fmt: skip
@@ -426,6 +518,8 @@ def bench_service(
             f"{r.percentile(50):.1f}",
             f"{r.percentile(95):.1f}",
             f"{r.percentile(99):.1f}",
+            f"{r.percentile(99.9):.1f}",
+            f"{max(r.latencies_ms, default=float('nan')):.1f}",
             str(r.errors),
             f"{100 * r.correct / max(r.requests, 1):.1f}",
             f"{r.cpu_ms_per_request:.2f}",
@@ -465,4 +559,14 @@ def bench_service(
             "vs bare: images/s = route images/s / bare images/s; CPU = bare CPU per image / "
             "service CPU per image (less sensitive to other load on the machine)."
         )
+    if compared:
+        generators_table = Table(
+            "body", "connections", "load generator", *wrk.COLUMNS,
+            title=f"single-image requests to the micro-batched service from this bench's client "
+            f"and from wrk, in turns; median of {rounds} x {duration:g} s "
+            "(max: the largest)",
+        )  # fmt: skip
+        for (body_name, level, generator), stats in compared.items():
+            generators_table.add_row(body_name, str(level), generator, *stats.cells())
+        console.print(generators_table)
     console.print(f"load average after: {os.getloadavg()[0]:.2f}")

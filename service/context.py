@@ -2,7 +2,8 @@
 
 Construction does no I/O; `start()` sets torch threads, opens the sample store, tries the first
 model load (the service still starts, not ready, when MLflow or the alias is missing), starts
-the micro-batcher and the alias poller; `stop()` undoes it in reverse.
+the micro-batcher, freezes the start-up heap out of the garbage collector's way (inkwell.heap)
+and starts the alias poller; `stop()` undoes it in reverse.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import anyio
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from inkwell.heap import freeze_long_lived, refreeze, thaw
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
 from service.cheques import ChequeModel
@@ -55,6 +57,7 @@ class ServiceContext:
         self._store: SampleStore | None = None
         self._decoding: Decoding | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._started = False
 
     @property
     def store(self) -> SampleStore:
@@ -86,6 +89,9 @@ class ServiceContext:
         await self.refresh_model()
         await self.refresh_cheque_model()
         await self.batcher.start()
+        # Last: everything loaded so far lives as long as the process; see inkwell.heap.
+        freeze_long_lived()
+        self._started = True
         self._poller = asyncio.create_task(self._poll(), name="inkwell-alias-poller")
 
     async def stop(self) -> None:
@@ -96,6 +102,9 @@ class ServiceContext:
         await self.batcher.stop()
         if self._store is not None:
             self._store.engine.dispose()
+        if self._started:
+            self._started = False
+            thaw()
 
     async def refresh_model(self) -> RefreshOutcome:
         """Look at the alias once (off the event loop) and record what happened."""
@@ -103,6 +112,7 @@ class ServiceContext:
         outcome = await run_in_threadpool(self.model.refresh)
         if outcome.swapped and outcome.version is not None:
             self.metrics.model_swapped(self.model.name, previous, outcome.version)
+            self._refreeze_after_start()
         elif outcome.error is not None:
             self.metrics.load_failed(outcome.error.code)
         return outcome
@@ -115,7 +125,13 @@ class ServiceContext:
         outcome = await run_in_threadpool(self.cheques.refresh)
         if outcome.swapped and outcome.version is not None:
             self.metrics.cheque_model_swapped(self.cheques.name, previous, outcome.version)
+            self._refreeze_after_start()
         return outcome
+
+    def _refreeze_after_start(self) -> None:
+        # A swap after start-up: the new model joins the frozen heap, the old one's cycles go.
+        if self._started:
+            refreeze()
 
     async def _poll(self) -> None:
         while True:

@@ -102,6 +102,15 @@ def test_bench_router_rejects_an_unknown_reference_before_starting_anything() ->
     )
 
 
+def test_bench_router_rejects_an_unknown_body_before_starting_anything() -> None:
+    cli = [sys.executable, "-c", "from inkwell.cli import main; main()"]
+    result = subprocess.run(
+        [*cli, "bench", "router", "--body", "json"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "choose png or multipart" in " ".join(result.stderr.replace("│", " ").split())
+
+
 def test_load_generator_counts_a_closed_connection_as_a_dropped_request_and_goes_on() -> None:
     """A target that answers once per connection and then hangs up (as nginx does after its
     keep-alive request limit): the closed loop reconnects and reports the drops."""

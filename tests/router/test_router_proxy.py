@@ -3,6 +3,7 @@ shadow, delayed labels, limits and errors."""
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import contextmanager
 
@@ -373,3 +374,17 @@ def test_admin_calls_without_the_key_get_401(
         ok = client.get("/admin/rollout", headers={"X-API-Key": "proxy-test-other-admin-key-42"})
         assert ok.status_code == 409  # right key; this router runs without a controller
         assert ok.json()["code"] == "controller_disabled"
+
+
+def test_started_router_freezes_its_startup_heap_so_full_collections_skip_it(
+    tmp_path, stable_service, canary_service
+):
+    gc.unfreeze()  # whatever other tests in this process did
+    try:
+        with router(tmp_path, stable_service[1], canary_service[1]) as client:
+            assert predict(client, image(0)).status_code == 200
+            frozen = gc.get_freeze_count()
+            assert frozen > 50_000 and len(gc.get_objects()) < frozen / 5
+        assert gc.get_freeze_count() == 0  # stopping gives the heap back
+    finally:
+        gc.unfreeze()

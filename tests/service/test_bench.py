@@ -1,0 +1,52 @@
+"""`inkwell bench service`'s generator comparison against a real service process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from inkwell.bench import wrk
+from service.bench import compare_generators, single_image_bodies
+from tests.service.conftest import LiveService, TrainedRegistry
+
+
+def compare(service: LiveService, registry: TrainedRegistry, rounds: int) -> dict:
+    port = int(service.url.rsplit(":", 1)[1])
+    return compare_generators(
+        (service.process.pid, port),
+        single_image_bodies(registry.test_images[:8]),
+        [2],
+        rounds=rounds,
+        duration=1,
+        warmup=0.2,
+        progress=lambda line: None,
+    )
+
+
+def test_generator_comparison_without_wrk_runs_the_bench_client_alone(
+    start_service: Callable[..., LiveService],
+    trained_registry: TrainedRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    service = start_service()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no wrk to be found
+    results = compare(service, trained_registry, rounds=1)
+    assert set(results) == {
+        ("raw image/png", 2, "bench client"),
+        ("multipart image", 2, "bench client"),
+    }
+    for stats in results.values():
+        assert stats.rate > 0 and stats.errors == 0 and stats.p50 <= stats.p99 <= stats.max_ms
+
+
+@pytest.mark.skipif(wrk.binary() is None, reason=wrk.MISSING)
+def test_generator_comparison_reports_both_generators_for_raw_and_multipart_bodies(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    results = compare(start_service(), trained_registry, rounds=2)
+    assert {key[2] for key in results} == {"bench client", "wrk"} and len(results) == 4
+    # Both bodies are answered (no 4xx from the multipart parser) by either generator.
+    assert all(stats.rate > 0 and stats.errors == 0 for stats in results.values())
