@@ -116,6 +116,17 @@ class NothingToTrainError(ConflictError):
     code = "nothing_to_train"
 
 
+class StoreUnavailableError(InkwellError):
+    """The sample database cannot be reached or stays busy; the client retries later."""
+
+    code = "store_unavailable"
+    status_code = 503
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
 class UpstreamUnavailableError(InkwellError):
     """A service behind the router did not answer (refused, reset or timed out)."""
 

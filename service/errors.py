@@ -46,9 +46,16 @@ def error_body(path: str, code: str, message: str) -> dict[str, str]:
     return body
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """The JSON error response every handler (and the body-limit middleware) sends."""
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "ApiKey"}
     return JSONResponse(
         error_body(request.url.path, code, message), status_code=status, headers=headers
     )
@@ -59,7 +66,9 @@ async def inkwell_error(request: Request, exc: Exception) -> JSONResponse:
         raise exc
     if exc.status_code >= 500:
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
-    return error_response(request, exc.status_code, exc.code, exc.message)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return error_response(request, exc.status_code, exc.code, exc.message, headers)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -146,7 +146,7 @@ class Retrainer:
         metrics: TrainerMetrics | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or SampleStore(settings.resolved_database_url)
+        self.store = store or SampleStore.open(settings)
         self.registry = registry or Registry(settings)
         self.state = TrainerState(
             self.store, settings.model_name, lease_seconds=settings.lease_seconds

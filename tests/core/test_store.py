@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import DatabaseError
 
+from inkwell.errors import StoreUnavailableError
 from inkwell.store import Base, SampleStore, create_schema, make_engine
 from router.state import RolloutStore
 from trainer.state import TrainerState
@@ -58,3 +62,36 @@ def test_a_file_that_is_not_a_database_is_still_reported(tmp_path: Path) -> None
 
     with pytest.raises(DatabaseError, match="not a database"):
         create_schema(make_engine(f"sqlite:///{path}"), Base.metadata, attempts=2)
+
+
+def test_a_postgresql_server_that_never_answers_fails_within_the_connect_timeout() -> None:
+    with socket.socket() as silent:  # accepts TCP connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="unavailable") as raised:
+            SampleStore(
+                f"postgresql+psycopg://inkwell:s3cret@127.0.0.1:{port}/inkwell",
+                connect_timeout_s=1,
+            )
+        assert time.monotonic() - started < 15  # create_schema's few retries, 1 s each
+        assert "s3cret" not in raised.value.message
+
+
+def test_a_sqlite_database_locked_by_another_process_fails_after_the_statement_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "inkwell.db"
+    store = SampleStore(f"sqlite:///{path}", statement_timeout_s=0.2)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            store.add(user_id="u", label=1, image=b"png", pixels=bytes(784))
+        assert time.monotonic() - started < 3
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.add(user_id="u", label=1, image=b"png", pixels=bytes(784)).created
