@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 import torch
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from inkwell.errors import ModelNotFoundError, RegistryUnavailableError
@@ -239,12 +239,7 @@ class Registry:
                 mv = self.client.get_model_version(name, ref)
             else:
                 mv = self.client.get_model_version_by_alias(name, ref)
-        except RestException as exc:
-            raise ModelNotFoundError(
-                f"Model {name!r} has no version {ref!r}. Train one with `inkwell train`, or "
-                "check the alias/version (see `inkwell models`)."
-            ) from exc
-        except MlflowException as exc:
+        except MlflowException as exc:  # RestException too: a 500 is not "no such version"
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise ModelNotFoundError(
                     f"Model {name!r} has no version {ref!r}. Train one with `inkwell train`, or "

@@ -159,6 +159,8 @@ class SampleStore:
             self.engine = make_engine(
                 url, connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s
             )
+            with self.engine.connect():  # a dead server fails once, not per schema retry
+                pass
             create_schema(self.engine, Base.metadata)
         except (*UNAVAILABLE, OSError) as exc:
             raise self._unavailable(exc) from exc

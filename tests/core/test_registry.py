@@ -100,6 +100,8 @@ def test_a_registry_that_fails_or_hangs_raises_instead_of_reading_as_no_versions
             registry.list_versions("inkwell-digits")
         with pytest.raises(RegistryUnavailableError):
             registry.run_status("0123456789abcdef")
+        with pytest.raises(RegistryUnavailableError):  # not "no such alias"
+            registry.find_version("inkwell-digits", STABLE)
         assert time.monotonic() - started < 20  # a hanging server fails in seconds
         assert server.requests
 
