@@ -1,4 +1,6 @@
-"""Who owns a job: a lease renewed by a heartbeat; a dead or silent owner's job is taken over."""
+"""Who owns a job: a lease renewed by a heartbeat; a dead or silent owner's job is taken over.
+
+Run against SQLite and real PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +21,14 @@ from inkwell.store import SampleStore, make_engine
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
 from trainer.state import COMPUTED, RUNNING, TrainerJob, TrainerState, process_alive
+
+
+@pytest.fixture
+def store(database_url: str, trainer_home: Path) -> Iterator[SampleStore]:
+    """The trainer's state on SQLite and on real PostgreSQL (when installed)."""
+    sample_store = SampleStore(database_url)
+    yield sample_store
+    sample_store.engine.dispose()
 
 
 def test_a_live_local_process_is_alive_and_a_finished_one_is_not() -> None:
@@ -107,8 +118,8 @@ def test_a_job_taken_over_cannot_be_finished_by_its_old_owner(
 LEASE_COLUMNS = ("owner", "lease_until")
 
 
-def test_a_database_from_before_leases_gets_the_lease_columns(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_a_database_from_before_leases_gets_the_lease_columns(database_url: str) -> None:
+    url = database_url
     old = MetaData()
     columns = TrainerJob.__table__.columns
     Table("trainer_jobs", old, *(c._copy() for c in columns if c.name not in LEASE_COLUMNS))
@@ -118,3 +129,32 @@ def test_a_database_from_before_leases_gets_the_lease_columns(tmp_path: Path) ->
     job = state.begin_job("test", None)
 
     assert job.owner == state.owner and job.lease_until is not None
+
+
+def test_a_capped_job_commits_its_samples_and_leaves_the_rest_pending(
+    store: SampleStore,
+) -> None:
+    ids = [
+        store.add(user_id="u", label=i % 10, image=bytes([i]), pixels=bytes(784)).sample_id
+        for i in range(10)
+    ]
+    state = TrainerState(store, "inkwell-digits")
+    taken = state.new_samples(store.max_id(), lineage=[], limit=4)
+    assert [s.id for s in taken] == ids[:4]
+    job = state.begin_job("test", "1")
+    state.mark_computed(job.id, {"job_id": job.id})
+
+    state.commit_job(
+        job.id,
+        version="2",
+        outcome="passed",
+        trained=ids[:3],
+        quarantined={ids[3]: "blank"},
+        watermark=ids[3],
+    )
+
+    assert state.watermark() == ids[3]
+    assert [i for i, _, _ in state.pending()] == ids[4:]
+    assert state.job(job.id).status == "done"
+    history = state.lineage_samples(["2"])
+    assert [s.id for s in history] == ids[:3] and history[0].pixels == bytes(784)
