@@ -42,6 +42,7 @@ from inkwell.data import load_split
 from inkwell.errors import (
     ConflictError,
     DataError,
+    InkwellError,
     NothingToTrainError,
     RegistryUnavailableError,
 )
@@ -705,9 +706,11 @@ class Retrainer:
             for attempt in range(1, s.publish_attempts + 1):
                 try:
                     return self._publish_once(job, plan)
-                except ConflictError:
-                    raise
                 except Exception as exc:  # MLflow down, slow or answering 5xx
+                    if isinstance(exc, InkwellError) and not isinstance(
+                        exc, RegistryUnavailableError
+                    ):
+                        raise  # a lost lease or a broken plan: retrying cannot help
                     if attempt == s.publish_attempts:
                         raise RegistryUnavailableError(
                             f"Publishing retrain job {job.id} failed {attempt} times ({exc}); "
