@@ -123,6 +123,28 @@ class NothingToTrainError(ConflictError):
     code = "nothing_to_train"
 
 
+class RetryLaterError(InkwellError):
+    """A 503 the client should retry after `retry_after_s` seconds (sent as `Retry-After`)."""
+
+    code = "unavailable"
+    status_code = 503
+    default_retry_after_s = 1
+
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        wait = self.default_retry_after_s if retry_after_s is None else retry_after_s
+        self.retry_after_s = max(1, int(wait))
+
+
+class StoreUnavailableError(RetryLaterError):
+    """The sample database cannot be reached or stays busy; the client retries later."""
+
+    code = "store_unavailable"
+    default_retry_after_s = 5
+
+
 class UpstreamUnavailableError(InkwellError):
     """A service behind the router did not answer (refused, reset or timed out)."""
 
@@ -137,15 +159,10 @@ class MetricsUnavailableError(InkwellError):
     status_code = 503
 
 
-class OverloadedError(InkwellError):
+class OverloadedError(RetryLaterError):
     """The server sheds this request to stay responsive; the client may retry after a pause."""
 
     code = "overloaded"
-    status_code = 503
-
-    def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.retry_after_s = retry_after_s
 
 
 class DeadlineExceededError(OverloadedError):

@@ -20,7 +20,7 @@ from typing import Any
 import mlflow
 import torch
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from inkwell.errors import ModelNotFoundError, RegistryUnavailableError
@@ -111,11 +111,23 @@ class Registry:
         self.client.set_terminated(run_id, status=status)
 
     def run_status(self, run_id: str) -> str | None:
-        """A run's status (RUNNING, FINISHED, ...), or None when it does not exist."""
+        """A run's status (RUNNING, FINISHED, ...), or None when it does not exist.
+
+        Any other failure raises RegistryUnavailableError: "unknown" is not "absent".
+        """
         try:
             return str(self.client.get_run(run_id).info.status)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise RegistryUnavailableError(f"MLflow registry error: {exc}") from exc
+        except Exception as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: Exception) -> RegistryUnavailableError:
+        return RegistryUnavailableError(
+            f"MLflow at {self.tracking_uri} is unreachable ({exc}). Check INKWELL_TRACKING_URI."
+        )
 
     @staticmethod
     def log_params(params: Mapping[str, Any]) -> None:
@@ -223,12 +235,7 @@ class Registry:
                 mv = self.client.get_model_version(name, ref)
             else:
                 mv = self.client.get_model_version_by_alias(name, ref)
-        except RestException as exc:
-            raise ModelNotFoundError(
-                f"Model {name!r} has no version {ref!r}. Train one with `inkwell train`, or "
-                "check the alias/version (see `inkwell models`)."
-            ) from exc
-        except MlflowException as exc:
+        except MlflowException as exc:  # RestException too: a 500 is not "no such version"
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise ModelNotFoundError(
                     f"Model {name!r} has no version {ref!r}. Train one with `inkwell train`, or "
@@ -236,9 +243,7 @@ class Registry:
                 ) from exc
             raise RegistryUnavailableError(f"MLflow registry error: {exc}") from exc
         except Exception as exc:  # network errors from a remote tracking server
-            raise RegistryUnavailableError(
-                f"MLflow at {self.tracking_uri} is unreachable ({exc}). Check INKWELL_TRACKING_URI."
-            ) from exc
+            raise self._unreachable(exc) from exc
         return self._wrap(name, mv)
 
     def find_version(self, name: str, ref: str) -> VersionInfo | None:
@@ -249,15 +254,25 @@ class Registry:
             return None
 
     def list_versions(self, name: str) -> list[VersionInfo]:
-        """All versions of `name`, newest first."""
+        """All versions of `name`, newest first (none when the model is not registered).
+
+        A registry that cannot be read raises RegistryUnavailableError: crash recovery decides
+        whether to register a job's version from this list, so an error must never read as
+        "no versions".
+        """
         try:
             found = self.client.search_model_versions(f"name='{name}'")
-        except MlflowException:
-            return []
-        # search results carry no aliases; fetch each version to get them
-        versions = [
-            self._wrap(name, self.client.get_model_version(name, mv.version)) for mv in found
-        ]
+            # search results carry no aliases; fetch each version to get them
+            versions = [
+                self._wrap(name, self.client.get_model_version(name, mv.version)) for mv in found
+            ]
+        except MlflowException as exc:
+            raise RegistryUnavailableError(
+                f"Could not list the versions of {name!r}: {exc}. Check that MLflow at "
+                f"{self.tracking_uri} answers."
+            ) from exc
+        except Exception as exc:
+            raise self._unreachable(exc) from exc
         return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:

@@ -97,6 +97,19 @@ class CoreSettings(BaseSettings):
         validation_alias=_shared("DATABASE_URL"),
         description="SQLAlchemy URL of the sample store; default sqlite:///<home>/inkwell.db.",
     )
+    database_connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias=_shared("DATABASE_CONNECT_TIMEOUT_S"),
+        description="Give up connecting to the database (PostgreSQL) after this long.",
+    )
+    database_statement_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        validation_alias=_shared("DATABASE_STATEMENT_TIMEOUT_S"),
+        description="Cancel one statement after this long (PostgreSQL statement_timeout; "
+        "SQLite: how long to wait for a lock held by another process).",
+    )
 
     @field_validator("home", mode="after")
     @classmethod

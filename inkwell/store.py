@@ -8,6 +8,7 @@ highest sample id already trained on".
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -31,10 +32,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError, IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from inkwell.errors import IdempotencyKeyReusedError
+from inkwell.errors import IdempotencyKeyReusedError, StoreUnavailableError
+from inkwell.settings import CoreSettings
+
+# what a database that is down, unreachable, or locked past its timeout raises
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
 
 ACCEPTED = "accepted"
 QUARANTINED = "quarantined"
@@ -76,25 +82,42 @@ class AddResult:
     duplicate_of: int | None = None
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, full sync and a busy timeout."""
+def make_engine(
+    url: str, *, connect_timeout_s: float = 5.0, statement_timeout_s: float = 15.0
+) -> Engine:
+    """An engine for `url` that gives up in bounded time when the database is down or busy.
+
+    SQLite gets WAL, full sync and a busy timeout of `statement_timeout_s`; PostgreSQL gets a
+    connect timeout, a server-side `statement_timeout`, and a pool that checks connections
+    before use and waits at most `connect_timeout_s` for a free one.
+    """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-        _sqlite_pragmas(engine)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": statement_timeout_s}
+        )
+        _sqlite_pragmas(engine, int(statement_timeout_s * 1000))
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args = {
+            "connect_timeout": max(1, math.ceil(connect_timeout_s)),
+            "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}",
+        }
+    return create_engine(
+        url, pool_pre_ping=True, pool_timeout=connect_timeout_s, connect_args=connect_args
+    )
 
 
 def create_schema(
@@ -128,16 +151,49 @@ def content_hash(data: bytes) -> str:
 class SampleStore:
     """Labelled samples in a SQL database."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
-        create_schema(self.engine, Base.metadata)
+    def __init__(
+        self, url: str, *, connect_timeout_s: float = 5.0, statement_timeout_s: float = 15.0
+    ) -> None:
+        self.url = url
+        try:
+            self.engine = make_engine(
+                url, connect_timeout_s=connect_timeout_s, statement_timeout_s=statement_timeout_s
+            )
+            with self.engine.connect():  # a dead server fails once, not per schema retry
+                pass
+            create_schema(self.engine, Base.metadata)
+        except (*UNAVAILABLE, OSError) as exc:
+            raise self._unavailable(exc) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, settings: CoreSettings) -> SampleStore:
+        """The store `settings` point at, with their connect and statement timeouts."""
+        return cls(
+            settings.resolved_database_url,
+            connect_timeout_s=settings.database_connect_timeout_s,
+            statement_timeout_s=settings.database_statement_timeout_s,
+        )
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        where = self.url.split("@")[-1]  # never echo a password
+        return StoreUnavailableError(
+            f"The sample database ({where}) is unavailable or busy: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}. Nothing was stored; retry later."
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        """A session that commits on success and rolls back on error.
+
+        A database that is down, unreachable or locked past its timeout raises
+        StoreUnavailableError (503), never a bare driver error.
+        """
+        try:
+            with self._sessions() as session, session.begin():
+                yield session
+        except UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
 
     def add(
         self,

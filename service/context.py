@@ -1,9 +1,13 @@
 """Everything one service process holds while it runs, built once and started in the lifespan.
 
-Construction does no I/O; `start()` sets torch threads, opens the sample store, tries the first
-model load (the service still starts, not ready, when MLflow or the alias is missing), starts
-the micro-batcher, freezes the start-up heap out of the garbage collector's way (inkwell.heap)
-and starts the alias poller; `stop()` undoes it in reverse.
+Construction does no I/O; `start()` sets torch threads, tries to open the sample store, tries
+the first model load (the service still starts, not ready, when MLflow or the alias is missing),
+starts the micro-batcher, freezes the start-up heap out of the garbage collector's way
+(inkwell.heap) and starts the alias poller; `stop()` undoes it in reverse.
+
+The sample store is a dependency of uploads only: with the database down the service starts and
+predicts, uploads answer 503 with `Retry-After` at once (no call waits on a dead database more
+than once per `store_retry_seconds`), and the store is reopened by the first upload after that.
 """
 
 from __future__ import annotations
@@ -11,12 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 import torch
 from starlette.concurrency import run_in_threadpool
 
+from inkwell.errors import StoreUnavailableError
 from inkwell.heap import freeze_long_lived, refreeze, thaw
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
@@ -27,6 +37,7 @@ from service.model import DigitModel, RefreshOutcome
 from service.settings import ServiceSettings
 
 log = logging.getLogger("inkwell.service")
+T = TypeVar("T")
 
 
 def configure_torch(threads: int) -> None:
@@ -56,14 +67,55 @@ class ServiceContext:
         self.cheques = ChequeModel(settings, settings.variant)
         self._store: SampleStore | None = None
         self._decoding: Decoding | None = None
+        self._store_lock = threading.Lock()
+        self._store_down_until = 0.0  # monotonic time before which calls fail without trying
+        self._store_error = ""
         self._poller: asyncio.Task[None] | None = None
         self._started = False
 
-    @property
-    def store(self) -> SampleStore:
-        if self._store is None:
-            raise RuntimeError("ServiceContext.start() was not called")
-        return self._store
+    def _fail_fast(self) -> StoreUnavailableError:
+        wait = max(1.0, self._store_down_until - time.monotonic())
+        return StoreUnavailableError(
+            f"{self._store_error} Retry in {math.ceil(wait)} s.", retry_after_s=math.ceil(wait)
+        )
+
+    def open_store(self) -> SampleStore:
+        """The sample store, opened on first use; StoreUnavailableError while it is down."""
+        store = self._store
+        if store is not None:
+            return store
+        if time.monotonic() < self._store_down_until:
+            raise self._fail_fast()
+        if not self._store_lock.acquire(blocking=False):  # another request is reconnecting
+            raise StoreUnavailableError(
+                "The sample database is being reconnected; retry in a moment.", retry_after_s=1
+            )
+        try:
+            if self._store is None:
+                self._store = SampleStore.open(self.settings)
+                log.info("sample store open")
+            return self._store
+        except StoreUnavailableError as exc:
+            self._store_down(exc)
+            raise self._fail_fast() from exc
+        finally:
+            self._store_lock.release()
+
+    def _store_down(self, exc: StoreUnavailableError) -> None:
+        self._store_down_until = time.monotonic() + self.settings.store_retry_seconds
+        self._store_error = exc.message
+        log.warning("sample store unavailable: %s", exc.message)
+
+    async def with_store(self, call: Callable[[SampleStore], T]) -> T:
+        """Run `call(store)` off the event loop; fail fast while the database is known down."""
+        if time.monotonic() < self._store_down_until:
+            raise self._fail_fast()
+        try:
+            return await run_in_threadpool(lambda: call(self.open_store()))
+        except StoreUnavailableError as exc:
+            if time.monotonic() >= self._store_down_until:
+                self._store_down(exc)
+            raise
 
     @property
     def decoding(self) -> Decoding:
@@ -85,7 +137,8 @@ class ServiceContext:
             retry_after_s=self.settings.retry_after_s,
             on_shed=self.metrics.request_shed,
         )
-        self._store = await run_in_threadpool(SampleStore, self.settings.resolved_database_url)
+        with contextlib.suppress(StoreUnavailableError):  # predictions do not need it
+            await run_in_threadpool(self.open_store)
         await self.refresh_model()
         await self.refresh_cheque_model()
         await self.batcher.start()

@@ -46,7 +46,8 @@ async def get_cheques(context: ContextDep) -> ChequeModel:
 
 
 async def get_store(context: ContextDep) -> SampleStore:
-    return context.store
+    """The sample store (opened off the event loop); 503 while the database is down."""
+    return await context.with_store(lambda store: store)
 
 
 async def get_metrics(context: ContextDep) -> ServiceMetrics:

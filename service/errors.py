@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inkwell.errors import InkwellError, OverloadedError
+from inkwell.errors import InkwellError, OverloadedError, RetryLaterError
 
 log = logging.getLogger("inkwell.service.errors")
 
@@ -61,8 +61,8 @@ def error_response(
 async def inkwell_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, InkwellError):  # pragma: no cover - registered for InkwellError
         raise exc
-    retry_after = exc.retry_after_s if isinstance(exc, OverloadedError) else None
-    if exc.status_code >= 500 and retry_after is None:  # shed load is counted, not logged
+    retry_after = exc.retry_after_s if isinstance(exc, RetryLaterError) else None
+    if exc.status_code >= 500 and not isinstance(exc, OverloadedError):  # shed load is counted
         log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc.message)
     return error_response(
         request, exc.status_code, exc.code, exc.message, retry_after_s=retry_after

@@ -100,6 +100,18 @@ class ServiceSettings(CoreSettings):
         ge=1,
         description="Most pixels the images of one batch request may declare together.",
     )
+    max_sample_image_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        description="Largest original image an upload may store with its sample (bytes); the "
+        "trainer loads these, so they are kept small.",
+    )
+    store_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="After the sample database failed, uploads answer 503 at once for this "
+        "long before the next call tries it again.",
+    )
     poll_interval_s: float = Field(
         default=5.0, gt=0.0, description="How often the model alias is checked for a move."
     )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres import SKIP_REASON, Cluster, find_bin, running_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 _CANDIDATES = [
@@ -59,3 +62,22 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("failures that passed on their rerun")
         for text in _RERUN_FAILURES:
             terminalreporter.write_line(text)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster per session; skipped when PostgreSQL is not installed."""
+    bin_dir = find_bin()
+    if bin_dir is None:
+        pytest.skip(SKIP_REASON)
+    with running_cluster(bin_dir) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty sample database: SQLite and (when installed) real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'inkwell.db'}"
+    cluster: Cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.new_database()

@@ -154,7 +154,7 @@ def make_uploader(settings: CoreSettings) -> tuple[Uploader, str, Callable[[], N
         from service.main import create_app
         from service.settings import ServiceSettings
     except ModuleNotFoundError:
-        store = SampleStore(settings.resolved_database_url)
+        store = SampleStore.open(settings)
 
         def direct(user: str, label: int, data: bytes, key: str) -> None:
             pixels = np.clip(np.rint(preprocess_bytes(data) * 255), 0, 255).astype(np.uint8)

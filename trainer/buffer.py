@@ -14,8 +14,6 @@ restart or when reloaded from a model version it continues exactly where it left
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from inkwell.errors import DataCorruptError
+from trainer.files import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -212,17 +211,7 @@ class ReplayBuffer(ABC):
         }
         if self.items.logits is not None:
             arrays["logits"] = self.items.logits
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write(path, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
 
     @staticmethod
     def load(path: Path) -> ReplayBuffer:

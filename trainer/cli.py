@@ -9,6 +9,16 @@ from typing import Annotated
 
 import typer
 
+
+def fail_fast_mlflow() -> None:
+    """A tracking server that is down or hangs fails a call in seconds, not minutes (unless
+    set): the worker's publish loop and its next poll retry by themselves."""
+    import os
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 trainer_app = typer.Typer(
     help="The continual-learning worker: polls uploads, retrains, registers canaries.",
     invoke_without_command=True,
@@ -30,6 +40,7 @@ def serve(
     from trainer.app import create_app
     from trainer.settings import TrainerSettings
 
+    fail_fast_mlflow()
     settings = TrainerSettings()
     updates = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = settings.model_copy(update=updates)
@@ -64,6 +75,7 @@ def retrain(
     from trainer.pipeline import Retrainer
     from trainer.settings import TrainerSettings
 
+    fail_fast_mlflow()
     retrainer = Retrainer(TrainerSettings())
     for line in retrainer.reconcile():
         console.print(f"reconciled {line}")

@@ -9,9 +9,14 @@ Order of side effects, chosen so that `kill -9` at any moment is harmless:
    `complete=true`, then (only if the gate passed) given the alias `canary`;
 4. one database transaction marks the samples trained/quarantined, advances the watermark and
    closes the job.
-A restart (`reconcile`) closes a `running` job whose process died (nothing was published, its
+A restart (`reconcile`) closes a `running` job whose owner is gone (nothing was published, its
 samples are still pending, so the work is redone) and finishes a `computed` one from its plan
-(registering it if step 3 never happened, completing the tags and alias otherwise).
+(registering it if step 3 never happened, completing the tags and alias otherwise). An owner is
+gone when its lease ran out (see `trainer.state`) or, on the same host, its process no longer
+exists. Files the plan names are written to a temporary file, fsynced and renamed before the job
+is marked `computed`, so a computed job never points at a torn file. Publishing retries when
+MLflow fails, and each attempt first looks the job's version up by its `inkwell.job_id` tag, so
+a version is never registered twice.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -33,7 +39,13 @@ import numpy as np
 import torch
 
 from inkwell.data import load_split
-from inkwell.errors import ConflictError, DataError, NothingToTrainError
+from inkwell.errors import (
+    ConflictError,
+    DataError,
+    InkwellError,
+    NothingToTrainError,
+    RegistryUnavailableError,
+)
 from inkwell.model import DigitNet, ModelConfig
 from inkwell.registry import LoadedDigitModel, Registry, VersionInfo
 from inkwell.settings import CANARY, STABLE
@@ -41,11 +53,20 @@ from inkwell.store import Sample, SampleStore
 from inkwell.train import peak_rss_bytes, split_tensors
 from inkwell.training import Batch, EvalResult, TrainConfig, evaluate, fit
 from trainer.buffer import BufferItems, ReplayBuffer, make_buffer, mnist_key
+from trainer.files import atomic_write
 from trainer.gate import GateDecision, GateThresholds, decide
 from trainer.hpo import TrialParams, TrialResult, search
 from trainer.metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
-from trainer.state import COMPUTED, INTERRUPTED, RUNNING, JobView, TrainerState, process_alive
+from trainer.state import (
+    COMPUTED,
+    INTERRUPTED,
+    RUNNING,
+    JobView,
+    TrainerState,
+    lease_expired,
+    process_alive,
+)
 from trainer.strategy import EWC, ReplayConfig, ReplayStrategy
 from trainer.validation import (
     Candidate,
@@ -126,9 +147,11 @@ class Retrainer:
         metrics: TrainerMetrics | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store or SampleStore(settings.resolved_database_url)
+        self.store = store or SampleStore.open(settings)
         self.registry = registry or Registry(settings)
-        self.state = TrainerState(self.store, settings.model_name)
+        self.state = TrainerState(
+            self.store, settings.model_name, lease_seconds=settings.lease_seconds
+        )
         self.metrics = metrics or TrainerMetrics()
         self.lock = threading.Lock()
         self._mnist: dict[str, Batch] = {}
@@ -217,7 +240,9 @@ class Retrainer:
         stable = self.registry.load_digit_model(STABLE)
         lineage = self.lineage(stable.info)
         snapshot = self.store.max_id()
-        samples = self.state.new_samples(snapshot, lineage)
+        # one job learns at most `max_samples_per_job`, oldest first; the watermark moves only
+        # past those, so the rest stay accepted for the next job
+        samples = self.state.new_samples(snapshot, lineage, limit=self.settings.max_samples_per_job)
         if not samples:
             self.metrics.retrains.labels(outcome="skipped").inc()
             raise NothingToTrainError(
@@ -226,16 +251,20 @@ class Retrainer:
             )
         job = self.state.begin_job(trigger, stable.info.version)
         try:
-            with self.registry.start_run(
-                f"retrain-{job.id}",
-                tags={"inkwell.kind": "retrain", "inkwell.job_id": str(job.id)},
-            ) as run:
+            with (
+                self.state.heartbeat(job.id),
+                self.registry.start_run(
+                    f"retrain-{job.id}",
+                    tags={"inkwell.kind": "retrain", "inkwell.job_id": str(job.id)},
+                ) as run,
+            ):
                 self.state.set_phase(job.id, "validating", run_id=run.info.run_id)
                 plan = self._compute(job, stable, lineage, samples, run.info.run_id, started)
                 self.state.mark_computed(job.id, plan)
         except BaseException as exc:
             current = self.state.job(job.id)
-            if current is not None and current.status == RUNNING:
+            ours = current is not None and current.owner == self.state.owner
+            if ours and current is not None and current.status == RUNNING:
                 self.state.end_job(job.id, "failed", error=f"{type(exc).__name__}: {exc}")
                 self.metrics.retrains.labels(outcome="failed").inc()
             raise
@@ -384,11 +413,7 @@ class Retrainer:
         candidate_buffer.update(_items(accepted))
         buffer_stats = candidate_buffer.stats()
         folder = self.settings.state_dir / "jobs" / str(job.id)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {k: v.detach().cpu().contiguous() for k, v in candidate.state_dict().items()},
-            folder / WEIGHTS_FILE,
-        )
+        save_weights(candidate, folder / WEIGHTS_FILE)
         candidate_buffer.save(folder / BUFFER_FILE)
         wall = time.perf_counter() - started
         metrics.update(
@@ -662,15 +687,49 @@ class Retrainer:
 
     # ---- publishing ------------------------------------------------------------------------
     def _find_published(self, job_id: int) -> VersionInfo | None:
+        """The version a job registered, if any; a registry error raises (never 'none')."""
         for info in self.registry.list_versions(self.settings.model_name):
             if info.tags.get("inkwell.job_id") == str(job_id) and "complete" in info.tags:
                 return info
         return None
 
     def _publish(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
-        """Register (if not yet), complete, alias and commit a computed job. Idempotent."""
+        """Register (if not yet), complete, alias and commit a computed job. Idempotent.
+
+        MLflow failures are retried with a growing pause; when every attempt fails the job
+        stays `computed` and the worker's next poll (`reconcile`) publishes it.
+        """
         if plan.get("no_candidate"):
             return self._commit_quarantined(job, plan)
+        s = self.settings
+        with self.state.heartbeat(job.id):
+            for attempt in range(1, s.publish_attempts + 1):
+                try:
+                    return self._publish_once(job, plan)
+                except Exception as exc:  # MLflow down, slow or answering 5xx
+                    if isinstance(exc, InkwellError) and not isinstance(
+                        exc, RegistryUnavailableError
+                    ):
+                        raise  # a lost lease or a broken plan: retrying cannot help
+                    if attempt == s.publish_attempts:
+                        raise RegistryUnavailableError(
+                            f"Publishing retrain job {job.id} failed {attempt} times ({exc}); "
+                            "the job stays computed and is published at the next poll. Check "
+                            "that MLflow at INKWELL_TRACKING_URI answers."
+                        ) from exc
+                    pause = s.publish_backoff_seconds * 2 ** (attempt - 1)
+                    log.warning(
+                        "job %s: publishing failed (%s); attempt %d/%d in %.1f s",
+                        job.id,
+                        exc,
+                        attempt + 1,
+                        s.publish_attempts,
+                        pause,
+                    )
+                    time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _publish_once(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
         self.state.set_phase(job.id, "registering")
         name = self.settings.model_name
         info = self._find_published(job.id)
@@ -690,8 +749,7 @@ class Retrainer:
         if plan["passed"]:
             self.registry.set_alias(name, CANARY, info.version)
         cache = self.settings.state_dir / "buffers" / f"{name}-v{info.version}.npz"
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(plan["buffer"], cache)
+        atomic_write(cache, Path(plan["buffer"]).read_bytes())
         self.state.commit_job(
             job.id,
             version=info.version,
@@ -763,21 +821,39 @@ class Retrainer:
         """Finish or close jobs left behind by a process that died; returns what was done."""
         done: list[str] = []
         job = self.state.active_job()
-        if job is None:
-            return done
-        mine = job.pid == os.getpid() and self.lock.locked()
-        if mine or (job.pid != os.getpid() and process_alive(job.host, job.pid, job.updated_at)):
+        if job is None or not self._owner_gone(job) or not self.state.claim(job):
             return done
         if job.status == RUNNING:
-            self.state.end_job(job.id, INTERRUPTED, error=f"process {job.pid} died mid-retrain")
-            if job.run_id and self.registry.run_status(job.run_id) == "RUNNING":
-                self.registry.terminate_run(job.run_id, "KILLED")
+            self.state.end_job(job.id, INTERRUPTED, error=f"owner {job.owner} gone mid-retrain")
+            self._close_run(job.run_id, "KILLED")
             self.metrics.retrains.labels(outcome="failed").inc()
             done.append(f"job {job.id}: interrupted in phase {job.phase}; samples still pending")
         elif job.status == COMPUTED and job.plan is not None:
-            self.state.set_phase(job.id, "registering", host=job.host, pid=os.getpid())
             outcome = self._publish(job, job.plan)
-            if job.run_id and self.registry.run_status(job.run_id) == "RUNNING":
-                self.registry.terminate_run(job.run_id, "FINISHED")
+            self._close_run(job.run_id, "FINISHED")
             done.append(f"job {job.id}: finished as version {outcome.version} ({outcome.status})")
         return done
+
+    def _close_run(self, run_id: str | None, status: str) -> None:
+        """Close a dead owner's MLflow run; with MLflow down it stays open (cosmetic only)."""
+        try:
+            if run_id and self.registry.run_status(run_id) == "RUNNING":
+                self.registry.terminate_run(run_id, status)
+        except Exception as exc:
+            log.warning("could not close MLflow run %s: %s", run_id, exc)
+
+    def _owner_gone(self, job: JobView) -> bool:
+        """Whether an active job may be taken over: nobody is working on it any more."""
+        if job.pid == os.getpid() and job.host == socket.gethostname():
+            # this process: busy only while this worker runs it (else a leftover, e.g. a
+            # publish that failed, or another instance's job in the same process)
+            return not (job.owner == self.state.owner and self.lock.locked())
+        if not process_alive(job.host, job.pid):
+            return True
+        return lease_expired(job, self.settings.lease_seconds)
+
+
+def save_weights(model: DigitNet, path: Path) -> Path:
+    """Write a model's `state_dict` atomically: temp file, fsync, rename, fsync the folder."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda fh: torch.save(state, fh))

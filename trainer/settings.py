@@ -40,6 +40,26 @@ class TrainerSettings(CoreSettings):
     poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the worker polls the store."
     )
+    max_samples_per_job: int = Field(
+        default=4096,
+        ge=1,
+        description="Most new samples one retrain loads, oldest first; the rest wait for the "
+        "next job (bounds a job's memory whatever the backlog).",
+    )
+
+    # ---- crash safety and outages ----------------------------------------------------------
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A job's owner renews its lease every third of this; a job whose lease ran "
+        "out is taken over by the next worker that polls.",
+    )
+    publish_attempts: int = Field(
+        default=5, ge=1, description="Tries to register a computed job while MLflow fails."
+    )
+    publish_backoff_seconds: float = Field(
+        default=2.0, ge=0, description="Pause after the first failed try; doubles each time."
+    )
 
     # ---- replay buffer and strategy --------------------------------------------------------
     buffer_policy: BufferPolicy = "class_balanced"

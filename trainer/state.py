@@ -9,21 +9,42 @@
   `interrupted` when a restart finds a running job whose process died. A partial unique index
   allows at most one active (`running`/`computed`) job per model: one retrain at a time, even
   across processes.
+
+Ownership is a lease: the job row names its `owner` (host, pid and a random part) and a
+`lease_until` time that the owner's heartbeat pushes forward while the job runs. Another worker
+takes a job over only once the lease has expired (or, on the same host, once the owning process
+is gone), claiming it with one conditional UPDATE so two workers can never both win; every
+later write of the old owner is fenced by the same owner check and fails.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, select, text, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import (
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError, IntegrityError
+from sqlalchemy.orm import Mapped, defer, mapped_column
 
 from inkwell.errors import ConflictError
 from inkwell.store import (
@@ -42,6 +63,7 @@ DONE = "done"
 INTERRUPTED = "interrupted"
 FAILED = "failed"
 ACTIVE = (RUNNING, COMPUTED)
+log = logging.getLogger("inkwell.trainer")
 
 
 def _now() -> datetime:
@@ -85,6 +107,8 @@ class TrainerJob(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     host: Mapped[str] = mapped_column(String(128))
     pid: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -105,6 +129,8 @@ class JobView:
     error: str | None
     host: str
     pid: int
+    owner: str | None
+    lease_until: datetime | None
     started_at: datetime
     updated_at: datetime
 
@@ -123,6 +149,8 @@ class JobView:
             error=row.error,
             host=row.host,
             pid=row.pid,
+            owner=row.owner,
+            lease_until=_aware(row.lease_until) if row.lease_until else None,
             started_at=row.started_at,
             updated_at=row.updated_at,
         )
@@ -144,18 +172,15 @@ class JobView:
         }
 
 
-STALE_SECONDS = 3600.0  # a job on another host silent this long is taken as dead
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive UTC timestamps; make every timestamp comparable."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def process_alive(host: str, pid: int, updated_at: datetime | None = None) -> bool:
-    """Whether the process that owns a job still exists. On another host this cannot be
-    checked, so a job is presumed alive until it has not moved for `STALE_SECONDS`."""
+def process_alive(host: str, pid: int) -> bool:
+    """Whether a process on this host exists; another host's processes cannot be checked."""
     if host != socket.gethostname():
-        if updated_at is None:
-            return True
-        if updated_at.tzinfo is None:  # SQLite returns naive UTC timestamps
-            updated_at = updated_at.replace(tzinfo=UTC)
-        return (_now() - updated_at).total_seconds() < STALE_SECONDS
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -165,17 +190,52 @@ def process_alive(host: str, pid: int, updated_at: datetime | None = None) -> bo
     return True
 
 
+def lease_expired(job: JobView, lease_seconds: float, now: datetime | None = None) -> bool:
+    """Whether nobody holds the job any more: its lease ran out without a heartbeat.
+
+    Rows written before leases existed carry none; their last update stands in for it.
+    """
+    now = now or _now()
+    until = job.lease_until or _aware(job.updated_at) + timedelta(seconds=lease_seconds)
+    return _aware(until) <= now
+
+
+def _add_missing_columns(engine: Engine, table: Any) -> None:
+    """Add columns a newer release defined to a table an older one created (no data moves)."""
+    present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+    for column in table.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                )
+        except DatabaseError:  # another process added it first
+            present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+            if column.name not in present:
+                raise
+
+
 class TrainerState:
     """Watermark and job bookkeeping on top of a `SampleStore`'s database."""
 
-    def __init__(self, store: SampleStore, model_name: str) -> None:
+    def __init__(self, store: SampleStore, model_name: str, *, lease_seconds: float = 60.0) -> None:
         self.store = store
         self.model_name = model_name
+        self.lease_seconds = lease_seconds
+        # unique per instance: a second worker in the same process is another owner
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         create_schema(
             store.engine,
             Base.metadata,
             [TrainerStateRow.__table__, TrainerJob.__table__],  # type: ignore[list-item]
         )
+        _add_missing_columns(store.engine, TrainerJob.__table__)
+
+    def _lease_end(self) -> datetime:
+        return _now() + timedelta(seconds=self.lease_seconds)
 
     def watermark(self) -> int:
         with self.store.session() as session:
@@ -193,6 +253,8 @@ class TrainerState:
                     parent_version=parent_version,
                     host=socket.gethostname(),
                     pid=os.getpid(),
+                    owner=self.owner,
+                    lease_until=self._lease_end(),
                 )
                 session.add(row)
                 session.flush()
@@ -213,9 +275,79 @@ class TrainerState:
                 .values(phase=phase, updated_at=_now(), **fields)
             )
 
+    def _owned_update(self, job_id: int, **values: Any) -> bool:
+        """Update the job only while this instance owns it; False when the lease was lost."""
+        with self.store.session() as session:
+            result = session.execute(
+                update(TrainerJob)
+                .where(
+                    TrainerJob.id == job_id,
+                    TrainerJob.owner == self.owner,
+                    TrainerJob.status.in_(ACTIVE),
+                )
+                .values(updated_at=_now(), **values)
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def renew(self, job_id: int) -> bool:
+        """Push this owner's lease forward; False when the job is no longer ours or active."""
+        return self._owned_update(job_id, lease_until=self._lease_end())
+
+    def claim(self, job: JobView) -> bool:
+        """Take over a job whose owner is gone: one conditional UPDATE, so one claimant wins."""
+        with self.store.session() as session:
+            owner = (
+                TrainerJob.owner.is_(None) if job.owner is None else TrainerJob.owner == job.owner
+            )
+            result = session.execute(
+                update(TrainerJob)
+                .where(TrainerJob.id == job.id, TrainerJob.status == job.status, owner)
+                .values(
+                    owner=self.owner,
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    lease_until=self._lease_end(),
+                    updated_at=_now(),
+                )
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    @contextmanager
+    def heartbeat(self, job_id: int) -> Iterator[threading.Event]:
+        """Renew the lease every third of its length while the block runs.
+
+        Yields an event that is set when the lease was lost (another worker took the job over).
+        """
+        stop, lost = threading.Event(), threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.lease_seconds / 3):
+                try:
+                    if not self.renew(job_id):
+                        lost.set()
+                        log.error("job %s: lease lost; another worker owns it now", job_id)
+                        return
+                except Exception:  # a database hiccup: the next beat tries again
+                    log.exception("job %s: lease renewal failed", job_id)
+
+        thread = threading.Thread(target=beat, name=f"lease-{job_id}", daemon=True)
+        thread.start()
+        try:
+            yield lost
+        finally:
+            stop.set()
+            thread.join()
+
     def mark_computed(self, job_id: int, plan: Mapping[str, Any]) -> None:
         """Persist the full plan; from here a restart can finish the job without recomputing."""
-        self.set_phase(job_id, "computed", status=COMPUTED, plan=json.dumps(plan, default=str))
+        if not self._owned_update(
+            job_id, phase="computed", status=COMPUTED, plan=json.dumps(plan, default=str)
+        ):
+            raise ConflictError(
+                f"Retrain job {job_id} was taken over by another worker (its lease expired); "
+                "this worker's result is discarded. Raise INKWELL_TRAINER_LEASE_SECONDS if the "
+                "trainer is too busy to renew it in time."
+            )
 
     def end_job(self, job_id: int, status: str, *, error: str | None = None) -> None:
         """Close a job that will not be committed (interrupted, failed or nothing to do)."""
@@ -237,6 +369,11 @@ class TrainerState:
             job = session.get(TrainerJob, job_id)
             if job is None or job.status == DONE:
                 return
+            if job.owner not in (None, self.owner):
+                raise ConflictError(
+                    f"Retrain job {job_id} is owned by {job.owner}, not this worker; it will "
+                    "commit the job itself."
+                )
             if trained:
                 session.execute(
                     update(Sample)
@@ -279,10 +416,12 @@ class TrainerState:
             )
             return JobView.of(row) if row is not None else None
 
-    def new_samples(self, snapshot: int, lineage: Iterable[str]) -> list[Sample]:
+    def new_samples(
+        self, snapshot: int, lineage: Iterable[str], limit: int | None = None
+    ) -> list[Sample]:
         """What a retrain from a stable model learns: accepted samples up to `snapshot`, plus
         samples trained into candidates outside the stable model's lineage (never promoted, or
-        rolled back), oldest first."""
+        rolled back), oldest first; at most `limit` (the rest wait for the next job)."""
         lineage = list(lineage)
         with self.store.session() as session:
             rows = session.scalars(
@@ -299,14 +438,17 @@ class TrainerState:
                     ),
                 )
                 .order_by(Sample.id)
+                .limit(limit)
             )
             return list(rows)
 
     def lineage_samples(self, lineage: Iterable[str]) -> list[Sample]:
-        """Samples already learned by the stable model or its ancestors."""
+        """Samples already learned by the stable model or its ancestors (pixels, not the
+        original upload bytes: validation and transfer metrics need only the 28x28 pixels)."""
         with self.store.session() as session:
             rows = session.scalars(
                 select(Sample)
+                .options(defer(Sample.image, raiseload=True))
                 .where(Sample.state == TRAINED, Sample.trained_version.in_(list(lineage)))
                 .order_by(Sample.id)
             )

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
-from inkwell.errors import InvalidInputError
+from inkwell.errors import ImageTooLargeError, InvalidInputError
 from service import inputs
-from service.deps import ApiKeyRequired, ContextDep, StoreDep
+from service.deps import ApiKeyRequired, ContextDep
 from service.responses import json_response
 from service.schemas import SampleCreatedPublic, SampleStatsPublic
 
@@ -48,21 +47,29 @@ async def upload_sample(request: Request, context: ContextDep) -> Response:
     A repeated idempotency key, or the same image bytes from the same user, answers 200 with
     the earlier sample's id instead of storing it twice.
     """
+    limit = context.settings.max_sample_image_bytes
     try:
         upload = await inputs.sample_upload(request, context.decoding)
+        if len(upload.image) > limit:
+            raise ImageTooLargeError(
+                f"The image is {len(upload.image):,} bytes; a sample stores its image, which "
+                f"may be at most {limit:,} bytes. Crop it to the digit or compress it (a "
+                "digit needs no more than a few hundred pixels a side) and upload it again."
+            )
     except InvalidInputError as exc:
         context.metrics.sample_rejected(exc.code)
         raise
-    added = await run_in_threadpool(
-        context.store.add,
-        user_id=upload.user_id,
-        label=upload.label,
-        image=upload.image,
-        pixels=upload.pixels,
-        idempotency_key=upload.idempotency_key,
+    added = await context.with_store(
+        lambda store: store.add(
+            user_id=upload.user_id,
+            label=upload.label,
+            image=upload.image,
+            pixels=upload.pixels,
+            idempotency_key=upload.idempotency_key,
+        )
     )
     context.metrics.sample_accepted(added.created)
-    stored = await run_in_threadpool(context.store.get, added.sample_id)
+    stored = await context.with_store(lambda store: store.get(added.sample_id))
     return json_response(
         SampleCreatedPublic(
             sample_id=added.sample_id,
@@ -77,6 +84,6 @@ async def upload_sample(request: Request, context: ContextDep) -> Response:
 
 
 @router.get("/stats", response_model=SampleStatsPublic)
-async def sample_stats(store: StoreDep) -> SampleStatsPublic:
+async def sample_stats(context: ContextDep) -> SampleStatsPublic:
     """Counts by user, label and state (accepted, quarantined with reason, trained-on)."""
-    return SampleStatsPublic(**await run_in_threadpool(store.stats))
+    return SampleStatsPublic(**await context.with_store(lambda store: store.stats()))

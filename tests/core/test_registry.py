@@ -6,15 +6,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from inkwell.errors import ModelNotFoundError
+from inkwell.errors import ModelNotFoundError, RegistryUnavailableError
 from inkwell.model import DigitNet, ModelConfig
 from inkwell.registry import Registry
-from inkwell.settings import CANARY, STABLE
+from inkwell.settings import CANARY, STABLE, CoreSettings
+from tests.outage import Mode, failing_server
 
 
 def _register(registry: Registry, seed: int, aliases: tuple[str, ...]) -> str:
@@ -83,3 +85,27 @@ def test_registered_version_stores_state_dict_and_preprocessing(inkwell_home: Pa
     assert loaded.meta["preprocessing"] == "mnist-v1"
     assert loaded.meta["config"]["width"] == 4
     assert not loaded.model.training
+
+
+@pytest.mark.parametrize("mode", ["error", "hang"])
+def test_a_registry_that_fails_or_hangs_raises_instead_of_reading_as_no_versions(
+    inkwell_home: Path, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with failing_server(mode) as server:
+        registry = Registry(CoreSettings(tracking_uri=server.url))
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailableError, match=r"versions|unreachable"):
+            registry.list_versions("inkwell-digits")
+        with pytest.raises(RegistryUnavailableError):
+            registry.run_status("0123456789abcdef")
+        with pytest.raises(RegistryUnavailableError):  # not "no such alias"
+            registry.find_version("inkwell-digits", STABLE)
+        assert time.monotonic() - started < 20  # a hanging server fails in seconds
+        assert server.requests
+
+
+def test_an_unknown_run_reads_as_absent(inkwell_home: Path) -> None:
+    assert Registry().run_status("0123456789abcdef0123456789abcdef") is None
+    assert Registry().list_versions("never-registered") == []

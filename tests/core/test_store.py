@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import socket
+import sqlite3
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import DatabaseError
 
+from inkwell.errors import IdempotencyKeyReusedError, StoreUnavailableError
 from inkwell.store import Base, SampleStore, create_schema, make_engine
 from router.state import RolloutStore
 from trainer.state import TrainerState
@@ -58,3 +63,92 @@ def test_a_file_that_is_not_a_database_is_still_reported(tmp_path: Path) -> None
 
     with pytest.raises(DatabaseError, match="not a database"):
         create_schema(make_engine(f"sqlite:///{path}"), Base.metadata, attempts=2)
+
+
+def test_a_postgresql_server_that_never_answers_fails_within_the_connect_timeout() -> None:
+    with socket.socket() as silent:  # accepts TCP connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="unavailable") as raised:
+            SampleStore(
+                f"postgresql+psycopg://inkwell:s3cret@127.0.0.1:{port}/inkwell",
+                connect_timeout_s=1,
+            )
+        assert time.monotonic() - started < 8
+        assert "s3cret" not in raised.value.message
+
+
+@contextmanager
+def _write_lock(url: str) -> Iterator[None]:
+    """Another process holds the samples table's write lock for the duration."""
+    if url.startswith("sqlite"):
+        holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    import psycopg
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as holder:
+        holder.execute("LOCK TABLE samples IN ACCESS EXCLUSIVE MODE")
+        yield
+        holder.rollback()
+
+
+def test_a_database_locked_by_another_process_fails_after_the_statement_timeout(
+    database_url: str,
+) -> None:
+    store = SampleStore(database_url, statement_timeout_s=0.3)
+    with _write_lock(database_url):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError):
+            store.add(user_id="u", label=1, image=b"png", pixels=bytes(784))
+        assert time.monotonic() - started < 3
+    assert store.add(user_id="u", label=1, image=b"png", pixels=bytes(784)).created
+    store.engine.dispose()
+
+
+def test_samples_are_stored_once_per_content_and_idempotency_key(database_url: str) -> None:
+    store = SampleStore(database_url)
+    first = store.add(user_id="alice", label=7, image=b"a", pixels=bytes(784), idempotency_key="k")
+    replay = store.add(user_id="alice", label=7, image=b"a", pixels=bytes(784), idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReusedError):
+        store.add(user_id="alice", label=7, image=b"b", pixels=bytes(784), idempotency_key="k")
+    same = store.add(user_id="alice", label=7, image=b"a", pixels=bytes(784))
+    other = store.add(user_id="bob", label=7, image=b"a", pixels=bytes(784))
+    assert first.created and not replay.created and replay.sample_id == first.sample_id
+    assert same.duplicate_of == first.sample_id and other.created
+    store.set_state([first.sample_id], "quarantined", reason="blank")
+    assert [s.id for s in store.after(0)] == [other.sample_id]
+    stats = store.stats()
+    assert stats["total"] == 2 and stats["quarantine_reasons"] == {"blank": 1}
+    store.engine.dispose()
+
+
+def test_concurrent_uploads_with_one_idempotency_key_store_one_sample(database_url: str) -> None:
+    store = SampleStore(database_url)
+    results = []
+    barrier = threading.Barrier(8)
+
+    def add(index: int) -> None:
+        barrier.wait()
+        image = f"image-{index}".encode()
+        results.append(
+            store.add(user_id="u", label=3, image=image, pixels=bytes(784), idempotency_key="k")
+        )
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({r.sample_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert store.count() == 1
+    store.engine.dispose()

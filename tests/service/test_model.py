@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from inkwell.errors import ModelNotReadyError
+from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE
 from service.model import DigitModel
+from tests.outage import Mode, failing_server
 from tests.service.conftest import TrainedRegistry
 
 
@@ -152,3 +155,23 @@ def test_nan_model_output_answers_500_with_the_error_code(
             "/v1/digits/predict", content=image, headers={"content-type": "image/png"}
         )
         assert_error(broken, 500, "model_output_invalid")
+
+
+@pytest.mark.parametrize("mode", ["error", "hang"])
+def test_a_tracking_server_failing_after_the_first_load_keeps_the_last_good_model(
+    trained_registry: TrainedRegistry, monkeypatch: pytest.MonkeyPatch, mode: Mode
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_registry.registry().tracking_uri)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    model = DigitModel(trained_registry.settings(), STABLE)
+    model.load()
+    with failing_server(mode) as server:
+        # the same process, with MLflow now answering 500 or hanging
+        model._registry = Registry(trained_registry.settings(tracking_uri=server.url))
+        started = time.monotonic()
+        outcome = model.refresh()
+        assert time.monotonic() - started < 15
+    assert outcome.error is not None and outcome.error.code == "registry_unavailable"
+    assert model.ready and model.version == trained_registry.v1.version
+    assert model.predict(trained_registry.test_images[:2] / 255.0).probabilities.shape == (2, 10)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
 
 from inkwell.store import SampleStore
+from service.main import create_app
 from tests.service.conftest import API_KEY, TrainedRegistry, as_photo, assert_error, encode
 
 KEY = {"X-API-Key": API_KEY}
@@ -123,3 +127,82 @@ def test_stats_count_by_user_label_and_state(
     assert stats["total"] == sum(stats["by_state"].values()) == sum(stats["by_label"].values())
     metrics = client.get("/metrics").text
     assert 'inkwell_service_samples_accepted_total{created="true",variant="stable"}' in metrics
+
+
+def test_an_image_over_the_stored_size_limit_is_413_and_not_stored(
+    trained_registry: TrainedRegistry,
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    photo = as_photo(trained_registry.test_images[16]).astype(np.int16)
+    noise = np.random.default_rng(0).integers(-12, 12, photo.shape)
+    image = encode(np.clip(photo + noise, 0, 255).astype(np.uint8))  # paper grain: big PNG
+    small = encode(trained_registry.test_images[16])
+    limit = 8 * 1024
+    assert len(small) < limit < len(image)
+    app = create_app(trained_registry.settings(poll_interval_s=60, max_sample_image_bytes=limit))
+    with TestClient(app) as client:
+        body = assert_error(upload(client, image, "3", user), 413, "image_too_large")
+        assert f"{limit:,} bytes" in body["message"]
+        assert upload(client, small, "3", user).status_code == 201
+    assert store_of(trained_registry).stats()["by_user"][user] == 1
+
+
+def test_service_starts_and_predicts_without_the_database_and_uploads_recover_by_themselves(
+    trained_registry: TrainedRegistry, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "db"
+    blocker.write_text("a file where the database's folder should be")
+    settings = trained_registry.settings(
+        poll_interval_s=60,
+        database_url=f"sqlite:///{blocker / 'inkwell.db'}",
+        store_retry_seconds=0.5,
+    )
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    image = encode(trained_registry.test_images[17])
+    with TestClient(create_app(settings)) as client:
+        predicted = client.post(
+            "/v1/digits/predict", content=image, headers={"Content-Type": "image/png"}
+        )
+        assert predicted.status_code == 200, predicted.text
+        assert client.get("/readyz").status_code == 200
+
+        started = time.monotonic()
+        for _ in range(3):
+            response = upload(client, image, "4", user)
+            assert_error(response, 503, "store_unavailable")
+            assert int(response.headers["Retry-After"]) >= 1
+        assert_error(client.get("/v1/samples/stats", headers=KEY), 503, "store_unavailable")
+        assert time.monotonic() - started < 3  # fails fast, no call hangs on the database
+
+        blocker.unlink()  # the database comes back
+        time.sleep(0.6)
+        recovered = upload(client, image, "4", user)
+        assert recovered.status_code == 201, recovered.text
+
+
+def test_a_database_locked_past_the_statement_timeout_answers_503_then_recovers(
+    trained_registry: TrainedRegistry, tmp_path: Path
+) -> None:
+    path = tmp_path / "locked.db"
+    settings = trained_registry.settings(
+        poll_interval_s=60,
+        database_url=f"sqlite:///{path}",
+        database_statement_timeout_s=0.3,
+        store_retry_seconds=0.3,
+    )
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    with TestClient(create_app(settings)) as client:
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        try:
+            started = time.monotonic()
+            response = upload(client, encode(trained_registry.test_images[18]), "1", user)
+            assert_error(response, 503, "store_unavailable")
+            assert "Retry-After" in response.headers
+            assert time.monotonic() - started < 5  # the 0.3 s timeout, not a hang
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        time.sleep(0.4)
+        recovered = upload(client, encode(trained_registry.test_images[18]), "1", user)
+        assert recovered.status_code == 201, recovered.text

@@ -14,12 +14,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from inkwell.errors import RegistryUnavailableError
 from inkwell.model import DigitNet, ModelConfig
 from inkwell.registry import Registry
 from inkwell.settings import CANARY
 from inkwell.store import ACCEPTED, TRAINED, SampleStore
+from tests.outage import failing_server
 from tests.trainer.conftest import REPO, MnistArrays, upload
-from trainer.pipeline import BUFFER_FILE, Retrainer
+from trainer.pipeline import BUFFER_FILE, WEIGHTS_FILE, Retrainer, save_weights
 from trainer.settings import TrainerSettings
 from trainer.state import TrainerState
 
@@ -121,3 +123,104 @@ def test_a_job_killed_after_registering_is_completed_on_restart(
     assert crashed.state.watermark() == max(ids)
     assert crashed.state.job(job.id).status == "done"
     assert {s.state for s in store.by_ids(ids)} <= {TRAINED, "quarantined"}
+
+
+def test_one_job_learns_at_most_max_samples_per_job_and_the_rest_stay_pending(
+    registered_base: str,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    monkeypatch.setenv("INKWELL_TRAINER_MAX_SAMPLES_PER_JOB", "24")
+    ids = upload(store, "alice", mnist.test_images[:40], mnist.test_labels[:40])
+    settings = TrainerSettings()
+    retrainer = Retrainer(settings, store=store)
+
+    outcome = retrainer.retrain("test")
+
+    assert outcome.version is not None
+    assert retrainer.state.watermark() == ids[23]
+    assert {s.state for s in store.by_ids(ids[:24])} <= {TRAINED, "quarantined"}
+    assert {s.state for s in store.by_ids(ids[24:])} == {ACCEPTED}  # nothing lost
+    assert [i for i, _, _ in retrainer.state.pending()] == ids[24:]
+    tags = Registry(settings).get_version(settings.model_name, outcome.version).tags
+    assert tags["watermark"] == str(ids[23])
+
+
+def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_publishes_once(
+    registered_base: str,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
+    settings = TrainerSettings()
+    job, plan = Retrainer(settings, store=store).compute_job("test")
+    assert Path(plan["weights"]).is_file()
+    assert not list(Path(plan["weights"]).parent.glob("*.tmp"))  # renamed into place
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    for mode in ("error", "hang"):
+        with failing_server(mode) as server:
+            down = TrainerSettings(
+                tracking_uri=server.url, publish_attempts=2, publish_backoff_seconds=0.1
+            )
+            broken = Retrainer(down, store=store, registry=Registry(down))
+            with pytest.raises(RegistryUnavailableError, match="stays computed"):
+                broken.reconcile()
+            assert len(server.requests) >= 2  # it retried
+        assert broken.state.job(job.id).status == "computed"
+        assert broken.state.watermark() == 0
+
+    notes = Retrainer(settings, store=store).reconcile()
+
+    registry = Registry(settings)
+    versions = [v.version for v in registry.list_versions(settings.model_name)]
+    assert versions == [str(int(registered_base) + 1), registered_base]  # registered once
+    assert notes and f"version {versions[0]}" in notes[0]
+    assert registry.get_version(settings.model_name, versions[0]).tags["complete"] == "true"
+    assert broken.state.watermark() == max(ids)
+    assert broken.state.job(job.id).status == "done"
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+import torch
+from inkwell.model import DigitNet, ModelConfig
+from trainer.pipeline import save_weights
+
+path = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a full disk: writes fail with an error
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+torch.manual_seed(1)
+try:
+    save_weights(DigitNet(ModelConfig(width=8)), path)
+except (OSError, RuntimeError) as exc:  # torch reports a failed write as RuntimeError
+    print("failed:", exc)
+    sys.exit(3)
+"""
+
+
+def test_a_candidate_write_that_fails_midway_leaves_the_previous_file_whole(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    previous = DigitNet(ModelConfig(width=8))
+    path = save_weights(previous, tmp_path / "jobs" / "7" / WEIGHTS_FILE)
+
+    result = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(path)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    kept = torch.load(path, weights_only=True)
+    assert all(torch.equal(kept[k], v) for k, v in previous.state_dict().items())
+    assert [p.name for p in path.parent.iterdir()] == [WEIGHTS_FILE]  # no temp file left
