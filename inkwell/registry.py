@@ -33,6 +33,28 @@ META_FILE = "model.json"
 ARTIFACT_DIR = "model"
 
 
+def digit_meta(model: DigitNet, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `model.json` of a digit model: architecture, preprocessing, input, then `meta`."""
+    return {
+        "kind": "digits",
+        "architecture": "DigitNet",
+        "config": model.config.to_dict(),
+        "preprocessing": PREPROCESSING_VERSION,
+        "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
+        **dict(meta or {}),
+    }
+
+
+def save_digit_model(model: DigitNet, folder: Path, meta: Mapping[str, Any]) -> dict[str, Path]:
+    """Write `weights.pt` (a state_dict) and `model.json` into `folder`, the registry's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, weights)
+    (folder / META_FILE).write_text(json.dumps(dict(meta), indent=2, default=str))
+    return {WEIGHTS_FILE: weights}
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """A registered model version as the rest of Inkwell sees it."""
@@ -186,21 +208,12 @@ class Registry:
         trainer's replay buffer.
         """
         with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / WEIGHTS_FILE
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            torch.save(state, weights)
-            full_meta = {
-                "kind": "digits",
-                "architecture": "DigitNet",
-                "config": model.config.to_dict(),
-                "preprocessing": PREPROCESSING_VERSION,
-                "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
-                **dict(meta or {}),
-            }
+            full_meta = digit_meta(model, meta)
+            files = save_digit_model(model, Path(tmp), full_meta)
             return self.register_files(
                 name or self.settings.model_name,
                 run_id,
-                {WEIGHTS_FILE: weights, **dict(extra_files or {})},
+                {**files, **dict(extra_files or {})},
                 full_meta,
                 tags=tags,
                 aliases=aliases,
@@ -269,6 +282,10 @@ class Registry:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
+
+    def delete_version(self, name: str, version: str) -> None:
+        """Delete one version (its artifacts stay with the run)."""
+        self.client.delete_model_version(name, version)
 
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():

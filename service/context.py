@@ -1,6 +1,7 @@
 """Everything one service process holds while it runs, built once and started in the lifespan.
 
-Construction does no I/O; `start()` sets torch threads, opens the sample store, tries the first
+Construction does no I/O; `start()` sets torch threads, opens the sample store, seeds an empty
+registry from the models shipped in the package (`INKWELL_SEED_SHIPPED`), tries the first
 model load (the service still starts, not ready, when MLflow or the alias is missing), starts
 the micro-batcher and the alias poller; `stop()` undoes it in reverse.
 """
@@ -62,6 +63,8 @@ class ServiceContext:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         configure_torch(self.settings.torch_threads)
         self._store = await run_in_threadpool(SampleStore, self.settings.resolved_database_url)
+        if self.settings.seed_shipped:
+            await run_in_threadpool(self.seed_shipped)
         await self.refresh_model()
         await self.refresh_cheque_model()
         await self.batcher.start()
@@ -75,6 +78,17 @@ class ServiceContext:
         await self.batcher.stop()
         if self._store is not None:
             self._store.engine.dispose()
+
+    def seed_shipped(self) -> None:
+        """Register the shipped models the registry lacks; a failure only leaves it unready."""
+        from inkwell.shipped import seed_registry
+
+        kinds = ("digits", "cheques") if self.settings.cheques_enabled else ("digits",)
+        try:
+            for info in seed_registry(self.settings, kinds=kinds):
+                log.info("seeded %s v%s from the shipped model", info.name, info.version)
+        except Exception as exc:  # e.g. an unreachable tracking server: the poller retries loads
+            log.warning("could not seed the registry from the shipped models: %s", exc)
 
     async def refresh_model(self) -> RefreshOutcome:
         """Look at the alias once (off the event loop) and record what happened."""
