@@ -114,6 +114,8 @@ def trainer_home(
         "INKWELL_TRAINER_GATE_MAX_DRIFT_PP": "3",
         "INKWELL_TRAINER_GATE_MAX_CLASS_DROP_PP": "15",
         "INKWELL_TRAINER_GATE_MAX_NEW_DROP_PP": "10",
+        # these tests register their own tiny base model (tests/trainer/test_api.py seeds)
+        "INKWELL_SEED_SHIPPED": "false",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
