@@ -163,17 +163,26 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="stable, canary or a version number.")] = "stable",
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Evaluate weights.pt + model.json from a folder (e.g. the shipped one)."),
+    ] = None,
     data: DataOpt = None,
 ) -> None:
-    """Evaluate a registered model on the 10,000 MNIST test images."""
+    """Evaluate a registered model (or a model folder) on the 10,000 MNIST test images."""
     from inkwell.data import load_split
-    from inkwell.registry import Registry
+    from inkwell.registry import Registry, load_digit_folder
     from inkwell.train import split_tensors
     from inkwell.training import evaluate
 
-    loaded = Registry().load_digit_model(model)
-    result = evaluate(loaded.model, *split_tensors(load_split("test", data)))
-    console.print(f"model {loaded.info.name} v{loaded.info.version} ({model})")
+    if model_dir is not None:
+        network, _ = load_digit_folder(model_dir)
+        title = f"model in {model_dir}"
+    else:
+        loaded = Registry().load_digit_model(model)
+        network, title = loaded.model, f"model {loaded.info.name} v{loaded.info.version} ({model})"
+    result = evaluate(network, *split_tensors(load_split("test", data)))
+    console.print(title)
     console.print(f"accuracy {100 * result.accuracy:.2f} %")
     table = Table(
         "digit", "accuracy %", *[str(d) for d in range(10)], title="per class / confusion"

@@ -313,10 +313,20 @@ class Registry:
         name = name or self.settings.model_name
         info = self.get_version(name, ref)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.download(info, Path(tmp))
-            meta = json.loads((folder / META_FILE).read_text())
-            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
-        model.load_state_dict(state)
-        model.eval()
+            model, meta = load_digit_folder(self.download(info, Path(tmp)))
         return LoadedDigitModel(model=model, info=info, meta=meta)
+
+
+def load_digit_folder(folder: Path) -> tuple[DigitNet, dict[str, Any]]:
+    """An eval-mode `DigitNet` and its `model.json` from a folder in the registry's layout."""
+    if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise ModelNotFoundError(
+            f"{folder} holds no digit model ({META_FILE} and {WEIGHTS_FILE} expected). "
+            "Save one with `inkwell train --out DIR`."
+        )
+    meta = json.loads((folder / META_FILE).read_text())
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
+    model.load_state_dict(state)
+    model.eval()
+    return model, meta
