@@ -123,7 +123,7 @@ def seed_model(
             mine = registry.register_files(
                 name, run.info.run_id, {WEIGHTS_FILE: shipped.weights}, meta, tags=tags
             )
-        first = _shipped_versions(registry, name)[0]
+        first = next(iter(_shipped_versions(registry, name)), mine)
         if first.version != mine.version:  # another home seeded the same registry first
             registry.delete_version(name, mine.version)
             log.info(

@@ -32,6 +32,25 @@ def test_shipped_model_is_small_and_its_card_names_data_command_and_sha256(kind:
     assert REPRODUCE[kind] in card and "MNIST" in card
 
 
+def test_shipped_digit_model_is_the_base_recipe_compose_and_kubernetes_train() -> None:
+    from inkwell.cli import BASE_EPOCHS
+    from inkwell.model import ModelConfig
+    from inkwell.train import BASE_PEAK_LR
+
+    shipped = shipped_model("digits")
+    assert shipped is not None
+    meta = shipped.meta
+    train = meta["train"]
+    assert isinstance(train, dict) and isinstance(meta["config"], dict)
+    assert (train["epochs"], train["optimizer"], train["lr"], train["seed"]) == (
+        BASE_EPOCHS,
+        "adam",
+        BASE_PEAK_LR["adam"],
+        0,
+    )
+    assert ModelConfig.from_dict(meta["config"]) == ModelConfig()
+
+
 def test_package_data_includes_the_shipped_files() -> None:
     text = (REPO / "pyproject.toml").read_text()
     assert '"inkwell.shipped"' in text
