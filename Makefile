@@ -9,7 +9,7 @@ ifneq ($(wildcard ../shared/data/mnist/train-images-idx3-ubyte.gz),)
 export INKWELL_DATA_DIR ?= $(abspath ../shared/data/mnist)
 endif
 
-.PHONY: run test lint typecheck install clean bench
+.PHONY: run test lint typecheck install clean bench system-packages
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+# Prometheus, Chromium, nginx, PostgreSQL, wrk: installed when root with apt-get, else one message.
+system-packages:
+	scripts/system-packages
+
+test: system-packages $(STAMP) lint typecheck
 	$(BIN)/python -m pytest
 
 clean:

@@ -32,6 +32,10 @@ bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=T
 app.add_typer(bench_app, name="bench")
 console = Console()
 
+# The base recipe's length: `inkwell train`'s default, so Compose and Kubernetes (whose init
+# jobs run `inkwell train --if-missing`), `inkwell up` and the shipped model all train the same.
+BASE_EPOCHS = 4
+
 DataOpt = Annotated[
     Path | None, typer.Option("--data", help="MNIST directory (default: INKWELL_DATA_DIR).")
 ]
@@ -65,7 +69,7 @@ def train(
         float | None,
         typer.Option(help="Peak learning rate (default: the base recipe's, else per optimizer)."),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 4,
+    epochs: Annotated[int, typer.Option(min=1)] = BASE_EPOCHS,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     seed: int = 0,
     dry_run: Annotated[bool, typer.Option(help="Train on one batch only (smoke test).")] = False,
@@ -81,6 +85,9 @@ def train(
         ),
     ] = "affine",
     register: Annotated[bool, typer.Option(help="Register the model in MLflow.")] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="Also save weights.pt + model.json to this folder.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     if_missing: Annotated[
         bool,
@@ -141,6 +148,7 @@ def train(
             hooks=TrainHooks(on_step=on_step, on_epoch=on_epoch),
             register=register,
             threads=threads,
+            out_dir=out,
         )
     if outcome.evaluation is not None:
         console.print(f"accuracy {100 * outcome.evaluation.accuracy:.2f} %")
@@ -148,22 +156,33 @@ def train(
     if outcome.version is not None:
         aliases = ", ".join(outcome.version.aliases) or "no alias"
         console.print(f"registered {outcome.version.name} v{outcome.version.version} ({aliases})")
+    if out is not None:
+        console.print(f"saved to {out}")
 
 
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="stable, canary or a version number.")] = "stable",
+    model_dir: Annotated[
+        Path | None,
+        typer.Option(help="Evaluate weights.pt + model.json from a folder (e.g. the shipped one)."),
+    ] = None,
     data: DataOpt = None,
 ) -> None:
-    """Evaluate a registered model on the 10,000 MNIST test images."""
+    """Evaluate a registered model (or a model folder) on the 10,000 MNIST test images."""
     from inkwell.data import load_split
-    from inkwell.registry import Registry
+    from inkwell.registry import Registry, load_digit_folder
     from inkwell.train import split_tensors
     from inkwell.training import evaluate
 
-    loaded = Registry().load_digit_model(model)
-    result = evaluate(loaded.model, *split_tensors(load_split("test", data)))
-    console.print(f"model {loaded.info.name} v{loaded.info.version} ({model})")
+    if model_dir is not None:
+        network, _ = load_digit_folder(model_dir)
+        title = f"model in {model_dir}"
+    else:
+        loaded = Registry().load_digit_model(model)
+        network, title = loaded.model, f"model {loaded.info.name} v{loaded.info.version} ({model})"
+    result = evaluate(network, *split_tensors(load_split("test", data)))
+    console.print(title)
     console.print(f"accuracy {100 * result.accuracy:.2f} %")
     table = Table(
         "digit", "accuracy %", *[str(d) for d in range(10)], title="per class / confusion"

@@ -1,8 +1,9 @@
 """Real MNIST from the standard IDX files, found in a configurable directory.
 
 Look-up order for the directory: the explicit argument, `INKWELL_DATA_DIR`, then
-`<INKWELL_HOME>/data/mnist`; if none holds the files and `INKWELL_ALLOW_DOWNLOAD=1`, torchvision
-downloads them into `<INKWELL_HOME>/data/mnist`. Files may be gzip-compressed (`.gz`) or raw.
+`<INKWELL_HOME>/data/mnist`; if none holds the files, torchvision downloads them into
+`<INKWELL_HOME>/data/mnist` as torchvision users expect (`INKWELL_ALLOW_DOWNLOAD=0` turns that
+off). Files may be gzip-compressed (`.gz`) or raw.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import gzip
 import hashlib
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,10 +74,21 @@ def resolve_data_dir(data_dir: Path | None = None, settings: CoreSettings | None
     for directory in looked:
         if _has_split(directory, "train") and _has_split(directory, "test"):
             return directory
-    if settings.allow_download:
-        return _download(settings.home / "data" / "mnist")
     where = "\n".join(f"  - {d}" for d in looked)
     names = ", ".join(f"{s}.gz" for pair in SPLIT_FILES.values() for s in pair)
+    if settings.allow_download:
+        try:
+            return download_mnist(settings.home / "data" / "mnist", settings.mnist_mirrors)
+        except (OSError, RuntimeError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise DataNotFoundError(
+                "MNIST was not found and downloading it failed "
+                f"({reason}). Looked in:\n{where}\n"
+                f"Fix: connect this machine to the internet and retry, or copy the four IDX "
+                f"files ({names}) into one of those directories, or set "
+                "INKWELL_DATA_DIR=/path/to/mnist (or pass --data DIR). "
+                "INKWELL_ALLOW_DOWNLOAD=0 stops the download attempts."
+            ) from exc
     raise DataNotFoundError(
         "MNIST was not found. Looked in:\n"
         f"{where}\n"
@@ -85,9 +98,17 @@ def resolve_data_dir(data_dir: Path | None = None, settings: CoreSettings | None
     )
 
 
-def _download(target: Path) -> Path:  # pragma: no cover - needs internet
-    from torchvision.datasets import MNIST
+def download_mnist(target: Path, mirrors: Sequence[str] = ()) -> Path:
+    """Download the four MNIST files with torchvision (md5-checked); returns their folder.
 
+    `mirrors` replace torchvision's list of base URLs when given."""
+    from torchvision import datasets
+
+    class MNIST(datasets.MNIST):  # the class name is the folder torchvision writes into
+        pass
+
+    if mirrors:
+        MNIST.mirrors = [m if m.endswith("/") else f"{m}/" for m in mirrors]
     target.mkdir(parents=True, exist_ok=True)
     for train in (True, False):
         MNIST(str(target), train=train, download=True)

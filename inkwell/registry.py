@@ -33,6 +33,28 @@ META_FILE = "model.json"
 ARTIFACT_DIR = "model"
 
 
+def digit_meta(model: DigitNet, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The `model.json` of a digit model: architecture, preprocessing, input, then `meta`."""
+    return {
+        "kind": "digits",
+        "architecture": "DigitNet",
+        "config": model.config.to_dict(),
+        "preprocessing": PREPROCESSING_VERSION,
+        "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
+        **dict(meta or {}),
+    }
+
+
+def save_digit_model(model: DigitNet, folder: Path, meta: Mapping[str, Any]) -> dict[str, Path]:
+    """Write `weights.pt` (a state_dict) and `model.json` into `folder`, the registry's layout."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, weights)
+    (folder / META_FILE).write_text(json.dumps(dict(meta), indent=2, default=str))
+    return {WEIGHTS_FILE: weights}
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """A registered model version as the rest of Inkwell sees it."""
@@ -198,21 +220,12 @@ class Registry:
         trainer's replay buffer.
         """
         with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / WEIGHTS_FILE
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            torch.save(state, weights)
-            full_meta = {
-                "kind": "digits",
-                "architecture": "DigitNet",
-                "config": model.config.to_dict(),
-                "preprocessing": PREPROCESSING_VERSION,
-                "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
-                **dict(meta or {}),
-            }
+            full_meta = digit_meta(model, meta)
+            files = save_digit_model(model, Path(tmp), full_meta)
             return self.register_files(
                 name or self.settings.model_name,
                 run_id,
-                {WEIGHTS_FILE: weights, **dict(extra_files or {})},
+                {**files, **dict(extra_files or {})},
                 full_meta,
                 tags=tags,
                 aliases=aliases,
@@ -285,6 +298,10 @@ class Registry:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
 
+    def delete_version(self, name: str, version: str) -> None:
+        """Delete one version (its artifacts stay with the run)."""
+        self.client.delete_model_version(name, version)
+
     def set_version_tags(self, name: str, version: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, str(value))
@@ -311,10 +328,20 @@ class Registry:
         name = name or self.settings.model_name
         info = self.get_version(name, ref)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.download(info, Path(tmp))
-            meta = json.loads((folder / META_FILE).read_text())
-            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
-        model.load_state_dict(state)
-        model.eval()
+            model, meta = load_digit_folder(self.download(info, Path(tmp)))
         return LoadedDigitModel(model=model, info=info, meta=meta)
+
+
+def load_digit_folder(folder: Path) -> tuple[DigitNet, dict[str, Any]]:
+    """An eval-mode `DigitNet` and its `model.json` from a folder in the registry's layout."""
+    if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise ModelNotFoundError(
+            f"{folder} holds no digit model ({META_FILE} and {WEIGHTS_FILE} expected). "
+            "Save one with `inkwell train --out DIR`."
+        )
+    meta = json.loads((folder / META_FILE).read_text())
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
+    model.load_state_dict(state)
+    model.eval()
+    return model, meta

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STABLE = "stable"
 CANARY = "canary"
@@ -76,9 +76,22 @@ class CoreSettings(BaseSettings):
         description="Directory holding the four MNIST IDX .gz files.",
     )
     allow_download: bool = Field(
-        default=False,
+        default=True,
         validation_alias=_shared("ALLOW_DOWNLOAD"),
-        description="Download MNIST with torchvision when no local copy is found (needs internet).",
+        description="Download MNIST with torchvision into <home>/data/mnist when no local copy "
+        "is found (needs internet); false never touches the network.",
+    )
+    mnist_mirrors: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        validation_alias=_shared("MNIST_MIRRORS"),
+        description="Base URLs to download the MNIST .gz files from (comma-separated); "
+        "default torchvision's mirrors.",
+    )
+    seed_shipped: bool = Field(
+        default=True,
+        validation_alias=_shared("SEED_SHIPPED"),
+        description="Register the models shipped in the package as version 1 (alias stable) "
+        "when the registry has no version of them.",
     )
     tracking_uri: str | None = Field(
         default=None,
@@ -110,6 +123,13 @@ class CoreSettings(BaseSettings):
         description="Cancel one statement after this long (PostgreSQL statement_timeout; "
         "SQLite: how long to wait for a lock held by another process).",
     )
+
+    @field_validator("mnist_mirrors", mode="before")
+    @classmethod
+    def _split_mirrors(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("home", mode="after")
     @classmethod

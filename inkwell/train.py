@@ -13,7 +13,7 @@ import torch
 
 from inkwell.data import Split, load_split
 from inkwell.model import DigitNet, ModelConfig, count_parameters
-from inkwell.registry import Registry, VersionInfo
+from inkwell.registry import Registry, VersionInfo, digit_meta, save_digit_model
 from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.training import (
     EvalResult,
@@ -60,11 +60,13 @@ def train_base_model(
     hooks: TrainHooks | None = None,
     register: bool = True,
     threads: int | None = None,
+    out_dir: Path | None = None,
 ) -> TrainOutcome:
     """Train DigitNet on MNIST train, evaluate on MNIST test, log everything and register it.
 
     The first registered version of the model gets alias `stable`; later ones get `canary`
     only when asked by the caller (the trainer's gate decides that, not this function).
+    `out_dir` also saves `weights.pt` + `model.json` there (how the shipped model is made).
     """
     settings = settings or CoreSettings()
     if threads:
@@ -122,14 +124,16 @@ def train_base_model(
             "evaluation/test.json",
         )
         version = None
+        meta: dict[str, Any] = {
+            "train": asdict(cfg),
+            "test_accuracy": evaluation.accuracy,
+            "data_md5": {**train_split.md5, **test_split.md5},
+            "parent_version": None,
+        }
+        if out_dir is not None:
+            save_digit_model(model, out_dir, digit_meta(model, meta))
         if register:
             existing_stable = registry.find_version(settings.model_name, STABLE)
-            meta: dict[str, Any] = {
-                "train": asdict(cfg),
-                "test_accuracy": evaluation.accuracy,
-                "data_md5": {**train_split.md5, **test_split.md5},
-                "parent_version": None,
-            }
             version = registry.register_digit_model(
                 model,
                 run.info.run_id,

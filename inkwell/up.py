@@ -1,9 +1,11 @@
 """`inkwell up`: the whole system on one machine, with one command.
 
 Makes sure a `stable` digit model (and cheque model, when that package is installed) exists,
-training them when the registry has none, then runs service-stable, service-canary, the trainer
-and the router (with its rollout controller) - and a local Prometheus when the binary is found -
-as supervised subprocesses of this one (`inkwell.supervisor`). Ctrl-C or SIGTERM stops them all.
+seeding an empty registry from the models shipped in the package (seconds, no data needed) and
+training only when there is nothing to seed from, then runs service-stable, service-canary, the
+trainer and the router (with its rollout controller) - and a local Prometheus when the binary is
+found - as supervised subprocesses of this one (`inkwell.supervisor`). Ctrl-C or SIGTERM stops
+them all.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import typer
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from inkwell.cli import BASE_EPOCHS
 from inkwell.errors import ConflictError, InvalidInputError
 from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.supervisor import ProcessSpec, RestartPolicy, Supervisor
@@ -71,9 +74,16 @@ class UpSettings(CoreSettings):
     prometheus_binary: str = "prometheus"
     prometheus_scrape_s: float = Field(default=5.0, gt=0)
     train_missing: bool = Field(
-        default=True, description="Train the base models when the registry has no stable one."
+        default=True,
+        description="Train the base models when the registry has no stable one and there is no "
+        "shipped model to seed it with (INKWELL_SEED_SHIPPED=false, or a package without it).",
     )
-    base_epochs: int = Field(default=8, ge=1, description="Epochs of the base digit training.")
+    base_epochs: int = Field(
+        default=BASE_EPOCHS,
+        ge=1,
+        description="Epochs of the base digit training (the base recipe of `inkwell train`, "
+        "Compose and Kubernetes).",
+    )
     cheque_steps: int = Field(
         default=2000,
         ge=1,
@@ -350,6 +360,20 @@ def check_ports_free(settings: UpSettings, names: list[str]) -> None:
 # ---- models --------------------------------------------------------------------------------
 
 
+def seed_shipped_models(settings: UpSettings) -> list[str]:
+    """Register the shipped models the registry has no version of; one line per model seeded."""
+    if not settings.seed_shipped:
+        return []
+    from inkwell.shipped import seed_registry
+
+    kinds = ("digits", "cheques") if cheques_available() else ("digits",)
+    return [
+        f"seeded {info.name} v{info.version} ({STABLE}) from the shipped model "
+        f"(sha256 {info.tags.get('sha256', '')[:12]})"
+        for info in seed_registry(settings, kinds=kinds)
+    ]
+
+
 def ensure_digit_model(settings: UpSettings) -> bool:
     """Train and register the base digit model when the registry has no stable; True if it did."""
     from inkwell.cli import console
@@ -470,6 +494,8 @@ def run_up(settings: UpSettings, *, train: bool = True, echo_logs: bool = False)
     prometheus = prometheus_binary(settings)
     names = list(settings.components) + ([PROMETHEUS] if prometheus else [])
     check_ports_free(settings, names)
+    for line in seed_shipped_models(settings):
+        console.print(line)
     if train and settings.train_missing and SERVICE_STABLE in settings.components:
         ensure_digit_model(settings)
     keys = resolve_keys(settings)

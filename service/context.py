@@ -1,7 +1,8 @@
 """Everything one service process holds while it runs, built once and started in the lifespan.
 
-Construction does no I/O; `start()` sets torch threads, tries to open the sample store, tries
-the first model load (the service still starts, not ready, when MLflow or the alias is missing),
+Construction does no I/O; `start()` sets torch threads, tries to open the sample store, seeds an
+empty registry from the models shipped in the package (`INKWELL_SEED_SHIPPED`), tries the first
+model load (the service still starts, not ready, when MLflow or the alias is missing),
 starts the micro-batcher, freezes the start-up heap out of the garbage collector's way
 (inkwell.heap) and starts the alias poller; `stop()` undoes it in reverse.
 
@@ -139,6 +140,8 @@ class ServiceContext:
         )
         with contextlib.suppress(StoreUnavailableError):  # predictions do not need it
             await run_in_threadpool(self.open_store)
+        if self.settings.seed_shipped:
+            await run_in_threadpool(self.seed_shipped)
         await self.refresh_model()
         await self.refresh_cheque_model()
         await self.batcher.start()
@@ -158,6 +161,17 @@ class ServiceContext:
         if self._started:
             self._started = False
             thaw()
+
+    def seed_shipped(self) -> None:
+        """Register the shipped models the registry lacks; a failure only leaves it unready."""
+        from inkwell.shipped import seed_registry
+
+        kinds = ("digits", "cheques") if self.settings.cheques_enabled else ("digits",)
+        try:
+            for info in seed_registry(self.settings, kinds=kinds):
+                log.info("seeded %s v%s from the shipped model", info.name, info.version)
+        except Exception as exc:  # e.g. an unreachable tracking server: the poller retries loads
+            log.warning("could not seed the registry from the shipped models: %s", exc)
 
     async def refresh_model(self) -> RefreshOutcome:
         """Look at the alias once (off the event loop) and record what happened."""

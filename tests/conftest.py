@@ -11,9 +11,13 @@ import pytest
 from tests.postgres import SKIP_REASON, Cluster, find_bin, running_cluster
 
 REPO = Path(__file__).resolve().parents[1]
+# where a machine without a copy gets MNIST, once (test-artifacts/ is git-ignored)
+DOWNLOADED = REPO / "test-artifacts" / "cache" / "mnist"
 _CANDIDATES = [
     os.environ.get("INKWELL_DATA_DIR"),
     str(REPO.parent / "shared" / "data" / "mnist"),
+    str(REPO.parent.parent / "shared" / "data" / "mnist"),  # a git worktree under <work>/wt/
+    str(DOWNLOADED / "MNIST" / "raw"),
 ]
 
 
@@ -26,12 +30,18 @@ def _find_mnist() -> Path | None:
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The real MNIST directory; the suite needs it (CI points INKWELL_DATA_DIR there)."""
+    """The real MNIST directory: INKWELL_DATA_DIR, ../shared/data/mnist, or downloaded once."""
     found = _find_mnist()
     if found is None:
-        pytest.fail(
-            "Real MNIST not found: set INKWELL_DATA_DIR to the folder with the four IDX .gz files"
-        )
+        from inkwell.data import download_mnist
+
+        try:
+            found = download_mnist(DOWNLOADED)
+        except (OSError, RuntimeError) as exc:
+            pytest.fail(
+                f"Real MNIST not found and downloading it failed ({exc}): set INKWELL_DATA_DIR "
+                "to the folder with the four IDX .gz files"
+            )
     return found
 
 

@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from inkwell import __version__
 from trainer.api import router
 from trainer.errors import register_error_handlers
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
-from trainer.worker import Worker
+from trainer.worker import Worker, prepare
 
 
 def create_app(
@@ -27,6 +28,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(prepare, settings)
         if poll:
             worker.start()
         try:

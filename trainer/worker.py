@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from inkwell.errors import ConflictError, InkwellError, NothingToTrainError
+from inkwell.data import resolve_data_dir
+from inkwell.errors import ConflictError, DataNotFoundError, InkwellError, NothingToTrainError
+from inkwell.settings import CoreSettings
 from trainer.pipeline import Retrainer, RetrainOutcome
 from trainer.settings import TrainerSettings
 
@@ -57,6 +59,42 @@ def decide_trigger(pending: Pending, settings: TrainerSettings) -> str | None:
     if ready and pending.newest_age >= settings.debounce_seconds:
         return ready
     return None
+
+
+def mnist_status(settings: CoreSettings) -> dict[str, Any]:
+    """Where the MNIST a retrain needs is, or what is missing and how to get it (no network)."""
+    offline = settings.model_copy(update={"allow_download": False})
+    try:
+        return {"found": True, "path": str(resolve_data_dir(None, offline)), "message": None}
+    except DataNotFoundError as exc:
+        if settings.allow_download:
+            how = (
+                "it is downloaded at the first retrain when this machine is online "
+                "(INKWELL_ALLOW_DOWNLOAD=0 turns that off); offline, put the four IDX files "
+                "in a folder and set INKWELL_DATA_DIR to it"
+            )
+        else:
+            how = exc.message
+        message = (
+            "Retraining needs MNIST (the gate's test set and the replay buffer's old digits) "
+            f"and none was found here: {how}. Serving is not affected."
+        )
+        return {"found": False, "path": None, "message": message}
+
+
+def prepare(settings: TrainerSettings) -> None:
+    """Seed an empty registry from the shipped digit model; say what retraining still needs."""
+    if settings.seed_shipped:
+        from inkwell.shipped import seed_registry
+
+        try:
+            for info in seed_registry(settings, kinds=("digits",)):
+                log.info("seeded %s v%s from the shipped model", info.name, info.version)
+        except Exception as exc:  # an unreachable registry: the worker's polls report it
+            log.warning("could not seed the registry from the shipped models: %s", exc)
+    mnist = mnist_status(settings)
+    if not mnist["found"]:
+        log.warning("%s", mnist["message"])
 
 
 class Worker:
@@ -191,6 +229,7 @@ class Worker:
             "stable_version": stable.version if stable else None,
             "canary_version": canary.version if canary else None,
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
+            "mnist": mnist_status(self.settings),
             "settings": {
                 "min_new_samples": self.settings.min_new_samples,
                 "new_user_min_samples": self.settings.new_user_min_samples,

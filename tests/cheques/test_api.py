@@ -25,8 +25,14 @@ from tests.service.conftest import png_of_zeros
 READ = "/v1/cheques/read"
 
 
-def settings_for(home: Path, mnist_dir: Path) -> ServiceSettings:
-    return ServiceSettings(home=home, data_dir=mnist_dir, poll_interval_s=60, torch_threads=1)
+def settings_for(home: Path, mnist_dir: Path, seed_shipped: bool = False) -> ServiceSettings:
+    return ServiceSettings(
+        home=home,
+        data_dir=mnist_dir,
+        poll_interval_s=60,
+        torch_threads=1,
+        seed_shipped=seed_shipped,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +154,25 @@ def test_without_a_cheque_model_the_route_is_503(inkwell_home: Path, mnist_dir: 
         )
         body = assert_error(response, 503, "model_not_ready")
         assert "inkwell cheques train" in body["message"]
+
+
+def test_a_fresh_home_reads_amounts_with_the_shipped_reader(
+    inkwell_home: Path, mnist_dir: Path
+) -> None:
+    from inkwell.cheques.pools import load_pool
+    from inkwell.cheques.synth import generate_fields
+
+    # the shipped reader's accuracy is on its model card; here: it is seeded and it answers
+    with TestClient(create_app(settings_for(inkwell_home, mnist_dir, seed_shipped=True))) as app:
+        answers = []
+        for sample in generate_fields(load_pool("test", mnist_dir), 8, seed=7):
+            response = app.post(
+                READ, content=png(sample.image), headers={"Content-Type": "image/png"}
+            )
+            answers.append(f"{response.status_code} {response.text[:100]}")
+            if response.status_code == 200:
+                break
+        assert response.status_code == 200, "\n".join(answers)
+        assert response.json()["model_version"] == "1"
+    info = Registry(CoreSettings(home=inkwell_home)).get_version("inkwell-cheques", STABLE)
+    assert info.tags["source"] == "shipped"

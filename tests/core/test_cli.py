@@ -106,3 +106,33 @@ def test_bench_optimizers_refuses_an_unknown_optimizer(inkwell_home: Path, tmp_p
     result = _inkwell("bench", "optimizers", "--only", "lbfgs", cwd=tmp_path)
     assert result.returncode == 2
     assert "rmsprop" in result.stdout + result.stderr
+
+
+def test_train_out_saves_the_model_folder_that_eval_model_dir_reads(
+    inkwell_home: Path, tmp_path: Path
+) -> None:
+    import json
+
+    folder = tmp_path / "model"
+    trained = _inkwell(
+        "train", "--dry-run", "--width", "4", "--no-register", "--out", str(folder), cwd=tmp_path
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert f"saved to {folder}" in trained.stdout
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["kind"] == "digits" and meta["config"]["width"] == 4
+    assert (folder / "weights.pt").stat().st_size > 0
+    from inkwell.registry import Registry
+
+    assert Registry().list_versions("inkwell-digits") == []  # --no-register kept it out
+    evaluated = _inkwell("eval", "--model-dir", str(folder), cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"accuracy {100 * meta['test_accuracy']:.2f} %" in evaluated.stdout
+
+
+def test_eval_of_a_folder_without_a_model_says_how_to_make_one(
+    inkwell_home: Path, tmp_path: Path
+) -> None:
+    result = _inkwell("eval", "--model-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "holds no digit model" in result.stdout and "inkwell train --out" in result.stdout

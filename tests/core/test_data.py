@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
+import http.server
 import shutil
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +52,69 @@ def test_missing_data_error_lists_where_it_looked_and_how_to_fix(
 ) -> None:
     monkeypatch.delenv("INKWELL_DATA_DIR", raising=False)
     monkeypatch.delenv("INKWELL_ALLOW_DOWNLOAD", raising=False)
-    settings = CoreSettings(home=tmp_path / "home")
+    settings = CoreSettings(home=tmp_path / "home", allow_download=False)
     with pytest.raises(DataNotFoundError) as err:
         load_split("train", tmp_path / "nowhere", settings)
     message = err.value.message
     assert str(tmp_path / "nowhere") in message
     assert str(tmp_path / "home" / "data" / "mnist") in message
     assert "INKWELL_DATA_DIR" in message and "INKWELL_ALLOW_DOWNLOAD" in message
+
+
+def test_download_is_on_by_default_like_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INKWELL_ALLOW_DOWNLOAD", raising=False)
+    assert CoreSettings().allow_download is True
+    monkeypatch.setenv("INKWELL_ALLOW_DOWNLOAD", "0")
+    assert CoreSettings().allow_download is False
+
+
+@pytest.fixture
+def mnist_mirror(mnist_dir: Path) -> Iterator[str]:
+    """The real MNIST .gz files served over HTTP on a free port (a torchvision mirror)."""
+    handler = functools.partial(_QuietHandler, directory=str(mnist_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_missing_mnist_is_downloaded_into_home_and_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_mirror: str
+) -> None:
+    monkeypatch.delenv("INKWELL_DATA_DIR", raising=False)
+    settings = CoreSettings(home=tmp_path / "home", mnist_mirrors=[mnist_mirror])
+    split = load_split("test", tmp_path / "nowhere", settings)
+    assert np.bincount(split.labels, minlength=10).tolist() == TEST_COUNTS
+    assert split.source == tmp_path / "home" / "data" / "mnist" / "MNIST" / "raw"
+    # the next look-up finds the downloaded copy in the home without the mirror
+    offline = CoreSettings(home=tmp_path / "home", allow_download=False)
+    assert len(load_split("train", None, offline)) == 60_000
+
+
+def test_failed_download_says_it_failed_and_how_to_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("INKWELL_DATA_DIR", raising=False)
+    with socket.socket() as sock:  # a port nothing listens on: the download is refused
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    settings = CoreSettings(home=tmp_path / "home", mnist_mirrors=[closed])
+    with pytest.raises(DataNotFoundError) as err:
+        load_split("train", tmp_path / "nowhere", settings)
+    message = err.value.message
+    assert "downloading it failed" in message
+    assert "INKWELL_DATA_DIR" in message and "INKWELL_ALLOW_DOWNLOAD=0" in message
+    assert str(tmp_path / "nowhere") in message
 
 
 def _copy_split(mnist_dir: Path, target: Path) -> Path:

@@ -1,6 +1,7 @@
 """The whole system as the tests run it: `inkwell up` as a real subprocess on free ports, with a
-temporary INKWELL_HOME holding a small, really trained digit model (so it does not train for
-minutes), and clients that talk to it over HTTP only.
+temporary INKWELL_HOME holding a really trained digit model (the shipped one, or a small one
+trained in seconds) and the shipped cheque reader that `inkwell up` seeds, and clients that talk
+to it over HTTP only.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def tiny_digit_weights(mnist: Path) -> dict[str, torch.Tensor]:
     return trained_digit_weights(mnist)
 
 
+def shipped_digit_weights() -> dict[str, torch.Tensor]:
+    """The base digit model shipped in the package (the production recipe): no training."""
+    from inkwell.registry import WEIGHTS_FILE
+    from inkwell.shipped import SHIPPED_DIR
+
+    path = SHIPPED_DIR / "digits" / WEIGHTS_FILE
+    return dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
 def register_digits(
     home: Path, state: dict[str, torch.Tensor], aliases: tuple[str, ...], note: str = "tiny"
 ) -> str:
@@ -84,7 +94,7 @@ def register_digits(
     from inkwell.settings import CoreSettings
 
     width = int(state["features.0.weight"].shape[0])
-    model = DigitNet(ModelConfig(width=width))
+    model = DigitNet(ModelConfig(width=width))  # one stem convolution: tiny and shipped alike
     model.load_state_dict(state)
     model.eval()
     registry = Registry(CoreSettings(home=home))
@@ -97,28 +107,6 @@ def register_digits(
             aliases=aliases,
         )
     return info.version
-
-
-def trained_cheque_model(mnist: Path, steps: int = 400) -> Path:
-    """A folder (weights.pt + model.json) with a cheque-amount model trained for `steps`
-    batches of synthetic fields: enough to find and read digits, far from the full model.
-    Cached under test-artifacts/cache like the digit weights."""
-    from inkwell.cheques.train import ChequeTrainConfig, train_cheque_model
-    from inkwell.data import load_split
-    from inkwell.settings import CoreSettings
-
-    md5 = sorted(load_split("train", mnist).md5.items())
-    key = hashlib.sha256(f"cheques-s{steps}-{md5}".encode()).hexdigest()[:16]
-    folder = CACHE / f"cheques-{key}"
-    if (folder / "model.json").exists():
-        return folder
-    cfg = ChequeTrainConfig(steps=steps, val_size=128, eval_every=0, workers=0)
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    train_cheque_model(
-        cfg, settings=CoreSettings(data_dir=mnist), data_dir=mnist, register=False, out_dir=tmp
-    )
-    tmp.replace(folder)
-    return folder
 
 
 def register_cheques(home: Path, folder: Path, aliases: tuple[str, ...] = ("stable",)) -> str:

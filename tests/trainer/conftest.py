@@ -24,23 +24,9 @@ from inkwell.training import TrainConfig, fit, images_to_tensor
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _find_mnist() -> Path | None:
-    for candidate in (
-        os.environ.get("INKWELL_DATA_DIR"),
-        str(REPO.parent / "shared/data/mnist"),
-        "/work/shared/data/mnist",
-    ):
-        if candidate and (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
-            return Path(candidate)
-    return None
-
-
 @pytest.fixture(scope="session")
-def mnist_path() -> Path:
-    found = _find_mnist()
-    if found is None:
-        pytest.fail("Real MNIST not found: set INKWELL_DATA_DIR to the folder of the IDX .gz files")
-    return found
+def mnist_path(mnist_dir: Path) -> Path:
+    return mnist_dir
 
 
 @dataclass
@@ -114,6 +100,8 @@ def trainer_home(
         "INKWELL_TRAINER_GATE_MAX_DRIFT_PP": "3",
         "INKWELL_TRAINER_GATE_MAX_CLASS_DROP_PP": "15",
         "INKWELL_TRAINER_GATE_MAX_NEW_DROP_PP": "10",
+        # these tests register their own tiny base model (tests/trainer/test_api.py seeds)
+        "INKWELL_SEED_SHIPPED": "false",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -141,3 +142,24 @@ def test_the_trainer_process_serves_its_admin_api(trainer_home: object) -> None:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_trainer_seeds_an_empty_registry_and_says_what_retraining_needs(
+    trainer_home: Path, store: SampleStore, tmp_path: Path
+) -> None:
+    settings = TrainerSettings(
+        seed_shipped=True, data_dir=tmp_path / "no-mnist", allow_download=False
+    )
+    worker = Worker(Retrainer(settings, store=store), settings)
+    with TestClient(create_app(settings, worker=worker, poll=False)) as client:
+        status = client.get("/v1/status").json()
+    assert status["stable_version"] == "1"  # the shipped base model, seeded at start
+    mnist = status["mnist"]
+    assert mnist["found"] is False and mnist["path"] is None
+    assert "Retraining needs MNIST" in mnist["message"]
+    assert "INKWELL_DATA_DIR" in mnist["message"]
+
+
+def test_status_shows_where_mnist_is(client: TestClient, mnist_path: Path) -> None:
+    mnist = client.get("/v1/status").json()["mnist"]
+    assert mnist == {"found": True, "path": str(mnist_path), "message": None}

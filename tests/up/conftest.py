@@ -1,4 +1,4 @@
-"""Fixtures for `inkwell up` and the web page: a home holding a small trained model, and
+"""Fixtures for `inkwell up` and the web page: a home holding the shipped digit model, and
 stacks started with `inkwell up` that are always stopped (then killed) after the test."""
 
 from __future__ import annotations
@@ -9,20 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.stack import ARTIFACTS, Stack, register_digits, tiny_digit_weights
+from tests.e2e.stack import ARTIFACTS, Stack, register_digits, shipped_digit_weights
 
 
 @pytest.fixture(scope="session")
-def tiny_weights(mnist_dir: Path) -> dict[str, torch.Tensor]:
-    return tiny_digit_weights(mnist_dir)
+def base_weights() -> dict[str, torch.Tensor]:
+    """The shipped base digit model's weights (trained with the production recipe)."""
+    return shipped_digit_weights()
 
 
 @pytest.fixture
-def stack_home(tmp_path: Path, tiny_weights: dict[str, torch.Tensor]) -> Path:
+def stack_home(tmp_path: Path, base_weights: dict[str, torch.Tensor]) -> Path:
     """A fresh INKWELL_HOME whose registry has version 1 of the digit model as `stable`."""
     home = tmp_path / "home"
     home.mkdir()
-    register_digits(home, tiny_weights, ("stable",))
+    register_digits(home, base_weights, ("stable",), note="shipped weights")
     return home
 
 

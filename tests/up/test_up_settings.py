@@ -25,6 +25,7 @@ from inkwell.up import (
     prometheus_binary,
     prometheus_config,
     resolve_keys,
+    seed_shipped_models,
 )
 
 KEYS = Keys("client-key", "admin-key", "test", "test", "trainer-key", "test")
@@ -123,6 +124,33 @@ def test_a_missing_cheque_model_is_trained_in_the_background_once(settings: UpSe
     assert job is not None and job.oneshot  # started beside the services, never restarted
     assert job.argv[3:7] == ("cheques", "train", "--steps", str(settings.cheque_steps))
     assert cheque_training_spec(settings.model_copy(update={"train_missing": False})) is None
+
+
+def test_base_training_uses_the_recipe_compose_and_kubernetes_train(settings: UpSettings) -> None:
+    import inspect
+
+    from inkwell.cli import train
+
+    repo = Path(__file__).resolve().parents[2]
+    assert settings.base_epochs == inspect.signature(train).parameters["epochs"].default == 4
+    compose = yaml.safe_load((repo / "docker-compose.yml").read_text())
+    assert compose["services"]["init"]["command"] == ["inkwell", "train", "--if-missing"]
+
+
+def test_an_empty_registry_is_seeded_from_the_shipped_models_not_trained(
+    settings: UpSettings,
+) -> None:
+    lines = seed_shipped_models(settings)
+    assert len(lines) == 2 and all("from the shipped model" in line for line in lines)
+    assert "inkwell-digits v1 (stable)" in lines[0] and "inkwell-cheques v1" in lines[1]
+    assert cheque_training_spec(settings) is None  # a stable cheque model exists: no training
+    assert seed_shipped_models(settings) == []  # the next start finds them
+
+
+def test_seeding_can_be_turned_off(settings: UpSettings) -> None:
+    settings = settings.model_copy(update={"seed_shipped": False})
+    assert seed_shipped_models(settings) == []
+    assert cheque_training_spec(settings) is not None
 
 
 def test_local_keys_are_made_once_and_readable_by_the_owner_only(tmp_path: Path) -> None:

@@ -17,10 +17,8 @@ from tests.e2e.stack import (
     API_KEY,
     ARTIFACTS,
     Stack,
-    register_cheques,
     register_digits,
     registry_aliases,
-    trained_cheque_model,
     wait_until,
 )
 
@@ -42,14 +40,14 @@ Point = tuple[float, float]
 
 @pytest.fixture(scope="module")
 def web_stack(
-    tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, tiny_weights: dict[str, torch.Tensor]
+    tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, base_weights: dict[str, torch.Tensor]
 ) -> Iterator[Stack]:
-    """One stack for the module: v1 is stable, v2 is registered (the canary-to-be)."""
+    """One stack for the module: v1 is stable, v2 is registered (the canary-to-be), and the
+    cheque reader is the shipped one that `inkwell up` seeds the empty cheque registry with."""
     home = tmp_path_factory.mktemp("web") / "home"
     home.mkdir()
-    register_digits(home, tiny_weights, ("stable",))
-    register_digits(home, tiny_weights, (), note="candidate")
-    register_cheques(home, trained_cheque_model(mnist_dir))
+    register_digits(home, base_weights, ("stable",))
+    register_digits(home, base_weights, (), note="candidate")
     stack = Stack(
         home=home,
         mnist=mnist_dir,
@@ -201,8 +199,8 @@ def test_a_cheque_amount_is_read_and_its_characters_boxed(page, web_stack, tmp_p
     from inkwell.cheques.pools import load_pool
     from inkwell.cheques.synth import generate_fields
 
-    # the stack's cheque model is a short training run (its accuracy is measured elsewhere):
-    # this test is about the page, so it uses the first of a few amounts that model reads
+    # the shipped cheque reader's accuracy is measured elsewhere (its model card): this test is
+    # about the page, so it uses the first of a few amounts that model reads
     image = tmp_path / "amount.png"
     answers = []
     for field in generate_fields(load_pool("test", web_stack.mnist), 8, seed=7):

@@ -107,11 +107,11 @@ def trainer_status_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_overview_lists_versions_with_aliases_and_the_trainer_status(
-    tmp_path: Path, tiny_weights: dict[str, torch.Tensor], trainer_status_server: str
+    tmp_path: Path, base_weights: dict[str, torch.Tensor], trainer_status_server: str
 ) -> None:
     home = tmp_path / "home"
-    register_digits(home, tiny_weights, ("stable",))
-    register_digits(home, tiny_weights, ("canary",), note="candidate")
+    register_digits(home, base_weights, ("stable",))
+    register_digits(home, base_weights, ("canary",), note="candidate")
     client = TestClient(make_app(home, trainer_url=trainer_status_server))
     overview = client.get("/ui/api/overview", headers={"X-API-Key": ADMIN}).json()
     digits = overview["models"]["digits"]
