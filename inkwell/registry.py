@@ -54,6 +54,47 @@ class LoadedDigitModel:
     meta: dict[str, Any]
 
 
+def save_digit_model(
+    model: DigitNet, folder: Path, meta: Mapping[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write `weights.pt` (state_dict) and `model.json` into `folder`: a digit model folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, weights)
+    full_meta = {
+        "kind": "digits",
+        "architecture": "DigitNet",
+        "config": model.config.to_dict(),
+        "preprocessing": PREPROCESSING_VERSION,
+        "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
+        **dict(meta or {}),
+    }
+    (folder / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
+    return {WEIGHTS_FILE: weights, META_FILE: folder / META_FILE}
+
+
+def load_digit_dir(folder: Path) -> tuple[DigitNet, dict[str, Any]]:
+    """An eval-mode `DigitNet` and its metadata from a digit model folder."""
+    missing = [name for name in (WEIGHTS_FILE, META_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"{folder} is not a digit model folder: {' and '.join(missing)} missing. Point at a "
+            f"folder holding {WEIGHTS_FILE} and {META_FILE} (as the registry's model/ folder, "
+            "or a benchmark's digits-model/)."
+        )
+    meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("kind", "digits") != "digits":
+        raise ModelNotFoundError(
+            f"{folder} holds a {meta.get('kind')!r} model, not a digit model. For cheque "
+            "models use `inkwell cheques eval --model-dir`."
+        )
+    model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
+    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    model.eval()
+    return model, meta
+
+
 class Registry:
     """MLflow tracking + model registry bound to one tracking URI."""
 
@@ -186,21 +227,12 @@ class Registry:
         trainer's replay buffer.
         """
         with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / WEIGHTS_FILE
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            torch.save(state, weights)
-            full_meta = {
-                "kind": "digits",
-                "architecture": "DigitNet",
-                "config": model.config.to_dict(),
-                "preprocessing": PREPROCESSING_VERSION,
-                "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
-                **dict(meta or {}),
-            }
+            written = save_digit_model(model, Path(tmp), meta)
+            full_meta = json.loads(written[META_FILE].read_text())
             return self.register_files(
                 name or self.settings.model_name,
                 run_id,
-                {WEIGHTS_FILE: weights, **dict(extra_files or {})},
+                {WEIGHTS_FILE: written[WEIGHTS_FILE], **dict(extra_files or {})},
                 full_meta,
                 tags=tags,
                 aliases=aliases,
@@ -296,10 +328,5 @@ class Registry:
         name = name or self.settings.model_name
         info = self.get_version(name, ref)
         with tempfile.TemporaryDirectory() as tmp:
-            folder = self.download(info, Path(tmp))
-            meta = json.loads((folder / META_FILE).read_text())
-            state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
-        model.load_state_dict(state)
-        model.eval()
+            model, meta = load_digit_dir(self.download(info, Path(tmp)))
         return LoadedDigitModel(model=model, info=info, meta=meta)
