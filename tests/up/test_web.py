@@ -290,11 +290,12 @@ def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack
 
 
 def read_field(
-    web_stack: Stack, tmp_path: Path, *, needs_review: bool
+    web_stack: Stack, tmp_path: Path, *, needs_review: bool, seed: int
 ) -> tuple[Path, str, dict[str, Any]]:
     """The first synthetic field the stack's cheque model reads (and, with `needs_review`,
     sends to review), read through the router like any client (so a doubtful reading is in
-    the review queue), with its true amount."""
+    the review queue), with its true amount. Tests use their own `seed`: an image stored with
+    one amount and uploaded again with another is quarantined (conflicting_amount)."""
     from PIL import Image
 
     from inkwell.cheques.pools import load_pool
@@ -302,7 +303,7 @@ def read_field(
 
     image = tmp_path / "doubtful.png"
     seen = []
-    for field in generate_fields(load_pool("test", web_stack.mnist), 40, seed=11):
+    for field in generate_fields(load_pool("test", web_stack.mnist), 40, seed=seed):
         Image.fromarray(field.image).save(image)
         response = httpx.post(
             f"{web_stack.url}/v1/cheques/read",
@@ -326,7 +327,7 @@ def cheque_stats(web_stack: Stack) -> dict[str, Any]:
 def test_review_queue_shows_a_doubtful_reading_and_the_typed_amount_is_stored(
     page, web_stack, tmp_path
 ) -> None:
-    _image, truth, reading = read_field(web_stack, tmp_path, needs_review=True)
+    _image, truth, reading = read_field(web_stack, tmp_path, needs_review=True, seed=11)
     item = f"#reviews .review-item[data-reading='{reading['reading_id']}']"
     page.wait_for_selector(item, timeout=30_000)  # the queue polls the service
     assert page.evaluate(f'document.querySelector("{item} img").naturalWidth') > 0
@@ -349,7 +350,7 @@ def test_review_queue_shows_a_doubtful_reading_and_the_typed_amount_is_stored(
 
 
 def test_any_reading_can_be_corrected_from_the_cheque_card(page, web_stack, tmp_path) -> None:
-    image, _truth, _reading = read_field(web_stack, tmp_path, needs_review=False)
+    image, _truth, _reading = read_field(web_stack, tmp_path, needs_review=False, seed=23)
     before = cheque_stats(web_stack)["corrections"]["with_reading"]
     page.set_input_files("#cheque-file", str(image))
     page.wait_for_selector("#cheque-result[data-state='read']", timeout=60_000)
@@ -365,7 +366,7 @@ def test_any_reading_can_be_corrected_from_the_cheque_card(page, web_stack, tmp_
 
 
 def test_saving_a_correction_without_the_api_key_says_what_to_do(page, web_stack, tmp_path) -> None:
-    image, _truth, _reading = read_field(web_stack, tmp_path, needs_review=False)
+    image, _truth, _reading = read_field(web_stack, tmp_path, needs_review=False, seed=31)
     page.set_input_files("#cheque-file", str(image))
     page.wait_for_selector("#correct:not([hidden])", timeout=60_000)
     page.click("#keys-toggle")
