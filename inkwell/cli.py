@@ -163,27 +163,58 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="stable, canary or a version number.")] = "stable",
+    data: DataOpt = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="Evaluate on a folder of digit images with labels.csv (filename,digit), "
+            "through the serving preprocessing, instead of the MNIST test set.",
+        ),
+    ] = None,
     model_dir: Annotated[
         Path | None,
-        typer.Option(help="Evaluate weights.pt + model.json from a folder (e.g. the shipped one)."),
+        typer.Option(
+            "--model-dir",
+            help="Load weights.pt + model.json from a folder (e.g. inkwell/shipped/digits).",
+        ),
     ] = None,
-    data: DataOpt = None,
 ) -> None:
-    """Evaluate a registered model (or a model folder) on the 10,000 MNIST test images."""
+    """Evaluate a digit model on the 10,000 MNIST test images or on a folder of real digits."""
     from inkwell.data import load_split
-    from inkwell.registry import Registry, load_digit_folder
+    from inkwell.registry import Registry, load_digit_dir
     from inkwell.train import split_tensors
     from inkwell.training import evaluate
 
     if model_dir is not None:
-        network, _ = load_digit_folder(model_dir)
-        title = f"model in {model_dir}"
+        net, _meta = load_digit_dir(model_dir)
+        console.print(f"model {model_dir} (folder)")
     else:
         loaded = Registry().load_digit_model(model)
-        network, title = loaded.model, f"model {loaded.info.name} v{loaded.info.version} ({model})"
-    result = evaluate(network, *split_tensors(load_split("test", data)))
-    console.print(title)
-    console.print(f"accuracy {100 * result.accuracy:.2f} %")
+        net = loaded.model
+        console.print(f"model {loaded.info.name} v{loaded.info.version} ({model})")
+    if images is None:
+        result = evaluate(net, *split_tensors(load_split("test", data)))
+        console.print(f"accuracy {100 * result.accuracy:.2f} %")
+    else:
+        from inkwell.digit_images import evaluate_digit_folder, load_digit_folder, read_digit_labels
+
+        total = len(read_digit_labels(images))
+        with progress_bar() as progress:
+            task = progress.add_task("preprocessing", total=total, info="")
+            folder = load_digit_folder(images, on_item=lambda i: progress.update(task, completed=i))
+        outcome = evaluate_digit_folder(net, folder)
+        console.print(f"{outcome.total} images in {images}")
+        console.print(f"accuracy {100 * outcome.accuracy:.2f} %")
+        if outcome.refused:
+            codes = sorted({code for _, _, code in outcome.refused})
+            console.print(
+                f"refused by preprocessing (counted as errors): {len(outcome.refused)} "
+                f"({', '.join(codes)}), e.g. {outcome.refused[0][0]}"
+            )
+        if outcome.readable is None:
+            return
+        result = outcome.readable
     table = Table(
         "digit", "accuracy %", *[str(d) for d in range(10)], title="per class / confusion"
     )

@@ -33,28 +33,6 @@ META_FILE = "model.json"
 ARTIFACT_DIR = "model"
 
 
-def digit_meta(model: DigitNet, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The `model.json` of a digit model: architecture, preprocessing, input, then `meta`."""
-    return {
-        "kind": "digits",
-        "architecture": "DigitNet",
-        "config": model.config.to_dict(),
-        "preprocessing": PREPROCESSING_VERSION,
-        "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
-        **dict(meta or {}),
-    }
-
-
-def save_digit_model(model: DigitNet, folder: Path, meta: Mapping[str, Any]) -> dict[str, Path]:
-    """Write `weights.pt` (a state_dict) and `model.json` into `folder`, the registry's layout."""
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / WEIGHTS_FILE
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, weights)
-    (folder / META_FILE).write_text(json.dumps(dict(meta), indent=2, default=str))
-    return {WEIGHTS_FILE: weights}
-
-
 @dataclass(frozen=True)
 class VersionInfo:
     """A registered model version as the rest of Inkwell sees it."""
@@ -74,6 +52,47 @@ class LoadedDigitModel:
     model: DigitNet
     info: VersionInfo
     meta: dict[str, Any]
+
+
+def save_digit_model(
+    model: DigitNet, folder: Path, meta: Mapping[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write `weights.pt` (state_dict) and `model.json` into `folder`: a digit model folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, weights)
+    full_meta = {
+        "kind": "digits",
+        "architecture": "DigitNet",
+        "config": model.config.to_dict(),
+        "preprocessing": PREPROCESSING_VERSION,
+        "input": {"shape": [1, 28, 28], "range": [0.0, 1.0], "ink": "high"},
+        **dict(meta or {}),
+    }
+    (folder / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
+    return {WEIGHTS_FILE: weights, META_FILE: folder / META_FILE}
+
+
+def load_digit_dir(folder: Path) -> tuple[DigitNet, dict[str, Any]]:
+    """An eval-mode `DigitNet` and its metadata from a digit model folder."""
+    missing = [name for name in (WEIGHTS_FILE, META_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise ModelNotFoundError(
+            f"{folder} holds no digit model: {' and '.join(missing)} missing. Point at a "
+            f"folder holding {WEIGHTS_FILE} and {META_FILE} (the registry's model/ folder, a "
+            "benchmark's digits-model/), or make one with `inkwell train --out DIR`."
+        )
+    meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("kind", "digits") != "digits":
+        raise ModelNotFoundError(
+            f"{folder} holds a {meta.get('kind')!r} model, not a digit model. For cheque "
+            "models use `inkwell cheques eval --model-dir`."
+        )
+    model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
+    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    model.eval()
+    return model, meta
 
 
 class Registry:
@@ -220,12 +239,12 @@ class Registry:
         trainer's replay buffer.
         """
         with tempfile.TemporaryDirectory() as tmp:
-            full_meta = digit_meta(model, meta)
-            files = save_digit_model(model, Path(tmp), full_meta)
+            written = save_digit_model(model, Path(tmp), meta)
+            full_meta = json.loads(written[META_FILE].read_text())
             return self.register_files(
                 name or self.settings.model_name,
                 run_id,
-                {**files, **dict(extra_files or {})},
+                {WEIGHTS_FILE: written[WEIGHTS_FILE], **dict(extra_files or {})},
                 full_meta,
                 tags=tags,
                 aliases=aliases,
@@ -328,20 +347,5 @@ class Registry:
         name = name or self.settings.model_name
         info = self.get_version(name, ref)
         with tempfile.TemporaryDirectory() as tmp:
-            model, meta = load_digit_folder(self.download(info, Path(tmp)))
+            model, meta = load_digit_dir(self.download(info, Path(tmp)))
         return LoadedDigitModel(model=model, info=info, meta=meta)
-
-
-def load_digit_folder(folder: Path) -> tuple[DigitNet, dict[str, Any]]:
-    """An eval-mode `DigitNet` and its `model.json` from a folder in the registry's layout."""
-    if not (folder / META_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise ModelNotFoundError(
-            f"{folder} holds no digit model ({META_FILE} and {WEIGHTS_FILE} expected). "
-            "Save one with `inkwell train --out DIR`."
-        )
-    meta = json.loads((folder / META_FILE).read_text())
-    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model = DigitNet(ModelConfig.from_dict(meta.get("config", {})))
-    model.load_state_dict(state)
-    model.eval()
-    return model, meta

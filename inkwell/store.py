@@ -1,8 +1,10 @@
 """Durable store of labelled samples (SQLAlchemy): SQLite in WAL mode with full sync by
 default, PostgreSQL by URL. A sample is committed before the API acknowledges it.
 
-Sample ids are monotonically increasing integers, so the trainer's watermark is simply "the
-highest sample id already trained on".
+Two kinds of sample share the machinery: digit samples (`samples`) and reviewed cheque amount
+fields (`cheque_samples`), plus the cheque readings a reviewed field may correct
+(`cheque_readings`). Sample ids are monotonically increasing integers, so the trainer's
+watermark is simply "the highest sample id already trained on".
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
+    Float,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     func,
@@ -36,8 +42,9 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, InterfaceError, Operat
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from inkwell.errors import IdempotencyKeyReusedError, StoreUnavailableError
-from inkwell.settings import CoreSettings
+from inkwell.cheques.review import ChequeSampleCheck
+from inkwell.errors import IdempotencyKeyReusedError, NotFoundError, StoreUnavailableError
+from inkwell.settings import STABLE, CoreSettings
 
 # what a database that is down, unreachable, or locked past its timeout raises
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
@@ -71,6 +78,58 @@ class Sample(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=lambda: datetime.now(UTC)
     )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ChequeReadingRecord(Base):
+    """One answer of `POST /v1/cheques/read`, so that a reviewed upload can say what it corrects.
+
+    The image is kept only for readings that need review (the review queue shows them).
+    """
+
+    __tablename__ = "cheque_readings"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    amount: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    needs_review: Mapped[bool] = mapped_column(Boolean, index=True)
+    model_version: Mapped[str] = mapped_column(String(32))
+    variant: Mapped[str] = mapped_column(String(16))
+    alias: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    layout: Mapped[str] = mapped_column(String(16))
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    image: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ChequeSample(Base):
+    """One reviewed amount field (or whole cheque): the image and the amount a person confirmed."""
+
+    __tablename__ = "cheque_samples"
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key", name="uq_cheque_user_idempotency"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(128), index=True)
+    amount: Mapped[str] = mapped_column(String(12))  # digits only
+    image: Mapped[bytes] = mapped_column(LargeBinary)
+    layout: Mapped[str] = mapped_column(String(16))  # auto | field | cheque, as uploaded
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reading_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    # sha256 prefix of the API key that uploaded it (never the key): "many from one key" rules
+    key_id: Mapped[str] = mapped_column(String(16), index=True)
+    # the corrected reading was confident (not sent to review) and stable's: None when no reading
+    confident_reading: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    contradicts_reading: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=ACCEPTED, index=True)
+    reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    trained_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 @dataclass(frozen=True)
@@ -148,6 +207,32 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _insert_once(
+    session: Session, row: Sample | ChequeSample, existing: Callable[[], AddResult | None]
+) -> AddResult:
+    """Insert `row` unless `existing()` finds the sample it repeats (replay or duplicate)."""
+    found = existing()
+    if found is not None:
+        return found
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        again = existing()
+        if again is None:
+            raise
+        return again
+    return AddResult(row.id, created=True)
+
+
+def _grouped(session: Session, key: Any, column: Any, *where: Any) -> dict[str, int]:
+    query = select(column, func.count(key)).group_by(column)
+    for clause in where:
+        query = query.where(clause)
+    return {str(k): int(v) for k, v in session.execute(query).all()}
+
+
 class SampleStore:
     """Labelled samples in a SQL database."""
 
@@ -212,30 +297,22 @@ class SampleStore:
         Raises IdempotencyKeyReusedError when the key was first used with another label or image.
         """
         digest = content_hash(image)
+        row = Sample(
+            user_id=user_id,
+            label=label,
+            image=image,
+            pixels=pixels,
+            content_sha256=digest,
+            idempotency_key=idempotency_key,
+            state=state,
+            reason=reason,
+        )
         with self.session() as session:
-            existing = self._existing(session, user_id, digest, idempotency_key, label)
-            if existing is not None:
-                return existing
-            sample = Sample(
-                user_id=user_id,
-                label=label,
-                image=image,
-                pixels=pixels,
-                content_sha256=digest,
-                idempotency_key=idempotency_key,
-                state=state,
-                reason=reason,
+            return _insert_once(
+                session,
+                row,
+                lambda: self._existing(session, user_id, digest, idempotency_key, label),
             )
-            try:
-                with session.begin_nested():
-                    session.add(sample)
-                    session.flush()
-            except IntegrityError:  # a concurrent request with the same key won the race
-                again = self._existing(session, user_id, digest, idempotency_key, label)
-                if again is None:
-                    raise
-                return again
-            return AddResult(sample.id, created=True)
 
     @staticmethod
     def _existing(
@@ -321,17 +398,204 @@ class SampleStore:
     def stats(self) -> dict[str, Any]:
         """Counts by user, by label, by state, and quarantine reasons."""
         with self.session() as session:
-
-            def grouped(column: Any, *where: Any) -> dict[str, int]:
-                query = select(column, func.count(Sample.id)).group_by(column)
-                for clause in where:
-                    query = query.where(clause)
-                return {str(k): int(v) for k, v in session.execute(query).all()}
-
             return {
                 "total": int(session.scalar(select(func.count(Sample.id))) or 0),
-                "by_state": grouped(Sample.state),
-                "by_label": grouped(Sample.label),
-                "by_user": grouped(Sample.user_id),
-                "quarantine_reasons": grouped(Sample.reason, Sample.state == QUARANTINED),
+                "by_state": _grouped(session, Sample.id, Sample.state),
+                "by_label": _grouped(session, Sample.id, Sample.label),
+                "by_user": _grouped(session, Sample.id, Sample.user_id),
+                "quarantine_reasons": _grouped(
+                    session, Sample.id, Sample.reason, Sample.state == QUARANTINED
+                ),
+            }
+
+    # -- cheques ------------------------------------------------------------------------------
+
+    def add_reading(
+        self,
+        *,
+        amount: str,
+        confidence: float,
+        needs_review: bool,
+        model_version: str,
+        variant: str,
+        alias: str | None,
+        layout: str,
+        image: bytes,
+    ) -> str:
+        """Record a cheque reading; its id lets a reviewer's upload say what it corrects."""
+        record = ChequeReadingRecord(
+            id=uuid.uuid4().hex,
+            amount=amount,
+            confidence=confidence,
+            needs_review=needs_review,
+            model_version=model_version,
+            variant=variant,
+            alias=alias,
+            layout=layout,
+            content_sha256=content_hash(image),
+            image=image if needs_review else None,
+        )
+        with self.session() as session:
+            session.add(record)
+        return record.id
+
+    def reading(self, reading_id: str) -> ChequeReadingRecord | None:
+        with self.session() as session:
+            return session.get(ChequeReadingRecord, reading_id)
+
+    def pending_reviews(self, limit: int = 50) -> list[ChequeReadingRecord]:
+        """Readings sent to review that no reviewed upload has corrected yet, newest first."""
+        reviewed = select(ChequeSample.reading_id).where(ChequeSample.reading_id.is_not(None))
+        with self.session() as session:
+            rows = session.scalars(
+                select(ChequeReadingRecord)
+                .where(
+                    ChequeReadingRecord.needs_review.is_(True),
+                    ChequeReadingRecord.image.is_not(None),
+                    ChequeReadingRecord.id.not_in(reviewed),
+                )
+                .order_by(ChequeReadingRecord.created_at.desc(), ChequeReadingRecord.id)
+                .limit(limit)
+            )
+            return list(rows)
+
+    def add_cheque_sample(
+        self,
+        *,
+        user_id: str,
+        amount: str,
+        image: bytes,
+        layout: str,
+        key_id: str,
+        idempotency_key: str | None = None,
+        reading_id: str | None = None,
+        decide: Callable[[ChequeSampleCheck], str | None] = lambda _check: None,
+    ) -> AddResult:
+        """Store a reviewed field durably, quarantined when `decide` names a reason.
+
+        A repeated idempotency key (per user), or the same image with the same amount (from
+        anyone), returns the existing sample. An unknown `reading_id` is a `NotFoundError`.
+        """
+        digest = content_hash(image)
+
+        def existing() -> AddResult | None:
+            return self._existing_cheque(session, user_id, digest, amount, idempotency_key)
+
+        with self.session() as session:
+            found = existing()
+            if found is not None:
+                return found
+            check = self._cheque_check(session, digest, amount, key_id, reading_id)
+            reading = check.reading_amount
+            reason = decide(check)
+            row = ChequeSample(
+                user_id=user_id,
+                amount=amount,
+                image=image,
+                layout=layout,
+                content_sha256=digest,
+                idempotency_key=idempotency_key,
+                reading_id=reading_id,
+                key_id=key_id,
+                confident_reading=check.reading_confident if reading is not None else None,
+                contradicts_reading=(reading != amount) if reading is not None else None,
+                state=QUARANTINED if reason else ACCEPTED,
+                reason=reason,
+            )
+            return _insert_once(session, row, existing)
+
+    @staticmethod
+    def _existing_cheque(
+        session: Session, user_id: str, digest: str, amount: str, key: str | None
+    ) -> AddResult | None:
+        if key is not None:
+            found = session.scalar(
+                select(ChequeSample.id).where(
+                    ChequeSample.user_id == user_id, ChequeSample.idempotency_key == key
+                )
+            )
+            if found is not None:
+                return AddResult(found, created=False)
+        dup = session.scalar(
+            select(ChequeSample.id)
+            .where(ChequeSample.content_sha256 == digest, ChequeSample.amount == amount)
+            .order_by(ChequeSample.id)
+        )
+        if dup is not None:
+            return AddResult(dup, created=False, duplicate_of=dup)
+        return None
+
+    @staticmethod
+    def _cheque_check(
+        session: Session, digest: str, amount: str, key_id: str, reading_id: str | None
+    ) -> ChequeSampleCheck:
+        reading = None
+        if reading_id is not None:
+            reading = session.get(ChequeReadingRecord, reading_id)
+            if reading is None:
+                raise NotFoundError(
+                    f"No cheque reading has the id {reading_id!r}. Send the reading_id that "
+                    "POST /v1/cheques/read returned, or leave reading_id out.",
+                    code="reading_not_found",
+                )
+        conflicting = session.scalars(
+            select(ChequeSample.amount)
+            .where(ChequeSample.content_sha256 == digest, ChequeSample.amount != amount)
+            .distinct()
+        )
+        confident = ChequeSample.confident_reading.is_(True)
+        rows = session.execute(
+            select(
+                ChequeSample.key_id,
+                func.count(ChequeSample.id),
+                func.sum(case((ChequeSample.contradicts_reading.is_(True), 1), else_=0)),
+            )
+            .where(confident)
+            .group_by(ChequeSample.key_id)
+        ).all()
+        counts = {str(k): (int(n), int(c or 0)) for k, n, c in rows}
+        own = counts.pop(key_id, (0, 0))
+        return ChequeSampleCheck(
+            reading_amount=reading.amount if reading is not None else None,
+            reading_confident=(
+                reading is not None and not reading.needs_review and reading.alias == STABLE
+            ),
+            conflicting_amounts=sorted(conflicting),
+            key_confident=own[0],
+            key_contradicted=own[1],
+            other_keys=counts,
+        )
+
+    def cheque_sample(self, sample_id: int) -> ChequeSample | None:
+        with self.session() as session:
+            return session.get(ChequeSample, sample_id)
+
+    def cheque_stats(self) -> dict[str, Any]:
+        """Reviewed cheque fields: counts by user, by state, by amount length, and reasons."""
+        key = ChequeSample.id
+        with self.session() as session:
+            return {
+                "total": int(session.scalar(select(func.count(key))) or 0),
+                "by_state": _grouped(session, key, ChequeSample.state),
+                "by_user": _grouped(session, key, ChequeSample.user_id),
+                "by_length": _grouped(session, key, func.length(ChequeSample.amount)),
+                "corrections": {
+                    "with_reading": int(
+                        session.scalar(
+                            select(func.count(key)).where(ChequeSample.reading_id.is_not(None))
+                        )
+                        or 0
+                    ),
+                    "contradicting_reading": int(
+                        session.scalar(
+                            select(func.count(key)).where(
+                                ChequeSample.contradicts_reading.is_(True)
+                            )
+                        )
+                        or 0
+                    ),
+                },
+                "quarantine_reasons": _grouped(
+                    session, key, ChequeSample.reason, ChequeSample.state == QUARANTINED
+                ),
             }

@@ -13,7 +13,7 @@ import torch
 
 from inkwell.data import Split, load_split
 from inkwell.model import DigitNet, ModelConfig, count_parameters
-from inkwell.registry import Registry, VersionInfo, digit_meta, save_digit_model
+from inkwell.registry import Registry, VersionInfo, save_digit_model
 from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.training import (
     EvalResult,
@@ -131,7 +131,7 @@ def train_base_model(
             "parent_version": None,
         }
         if out_dir is not None:
-            save_digit_model(model, out_dir, digit_meta(model, meta))
+            save_digit_model(model, out_dir, meta)
         if register:
             existing_stable = registry.find_version(settings.model_name, STABLE)
             version = registry.register_digit_model(

@@ -59,7 +59,7 @@ KNOWN_PREFIXES = ("/v1/", "/v2/")
 # random paths cannot grow the metrics without bound.
 ROUTE_WORDS = frozenset(
     {
-        "v1", "v2", "digits", "predict", "batch", "cheques", "read", "samples", "stats",
+        "v1", "v2", "digits", "predict", "batch", "cheques", "read", "samples", "stats", "reviews",
         "health", "live", "ready", "models", "{model}", "versions", "{version}", "infer", "{id}",
     }
 )  # fmt: skip

@@ -11,7 +11,7 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -23,6 +23,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from inkwell.cheques.preprocess import prepare_field
+from inkwell.cheques.reader import to_gray
+from inkwell.cheques.review import parse_amount
 from inkwell.errors import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -442,3 +445,95 @@ async def sample_upload(request: Request, decoding: Decoding) -> SampleUpload:
             "fields image, label and user_id, or application/json with pixels, label, user_id."
         )
     return SampleUpload(user_id, label, image, to_pixels(mnist), key)
+
+
+@dataclass(frozen=True)
+class ChequeSampleUpload:
+    """A reviewed cheque field as received: image bytes, the amount's digits, who, which reading."""
+
+    user_id: str
+    amount: str
+    image: bytes
+    layout: str
+    idempotency_key: str | None
+    reading_id: str | None
+
+
+CHEQUE_LAYOUTS = ("auto", "field", "cheque")
+
+
+def parse_reading_id(raw: object) -> str | None:
+    text = str(raw).strip() if raw is not None else ""
+    if not text:
+        return None
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise InvalidInputError(
+            f"The reading_id {text[:40]!r} is not one this service issues (32 hex characters). "
+            "Send the reading_id that POST /v1/cheques/read returned, or leave it out.",
+            code="invalid_reading_id",
+        )
+    return text
+
+
+def parse_layout(raw: object) -> str:
+    text = str(raw).strip().lower() if raw is not None else ""
+    if not text:
+        return "auto"
+    if text not in CHEQUE_LAYOUTS:
+        raise InvalidInputError(
+            f"The layout {text[:20]!r} is not one of {', '.join(CHEQUE_LAYOUTS)}: field (the "
+            "amount box), cheque (a whole cheque) or auto (decided by size).",
+            code="invalid_layout",
+        )
+    return text
+
+
+def check_cheque_image(data: bytes, limits: ImageLimits) -> None:
+    """The image decodes within the limits and shows ink (no model needed)."""
+    prepare_field(to_gray(data, limits))
+
+
+CHEQUE_FIELDS = ("amount", "user_id", "idempotency_key", "reading_id", "layout")
+
+
+def _cheque_sample(fields: dict[str, str | None], header_key: str | None) -> ChequeSampleUpload:
+    """The validated fields, with the image still to come."""
+    return ChequeSampleUpload(
+        user_id=parse_user_id(fields["user_id"]),
+        amount=parse_amount(fields["amount"]),
+        image=b"",
+        layout=parse_layout(fields["layout"]),
+        idempotency_key=parse_idempotency_key(fields["idempotency_key"] or header_key),
+        reading_id=parse_reading_id(fields["reading_id"]),
+    )
+
+
+async def cheque_sample_upload(request: Request, decoding: Decoding) -> ChequeSampleUpload:
+    """A reviewed field from multipart (image + fields) or a raw image body (fields in the query).
+
+    Fields are validated before the image is decoded, so a bad amount costs no decoding.
+    """
+    kind = media_type(request)
+    header_key = request.headers.get("idempotency-key")
+    if kind == MULTIPART_TYPE:
+        form = await read_form(request, max_files=1)
+        upload = _cheque_sample({name: _field(form, name) for name in CHEQUE_FIELDS}, header_key)
+        image = await form_file(form, "image", "file")
+    elif kind in RAW_TYPES:
+        query = request.query_params
+        upload = _cheque_sample({name: query.get(name) for name in CHEQUE_FIELDS}, header_key)
+        image = await request.body()
+        if not image:
+            raise InvalidInputError(
+                "The request body is empty. Send the amount field or cheque image as the raw "
+                "body (Content-Type image/png or image/jpeg) or as multipart field 'image'.",
+                code="empty_body",
+            )
+    else:
+        raise MediaTypeError(
+            f"Content-Type {kind!r} is not supported for reviewed cheques. Send multipart/form-"
+            "data with fields image, amount and user_id, or the image as the raw body with "
+            "?amount=...&user_id=... in the query."
+        )
+    await decoding.run(check_cheque_image, image, decoding.limits)
+    return replace(upload, image=image)

@@ -14,7 +14,7 @@ from inkwell import __version__
 from service.context import ServiceContext
 from service.errors import register_error_handlers
 from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, MetricsMiddleware
-from service.routes import cheques, digits, health, oip, samples
+from service.routes import cheque_samples, cheques, digits, health, oip, samples
 from service.settings import ServiceSettings
 
 
@@ -52,6 +52,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(digits.router)
     app.include_router(cheques.router)
+    app.include_router(cheque_samples.router)
     app.include_router(samples.router)
     app.include_router(oip.router)
     return app

@@ -84,6 +84,19 @@ class ServiceMetrics:
             ("variant", "reason"),
             registry=self.registry,
         )
+        self.cheque_samples = Counter(
+            "inkwell_service_cheque_samples_total",
+            "Reviewed cheque fields by outcome: accepted, quarantined, or repeat (duplicate or "
+            "idempotent replay).",
+            ("variant", "outcome"),
+            registry=self.registry,
+        )
+        self.cheque_samples_rejected = Counter(
+            "inkwell_service_cheque_samples_rejected_total",
+            "Reviewed cheque uploads rejected, by reason (the error code).",
+            ("variant", "reason"),
+            registry=self.registry,
+        )
         self.reloads = Counter(
             "inkwell_service_model_reloads_total",
             "Models loaded and swapped in (the first load included).",
@@ -163,6 +176,12 @@ class ServiceMetrics:
 
     def sample_rejected(self, reason: str) -> None:
         self.samples_rejected.labels(self.variant, reason).inc()
+
+    def cheque_sample(self, outcome: str) -> None:
+        self.cheque_samples.labels(self.variant, outcome).inc()
+
+    def cheque_sample_rejected(self, reason: str) -> None:
+        self.cheque_samples_rejected.labels(self.variant, reason).inc()
 
     def model_swapped(self, name: str, old: str | None, new: str) -> None:
         self.reloads.labels(self.variant, new).inc()

@@ -84,3 +84,50 @@ class ChequeReadingPublic(BaseModel):
     model_name: str
     model_version: str
     variant: str
+    reading_id: str | None = Field(
+        default=None,
+        description="Send it with a reviewed upload (POST /v1/cheques/samples) that corrects "
+        "this reading.",
+    )
+
+
+class ChequeSampleCreatedPublic(BaseModel):
+    sample_id: int
+    created: bool = Field(description="False when this repeats an earlier upload.")
+    duplicate_of: int | None = Field(
+        default=None, description="The earlier sample with the same image and amount."
+    )
+    amount: str = Field(description="The corrected amount, digits only.")
+    user_id: str
+    reading_id: str | None = None
+    state: str = Field(description="accepted, or quarantined (see reason).")
+    reason: str | None = None
+
+
+class ChequeSampleStatsPublic(BaseModel):
+    total: int
+    by_state: dict[str, int]
+    by_user: dict[str, int]
+    by_length: dict[str, int] = Field(description="Samples by number of digits in the amount.")
+    corrections: dict[str, int] = Field(
+        description="with_reading: uploads naming a reading; contradicting_reading: of those, "
+        "how many changed the amount read."
+    )
+    quarantine_reasons: dict[str, int]
+
+
+class ChequeReviewPublic(BaseModel):
+    """A reading sent to review that no reviewed upload has corrected yet."""
+
+    reading_id: str
+    amount: str
+    confidence: float
+    model_version: str
+    variant: str
+    layout: str
+    created_at: str
+    image: str = Field(description="The image that was read, as a data: URL.")
+
+
+class ChequeReviewQueuePublic(BaseModel):
+    reviews: list[ChequeReviewPublic]

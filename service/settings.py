@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from inkwell.cheques.review import ChequeSampleRules
 from inkwell.preprocessing import ImageLimits
 from inkwell.settings import CANARY, STABLE, ApiKey, CoreSettings
 
@@ -121,6 +122,20 @@ class ServiceSettings(CoreSettings):
         description="Serve /v1/cheques/read with inkwell-cheques@<variant> (falling back to "
         "@stable) when such a model is registered.",
     )
+    cheque_contradiction_min: int = Field(
+        default=8,
+        ge=1,
+        description="Corrections of confident stable cheque readings a key makes before its "
+        "contradiction rate can quarantine its uploads.",
+    )
+    cheque_contradiction_floor: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="A key contradicting confident readings more often than this (and than "
+        "the factor below times other keys' median rate) has such uploads quarantined.",
+    )
+    cheque_contradiction_factor: float = Field(default=3.0, ge=1.0)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -137,6 +152,14 @@ class ServiceSettings(CoreSettings):
     @property
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_pixels=self.max_image_pixels, max_side=self.max_image_side)
+
+    @property
+    def cheque_sample_rules(self) -> ChequeSampleRules:
+        return ChequeSampleRules(
+            min_corrections=self.cheque_contradiction_min,
+            contradiction_floor=self.cheque_contradiction_floor,
+            contradiction_factor=self.cheque_contradiction_factor,
+        )
 
     def accepts_key(self, key: str | None) -> bool:
         """Whether `key` is one of the configured API keys (constant-time compare)."""

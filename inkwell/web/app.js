@@ -292,6 +292,10 @@ async function readCheque(file) {
   const out = $("cheque-result");
   out.dataset.state = "reading";
   out.textContent = "Reading…";
+  chequeRead.file = file;
+  chequeRead.reading = null;
+  $("correct").hidden = true;
+  notice($("correct-result"), "");
   let image = null;
   try {
     image = await loadImage(file);
@@ -306,6 +310,10 @@ async function readCheque(file) {
     const boxes = chequeBoxes(data, image ? image.naturalHeight : 0);
     if (image) drawCheque(image, boxes, data.field_box);
     showCheque(data, boxes);
+    chequeRead.reading = data;
+    $("correct-amount").value = "";
+    $("correct").hidden = false;
+    if (data.needs_review) refreshReviews();
   } catch (err) {
     out.dataset.state = "error";
     out.replaceChildren(el("span", { class: "notice err", text: err.message }));
@@ -380,6 +388,127 @@ function showCheque(data, boxes) {
   for (const c of boxes) chars.append(el("span", { text: `${c.text} ${c.confidence !== undefined ? pct(c.confidence, 0) : ""}` }));
   children.push(chars);
   out.replaceChildren(...children);
+}
+
+// ---- reviewed cheques: corrections and the review queue -----------------------------------------
+// A correction of any reading, or of one waiting in the review queue, is uploaded with the image,
+// the typed amount and the reading's id to POST /v1/cheques/samples: a reviewed sample.
+const chequeRead = { file: null, reading: null };
+
+async function uploadReview(image, amount, readingId, out) {
+  if (!apiKey()) {
+    toggleKeys(true);
+    notice(out, "Saving a correction stores a reviewed sample and needs the API key (Keys & user).", "err");
+    return null;
+  }
+  if (!amount.trim()) { notice(out, "Type the amount the image shows first.", "err"); return null; }
+  const form = new FormData();
+  form.append("image", image, "amount");
+  form.append("amount", amount.trim());
+  form.append("user_id", userId());
+  form.append("idempotency_key", randomId("web-review-"));
+  if (readingId) form.append("reading_id", readingId);
+  notice(out, "Sending…");
+  try {
+    const { data } = await call("/v1/cheques/samples", { method: "POST", body: form, key: apiKey() });
+    const state = data.state === "quarantined" ? `quarantined (${data.reason})` : data.state;
+    const repeat = data.created ? "" : " (sent before)";
+    notice(
+      out,
+      `Stored as reviewed sample #${data.sample_id}, amount ${data.amount}, user ${data.user_id}: ${state}${repeat}.`,
+      data.state === "quarantined" ? "err" : "ok",
+    );
+    return data;
+  } catch (err) {
+    notice(out, `Not stored: ${err.message}`, "err");
+    return null;
+  }
+}
+
+function setupCorrections() {
+  $("correct").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    if (!chequeRead.file) return;
+    const readingId = chequeRead.reading ? chequeRead.reading.reading_id : null;
+    const data = await uploadReview(chequeRead.file, $("correct-amount").value, readingId, $("correct-result"));
+    if (data) refreshReviews();
+  });
+}
+
+function dataUrlBlob(url) {
+  // decoded here rather than fetched: the page asks no one but its own server for anything
+  const [head, body] = url.split(",", 2);
+  const type = (head.match(/^data:([^;]+)/) || [])[1] || "application/octet-stream";
+  const bytes = Uint8Array.from(atob(body), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type });
+}
+
+function reviewItem(review) {
+  const input = el("input", {
+    inputmode: "numeric",
+    autocomplete: "off",
+    placeholder: review.amount,
+    "aria-label": "amount the image shows",
+  });
+  const form = el("form", {}, input, el("button", { type: "submit", class: "primary", text: "Save" }));
+  const item = el(
+    "li",
+    { class: "review-item", "data-reading": review.reading_id },
+    el("img", { src: review.image, alt: "amount field waiting for review" }),
+    el(
+      "div",
+      { class: "read" },
+      "read ",
+      el("b", { text: review.amount }),
+      ` · confidence ${pct(review.confidence)} · model v${review.model_version} (${review.variant})`,
+    ),
+    form,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const data = await uploadReview(dataUrlBlob(review.image), input.value, review.reading_id, $("review-result"));
+    if (data) {
+      item.remove();
+      refreshReviews();
+    }
+  });
+  return item;
+}
+
+function renderReviews(reviews) {
+  const list = $("reviews");
+  $("review-count").textContent = `${reviews.length}${reviews.length >= REVIEW_LIMIT ? "+" : ""} waiting`;
+  const shown = [...list.querySelectorAll(".review-item")];
+  const same = shown.length === reviews.length && shown.every((item, i) => item.dataset.reading === reviews[i].reading_id);
+  if (same && reviews.length) return; // leave the inputs alone while someone types
+  if (!reviews.length) {
+    list.replaceChildren(el("li", { class: "empty", text: "Nothing waiting for review." }));
+    return;
+  }
+  const byId = new Map(shown.map((item) => [item.dataset.reading, item]));
+  list.replaceChildren(...reviews.map((r) => byId.get(r.reading_id) || reviewItem(r)));
+}
+
+const REVIEW_LIMIT = 24;
+
+async function refreshReviews() {
+  const list = $("reviews");
+  if (!apiKey()) {
+    $("review-locked").hidden = false;
+    list.hidden = true;
+    $("review-count").textContent = "";
+    return;
+  }
+  try {
+    const { data } = await call(`/v1/cheques/reviews?limit=${REVIEW_LIMIT}`, { key: apiKey() });
+    $("review-locked").hidden = true;
+    list.hidden = false;
+    renderReviews(data.reviews || []);
+  } catch (err) {
+    $("review-locked").hidden = false;
+    list.hidden = true;
+    $("review-locked").textContent = err.status === 401 ? `API key not accepted: ${err.message}` : err.message;
+  }
 }
 
 // ---- rollout -----------------------------------------------------------------------------------
@@ -637,12 +766,14 @@ function refreshAll() {
   refreshRollout();
   refreshOverview();
   refreshSamples();
+  refreshReviews();
 }
 
 function start() {
   setupKeys();
   setupPad();
   setupCheque();
+  setupCorrections();
   setupRollout();
   refreshAll();
   let tick = 0;
@@ -651,7 +782,7 @@ function start() {
     if (document.hidden) return;
     refreshServing();
     refreshRollout();
-    if (tick % 2 === 0) { refreshOverview(); refreshSamples(); }
+    if (tick % 2 === 0) { refreshOverview(); refreshSamples(); refreshReviews(); }
   }, POLL_MS);
 }
 

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.exc import SQLAlchemyError
 
+from inkwell.cheques.reader import ChequeReading
+from inkwell.errors import StoreUnavailableError
 from service import inputs
+from service.context import ServiceContext
 from service.deps import (
     ChequeModelDep,
+    ContextDep,
     DecodingDep,
     MetricsDep,
     PredictionAccess,
     SettingsDep,
 )
 from service.schemas import ChequeCharacterPublic, ChequeReadingPublic
+
+log = logging.getLogger("inkwell.service.cheques")
 
 router = APIRouter(prefix="/v1/cheques", tags=["cheques"], dependencies=[PredictionAccess])
 
@@ -52,6 +60,7 @@ async def read_cheque(
     settings: SettingsDep,
     decoding: DecodingDep,
     metrics: MetricsDep,
+    context: ContextDep,
     layout: Literal["auto", "field", "cheque"] = Query(
         "auto", description="auto: a whole cheque is recognised by its size."
     ),
@@ -65,6 +74,7 @@ async def read_cheque(
     )
     version = reading.model_version or "none"
     metrics.observe_cheque(version, reading.confidence, reading.needs_review)
+    reading_id = await record_reading(context, reading, data, settings.variant, cheques.alias)
     return ChequeReadingPublic(
         amount=reading.amount,
         confidence=reading.confidence,
@@ -81,4 +91,35 @@ async def read_cheque(
         model_name=reading.model_name,
         model_version=version,
         variant=settings.variant,
+        reading_id=reading_id,
     )
+
+
+async def record_reading(
+    context: ServiceContext,
+    reading: ChequeReading,
+    image: bytes,
+    variant: str,
+    alias: str | None,
+) -> str | None:
+    """Keep the reading (and, when it needs review, its image) so a reviewer can correct it.
+
+    Best effort: a store outage must not fail a read that already succeeded; the answer then
+    has no reading_id, and a correction is uploaded without one.
+    """
+    try:
+        return await context.with_store(
+            lambda store: store.add_reading(
+                amount=reading.amount,
+                confidence=reading.confidence,
+                needs_review=reading.needs_review,
+                model_version=reading.model_version or "none",
+                variant=variant,
+                alias=alias,
+                layout=reading.layout,
+                image=image,
+            )
+        )
+    except (SQLAlchemyError, StoreUnavailableError):
+        log.warning("could not record a cheque reading; answering without reading_id")
+        return None

@@ -34,3 +34,10 @@ def field_image() -> np.ndarray:
     image = np.full((50, 200), 235, np.uint8)
     image[15:35, 30:170] = 20  # some ink
     return image
+
+
+def shifted_field(shift: int) -> np.ndarray:
+    """`field_image` with its ink moved `shift` px right: another image, the same reading."""
+    image = np.full((50, 200), 235, np.uint8)
+    image[15:35, 10 + shift : 150 + shift] = 20
+    return image

@@ -17,6 +17,7 @@ import pytest
 
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import SampleStore
+from tests.cheques.helpers import field_image, png
 from tests.service.conftest import (
     API_KEY,
     LiveService,
@@ -127,6 +128,30 @@ def test_sample_is_durable_when_the_service_is_killed_right_after_201(
     assert stats.json()["by_user"][user] == 1
     stored = SampleStore(trained_registry.settings().resolved_database_url).get(sample_id)
     assert stored is not None and stored.image == image and stored.user_id == user
+
+
+def test_cheque_sample_is_durable_when_the_service_is_killed_right_after_201(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    service = start_service(STABLE)
+    branch = f"kill-{uuid.uuid4().hex[:8]}"
+    image = png(field_image())
+    response = httpx.post(
+        f"{service.url}/v1/cheques/samples",
+        files={"image": ("amount.png", image, "image/png")},
+        data={"amount": "4.250,-", "user_id": branch},
+        headers={"X-API-Key": API_KEY},
+    )
+    service.kill(signal.SIGKILL)
+    assert response.status_code == 201, response.text
+    assert service.process.returncode == -signal.SIGKILL
+
+    restarted = start_service(STABLE)
+    stats = httpx.get(f"{restarted.url}/v1/cheques/samples/stats", headers={"X-API-Key": API_KEY})
+    assert stats.json()["by_user"][branch] == 1
+    store = SampleStore(trained_registry.settings().resolved_database_url)
+    stored = store.cheque_sample(response.json()["sample_id"])
+    assert stored is not None and stored.image == image and stored.amount == "4250"
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -284,3 +285,92 @@ def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack
     shot(page, "10-rolled-back")
     wait_until(lambda: "canary" not in registry_aliases(web_stack.home), 30, "alias removal")
     assert registry_aliases(web_stack.home)["stable"] == "1"
+
+
+def read_field(
+    web_stack: Stack, tmp_path: Path, *, needs_review: bool, seed: int
+) -> tuple[Path, str, dict[str, Any]]:
+    """The first synthetic field the stack's cheque model reads (and, with `needs_review`,
+    sends to review), read through the router like any client (so a doubtful reading is in
+    the review queue), with its true amount. Tests use their own `seed`: an image stored with
+    one amount and uploaded again with another is quarantined (conflicting_amount)."""
+    from PIL import Image
+
+    from inkwell.cheques.pools import load_pool
+    from inkwell.cheques.synth import generate_fields
+
+    image = tmp_path / "doubtful.png"
+    seen = []
+    for field in generate_fields(load_pool("test", web_stack.mnist), 40, seed=seed):
+        Image.fromarray(field.image).save(image)
+        response = httpx.post(
+            f"{web_stack.url}/v1/cheques/read",
+            content=image.read_bytes(),
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
+        seen.append(f"{response.status_code} {response.text[:100]}")
+        if response.status_code == 200 and (response.json()["needs_review"] or not needs_review):
+            return image, field.label, response.json()
+    pytest.fail("none of 40 synthetic fields was read (or sent to review):\n" + "\n".join(seen))
+
+
+def cheque_stats(web_stack: Stack) -> dict[str, Any]:
+    stats: dict[str, Any] = httpx.get(
+        f"{web_stack.url}/v1/cheques/samples/stats", headers={"X-API-Key": API_KEY}, timeout=30
+    ).json()
+    return stats
+
+
+def test_review_queue_shows_a_doubtful_reading_and_the_typed_amount_is_stored(
+    page, web_stack, tmp_path
+) -> None:
+    _image, truth, reading = read_field(web_stack, tmp_path, needs_review=True, seed=11)
+    item = f"#reviews .review-item[data-reading='{reading['reading_id']}']"
+    page.wait_for_selector(item, timeout=30_000)  # the queue polls the service
+    assert page.evaluate(f'document.querySelector("{item} img").naturalWidth') > 0
+    assert reading["amount"] in page.inner_text(f"{item} .read")
+    shot(page, "11-review-queue")
+
+    page.fill(f"{item} input", f"{truth[:-2]},{truth[-2:]}-" if len(truth) > 2 else truth)
+    page.click(f"{item} button[type='submit']")
+    page.wait_for_selector("#review-result.ok", timeout=30_000)
+    text = page.inner_text("#review-result")
+    assert "Stored as reviewed sample #" in text and f"amount {truth}" in text
+    page.wait_for_selector(item, state="detached", timeout=30_000)
+    shot(page, "12-reviewed")
+    user = page.input_value("#user-id")
+    assert cheque_stats(web_stack)["by_user"][user] == 1
+    queue = httpx.get(
+        f"{web_stack.url}/v1/cheques/reviews", headers={"X-API-Key": API_KEY}, timeout=30
+    ).json()["reviews"]
+    assert reading["reading_id"] not in {r["reading_id"] for r in queue}
+
+
+def test_any_reading_can_be_corrected_from_the_cheque_card(page, web_stack, tmp_path) -> None:
+    image, _truth, _reading = read_field(web_stack, tmp_path, needs_review=False, seed=23)
+    before = cheque_stats(web_stack)["corrections"]["with_reading"]
+    page.set_input_files("#cheque-file", str(image))
+    page.wait_for_selector("#cheque-result[data-state='read']", timeout=60_000)
+    page.wait_for_selector("#correct:not([hidden])")
+    page.fill("#correct-amount", "12.345,-")
+    page.click("#correct-save")
+    page.wait_for_selector("#correct-result.ok", timeout=30_000)
+    assert "amount 12345" in page.inner_text("#correct-result")
+    shot(page, "13-corrected")
+    stats = cheque_stats(web_stack)
+    assert stats["by_user"][page.input_value("#user-id")] == 1
+    assert stats["corrections"]["with_reading"] == before + 1
+
+
+def test_saving_a_correction_without_the_api_key_says_what_to_do(page, web_stack, tmp_path) -> None:
+    image, _truth, _reading = read_field(web_stack, tmp_path, needs_review=False, seed=31)
+    page.set_input_files("#cheque-file", str(image))
+    page.wait_for_selector("#correct:not([hidden])", timeout=60_000)
+    page.click("#keys-toggle")
+    page.fill("#api-key", "")
+    page.fill("#correct-amount", "100")
+    page.click("#correct-save")
+    page.wait_for_selector("#correct-result.err")
+    assert "needs the API key" in page.inner_text("#correct-result")
+    assert page.locator("#review-locked").is_visible()

@@ -1,0 +1,189 @@
+"""`inkwell eval --images DIR` and `--model-dir DIR`: a digit model on a folder of real digits.
+
+The model is a small DigitNet really trained on MNIST (seconds) and saved as a model folder;
+the folders hold MNIST test digits redrawn as scans (dark ink on light paper, upscaled, off
+centre), which only the serving preprocessing turns back into MNIST format.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inkwell.data import load_split
+from inkwell.digit_images import evaluate_digit_folder, load_digit_folder
+from inkwell.model import DigitNet, ModelConfig
+from inkwell.registry import load_digit_dir, save_digit_model
+from inkwell.train import split_tensors
+from inkwell.training import TrainConfig, fit
+
+REPO = Path(__file__).resolve().parents[2]
+CHEQUES_DIR = Path(
+    os.environ.get("INKWELL_CHEQUES_DATA_DIR", REPO.parent / "shared" / "data" / "orand-car-a")
+)
+
+
+def inkwell(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-c", "from inkwell.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def accuracy_line(stdout: str) -> float:
+    found = re.search(r"^accuracy (\d{1,3}\.\d\d) %$", stdout, re.MULTILINE)
+    assert found, stdout
+    return float(found.group(1))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    torch.set_num_threads(1)  # a few hundred steps; more threads only contend on a busy machine
+    torch.manual_seed(0)
+    x, y = split_tensors(load_split("train", mnist_dir))
+    model = DigitNet(ModelConfig(width=8))
+    fit(model, (x[:4000], y[:4000]), TrainConfig(epochs=10, seed=0, max_steps=200, augment=False))
+    folder = tmp_path_factory.mktemp("digits-model")
+    save_digit_model(model.eval(), folder, {"note": "test"})
+    return folder
+
+
+def as_scan(digit: np.ndarray) -> bytes:
+    big = np.asarray(Image.fromarray(digit).resize((84, 84), Image.Resampling.BILINEAR))
+    paper = np.full((120, 150), 230, np.uint8)
+    paper[20:104, 50:134] = 230 - (big.astype(np.int32) * 200 // 255)
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def write_folder(folder: Path, rows: list[tuple[str, bytes, str]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filename", "digit"])
+        for name, data, label in rows:
+            (folder / name).write_bytes(data)
+            writer.writerow([name, label])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    test = load_split("test", mnist_dir)
+    rows = [(f"d{i}.png", as_scan(test.images[i]), str(test.labels[i])) for i in range(100)]
+    return write_folder(tmp_path_factory.mktemp("scans"), rows)
+
+
+def test_eval_images_prints_the_accuracy_of_a_model_folder_on_scanned_digits(
+    model_dir: Path, scans: Path, tmp_path: Path
+) -> None:
+    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(scans), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"100 images in {scans}" in result.stdout
+    printed = accuracy_line(result.stdout)
+    model, _ = load_digit_dir(model_dir)
+    expected = evaluate_digit_folder(model, load_digit_folder(scans))
+    assert printed == pytest.approx(100 * expected.accuracy, abs=0.006)
+    assert printed >= 80.0  # the serving preprocessing recovers MNIST format from the scans
+    assert "per class / confusion" in result.stdout
+
+
+def test_wrong_labels_lower_the_accuracy(model_dir: Path, scans: Path, tmp_path: Path) -> None:
+    shifted = tmp_path / "shifted"
+    rows = []
+    with (scans / "labels.csv").open() as fh:
+        for name, label in list(csv.reader(fh))[1:]:
+            rows.append((name, (scans / name).read_bytes(), str((int(label) + 1) % 10)))
+    write_folder(shifted, rows)
+    model, _ = load_digit_dir(model_dir)
+    assert evaluate_digit_folder(model, load_digit_folder(shifted)).accuracy < 0.2
+
+
+def test_images_preprocessing_refuses_count_as_errors(model_dir: Path, tmp_path: Path) -> None:
+    blank = io.BytesIO()
+    Image.fromarray(np.full((40, 40), 230, np.uint8)).save(blank, "PNG")
+    folder = write_folder(
+        tmp_path / "with-blank", [("blank.png", blank.getvalue(), "3"), ("junk.png", b"xx", "4")]
+    )
+    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert accuracy_line(result.stdout) == 0.0
+    assert "refused by preprocessing (counted as errors): 2" in result.stdout
+    assert "no_ink" in result.stdout and "invalid_image" in result.stdout
+
+
+def test_missing_labels_file_says_what_to_add(model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = inkwell(
+        "eval", "--model-dir", str(model_dir), "--images", str(tmp_path / "empty"), cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "No labels file" in result.stdout and "filename,digit" in result.stdout
+
+
+def test_ill_formed_labels_are_listed_by_line(model_dir: Path, scans: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((scans / "d0.png").read_bytes())
+    (folder / "labels.csv").write_text(
+        "filename,digit\na.png,12\nmissing.png,3\na.png,3,extra\na.png,x\n"
+    )
+    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(folder), cwd=tmp_path)
+    assert result.returncode == 2
+    out = " ".join(result.stdout.split())
+    assert "4 bad row(s)" in out
+    for fragment in ("line 2", "not one digit", "line 3", "does not exist", "line 4", "line 5"):
+        assert fragment in out, out
+
+
+def test_model_dir_without_a_model_is_a_clear_error(scans: Path, tmp_path: Path) -> None:
+    result = inkwell("eval", "--model-dir", str(tmp_path), "--images", str(scans), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "holds no digit model" in " ".join(result.stdout.split())
+
+
+def test_model_dir_alone_evaluates_on_mnist_test(model_dir: Path, tmp_path: Path) -> None:
+    result = inkwell("eval", "--model-dir", str(model_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert accuracy_line(result.stdout) >= 80.0
+
+
+def test_real_cheque_digits_cut_by_their_boxes_are_evaluated(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    boxes = CHEQUES_DIR / "digits.csv"
+    if not boxes.is_file():
+        pytest.skip(
+            f"real cheque digits not found at {CHEQUES_DIR} (set INKWELL_CHEQUES_DATA_DIR to the "
+            "orand-car-a folder with digits.csv to run this test)"
+        )
+    with boxes.open() as fh:
+        rows = list(csv.DictReader(fh))[:200]
+    digits = []
+    for i, row in enumerate(rows):
+        x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
+        field = Image.open(CHEQUES_DIR / row["filename"]).convert("L")
+        buffer = io.BytesIO()
+        field.crop((x, y, x + w, y + h)).save(buffer, "PNG")
+        digits.append((f"real{i}.png", buffer.getvalue(), row["digit"]))
+    folder = write_folder(tmp_path / "real", digits)
+    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"200 images in {folder}" in result.stdout
+    assert accuracy_line(result.stdout) > 30.0  # far above chance, far below MNIST
