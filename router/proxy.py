@@ -53,6 +53,9 @@ from router.settings import RouterSettings
 log = logging.getLogger("inkwell.router")
 
 MODEL_PREFIXES = ("/v1/digits/", "/v1/cheques/", "/v2/models/")
+# Under a model prefix but not a model answer: reviewed uploads and the review queue share one
+# store, so they go to stable like /v1/samples and stay out of the canary's analysis.
+STABLE_ONLY_PREFIXES = ("/v1/cheques/samples", "/v1/cheques/reviews")
 SAMPLES_PATH = "/v1/samples"
 KNOWN_PREFIXES = ("/v1/", "/v2/")
 # Route labels are built from these words only (anything else is "other"), so a client probing
@@ -140,7 +143,8 @@ def request_target(scope: MutableMapping[str, Any]) -> str:
 
 
 def is_model_route(path: str) -> bool:
-    return path.startswith(MODEL_PREFIXES)
+    """Routes answered by a model, split between stable and canary."""
+    return path.startswith(MODEL_PREFIXES) and not path.startswith(STABLE_ONLY_PREFIXES)
 
 
 @dataclass

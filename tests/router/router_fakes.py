@@ -113,6 +113,16 @@ class FakeService:
         async def stats() -> dict[str, object]:
             return {"total": len(self.uploads), "served_by": self.variant}
 
+        @app.post("/v1/cheques/samples")
+        async def cheque_upload(request: Request) -> JSONResponse:
+            self.uploads.append(await request.body())
+            return JSONResponse({"sample_id": len(self.uploads)}, status_code=201)
+
+        @app.get("/v1/cheques/samples/stats")
+        @app.get("/v1/cheques/reviews")
+        async def cheque_queue() -> dict[str, object]:
+            return {"total": len(self.uploads), "served_by": self.variant}
+
         @app.get("/readyz")
         async def ready() -> dict[str, str]:
             return {"status": "ready", "model_version": self.version}

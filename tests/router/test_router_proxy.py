@@ -327,6 +327,24 @@ def test_sample_routes_go_to_stable_only(tmp_path, stable_service, canary_servic
         assert len(stable.uploads) == 1 and not canary.uploads
 
 
+def test_reviewed_cheques_and_the_review_queue_go_to_stable_only(
+    tmp_path, stable_service, canary_service
+):
+    stable, _ = stable_service
+    canary, _ = canary_service
+    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=100) as client:
+        for path in ("/v1/cheques/samples/stats", "/v1/cheques/reviews"):
+            answer = client.get(path, headers={"X-User-Id": "u"})
+            assert answer.json()["served_by"] == "stable", path
+        upload = client.post(
+            "/v1/cheques/samples?amount=1500&user_id=u",
+            content=b"x",
+            headers={"content-type": "image/png", "X-User-Id": "u"},
+        )
+        assert upload.status_code == 201
+        assert len(stable.uploads) == 1 and not canary.uploads
+
+
 def test_oversize_body_is_refused_with_a_fix(tmp_path, stable_service, canary_service):
     with router(tmp_path, stable_service[1], canary_service[1], max_body_bytes=1000) as client:
         response = predict(client, b"x" * 2000)
