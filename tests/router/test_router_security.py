@@ -333,3 +333,15 @@ def test_every_router_answer_carries_the_security_headers(tmp_path, upstreams):
         assert len(policy) == 1 and "frame-ancestors 'none'" in policy[0], name
         assert "script-src 'self';" in policy[0] and "unsafe-inline" not in policy[0], name
     assert "content-security-policy" not in answers["docs"].headers  # Swagger UI's CDN script
+
+
+def test_the_user_cookie_is_secure_when_a_trusted_proxy_says_the_client_used_tls(
+    tmp_path, upstreams
+):
+    _, stable_url, _, canary_url = upstreams
+    with router(tmp_path, stable_url, canary_url, forwarded_allow_ips="127.0.0.1") as client:
+        over_tls = predict(client, **{"X-Forwarded-Proto": "https"})
+        in_clear = predict(client)
+    assert "; Secure" in over_tls.headers["set-cookie"]
+    assert "HttpOnly" in in_clear.headers["set-cookie"]
+    assert "Secure" not in in_clear.headers["set-cookie"]
