@@ -83,6 +83,13 @@ class AuthError(InkwellError):
     status_code = 401
 
 
+class ForbiddenError(InkwellError):
+    """A valid key asked for something it is not allowed (another user's uploads)."""
+
+    code = "forbidden"
+    status_code = 403
+
+
 class NotFoundError(InkwellError):
     code = "not_found"
     status_code = 404
@@ -124,7 +131,7 @@ class NothingToTrainError(ConflictError):
 
 
 class RetryLaterError(InkwellError):
-    """A 503 the client should retry after `retry_after_s` seconds (sent as `Retry-After`)."""
+    """A 503 (or 429) the client should retry after `retry_after_s` s (sent as `Retry-After`)."""
 
     code = "unavailable"
     status_code = 503
@@ -143,6 +150,13 @@ class StoreUnavailableError(RetryLaterError):
 
     code = "store_unavailable"
     default_retry_after_s = 5
+
+
+class RateLimitedError(RetryLaterError):
+    """A key went over its rate limit or quota; it may retry after `retry_after_s` seconds."""
+
+    code = "rate_limited"
+    status_code = 429
 
 
 class UpstreamUnavailableError(InkwellError):

@@ -22,6 +22,7 @@ from inkwell.errors import InkwellError
 from inkwell.heap import freeze_long_lived, thaw
 from inkwell.settings import CANARY, STABLE
 from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
+from inkwell.web.headers import with_security_headers
 from router import admin
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
@@ -51,7 +52,11 @@ class RouterApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or path in OWN_PATHS or path.startswith(OWN_PREFIXES):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = with_security_headers(send, path)
+        if path in OWN_PATHS or path.startswith(OWN_PREFIXES):
             await self.app(scope, receive, send)
             return
         try:

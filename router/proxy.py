@@ -201,6 +201,12 @@ def read_headers(scope: MutableMapping[str, Any]) -> Incoming:
     return incoming
 
 
+def secure_flag(scope: MutableMapping[str, Any]) -> str:
+    """`; Secure` when the client reached us over TLS (`X-Forwarded-Proto` from a trusted proxy
+    sets the scheme, see `forwarding_options`), so the cookie never travels in clear after."""
+    return "; Secure" if scope.get("scheme") == "https" else ""
+
+
 def cookie_value(header: str | None, name: str) -> str | None:
     if not header:
         return None
@@ -393,7 +399,7 @@ class Proxy:
                 (
                     b"set-cookie",
                     f"{self.settings.user_cookie}={new_cookie}; Path=/; Max-Age=31536000; "
-                    "SameSite=Lax; HttpOnly".encode(),
+                    f"SameSite=Lax; HttpOnly{secure_flag(scope)}".encode(),
                 )
             )
         self._count(route, answered, version, attempt.status, started)

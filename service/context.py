@@ -53,6 +53,7 @@ class ServiceContext:
 
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        self.upload_limiter = settings.upload_limiter()
         self.metrics = ServiceMetrics(settings.variant)
         self.model = DigitModel(settings, settings.variant, optimize=settings.optimize_model)
         self.batcher = MicroBatcher(

@@ -16,6 +16,7 @@ from service.batching import MicroBatcher
 from service.cheques import ChequeModel
 from service.context import ServiceContext
 from service.inputs import Decoding
+from service.keys import KeyGrant
 from service.metrics import ServiceMetrics
 from service.model import DigitModel
 from service.settings import ServiceSettings
@@ -117,3 +118,16 @@ async def prediction_access(settings: SettingsDep, x_api_key: ApiKeyHeader = Non
 
 
 PredictionAccess = Depends(prediction_access)
+
+
+async def admit_upload(context: ContextDep, x_api_key: ApiKeyHeader = None) -> KeyGrant:
+    """The uploading key's grant, once the key is valid and within its rate limit and quota."""
+    check_api_key(context.settings, x_api_key)
+    grant = context.settings.grant_for(x_api_key)
+    if grant is None:  # pragma: no cover - check_api_key refused it
+        raise AuthError("The X-API-Key is not valid.", code="invalid_api_key")
+    context.upload_limiter.admit(grant.key)
+    return grant
+
+
+UploadGrantDep = Annotated[KeyGrant, Depends(admit_upload)]

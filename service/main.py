@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from inkwell import __version__
+from inkwell.web.headers import SecurityHeadersMiddleware
 from service.context import ServiceContext
 from service.errors import register_error_handlers
 from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, MetricsMiddleware
@@ -46,6 +47,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         retry_after_s=settings.retry_after_s,
         metrics=context.metrics,
     )
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(
         MetricsMiddleware, metrics=context.metrics, current_version=lambda: context.model.version
     )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from inkwell.cheques.review import ChequeSampleRules
 from inkwell.preprocessing import ImageLimits
-from inkwell.settings import CANARY, STABLE, ApiKey, CoreSettings
+from inkwell.settings import CANARY, STABLE, CoreSettings, check_key
+from service.keys import KeyGrant, KeyRateLimiter, split_scope
 
 Variant = Literal["stable", "canary"]  # the values of inkwell.settings.VARIANTS
 DEFAULT_PORTS = {STABLE: 8001, CANARY: 8002}
@@ -24,6 +26,17 @@ def default_torch_threads() -> int:
 def default_decode_threads() -> int:
     """One decode per core, at most four: more only adds memory, not throughput."""
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def _check_scoped_key(value: SecretStr) -> SecretStr:
+    key, _ = split_scope(value.get_secret_value())
+    check_key(key)
+    return value
+
+
+# `KEY` or `KEY:SCOPE` (see service.keys); the key part is refused at start-up when it is a
+# placeholder or too short.
+ScopedApiKey = Annotated[SecretStr, AfterValidator(_check_scoped_key)]
 
 
 class ServiceSettings(CoreSettings):
@@ -81,9 +94,23 @@ class ServiceSettings(CoreSettings):
         default=True,
         description="Serve a frozen, oneDNN-fused TorchScript copy (checked against eager).",
     )
-    api_keys: Annotated[list[ApiKey], NoDecode] = Field(
+    api_keys: Annotated[list[ScopedApiKey], NoDecode] = Field(
         default_factory=list,
-        description="Keys accepted in the X-API-Key header (comma-separated in the environment).",
+        description="Keys accepted in the X-API-Key header (comma-separated in the environment). "
+        "KEY:alice|branch-7-* binds a key to the upload user ids it may use (exact ids, or "
+        "prefixes ending in *); a plain KEY may upload as any user id.",
+    )
+    upload_rate_per_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="Uploads per second one key may send, on average (0: no limit); over it "
+        "answers 429 with Retry-After. Counted per process.",
+    )
+    upload_burst: int = Field(
+        default=200, ge=1, description="Uploads one key may send at once before the rate applies."
+    )
+    upload_daily_quota: int = Field(
+        default=0, ge=0, description="Uploads one key may send per UTC day (0: no quota)."
     )
     predict_requires_key: bool = Field(
         default=False, description="Predictions are open by default; true makes them keyed."
@@ -161,14 +188,32 @@ class ServiceSettings(CoreSettings):
             contradiction_factor=self.cheque_contradiction_factor,
         )
 
-    def accepts_key(self, key: str | None) -> bool:
-        """Whether `key` is one of the configured API keys (constant-time compare)."""
+    @cached_property
+    def key_grants(self) -> list[KeyGrant]:
+        """The configured keys with the user ids each may upload for."""
+        return [KeyGrant(*split_scope(known.get_secret_value())) for known in self.api_keys]
+
+    def grant_for(self, key: str | None) -> KeyGrant | None:
+        """The configured key `key` is (constant-time compare), or None."""
         import secrets
 
         if not key:
-            return False
+            return None
         candidate = key.encode()
-        return any(
-            secrets.compare_digest(candidate, known.get_secret_value().encode())
-            for known in self.api_keys
+        found = None
+        for grant in self.key_grants:  # no early exit: the time does not tell which key matched
+            if secrets.compare_digest(candidate, grant.key.encode()):
+                found = grant
+        return found
+
+    def accepts_key(self, key: str | None) -> bool:
+        """Whether `key` is one of the configured API keys."""
+        return self.grant_for(key) is not None
+
+    def upload_limiter(self) -> KeyRateLimiter:
+        """A fresh per-key limiter for uploads, from the settings above."""
+        return KeyRateLimiter(
+            rate_per_s=self.upload_rate_per_s,
+            burst=self.upload_burst,
+            daily_quota=self.upload_daily_quota,
         )

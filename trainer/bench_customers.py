@@ -165,7 +165,9 @@ def make_uploader(settings: CoreSettings) -> tuple[Uploader, str, Callable[[], N
         return direct, "sample store (service package not present)", store.engine.dispose
 
     api_key = secrets.token_urlsafe(24)  # the service refuses short or placeholder keys
-    service_settings = ServiceSettings(home=settings.home, api_keys=[SecretStr(api_key)])
+    service_settings = ServiceSettings(
+        home=settings.home, api_keys=[SecretStr(api_key)], upload_rate_per_s=0
+    )
     client = TestClient(create_app(service_settings))
     client.__enter__()
 

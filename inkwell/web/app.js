@@ -6,10 +6,16 @@ const POLL_MS = 2000;
 const KEYS = { user: "inkwell.user_id", api: "inkwell.api_key", admin: "inkwell.admin_key" };
 
 // ---- settings kept in this browser ------------------------------------------------------------
+// The keys live only as long as the tab (sessionStorage): closing it forgets them, and they are
+// not left on disk for the next user of this browser profile. The user id is no secret and stays.
+const storeOf = (name) => (name === KEYS.user ? localStorage : sessionStorage);
 const saved = {
-  get: (name) => localStorage.getItem(name) || "",
-  set: (name, value) => (value ? localStorage.setItem(name, value) : localStorage.removeItem(name)),
+  get: (name) => storeOf(name).getItem(name) || "",
+  set: (name, value) => (value ? storeOf(name).setItem(name, value) : storeOf(name).removeItem(name)),
 };
+// earlier versions of the page kept the keys in localStorage: forget them there
+localStorage.removeItem(KEYS.api);
+localStorage.removeItem(KEYS.admin);
 
 function randomId(prefix) {
   const bytes = new Uint8Array(6);

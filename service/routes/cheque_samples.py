@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +13,8 @@ from inkwell.cheques.review import quarantine_reason
 from inkwell.errors import InkwellError
 from inkwell.store import ChequeReadingRecord
 from service import inputs
-from service.deps import ApiKeyHeader, ApiKeyRequired, ContextDep, StoreDep
+from service.deps import ApiKeyRequired, ContextDep, StoreDep, UploadGrantDep
+from service.keys import check_user, key_id
 from service.responses import json_response
 from service.schemas import (
     ChequeReviewPublic,
@@ -55,11 +55,6 @@ SAMPLE_BODY = {
 IMAGE_TYPES = ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"BM", "image/bmp"))
 
 
-def key_id(api_key: str | None) -> str:
-    """A stable, non-secret name for the uploading API key (its sha256 prefix)."""
-    return hashlib.sha256((api_key or "").encode()).hexdigest()[:16]
-
-
 def data_url(image: bytes) -> str:
     kind = next((t for magic, t in IMAGE_TYPES if image.startswith(magic)), "image/webp")
     return f"data:{kind};base64,{base64.b64encode(image).decode()}"
@@ -72,14 +67,16 @@ def data_url(image: bytes) -> str:
     openapi_extra=SAMPLE_BODY,
     responses={
         200: {"model": ChequeSampleCreatedPublic, "description": "Repeat of an earlier upload"},
+        403: {"description": "The key may not upload as this user_id."},
         404: {"description": "reading_id names no reading."},
         413: {"description": "The image is too large."},
         415: {"description": "Not an image or multipart content type."},
         422: {"description": "Bad amount, user id, key, layout, or an image without ink."},
+        429: {"description": "The key is over its upload rate or quota (see Retry-After)."},
     },
 )
 async def upload_cheque_sample(
-    request: Request, context: ContextDep, x_api_key: ApiKeyHeader = None
+    request: Request, context: ContextDep, grant: UploadGrantDep
 ) -> Response:
     """Store a reviewed amount field (or whole cheque) with its corrected amount; 201 once on disk.
 
@@ -88,6 +85,7 @@ async def upload_cheque_sample(
     """
     try:
         upload = await inputs.cheque_sample_upload(request, context.decoding)
+        check_user(grant, upload.user_id)
         rules = context.settings.cheque_sample_rules
         added = await context.with_store(
             lambda store: store.add_cheque_sample(
@@ -95,7 +93,7 @@ async def upload_cheque_sample(
                 amount=upload.amount,
                 image=upload.image,
                 layout=upload.layout,
-                key_id=key_id(x_api_key),
+                key_id=key_id(grant.key),
                 idempotency_key=upload.idempotency_key,
                 reading_id=upload.reading_id,
                 decide=lambda check: quarantine_reason(upload.amount, check, rules),

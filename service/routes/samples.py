@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from inkwell.errors import ImageTooLargeError, InvalidInputError
+from inkwell.errors import ForbiddenError, ImageTooLargeError, InvalidInputError
 from service import inputs
-from service.deps import ApiKeyRequired, ContextDep
+from service.deps import ApiKeyRequired, ContextDep, UploadGrantDep
+from service.keys import check_user
 from service.responses import json_response
 from service.schemas import SampleCreatedPublic, SampleStatsPublic
 
@@ -39,9 +40,13 @@ SAMPLE_BODY = {
     status_code=201,
     response_model=SampleCreatedPublic,
     openapi_extra=SAMPLE_BODY,
-    responses={200: {"model": SampleCreatedPublic, "description": "Repeat of an earlier upload"}},
+    responses={
+        200: {"model": SampleCreatedPublic, "description": "Repeat of an earlier upload"},
+        403: {"description": "The key may not upload as this user_id."},
+        429: {"description": "The key is over its upload rate or quota (see Retry-After)."},
+    },
 )
-async def upload_sample(request: Request, context: ContextDep) -> Response:
+async def upload_sample(request: Request, context: ContextDep, grant: UploadGrantDep) -> Response:
     """Store a labelled image for continual learning; 201 only once it is on disk.
 
     A repeated idempotency key, or the same image bytes from the same user, answers 200 with
@@ -56,7 +61,8 @@ async def upload_sample(request: Request, context: ContextDep) -> Response:
                 f"may be at most {limit:,} bytes. Crop it to the digit or compress it (a "
                 "digit needs no more than a few hundred pixels a side) and upload it again."
             )
-    except InvalidInputError as exc:
+        check_user(grant, upload.user_id)
+    except (InvalidInputError, ForbiddenError) as exc:
         context.metrics.sample_rejected(exc.code)
         raise
     added = await context.with_store(

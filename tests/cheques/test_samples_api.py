@@ -31,6 +31,7 @@ READ = "/v1/cheques/read"
 KEY = "cheque-reviewer-key-0123"
 ROGUE_KEY = "cheque-rogue-key-0123"
 HONEST_KEY = "cheque-honest-key-0123"
+BRANCH_KEY = "cheque-branch-7-key-0123"
 HEADERS = {"X-API-Key": KEY}
 
 
@@ -61,7 +62,7 @@ def settings(home: Path, mnist_dir: Path, variant: str) -> ServiceSettings:
         variant=variant,  # type: ignore[arg-type]
         poll_interval_s=60,
         torch_threads=1,
-        api_keys=[KEY, ROGUE_KEY, HONEST_KEY],  # type: ignore[list-item]
+        api_keys=[KEY, ROGUE_KEY, HONEST_KEY, f"{BRANCH_KEY}:branch-7-*"],  # type: ignore[list-item]
         cheque_contradiction_min=3,
     )
 
@@ -243,6 +244,15 @@ def test_upload_needs_a_valid_api_key(client: TestClient) -> None:
     assert_error(client.post(SAMPLES, files=files, data=data), 401, "api_key_required")
     wrong = client.post(SAMPLES, files=files, data=data, headers={"X-API-Key": "wrong"})
     assert_error(wrong, 401, "invalid_api_key")
+
+
+def test_a_key_bound_to_a_branch_may_not_upload_as_another_branch(client: TestClient) -> None:
+    own = upload(client, unique_image(), "100", "branch-7-teller", key=BRANCH_KEY)
+    assert own.status_code == 201, own.text
+    before = client.get(f"{SAMPLES}/stats", headers=HEADERS).json()["total"]
+    posing = upload(client, unique_image(), "100", "branch-8-teller", key=BRANCH_KEY)
+    assert "branch-7-*" in assert_error(posing, 403, "user_id_not_allowed")
+    assert client.get(f"{SAMPLES}/stats", headers=HEADERS).json()["total"] == before
 
 
 def test_json_and_empty_bodies_are_refused(client: TestClient) -> None:

@@ -463,3 +463,50 @@ def test_postgres_initdb_is_the_same_sql_as_compose() -> None:
     configmap = yaml.safe_load((K8S / "base/inkwell-postgres-configmap.yaml").read_text())
     compose_sql = REPO / "docker/postgres/initdb"
     assert configmap["data"] == {p.name: p.read_text() for p in compose_sql.glob("*.sql")}
+
+
+# ---- the Ingress ------------------------------------------------------------------------------
+
+PUBLIC_PATHS = (
+    "/",
+    "/ui/app.js",
+    "/ui/style.css",
+    "/v1/digits/predict",
+    "/v1/samples",
+    "/v1/cheques/read",
+    "/v2/models/inkwell-digits/infer",
+)
+PRIVATE_PATHS = (
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/docs",
+    "/openapi.json",
+    "/router/docs",
+    "/router/openapi.json",
+    "/admin/rollout",
+    "/ui/api/overview",
+)
+
+
+def _ingress_routes(rule: dict[str, Any], path: str) -> bool:
+    """Whether one Ingress path rule sends `path` on (Kubernetes' Exact and Prefix semantics)."""
+    wanted = rule["path"]
+    if rule["pathType"] == "Exact":
+        return bool(path == wanted)
+    prefix = wanted.rstrip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def test_the_ingress_routes_only_the_public_api_and_the_page_with_rate_limits(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    (ingress,) = _by_kind(resources["prod"], "Ingress")
+    rules = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]]
+    routed = {path: any(_ingress_routes(r, path) for r in rules) for path in PUBLIC_PATHS}
+    assert all(routed.values()), routed
+    exposed = [path for path in PRIVATE_PATHS if any(_ingress_routes(r, path) for r in rules)]
+    assert exposed == []
+    annotations = ingress["metadata"]["annotations"]
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 0
+    assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 0

@@ -308,3 +308,40 @@ def test_a_stable_error_answer_is_passed_on_not_called_unavailable(tmp_path, ups
         assert response.status_code == 500
         assert response.json()["model_version"] == "1"  # the service's own body
         assert response.headers["x-inkwell-variant"] == "stable"
+
+
+# ---- security headers -------------------------------------------------------------------------
+
+
+def test_every_router_answer_carries_the_security_headers(tmp_path, upstreams):
+    _, stable_url, _, canary_url = upstreams
+    with router(tmp_path, stable_url, canary_url) as client:
+        answers = {
+            "page": client.get("/"),
+            "asset": client.get("/ui/app.js"),
+            "proxied": predict(client),
+            "error": client.get("/admin/rollout"),
+            "docs": client.get("/router/docs"),
+        }
+    for name, response in answers.items():
+        headers = response.headers
+        assert headers.get_list("x-frame-options") == ["DENY"], name
+        assert headers["x-content-type-options"] == "nosniff", name
+        assert headers["referrer-policy"] == "no-referrer", name
+    for name in ("page", "asset", "proxied", "error"):
+        policy = answers[name].headers.get_list("content-security-policy")
+        assert len(policy) == 1 and "frame-ancestors 'none'" in policy[0], name
+        assert "script-src 'self';" in policy[0] and "unsafe-inline" not in policy[0], name
+    assert "content-security-policy" not in answers["docs"].headers  # Swagger UI's CDN script
+
+
+def test_the_user_cookie_is_secure_when_a_trusted_proxy_says_the_client_used_tls(
+    tmp_path, upstreams
+):
+    _, stable_url, _, canary_url = upstreams
+    with router(tmp_path, stable_url, canary_url, forwarded_allow_ips="127.0.0.1") as client:
+        over_tls = predict(client, **{"X-Forwarded-Proto": "https"})
+        in_clear = predict(client)
+    assert "; Secure" in over_tls.headers["set-cookie"]
+    assert "HttpOnly" in in_clear.headers["set-cookie"]
+    assert "Secure" not in in_clear.headers["set-cookie"]

@@ -6,6 +6,7 @@ import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi.testclient import TestClient
@@ -206,3 +207,80 @@ def test_a_database_locked_past_the_statement_timeout_answers_503_then_recovers(
         time.sleep(0.4)
         recovered = upload(client, encode(trained_registry.test_images[18]), "1", user)
         assert recovered.status_code == 201, recovered.text
+
+
+ALICE_KEY = "alice-only-key-0123456789"
+
+
+class FakeClock:
+    """Seconds since the epoch that move only when the test says so."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_key_bound_to_a_user_may_not_upload_as_another_user(
+    trained_registry: TrainedRegistry,
+) -> None:
+    settings = trained_registry.settings(
+        poll_interval_s=60, api_keys=[API_KEY, f"{ALICE_KEY}:alice|alice-*"]
+    )
+    other = f"bob-{uuid.uuid4().hex[:8]}"
+    alice: dict[str, Any] = {"headers": {"X-API-Key": ALICE_KEY}}
+    with TestClient(create_app(settings)) as client:
+        own = upload(client, encode(trained_registry.test_images[21]), "1", "alice-phone", **alice)
+        assert own.status_code == 201, own.text
+        posing = upload(client, encode(trained_registry.test_images[22]), "1", other, **alice)
+        message = assert_error(posing, 403, "user_id_not_allowed")["message"]
+        assert repr(other) in message and "alice|alice-*" in message
+        users = client.get("/v1/samples/stats", headers=KEY).json()["by_user"]
+        assert other not in users  # refused before anything was stored
+        unbound = upload(client, encode(trained_registry.test_images[22]), "1", other)
+        assert unbound.status_code == 201  # a plain key may upload as any user id
+
+
+def test_uploads_over_a_keys_rate_are_429_with_retry_after_until_tokens_refill(
+    trained_registry: TrainedRegistry,
+) -> None:
+    settings = trained_registry.settings(
+        poll_interval_s=60,
+        api_keys=[API_KEY, ALICE_KEY],
+        upload_rate_per_s=0.5,
+        upload_burst=2,
+    )
+    clock = FakeClock()
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    images = [encode(trained_registry.test_images[i]) for i in range(30, 35)]
+    with TestClient(create_app(settings)) as client:
+        client.app.state.context.upload_limiter.clock = clock  # type: ignore[attr-defined]
+        assert [upload(client, images[i], "3", user).status_code for i in (0, 1)] == [201, 201]
+        limited = upload(client, images[2], "3", user)
+        assert "per second" in assert_error(limited, 429, "rate_limited")["message"]
+        assert limited.headers["Retry-After"] == "2"  # one token at 0.5 per second
+        other_key = upload(client, images[2], "3", user, headers={"X-API-Key": ALICE_KEY})
+        assert other_key.status_code == 201  # each key has its own bucket
+        clock.now += 2.0
+        assert upload(client, images[3], "3", user).status_code == 201
+        assert upload(client, images[4], "3", user).status_code == 429
+
+
+def test_uploads_over_a_keys_daily_quota_are_429_until_the_next_utc_day(
+    trained_registry: TrainedRegistry,
+) -> None:
+    settings = trained_registry.settings(
+        poll_interval_s=60, upload_rate_per_s=0, upload_daily_quota=2
+    )
+    clock = FakeClock(now=1_800_000_000.0)  # 57 600 s before midnight UTC
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    images = [encode(trained_registry.test_images[i]) for i in range(40, 43)]
+    with TestClient(create_app(settings)) as client:
+        client.app.state.context.upload_limiter.clock = clock  # type: ignore[attr-defined]
+        assert [upload(client, images[i], "6", user).status_code for i in (0, 1)] == [201, 201]
+        over = upload(client, images[2], "6", user)
+        assert "quota of 2 uploads" in assert_error(over, 429, "quota_exceeded")["message"]
+        assert over.headers["Retry-After"] == "57600"
+        clock.now += 57_600
+        assert upload(client, images[2], "6", user).status_code == 201

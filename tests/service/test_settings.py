@@ -53,3 +53,32 @@ def test_cli_registers_service_and_bench_commands() -> None:
     assert bench.exit_code == 0 and "--concurrency" in bench.output
     bad = runner.invoke(app, ["service", "--variant", "blue"])
     assert bad.exit_code != 0
+
+
+def test_a_key_bound_to_user_ids_is_parsed_into_its_scope(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
+    monkeypatch.setenv(
+        "INKWELL_SERVICE_API_KEYS", "plain-key-0123456789, branch-key-0123456789:alice|branch-7-*"
+    )
+    settings = ServiceSettings()
+    plain = settings.grant_for("plain-key-0123456789")
+    bound = settings.grant_for("branch-key-0123456789")
+    assert plain is not None and plain.allows("anyone")
+    assert bound is not None and bound.users == ("alice", "branch-7-*")
+    assert bound.allows("alice") and bound.allows("branch-7-teller")
+    assert not bound.allows("alice2") and not bound.allows("branch-8-teller")
+    assert not settings.accepts_key("branch-key-0123456789:alice|branch-7-*")
+
+
+@pytest.mark.parametrize(
+    ("entry", "hint"),
+    [("short-key:alice", "at least 16"), ("long-enough-key-0123:al*ce", "malformed")],
+)
+def test_a_short_key_or_malformed_scope_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, entry: str, hint: str
+) -> None:
+    monkeypatch.setenv("INKWELL_SERVICE_API_KEYS", entry)
+    with pytest.raises(ValidationError, match=hint):
+        ServiceSettings()

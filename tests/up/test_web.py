@@ -136,6 +136,26 @@ def test_page_is_served_by_the_router_and_loads_nothing_from_elsewhere(page, web
     assert foreign == []  # no CDN: the page works offline
 
 
+def test_keys_stay_with_the_tab_and_the_page_obeys_its_security_policy(page, web_stack) -> None:
+    keys = "['inkwell.api_key', 'inkwell.admin_key']"
+    assert page.evaluate(f"{keys}.map((k) => sessionStorage.getItem(k))") == [API_KEY, ADMIN_KEY]
+    assert page.evaluate(f"{keys}.map((k) => localStorage.getItem(k))") == [None, None]
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Security Policy" in m.text else None)
+    reloaded = page.reload()
+    assert "frame-ancestors 'none'" in reloaded.headers["content-security-policy"]
+    assert reloaded.headers["x-frame-options"] == "DENY"
+    page.wait_for_selector("#pill-stable:has-text('stable v1')")
+    draw(page, ONE)
+    assert answered(page)["digit"] == "1"
+    assert page.input_value("#api-key") == API_KEY  # a reload keeps them for the tab
+    assert blocked == []
+    other_tab = page.context.new_page()
+    other_tab.goto(web_stack.url + "/")
+    assert other_tab.input_value("#api-key") == ""  # a new tab starts without them
+    other_tab.close()
+
+
 def test_drawing_a_one_is_read_as_one_with_who_answered(page) -> None:
     draw(page, ONE)  # releasing the mouse sends the drawing
     result = answered(page)
