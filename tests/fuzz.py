@@ -351,3 +351,34 @@ def fuzz(
 
     run()
     return seen
+
+
+@st.composite
+def v2_tensor_bodies(draw: st.DrawFn, max_images: int = 40) -> tuple[bytes, dict[str, str]]:
+    """Well-formed v2 FP32 requests (JSON or binary) whose values and counts are odd."""
+    count = draw(st.integers(0, max_images))
+    shape = draw(st.sampled_from([[count, 1, 28, 28], [count, 784], [count, 28, 28]]))
+    value = draw(
+        st.floats(allow_nan=True, allow_infinity=True, width=32) | st.sampled_from([0.0, 1.0])
+    )
+    values = np.full(count * 784, value, dtype="<f4")
+    if count and draw(st.booleans()):
+        values[draw(st.integers(0, count * 784 - 1))] = draw(st.floats(width=32))
+    tensor: dict[str, object] = {"name": "input", "shape": shape, "datatype": "FP32"}
+    outputs = draw(
+        st.sampled_from([None, ["digit"], ["probabilities"], ["digit", "probabilities"]])
+    )
+    head: dict[str, object] = {"id": draw(printable), "inputs": [tensor]}
+    if outputs is not None:
+        head["outputs"] = [{"name": name} for name in outputs]
+    if draw(st.booleans()):
+        tensor["data"] = values.tolist()
+        return json_bytes(head), {"content-type": "application/json"}
+    raw = values.tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = json_bytes(head)
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return header + raw, headers
