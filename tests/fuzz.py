@@ -45,10 +45,11 @@ class Operation:
     media_types: tuple[str, ...]
     form_fields: tuple[str, ...]  # multipart fields besides the image(s)
     json_keys: tuple[str, ...]  # top-level keys of a JSON object body
+    proxied: bool = False  # answered by a fake upstream, which only knows the declared methods
 
 
 def operations(
-    schema: Mapping[str, Any], keep: Callable[[str], bool] = lambda _: True
+    schema: Mapping[str, Any], keep: Callable[[str], bool] = lambda _: True, proxied: bool = False
 ) -> list[Operation]:
     """Every operation of an OpenAPI document whose path `keep` accepts."""
     found = []
@@ -63,7 +64,9 @@ def operations(
                 content.get("application/json", {}).get("schema", {}).get("properties", {})
             )
             parameters = tuple(op.get("parameters", []))
-            found.append(Operation(method.upper(), path, parameters, tuple(content), fields, keys))
+            found.append(
+                Operation(method.upper(), path, parameters, tuple(content), fields, keys, proxied)
+            )
     return found
 
 
@@ -295,7 +298,11 @@ def requests(ops: list[Operation], known: Mapping[str, list[str]]) -> st.SearchS
             headers["content-type"] = body.content_type
         headers.update(body.headers or {})
         url = path + ("?" + "&".join(query) if query else "")
-        return Request(op.method, url, headers, body)
+        # now and then a method the route lacks: the 405 must have the error shape too
+        odd_method = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"])
+        odd = not op.proxied and draw(st.integers(0, 19)) == 0
+        method = draw(odd_method) if odd else op.method
+        return Request(method, url, headers, body)
 
     return build()
 
