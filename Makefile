@@ -34,7 +34,7 @@ system-packages:
 	scripts/system-packages
 
 test: system-packages $(STAMP) lint typecheck
-	INKWELL_FUZZ_EXAMPLES=$${INKWELL_FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest
+	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -22,8 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-DEFAULT_EXAMPLES = 2000
-CI_EXAMPLES = 5000
+DEFAULT_EXAMPLES = 5000
 
 
 # read once, on import: some fixtures (the trainer's) clear every INKWELL_* variable
