@@ -14,6 +14,56 @@ from service.routes.health import not_ready
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 SERVER_NAME = "inkwell-service"
+TENSOR = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string", "enum": ["FP32"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+        },
+        "data": {"type": "array", "items": {}},
+    },
+    "required": ["name", "shape", "datatype"],
+}
+# The body is read raw (the binary tensor extension appends bytes after the JSON header), so
+# FastAPI cannot infer it; declared here so clients and fuzzers see the real v2 request.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "inputs": {"type": "array", "items": TENSOR, "minItems": 1},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"name": {"enum": ["probabilities", "digit"]}},
+                                "required": ["name"],
+                            },
+                        },
+                        "parameters": {"type": "object"},
+                    },
+                    "required": ["inputs"],
+                }
+            },
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "JSON header of Inference-Header-Content-Length bytes, "
+                    "then the little-endian FP32 tensor bytes.",
+                }
+            },
+        },
+    }
+}
 
 
 def served_model(model: DigitModel, name: str, version: str | None = None) -> ServedModel:
@@ -65,8 +115,8 @@ async def model_ready(name: str, model: ModelDep, version: str | None = None) ->
     return {"name": served.name, "ready": True}
 
 
-@router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
+@router.post("/models/{name}/infer", openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", openapi_extra=INFER_BODY)
 async def infer(
     name: str, request: Request, context: PredictContextDep, version: str | None = None
 ) -> Response:

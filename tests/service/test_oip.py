@@ -174,3 +174,15 @@ def test_malformed_json_in_infer_requests_is_a_422(
     client: TestClient, head: str, code: str
 ) -> None:
     assert_error(post_raw(client, head), 422, code)
+
+
+def test_openapi_declares_the_infer_body(client: TestClient) -> None:
+    """Clients and fuzzers see the real v2 request: JSON tensors or the binary extension."""
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (f"{MODEL}/infer", f"{MODEL}/versions/{{version}}/infer"):
+        template = path.replace("inkwell-digits", "{name}")
+        content = paths[template]["post"]["requestBody"]["content"]
+        assert set(content) == {"application/json", "application/octet-stream"}
+        schema = content["application/json"]["schema"]
+        assert schema["required"] == ["inputs"]
+        assert schema["properties"]["inputs"]["items"]["required"] == ["name", "shape", "datatype"]
