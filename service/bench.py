@@ -380,6 +380,10 @@ def bench_service(
     registry = Registry(settings)
     if variant not in ("stable", "canary"):
         raise typer.BadParameter("choose stable or canary", param_hint="--variant")
+    if settings.seed_shipped:  # a fresh home benchmarks the shipped model, as a service would
+        from inkwell.shipped import seed_registry
+
+        seed_registry(settings, kinds=("digits",), registry=registry)
     loaded = registry.load_digit_model(variant)
     version = loaded.info.version
     test = load_split("test", settings.data_dir)
