@@ -383,7 +383,7 @@ function showCheque(data, boxes) {
   const line = el("div", { class: "muted" });
   const parts = [];
   if (data.confidence !== undefined) parts.push(`confidence ${pct(data.confidence)}`);
-  if (data.model && data.model.version) parts.push(`model v${data.model.version}`);
+  if (data.model_version) parts.push(`model v${data.model_version}`);
   if (data.layout) parts.push(data.layout === "cheque" ? "amount box found on the cheque" : "amount field");
   line.append(parts.join(" · "));
   if (review !== undefined) {

@@ -246,6 +246,7 @@ def test_a_cheque_amount_is_read_and_its_characters_boxed(page, web_stack, tmp_p
     assert page.get_attribute("#cheque-canvas", "data-boxes") == str(len(reading["characters"]))
     review = "needs human review" if reading["needs_review"] else "auto-accepted"
     assert review in page.inner_text("#cheque-result")
+    assert f"model v{reading['model_version']}" in page.inner_text("#cheque-result")
     # the boxes are drawn on the image: the canvas differs from the plain upload
     drawn = page.evaluate(
         """() => { const c = document.getElementById('cheque-canvas');
