@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import require_integration_mark, watch_spawns
 from tests.postgres import SKIP_REASON, Cluster, find_bin, running_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,6 +75,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(text)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    """A fixture that starts a process makes its test an integration test."""
+    with watch_spawns() as started:
+        result = yield
+    require_integration_mark(item, started)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A test that starts a process must be marked integration (`-m "not integration"`)."""
+    with watch_spawns() as started:
+        result = yield
+    require_integration_mark(item, started)
+    return result
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[Cluster]:
     """One throwaway PostgreSQL cluster per session; skipped when PostgreSQL is not installed."""
@@ -84,7 +103,7 @@ def postgres_cluster() -> Iterator[Cluster]:
         yield cluster
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty sample database: SQLite and (when installed) real PostgreSQL."""
     if request.param == "sqlite":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.harness import free_port
 
 SKIP_REASON = (
     "PostgreSQL binaries (initdb, pg_ctl) not found; install Debian's `postgresql` package "
@@ -56,12 +57,6 @@ class Cluster:
         return self.url(name)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def running_cluster(bin_dir: Path) -> Iterator[Cluster]:
     """initdb + pg_ctl start in a temp dir; stopped (immediate) and removed afterwards."""
@@ -71,7 +66,7 @@ def running_cluster(bin_dir: Path) -> Iterator[Cluster]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     pg_ctl = [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:
         subprocess.run(

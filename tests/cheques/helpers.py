@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image
 
 from inkwell.cheques.model import CRNN, CRNNConfig
 from inkwell.cheques.reader import ChequeReader
@@ -22,12 +19,6 @@ def always_five() -> ChequeReader:
         model.classify.bias[6] = 5.0  # class d + 1 is digit d
     meta = ChequeReader.build_meta(TINY, calibration={"temperature": 1.0, "review_threshold": 0.5})
     return ChequeReader(model, meta)
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def field_image() -> np.ndarray:

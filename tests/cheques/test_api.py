@@ -19,7 +19,8 @@ from inkwell.registry import Registry
 from inkwell.settings import STABLE, CoreSettings
 from service.main import create_app
 from service.settings import ServiceSettings
-from tests.cheques.helpers import TINY, always_five, field_image, png
+from tests.cheques.helpers import TINY, always_five, field_image
+from tests.harness import png
 from tests.service.conftest import png_of_zeros
 
 READ = "/v1/cheques/read"

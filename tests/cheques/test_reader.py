@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from inkwell.cheques.decode import Decoded, DecodedChar
 from inkwell.cheques.model import CRNN, CRNNConfig
 from inkwell.cheques.preprocess import prepare_field
 from inkwell.cheques.reader import ChequeReader
 from inkwell.errors import InvalidImageError, InvalidInputError, ModelNotFoundError, NoInkError
+from tests.harness import png
 
 TINY = CRNNConfig(channels=(8, 8, 16, 16), hidden=16)
 
@@ -25,12 +24,6 @@ def reader() -> ChequeReader:
     torch.manual_seed(0)
     meta = ChequeReader.build_meta(TINY, calibration={"temperature": 1.5, "review_threshold": 0.8})
     return ChequeReader(CRNN(TINY), meta, name="inkwell-cheques")
-
-
-def png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_non_image_bytes_are_refused(reader: ChequeReader) -> None:

@@ -24,7 +24,8 @@ from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.store import SampleStore
 from service.main import create_app
 from service.settings import ServiceSettings
-from tests.cheques.helpers import TINY, always_five, field_image, png, shifted_field
+from tests.cheques.helpers import TINY, always_five, field_image, shifted_field
+from tests.harness import png
 
 SAMPLES = "/v1/cheques/samples"
 READ = "/v1/cheques/read"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,7 @@ def _inkwell(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration
 def test_train_dry_run_registers_stable_and_eval_prints_accuracy(
     inkwell_home: Path, tmp_path: Path
 ) -> None:
@@ -47,18 +50,21 @@ def test_train_dry_run_registers_stable_and_eval_prints_accuracy(
     )
 
 
+@pytest.mark.integration
 def test_eval_without_models_fails_with_clear_message(inkwell_home: Path, tmp_path: Path) -> None:
     result = _inkwell("eval", cwd=tmp_path)
     assert result.returncode == 2
     assert "inkwell train" in result.stdout
 
 
+@pytest.mark.integration
 def test_unknown_optimizer_is_a_usage_error(inkwell_home: Path, tmp_path: Path) -> None:
     result = _inkwell("train", "--optimizer", "lbfgs", "--dry-run", cwd=tmp_path)
     assert result.returncode == 2
     assert "sgdm" in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_unknown_augmentation_is_a_usage_error(inkwell_home: Path, tmp_path: Path) -> None:
     result = _inkwell("train", "--augment", "mixup", "--dry-run", cwd=tmp_path)
     assert result.returncode == 2
@@ -70,6 +76,7 @@ def test_unknown_augmentation_is_a_usage_error(inkwell_home: Path, tmp_path: Pat
     assert "handwriting" in bench.stdout + bench.stderr
 
 
+@pytest.mark.integration
 def test_negative_style_ceiling_is_a_usage_error(inkwell_home: Path, tmp_path: Path) -> None:
     result = _inkwell(
         "bench", "continual", "--stream", "customers", "--style-ceiling", "-5", cwd=tmp_path
@@ -78,6 +85,7 @@ def test_negative_style_ceiling_is_a_usage_error(inkwell_home: Path, tmp_path: P
     assert "--style-ceiling" in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_bench_optimizers_runs_all_five_optimizers_and_saves_plot(
     inkwell_home: Path, tmp_path: Path
 ) -> None:
@@ -102,12 +110,14 @@ def test_bench_optimizers_runs_all_five_optimizers_and_saves_plot(
     assert plot.stat().st_size > 10_000
 
 
+@pytest.mark.integration
 def test_bench_optimizers_refuses_an_unknown_optimizer(inkwell_home: Path, tmp_path: Path) -> None:
     result = _inkwell("bench", "optimizers", "--only", "lbfgs", cwd=tmp_path)
     assert result.returncode == 2
     assert "rmsprop" in result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_train_out_saves_the_model_folder_that_eval_model_dir_reads(
     inkwell_home: Path, tmp_path: Path
 ) -> None:
@@ -130,6 +140,7 @@ def test_train_out_saves_the_model_folder_that_eval_model_dir_reads(
     assert f"accuracy {100 * meta['test_accuracy']:.2f} %" in evaluated.stdout
 
 
+@pytest.mark.integration
 def test_eval_of_a_folder_without_a_model_says_how_to_make_one(
     inkwell_home: Path, tmp_path: Path
 ) -> None:

@@ -90,6 +90,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     return write_folder(tmp_path_factory.mktemp("scans"), rows)
 
 
+@pytest.mark.integration
 def test_eval_images_prints_the_accuracy_of_a_model_folder_on_scanned_digits(
     model_dir: Path, scans: Path, tmp_path: Path
 ) -> None:
@@ -115,6 +116,7 @@ def test_wrong_labels_lower_the_accuracy(model_dir: Path, scans: Path, tmp_path:
     assert evaluate_digit_folder(model, load_digit_folder(shifted)).accuracy < 0.2
 
 
+@pytest.mark.integration
 def test_images_preprocessing_refuses_count_as_errors(model_dir: Path, tmp_path: Path) -> None:
     blank = io.BytesIO()
     Image.fromarray(np.full((40, 40), 230, np.uint8)).save(blank, "PNG")
@@ -128,6 +130,7 @@ def test_images_preprocessing_refuses_count_as_errors(model_dir: Path, tmp_path:
     assert "no_ink" in result.stdout and "invalid_image" in result.stdout
 
 
+@pytest.mark.integration
 def test_missing_labels_file_says_what_to_add(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     result = inkwell(
@@ -137,6 +140,7 @@ def test_missing_labels_file_says_what_to_add(model_dir: Path, tmp_path: Path) -
     assert "No labels file" in result.stdout and "filename,digit" in result.stdout
 
 
+@pytest.mark.integration
 def test_ill_formed_labels_are_listed_by_line(model_dir: Path, scans: Path, tmp_path: Path) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -152,6 +156,7 @@ def test_ill_formed_labels_are_listed_by_line(model_dir: Path, scans: Path, tmp_
         assert fragment in out, out
 
 
+@pytest.mark.integration
 def test_model_dir_without_a_model_is_a_clear_error(scans: Path, tmp_path: Path) -> None:
     result = inkwell("eval", "--model-dir", str(tmp_path), "--images", str(scans), cwd=tmp_path)
     assert result.returncode == 2

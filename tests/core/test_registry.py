@@ -27,6 +27,7 @@ def _register(registry: Registry, seed: int, aliases: tuple[str, ...]) -> str:
     return info.version
 
 
+@pytest.mark.integration
 def test_register_alias_and_load_in_fresh_process_gives_same_outputs(
     inkwell_home: Path, tmp_path: Path
 ) -> None:

@@ -126,6 +126,7 @@ print(len(seed_registry(settings)))
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_processes_starting_together_register_each_model_once(tmp_path: Path) -> None:
     import time

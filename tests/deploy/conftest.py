@@ -2,50 +2,36 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    """An ephemeral TCP port free right now on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.harness import Process, wait_http
 
 
 class Processes:
-    """Starts processes in their own process group and always stops them (SIGTERM, then KILL)."""
+    """The module's processes, each in its own process group, always stopped (TERM, then KILL)."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
-        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.started: dict[str, Process] = {}
 
     def start(
         self, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path
     ) -> subprocess.Popen[bytes]:
-        log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            list(argv),
-            env=dict(env),
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.started.append((name, process))
-        return process
+        """Start `argv` as `name`, its output in the module's log folder."""
+        process = Process(name, argv, env, self.logs / f"{name}.log", cwd=cwd)
+        self.started[name] = process
+        return process.popen
 
     def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        """The end of `name`'s output."""
+        process = self.started.get(name)
+        return process.output()[-4000:] if process is not None else ""
 
     def wait_http(
         self,
@@ -55,29 +41,17 @@ class Processes:
         ok: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
     ) -> None:
         """Wait until `url` answers as `ok` says; fail with the process's log if it never does."""
-        process = dict(self.started)[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited with {process.returncode}:\n{self.log(name)}")
-            try:
-                if ok(httpx.get(url, timeout=2.0)):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"{name} did not answer {url} within {timeout:.0f} s:\n{self.log(name)}")
+        try:
+            wait_http(self.started[name], url, timeout, ok)
+        except (RuntimeError, TimeoutError) as error:
+            pytest.fail(f"{name}: {error}")
 
     def stop_all(self) -> None:
-        for _, process in reversed(self.started):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process in reversed(self.started):
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=5)
+        """Stop every process started, the last first."""
+        for process in reversed(self.started.values()):
+            process.send(signal.SIGTERM)
+        for process in reversed(self.started.values()):
+            process.stop()
 
 
 @pytest.fixture(scope="module")

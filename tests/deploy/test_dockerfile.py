@@ -178,6 +178,7 @@ def http_server() -> Iterator[int]:
     server.server_close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("path", "healthy"), [("/healthz", True), ("/readyz", False)])
 def test_healthcheck_script_exits_zero_only_on_2xx(
     http_server: int, path: str, healthy: bool
@@ -191,6 +192,7 @@ def test_healthcheck_script_exits_zero_only_on_2xx(
         assert "503" in result.stderr
 
 
+@pytest.mark.integration
 def test_healthcheck_script_reports_an_unreachable_port() -> None:
     env = {**os.environ, "INKWELL_HEALTHCHECK_URL": "http://127.0.0.1:9/healthz"}
     result = subprocess.run(

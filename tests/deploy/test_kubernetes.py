@@ -124,6 +124,7 @@ def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # ---- build and schema ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_overlay_passes_strict_schema_validation(
@@ -148,6 +149,7 @@ def test_overlay_passes_strict_schema_validation(
     assert len(passed) + crds == len(yaml_documents(rendered[overlay]))
 
 
+@pytest.mark.integration
 def test_schema_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
     """The validator is strict for real: a misspelt field fails it."""
     validate = tool("kubernetes-validate", "pip install kubernetes-validate")
@@ -159,6 +161,7 @@ def test_schema_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
     assert result.returncode != 0
 
 
+@pytest.mark.integration
 def test_prod_refuses_to_build_without_its_secrets_file(tmp_path: Path) -> None:
     tree = _k8s_tree(tmp_path)
     (tree / "overlays/prod/secrets.env").unlink()

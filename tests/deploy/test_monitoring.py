@@ -85,6 +85,7 @@ def panel_queries() -> list[tuple[str, str, str]]:
 # ---- promtool -----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_prometheus_config_passes_promtool() -> None:
     result = _promtool("check", "config", str(PROMETHEUS_YML))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -93,11 +94,13 @@ def test_prometheus_config_passes_promtool() -> None:
     assert rule_files == {p.resolve() for p in RULES_DIR.glob("*.yml")}
 
 
+@pytest.mark.integration
 def test_rules_pass_promtool_check() -> None:
     result = _promtool("check", "rules", *map(str, sorted(RULES_DIR.glob("*.yml"))))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.integration
 def test_alerts_fire_on_the_right_series_with_the_right_text() -> None:
     tests = sorted(RULES_TESTS.glob("*.yml"))
     assert tests
@@ -121,6 +124,7 @@ def test_every_alert_has_a_unit_test_and_severity_and_text() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
 
 
+@pytest.mark.integration
 def test_prometheus_rule_for_the_operator_holds_exactly_the_rules_files(tmp_path: Path) -> None:
     path = K8S / "components/prometheus-operator/inkwell-prometheusrule.yaml"
     (manifest,) = yaml_documents(path.read_text())

@@ -14,7 +14,6 @@ return data.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import subprocess
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-from tests.deploy.conftest import Processes, free_port
+from tests.deploy.conftest import Processes
 from tests.deploy.helpers import (
     MONITORING,
     REPO,
@@ -41,6 +38,7 @@ from tests.deploy.helpers import (
     prometheus,
 )
 from tests.deploy.test_monitoring import all_rules, build_module, dashboards
+from tests.harness import free_port, png
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -171,12 +169,6 @@ def _prometheus_config(ports: dict[str, int], path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(255 - pixels).save(out, format="PNG")  # dark ink on white paper
-    return out.getvalue()
-
-
 def _wait_for_canary_in_rollout(router: str, timeout: float = 180.0) -> None:
     """Until the router has put the registered canary in a rollout and seen the canary service
     serve it: before that, `X-Inkwell-Variant: canary` is answered by stable (on a loaded
@@ -204,7 +196,7 @@ def _send_traffic(system: LiveSystem, mnist_dir: Path) -> None:
                 # let Prometheus see the first requests' series before sending the rest.
                 _wait_for(system, "inkwell_router_requests_total")
                 _wait_for(system, "inkwell_service_prediction_confidence_count")
-            image = _png(split.images[i])
+            image = png(split.images[i], dark_ink=True)
             user = f"user-{i % 30}"
             headers = {"X-User-Id": user}
             if i % 4 == 0:  # the canary's share is small early in a rollout: ask for it too

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "system-packages"
 PACKAGES = ["prometheus", "chromium", "nginx-light", "postgresql", "wrk"]
@@ -33,6 +35,7 @@ def bin_with(tmp_path: Path, names: list[str]) -> Path:
     return folder
 
 
+@pytest.mark.integration
 def test_missing_packages_without_apt_stop_with_one_message_naming_the_command(
     tmp_path: Path,
 ) -> None:
@@ -45,6 +48,7 @@ def test_missing_packages_without_apt_stop_with_one_message_naming_the_command(
     assert result.stdout == ""
 
 
+@pytest.mark.integration
 def test_nothing_is_installed_when_every_package_is_there(tmp_path: Path) -> None:
     result = run_script(bin_with(tmp_path, COMMANDS))
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import psutil
 import torch
-from PIL import Image
+
+from tests.harness import Process, child_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -142,21 +139,7 @@ def registry_aliases(home: Path, name: str = "inkwell-digits") -> dict[str, str]
 # ---- images ---------------------------------------------------------------------------------
 
 
-def png(image: np.ndarray, *, dark_ink: bool = True) -> bytes:
-    """A uint8 MNIST-style image (ink high) as a PNG, dark ink on white like a scan."""
-    pixels = (255 - image) if dark_ink else image
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8), mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 # ---- processes --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def alive(pid: int) -> bool:
@@ -164,18 +147,6 @@ def alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 FAST_SETTINGS: dict[str, str] = {
@@ -234,12 +205,8 @@ class Stack:
         return f"http://127.0.0.1:{self.ports['trainer']}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("INKWELL_", "MLFLOW_"))}
+        env = child_env(self.home, self.mnist)
         env.update(
-            INKWELL_HOME=str(self.home),
-            INKWELL_DATA_DIR=str(self.mnist),
-            PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-            PYTHONUNBUFFERED="1",
             COLUMNS="200",
             INKWELL_SERVICE_API_KEYS=API_KEY,
             INKWELL_ROUTER_ADMIN_API_KEY=ADMIN_KEY,
@@ -258,16 +225,9 @@ class Stack:
 
     def start(self, timeout: float = 300.0, *args: str) -> Stack:
         """Start `inkwell up` and return once it printed that everything is up."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "inkwell", "up", *args],
-            env=self.env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        log.close()
+        argv = [sys.executable, "-m", "inkwell", "up", *args]
+        up = Process("inkwell-up", argv, self.env(), self.log_path, new_session=False)
+        self.process = up.popen
         deadline = time.monotonic() + timeout
         while "Inkwell is up." not in self.output():
             if self.process.poll() is not None:

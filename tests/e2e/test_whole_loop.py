@@ -29,12 +29,11 @@ from tests.e2e.stack import (
     API_KEY,
     ARTIFACTS,
     Stack,
-    png,
     register_digits,
     registry_aliases,
     trained_digit_weights,
-    wait_until,
 )
+from tests.harness import png, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.integration]
 
@@ -87,10 +86,10 @@ class Digits:
         self.images, self.labels = test.images, test.labels
 
     def plain(self, index: range) -> list[tuple[bytes, int]]:
-        return [(png(self.images[i]), int(self.labels[i])) for i in index]
+        return [(png(self.images[i], dark_ink=True), int(self.labels[i])) for i in index]
 
     def styled(self, index: range) -> list[tuple[bytes, int]]:
-        return [(png(felt_pen(self.images[i])), int(self.labels[i])) for i in index]
+        return [(png(felt_pen(self.images[i]), dark_ink=True), int(self.labels[i])) for i in index]
 
 
 # ---- clients --------------------------------------------------------------------------------

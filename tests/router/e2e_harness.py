@@ -6,25 +6,20 @@ sends predictions and delayed labels through the router and records every answer
 from __future__ import annotations
 
 import copy
-import io
 import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import torch
-from PIL import Image
 
-from tests.router.router_fakes import free_port
+from tests.harness import Process, free_port, png, wait_until
+from tests.harness import child_env as base_env
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "e2e-admin-key-0123456789"
@@ -33,76 +28,6 @@ CLI = "from inkwell.cli import main; main()"
 
 
 # ---- processes -----------------------------------------------------------------------------
-
-
-class Process:
-    """A child process in its own session, with its output in a log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            args,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def kill(self) -> None:
-        """kill -9: the process gets no chance to clean up."""
-        if self.alive():
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.alive():
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
-
-    def tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def base_env(home: Path, mnist: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INKWELL_", "MLFLOW_"))}
-    env.update(
-        INKWELL_HOME=str(home),
-        INKWELL_DATA_DIR=str(mnist),
-        PYTHONPATH=os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
-        PYTHONUNBUFFERED="1",
-        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
-    )
-    return env
-
-
-def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, proc: Process | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.tail()}")
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    detail = f"\n{proc.name} log:\n{proc.tail()}" if proc is not None else ""
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}{detail}")
 
 
 def start_service(
@@ -122,7 +47,7 @@ def start_service(
         name,
         [sys.executable, "-c", CLI, "service", "--variant", variant, "--port", str(port)],
         env,
-        log_dir,
+        log_dir / f"{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 90, f"{name}", proc)
@@ -180,7 +105,7 @@ def start_router(
             "info",
         ],
         env,
-        log_dir,
+        log_dir / f"{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60, name, proc)
@@ -207,8 +132,9 @@ def start_prometheus(targets: dict[str, str], workdir: Path, log_dir: Path) -> t
     config.write_text(prometheus_config(targets))
     data = workdir / "prometheus-data"
     data.mkdir(exist_ok=True)
+    name = f"prometheus-{port}"
     proc = Process(
-        f"prometheus-{port}",
+        name,
         [
             "prometheus",
             f"--config.file={config}",
@@ -217,7 +143,7 @@ def start_prometheus(targets: dict[str, str], workdir: Path, log_dir: Path) -> t
             "--storage.tsdb.retention.time=1h",
         ],
         {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir)},
-        log_dir,
+        log_dir / f"{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, 60, "prometheus", proc)
@@ -315,9 +241,7 @@ def mnist_pngs(mnist: Path, n: int = 400) -> list[Digit]:
     split = load_split("test", mnist)
     digits = []
     for image, label in zip(split.images[:n], split.labels[:n], strict=True):
-        buffer = io.BytesIO()
-        Image.fromarray((255 - image).astype(np.uint8), mode="L").save(buffer, format="PNG")
-        digits.append(Digit(buffer.getvalue(), int(label)))
+        digits.append(Digit(png(image, dark_ink=True), int(label)))
     return digits
 
 

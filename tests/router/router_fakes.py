@@ -20,12 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve_in_thread(app, port: int | None = None, **options: object) -> Iterator[str]:
     """Run an ASGI app with uvicorn in a background thread; yields its base URL.

@@ -17,7 +17,8 @@ import pytest
 
 from router.bench import Run, closed_loop, http_post, process
 from router.reference import nginx_binary, nginx_config, reference_command
-from tests.router.router_fakes import FakeService, digit_of, free_port
+from tests.harness import free_port
+from tests.router.router_fakes import FakeService, digit_of
 
 
 @contextmanager
@@ -56,6 +57,7 @@ def nginx_missing() -> bool:
     return False
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "name",
     [
@@ -88,6 +90,7 @@ def test_nginx_config_points_at_the_service_and_keeps_upstream_connections(
     assert "daemon off;" in conf and str(tmp_path) in conf  # a foreground child, own files
 
 
+@pytest.mark.integration
 def test_bench_router_rejects_an_unknown_reference_before_starting_anything() -> None:
     cli = [sys.executable, "-c", "from inkwell.cli import main; main()"]
     result = subprocess.run(
@@ -102,6 +105,7 @@ def test_bench_router_rejects_an_unknown_reference_before_starting_anything() ->
     )
 
 
+@pytest.mark.integration
 def test_bench_router_rejects_an_unknown_body_before_starting_anything() -> None:
     cli = [sys.executable, "-c", "from inkwell.cli import main; main()"]
     result = subprocess.run(

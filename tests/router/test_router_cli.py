@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from router.app import create_app
 from router.settings import RouterSettings
-from tests.router.router_fakes import FakeService, free_port, serve_in_thread
+from tests.harness import free_port
+from tests.router.router_fakes import FakeService, serve_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,6 +60,7 @@ def wait_for_phase(url: str, key: str, phase: str, timeout: float = 10) -> None:
     raise TimeoutError(f"rollout never reached {phase}")
 
 
+@pytest.mark.integration
 def test_rollout_commands_steer_a_running_router(tmp_path):
     stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
     aliases = InMemoryAliases()
@@ -92,6 +95,7 @@ def test_rollout_commands_steer_a_running_router(tmp_path):
     assert "canary" not in aliases.aliases
 
 
+@pytest.mark.integration
 def test_rollout_without_a_key_or_router_says_how_to_fix_it(tmp_path):
     no_key = inkwell(tmp_path, "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}")
     assert no_key.returncode == 2

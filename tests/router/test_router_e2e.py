@@ -17,8 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.harness import free_port
 from tests.router import e2e_harness as h
-from tests.router.router_fakes import free_port
 
 pytest.importorskip("service.main", reason="the end-to-end tests need the inference service")
 

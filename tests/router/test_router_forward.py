@@ -19,7 +19,8 @@ from router.forward import (
     HttpxUpstream,
     UpstreamFailure,
 )
-from tests.router.router_fakes import free_port, serve_in_thread
+from tests.harness import free_port
+from tests.router.router_fakes import serve_in_thread
 
 CLIENTS = {"fast": FastUpstream, "httpx": HttpxUpstream}
 

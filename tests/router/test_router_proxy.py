@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.app import create_app
 from router.routing import user_position
 from router.settings import RouterSettings
-from tests.router.router_fakes import FakeService, digit_of, free_port, serve_in_thread
+from tests.harness import free_port
+from tests.router.router_fakes import FakeService, digit_of, serve_in_thread
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png but the fake service does not care"
 ADMIN_KEY = "proxy-test-admin-key-0123456789"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from prometheus_client import start_http_server
@@ -13,12 +12,7 @@ from router import metrics as m
 from router.analysis import build_observation
 from router.metrics import RouterMetrics
 from router.sources import ScrapeSource, increases, promql
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.harness import free_port
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from inkwell.train import split_tensors
 from inkwell.training import TrainConfig, evaluate, fit
 from service.main import create_app
 from service.settings import ServiceSettings
+from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_IMAGES = 4000
@@ -139,12 +139,6 @@ def as_photo(digit: np.ndarray, size: int = 140) -> np.ndarray:
     paper = np.full((size + 60, size + 100), 235, dtype=np.uint8)
     paper[20 : 20 + size, 70 : 70 + size] = 235 - (big.astype(np.int32) * 200 // 255)
     return paper
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

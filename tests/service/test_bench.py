@@ -25,6 +25,7 @@ def compare(service: LiveService, registry: TrainedRegistry, rounds: int) -> dic
     )
 
 
+@pytest.mark.integration
 def test_generator_comparison_without_wrk_runs_the_bench_client_alone(
     start_service: Callable[..., LiveService],
     trained_registry: TrainedRegistry,
@@ -42,6 +43,7 @@ def test_generator_comparison_without_wrk_runs_the_bench_client_alone(
         assert stats.rate > 0 and stats.errors == 0 and stats.p50 <= stats.p99 <= stats.max_ms
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(wrk.binary() is None, reason=wrk.MISSING)
 def test_generator_comparison_reports_both_generators_for_raw_and_multipart_bodies(
     start_service: Callable[..., LiveService], trained_registry: TrainedRegistry

@@ -17,14 +17,14 @@ import pytest
 
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import SampleStore
-from tests.cheques.helpers import field_image, png
+from tests.cheques.helpers import field_image
+from tests.harness import free_port, png
 from tests.service.conftest import (
     API_KEY,
     LiveService,
     TrainedRegistry,
     as_photo,
     encode,
-    free_port,
     png_of_zeros,
     service_env,
     wait_ready,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from collections.abc import Iterator
@@ -12,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from inkwell.data import load_split
 from inkwell.model import DigitNet, ModelConfig
@@ -20,6 +18,7 @@ from inkwell.registry import Registry
 from inkwell.settings import STABLE
 from inkwell.store import SampleStore
 from inkwell.training import TrainConfig, fit, images_to_tensor
+from tests.harness import png
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -125,9 +124,7 @@ def registered_base(trainer_home: Path, tiny_base: dict[str, torch.Tensor]) -> s
 
 def png_bytes(image: np.ndarray) -> bytes:
     """A 28x28 uint8 (ink = 255) digit as PNG: dark ink on white paper, like a scan."""
-    buffer = io.BytesIO()
-    Image.fromarray(255 - image).resize((56, 56), Image.Resampling.BILINEAR).save(buffer, "PNG")
-    return buffer.getvalue()
+    return png(image, dark_ink=True, size=(56, 56))
 
 
 def upload(store: SampleStore, user: str, images: np.ndarray, labels: np.ndarray) -> list[int]:

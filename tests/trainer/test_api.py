@@ -144,6 +144,7 @@ def test_the_trainer_process_serves_its_admin_api(trainer_home: object) -> None:
         process.wait(timeout=60)
 
 
+@pytest.mark.integration
 def test_trainer_seeds_an_empty_registry_and_says_what_retraining_needs(
     trainer_home: Path, store: SampleStore, tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ def store(database_url: str, trainer_home: Path) -> Iterator[SampleStore]:
     sample_store.engine.dispose()
 
 
+@pytest.mark.integration
 def test_a_live_local_process_is_alive_and_a_finished_one_is_not() -> None:
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from inkwell.supervisor import (
     Supervisor,
     http_probe,
 )
+from tests.harness import free_port
 
 PY = sys.executable
 FAST = RestartPolicy(
@@ -55,12 +55,6 @@ def wait_for(
     return False
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def supervisors():
     made: list[Supervisor] = []
@@ -86,6 +80,7 @@ def test_process_names_must_be_unique() -> None:
         Supervisor([spec, spec])
 
 
+@pytest.mark.integration
 def test_crashed_process_is_restarted_and_the_crash_logged(
     supervisors, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -107,6 +102,7 @@ def test_crashed_process_is_restarted_and_the_crash_logged(
     assert log_text.count("---- ") >= 2
 
 
+@pytest.mark.integration
 def test_long_run_forgets_earlier_failures(supervisors) -> None:
     policy = RestartPolicy(initial_delay_s=0.05, reset_after_s=0.2, max_failures=2)
     spec = ProcessSpec("slow-crasher", python("import time, sys; time.sleep(0.4); sys.exit(1)"))
@@ -117,6 +113,7 @@ def test_long_run_forgets_earlier_failures(supervisors) -> None:
     assert supervisor.status()[0].failures == 1
 
 
+@pytest.mark.integration
 def test_gives_up_after_max_consecutive_failures(
     supervisors, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -140,6 +137,7 @@ def test_gives_up_after_max_consecutive_failures(
     assert "giving up after 3 consecutive failures" in caplog.text
 
 
+@pytest.mark.integration
 def test_one_shot_job_runs_once_and_its_failure_stops_nothing(
     supervisors, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -163,6 +161,7 @@ def test_one_shot_job_runs_once_and_its_failure_stops_nothing(
     assert "job finished" in caplog.text and "not restarted" in caplog.text
 
 
+@pytest.mark.integration
 def test_program_that_cannot_start_is_retried(supervisors, tmp_path: Path) -> None:
     missing = ProcessSpec("missing", (str(tmp_path / "no-such-program"),))
     supervisor = supervisors(missing, policy=FAST)
@@ -171,6 +170,7 @@ def test_program_that_cannot_start_is_retried(supervisors, tmp_path: Path) -> No
     assert wait_for(lambda: supervisor.status()[0].failures >= 2, step=supervisor.step)
 
 
+@pytest.mark.integration
 def test_process_that_never_becomes_ready_is_killed_and_restarted(supervisors) -> None:
     never_ready: Callable[[str, float], bool] = lambda url, timeout: False  # noqa: E731
     spec = ProcessSpec(
@@ -188,6 +188,7 @@ def test_process_that_never_becomes_ready_is_killed_and_restarted(supervisors) -
     assert wait_for(lambda: not alive(first_pid))
 
 
+@pytest.mark.integration
 def test_process_that_stops_answering_health_checks_is_restarted(supervisors) -> None:
     answers = {"ok": True}
     probe: Callable[[str, float], bool] = lambda url, timeout: answers["ok"]  # noqa: E731
@@ -206,6 +207,7 @@ def test_process_that_stops_answering_health_checks_is_restarted(supervisors) ->
     assert supervisor.pids()["hangs"] != hung_pid
 
 
+@pytest.mark.integration
 def test_http_probe_waits_for_a_real_server(supervisors, tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -230,6 +232,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.integration
 def test_stop_kills_the_whole_process_group_even_when_sigterm_is_ignored(
     supervisors, tmp_path: Path
 ) -> None:
@@ -259,6 +262,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
 def test_children_die_with_a_supervisor_killed_by_sigkill() -> None:
     repo = Path(__file__).resolve().parents[2]

@@ -17,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.stack import API_KEY, Stack, alive, wait_until
+from tests.e2e.stack import API_KEY, Stack, alive
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from tests.e2e.stack import (
     Stack,
     register_digits,
     registry_aliases,
-    wait_until,
 )
+from tests.harness import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from inkwell.errors import InkwellError
 from inkwell.settings import CoreSettings
 from inkwell.web import WEB_DIR, mount_web
-from tests.e2e.stack import free_port, register_digits
+from tests.e2e.stack import register_digits
+from tests.harness import free_port
 
 ADMIN = "the-admin-key"
 
@@ -106,6 +107,7 @@ def trainer_status_server(tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=10)
 
 
+@pytest.mark.integration
 def test_overview_lists_versions_with_aliases_and_the_trainer_status(
     tmp_path: Path, base_weights: dict[str, torch.Tensor], trainer_status_server: str
 ) -> None:
