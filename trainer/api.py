@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from inkwell.errors import AuthError, InkwellError
+from inkwell.errors import AuthError, InkwellError, RetryLaterError
 from trainer.worker import Worker
 
 router = APIRouter()
@@ -20,8 +20,23 @@ class AdminDisabledError(InkwellError):
     status_code = 503
 
 
+class TrainerNotReadyError(RetryLaterError):
+    code = "trainer_not_ready"
+
+
+def _not_ready(request: Request) -> TrainerNotReadyError:
+    reason = request.app.state.not_ready or "The trainer is starting."
+    return TrainerNotReadyError(
+        f"The trainer is not ready: {reason} It retries by itself; retry this request later.",
+        retry_after_s=request.app.state.database_retry_s,
+    )
+
+
 def get_worker(request: Request) -> Worker:
-    worker: Worker = request.app.state.worker
+    """The worker; 503 with Retry-After while the trainer still waits for its database."""
+    worker: Worker | None = request.app.state.worker
+    if worker is None:
+        raise _not_ready(request)
     return worker
 
 
@@ -64,6 +79,17 @@ async def metrics(worker: WorkerDep) -> Response:
 
 
 @router.get("/healthz")
-async def healthz(worker: WorkerDep) -> dict[str, Any]:
-    """Alive, and whether the worker thread is polling."""
-    return {"status": "ok", "worker_alive": worker.alive}
+async def healthz(request: Request) -> dict[str, Any]:
+    """Alive (also while waiting for the database), and whether the worker thread is polling."""
+    worker: Worker | None = request.app.state.worker
+    return {
+        "status": "ok",
+        "ready": worker is not None,
+        "worker_alive": worker is not None and worker.alive,
+    }
+
+
+@router.get("/readyz")
+async def readyz(worker: WorkerDep) -> dict[str, Any]:
+    """200 once the sample database is open and the worker exists; 503 with the reason before."""
+    return {"status": "ready", "worker_alive": worker.alive}

@@ -9,13 +9,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inkwell.errors import InkwellError
+from inkwell.errors import InkwellError, RetryLaterError
 
 log = logging.getLogger("inkwell.trainer.errors")
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
+def error_response(
+    status: int, code: str, message: str, *, retry_after_s: int | None = None
+) -> JSONResponse:
+    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else {}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -24,7 +28,8 @@ async def _inkwell_error(_request: Request, exc: Exception) -> JSONResponse:
         raise exc
     if exc.status_code >= 500:
         log.warning("%s: %s", exc.code, exc.message)
-    return error_response(exc.status_code, exc.code, exc.message)
+    retry_after = exc.retry_after_s if isinstance(exc, RetryLaterError) else None
+    return error_response(exc.status_code, exc.code, exc.message, retry_after_s=retry_after)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -39,7 +44,8 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
         raise exc
     codes = {404: "not_found", 405: "method_not_allowed"}
     message = {
-        404: "No such route. The trainer serves /v1/retrain, /v1/status, /metrics, /healthz.",
+        404: "No such route. The trainer serves /v1/retrain, /v1/status, /metrics, /healthz "
+        "and /readyz.",
         405: "This route does not accept that HTTP method.",
     }.get(exc.status_code, str(exc.detail))
     return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), message)

@@ -54,6 +54,12 @@ class TrainerSettings(CoreSettings):
         description="A job's owner renews its lease every third of this; a job whose lease ran "
         "out is taken over by the next worker that polls.",
     )
+    database_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="While the sample database is unreachable at start-up, try again this often "
+        "(the trainer serves /healthz meanwhile and answers 503 on /readyz).",
+    )
     publish_attempts: int = Field(
         default=5, ge=1, description="Tries to register a computed job while MLflow fails."
     )

@@ -1,4 +1,7 @@
-"""Rollout state in the database: optimistic concurrency between replicas, audit trail."""
+"""Rollout state in the database: optimistic concurrency between replicas, audit trail.
+
+Each test runs on SQLite and on a real PostgreSQL cluster (the `database_url` fixture).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +10,14 @@ import threading
 from router.state import Phase, RolloutStore
 
 
-def test_new_model_starts_idle(tmp_path):
-    store = RolloutStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_new_model_starts_idle(database_url):
+    store = RolloutStore(database_url)
     state = store.load("digits")
     assert (state.phase, state.version, state.weight) == (Phase.IDLE, 0, 0.0)
 
 
-def test_only_one_replica_wins_a_transition(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_only_one_replica_wins_a_transition(database_url):
+    url = database_url
     a, b = RolloutStore(url), RolloutStore(url)
     read_a, read_b = a.load("digits"), b.load("digits")
     won_a = a.swap(read_a, read_a.evolve(phase=Phase.CANARY, weight=5), actor="a")
@@ -23,8 +26,8 @@ def test_only_one_replica_wins_a_transition(tmp_path):
     assert b.load("digits").weight == 5
 
 
-def test_concurrent_swaps_apply_exactly_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_concurrent_swaps_apply_exactly_once(database_url):
+    url = database_url
     stores = [RolloutStore(url) for _ in range(4)]
     start = stores[0].load("digits")
     wins: list[str] = []
@@ -44,8 +47,8 @@ def test_concurrent_swaps_apply_exactly_once(tmp_path):
     assert stores[0].load("digits").version == 1
 
 
-def test_transitions_are_recorded_with_actor_and_reason(tmp_path):
-    store = RolloutStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_transitions_are_recorded_with_actor_and_reason(database_url):
+    store = RolloutStore(database_url)
     s0 = store.load("digits")
     s1 = store.swap(
         s0,
@@ -65,8 +68,8 @@ def test_transitions_are_recorded_with_actor_and_reason(tmp_path):
     assert events[0].reason == "5xx"
 
 
-def test_analysis_round_trips_as_json(tmp_path):
-    store = RolloutStore(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_analysis_round_trips_as_json(database_url):
+    store = RolloutStore(database_url)
     s0 = store.load("digits")
     store.swap(s0, s0.evolve(analysis={"result": "pass", "checks": []}), actor="a")
     assert store.load("digits").analysis == {"result": "pass", "checks": []}

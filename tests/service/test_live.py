@@ -130,6 +130,71 @@ def test_sample_is_durable_when_the_service_is_killed_right_after_201(
     assert stored is not None and stored.image == image and stored.user_id == user
 
 
+@pytest.mark.slow
+def test_every_acknowledged_upload_survives_a_kill_9_during_1000_concurrent_uploads(
+    start_service: Callable[..., LiveService],
+    trained_registry: TrainedRegistry,
+    database_url: str,
+) -> None:
+    # SQLite and a real PostgreSQL cluster; no rate limit, so every upload reaches the store.
+    env = service_env(trained_registry, upload_rate_per_s="0")
+    env["INKWELL_DATABASE_URL"] = database_url
+    service = start_service(STABLE, env=env)
+    user = f"kill9-{uuid.uuid4().hex[:8]}"
+    base = trained_registry.test_images[7]
+    images: list[bytes] = []
+    for i in range(1000):  # 1,000 distinct images, so none is a duplicate of another
+        varied = base.copy()
+        varied.flat[i % varied.size] ^= 1 + i // varied.size
+        images.append(encode(varied))
+    pending = list(enumerate(images))
+    lock = threading.Lock()
+    acknowledged: dict[int, bytes] = {}
+    refused: list[str] = []
+    kill_after = 300
+
+    def upload() -> None:
+        with httpx.Client(timeout=10) as client:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    i, image = pending.pop()
+                try:
+                    response = client.post(
+                        f"{service.url}/v1/samples",
+                        files={"image": (f"{i}.png", image, "image/png")},
+                        data={"label": "7", "user_id": user},
+                        headers={"X-API-Key": API_KEY},
+                    )
+                except httpx.HTTPError:
+                    continue  # the service is gone: nothing was acknowledged for this one
+                with lock:
+                    if response.is_success:
+                        acknowledged[response.json()["sample_id"]] = image
+                    else:
+                        refused.append(f"{response.status_code} {response.text[:200]}")
+
+    threads = [threading.Thread(target=upload) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.01)
+    service.kill(signal.SIGKILL)  # mid-flight: 32 uploads are in some stage of being stored
+    for thread in threads:
+        thread.join(timeout=60)
+    assert service.process.returncode == -signal.SIGKILL
+    assert refused == []
+    assert kill_after <= len(acknowledged) < len(images), "the kill should land mid-run"
+
+    store = SampleStore(database_url)
+    for sample_id, image in acknowledged.items():
+        stored = store.get(sample_id)
+        assert stored is not None, f"sample {sample_id} was acknowledged but is not in the store"
+        assert stored.image == image and stored.user_id == user and stored.label == 7
+
+
 def test_cheque_sample_is_durable_when_the_service_is_killed_right_after_201(
     start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
 ) -> None:

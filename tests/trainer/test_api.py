@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from inkwell.store import SampleStore
+from tests.postgres import Cluster
 from tests.trainer.conftest import MnistArrays, upload
 from trainer.app import create_app
 from trainer.pipeline import Retrainer
@@ -136,7 +140,7 @@ def test_the_trainer_process_serves_its_admin_api(trainer_home: object) -> None:
             except httpx.TransportError:
                 assert time.monotonic() < deadline, "the trainer never answered"
                 time.sleep(0.5)
-        assert health == {"status": "ok", "worker_alive": True}
+        assert health == {"status": "ok", "ready": True, "worker_alive": True}
         status = httpx.get(f"http://127.0.0.1:{port}/v1/status", timeout=10).json()
         assert status["pending"]["count"] == 0 and status["stable_version"] is None
     finally:
@@ -164,3 +168,36 @@ def test_trainer_seeds_an_empty_registry_and_says_what_retraining_needs(
 def test_status_shows_where_mnist_is(client: TestClient, mnist_path: Path) -> None:
     mnist = client.get("/v1/status").json()["mnist"]
     assert mnist == {"found": True, "path": str(mnist_path), "message": None}
+
+
+def test_trainer_starts_without_its_database_answers_not_ready_then_recovers_by_itself(
+    trainer_home: object, monkeypatch: pytest.MonkeyPatch, postgres_cluster: Cluster
+) -> None:
+    # A real PostgreSQL server whose database does not exist yet: every connect is refused.
+    name = f"inkwell_late_{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("INKWELL_DATABASE_URL", postgres_cluster.url(name))
+    monkeypatch.setenv("INKWELL_DATABASE_CONNECT_TIMEOUT_S", "2")
+    settings = TrainerSettings(database_retry_seconds=0.2)
+    with TestClient(create_app(settings, poll=False)) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json()["ready"] is False
+        for path in ("/readyz", "/v1/status"):
+            response = client.get(path)
+            assert response.status_code == 503, response.text
+            assert response.json()["code"] == "trainer_not_ready"
+            assert name in response.json()["message"] and "retry" in response.json()["message"]
+            assert response.headers["Retry-After"] == "1"
+
+        with psycopg.connect(
+            f"host=127.0.0.1 port={postgres_cluster.port} user={postgres_cluster.user} "
+            "dbname=postgres",
+            autocommit=True,
+        ) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        deadline = time.monotonic() + 15
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/healthz").json()["ready"] is True
+        status = client.get("/v1/status")
+        assert status.status_code == 200 and status.json()["pending"]["count"] == 0
