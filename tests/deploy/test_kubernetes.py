@@ -38,9 +38,11 @@ from tests.deploy.helpers import (
 
 KIND_SUFFIX = {
     "ConfigMap": "configmap",
+    "CronJob": "cronjob",
     "Deployment": "deployment",
     "HorizontalPodAutoscaler": "hpa",
     "Ingress": "ingress",
+    "Job": "job",
     "Namespace": "namespace",
     "NetworkPolicy": "networkpolicy",
     "PersistentVolumeClaim": "pvc",
@@ -112,7 +114,7 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
 
 
 def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -213,6 +215,8 @@ def test_workloads_use_stable_canary_names(
         "inkwell-router",
         "inkwell-trainer",
         "inkwell-mlflow",
+        "inkwell-minio",
+        "inkwell-minio-bucket",
         "inkwell-postgres",
     }
     for workload in _workloads(resources[overlay]):
@@ -235,7 +239,7 @@ def test_every_container_has_probes_resources_and_a_locked_down_security_context
         assert pod["automountServiceAccountToken"] is False, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
-        for container in pod["containers"]:
+        for container in pod["containers"] if workload["kind"] != "Job" else []:
             assert "readinessProbe" in container and "livenessProbe" in container, name
         for container in _containers(workload):
             where = f"{name}/{container['name']}"
@@ -258,6 +262,8 @@ def test_images_are_set_by_the_overlay(
             image = container["image"]
             if workload["metadata"]["name"] == "inkwell-postgres":
                 assert re.fullmatch(r"postgres:\d+\.\d+-\w+", image)
+            elif workload["metadata"]["name"].startswith("inkwell-minio"):
+                assert re.fullmatch(r"minio/(minio|mc):RELEASE\.[\dTZ-]+", image), image
             else:
                 assert image == expected[overlay]
 
@@ -344,14 +350,18 @@ def test_storage_is_persistent_where_state_lives(
     resources: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
     docs = resources[overlay]
-    postgres = _by_kind(docs, "StatefulSet")[0]
-    assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    stores = {s["metadata"]["name"]: s for s in _by_kind(docs, "StatefulSet")}
+    # Database and artifact store; MLflow itself keeps no state (it proxies to S3).
+    assert set(stores) == {"inkwell-postgres", "inkwell-minio"}
+    for store in stores.values():
+        assert store["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     claims = {c["metadata"]["name"]: c for c in _by_kind(docs, "PersistentVolumeClaim")}
-    assert set(claims) == {"inkwell-mlflow-artifacts", "inkwell-trainer-home"}
+    assert set(claims) == {"inkwell-trainer-home"}
     if overlay == "prod":
         for claim in claims.values():
             assert claim["spec"]["storageClassName"]
-        assert postgres["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"]
+        for store in stores.values():
+            assert store["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"]
 
 
 # ---- settings -----------------------------------------------------------------------------
@@ -510,3 +520,32 @@ def test_the_ingress_routes_only_the_public_api_and_the_page_with_rate_limits(
     annotations = ingress["metadata"]["annotations"]
     assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 0
     assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_is_replicated_on_the_s3_artifact_store_and_only_it_holds_s3_keys(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    workloads = {w["metadata"]["name"]: w for w in _workloads(docs)}
+    mlflow = workloads["inkwell-mlflow"]
+    assert mlflow["spec"]["replicas"] >= 2
+    assert "volumes" not in mlflow["spec"]["template"]["spec"] or all(
+        "persistentVolumeClaim" not in v for v in mlflow["spec"]["template"]["spec"]["volumes"]
+    ), "MLflow must keep no state of its own to run replicated"
+    server = mlflow["spec"]["template"]["spec"]["containers"][0]
+    assert "--artifacts-destination=s3://inkwell-artifacts/" in server["args"]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://inkwell-minio:9000"
+    bucket_job = workloads["inkwell-minio-bucket"]["spec"]["template"]["spec"]["containers"][0]
+    assert "local/inkwell-artifacts" in bucket_job["args"][0]
+    for name, workload in workloads.items():
+        if name.startswith(("inkwell-mlflow", "inkwell-minio")):
+            continue
+        for container in _containers(workload):
+            keys = {
+                e["valueFrom"]["secretKeyRef"]["key"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            assert not any(k.startswith("s3-") for k in keys), f"{name} holds S3 keys"
