@@ -114,7 +114,11 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    """Everything that runs pods; a CronJob as its job template (same `spec.template` path)."""
+    found = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for cron in (d for d in docs if d["kind"] == "CronJob"):
+        found.append({**cron, "kind": "Job", "spec": cron["spec"]["jobTemplate"]["spec"]})
+    return found
 
 
 def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -218,6 +222,7 @@ def test_workloads_use_stable_canary_names(
         "inkwell-minio",
         "inkwell-minio-bucket",
         "inkwell-postgres",
+        "inkwell-postgres-backup",
     }
     for workload in _workloads(resources[overlay]):
         name = workload["metadata"]["name"]
@@ -260,7 +265,7 @@ def test_images_are_set_by_the_overlay(
     for workload in _workloads(resources[overlay]):
         for container in _containers(workload):
             image = container["image"]
-            if workload["metadata"]["name"] == "inkwell-postgres":
+            if workload["metadata"]["name"].startswith("inkwell-postgres"):
                 assert re.fullmatch(r"postgres:\d+\.\d+-\w+", image)
             elif workload["metadata"]["name"].startswith("inkwell-minio"):
                 assert re.fullmatch(r"minio/(minio|mc):RELEASE\.[\dTZ-]+", image), image
@@ -356,7 +361,7 @@ def test_storage_is_persistent_where_state_lives(
     for store in stores.values():
         assert store["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     claims = {c["metadata"]["name"]: c for c in _by_kind(docs, "PersistentVolumeClaim")}
-    assert set(claims) == {"inkwell-trainer-home"}
+    assert set(claims) == {"inkwell-trainer-home", "inkwell-postgres-backup"}
     if overlay == "prod":
         for claim in claims.values():
             assert claim["spec"]["storageClassName"]
@@ -549,3 +554,23 @@ def test_mlflow_is_replicated_on_the_s3_artifact_store_and_only_it_holds_s3_keys
                 if "secretKeyRef" in e.get("valueFrom", {})
             }
             assert not any(k.startswith("s3-") for k in keys), f"{name} holds S3 keys"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_postgres_backup_dumps_both_databases_nightly_onto_its_claim(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    (cron,) = _by_kind(resources[overlay], "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = pod["containers"][0]["args"][0]
+    assert "for db in inkwell mlflow" in script and "pg_dump -h inkwell-postgres" in script
+    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == "inkwell-postgres-backup"
+    postgres = next(
+        s
+        for s in _by_kind(resources[overlay], "StatefulSet")
+        if "postgres" in s["metadata"]["name"]
+    )
+    image = postgres["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pod["containers"][0]["image"] == image, "pg_dump must match the server's version"
