@@ -36,6 +36,8 @@ from tests.deploy.helpers import (
     yaml_documents,
 )
 
+# Overlays built on prod: schema-validated and checked on what they add.
+EXTRA_OVERLAYS = ("prod-gpu",)
 KIND_SUFFIX = {
     "ConfigMap": "configmap",
     "CronJob": "cronjob",
@@ -97,7 +99,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Each overlay's `kubectl kustomize` output."""
     tree = _k8s_tree(tmp_path_factory.mktemp("k8s"))
     out: dict[str, str] = {}
-    for overlay in OVERLAYS:
+    for overlay in (*OVERLAYS, *EXTRA_OVERLAYS):
         result = kustomize(tree / "overlays" / overlay)
         assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
         out[overlay] = result.stdout
@@ -130,7 +132,7 @@ def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
 # ---- build and schema ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", (*OVERLAYS, *EXTRA_OVERLAYS))
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_overlay_passes_strict_schema_validation(
     rendered: dict[str, str], overlay: str, version: str
@@ -223,7 +225,7 @@ def test_workloads_use_stable_canary_names(
         "inkwell-minio-bucket",
         "inkwell-postgres",
         "inkwell-postgres-backup",
-    }
+    } | ({"inkwell-mnist"} if overlay == "prod" else set())
     for workload in _workloads(resources[overlay]):
         name = workload["metadata"]["name"]
         if name.startswith("inkwell-service-"):
@@ -361,7 +363,8 @@ def test_storage_is_persistent_where_state_lives(
     for store in stores.values():
         assert store["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     claims = {c["metadata"]["name"]: c for c in _by_kind(docs, "PersistentVolumeClaim")}
-    assert set(claims) == {"inkwell-trainer-home", "inkwell-postgres-backup"}
+    mnist = {"inkwell-mnist"} if overlay == "prod" else set()
+    assert set(claims) == {"inkwell-trainer-home", "inkwell-postgres-backup"} | mnist
     if overlay == "prod":
         for claim in claims.values():
             assert claim["spec"]["storageClassName"]
@@ -574,3 +577,40 @@ def test_postgres_backup_dumps_both_databases_nightly_onto_its_claim(
     )
     image = postgres["spec"]["template"]["spec"]["containers"][0]["image"]
     assert pod["containers"][0]["image"] == image, "pg_dump must match the server's version"
+
+
+def test_prod_trainer_reads_mnist_from_the_claim_the_mnist_job_fills(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = resources["prod"]
+    workloads = {w["metadata"]["name"]: w for w in _workloads(docs)}
+    job = workloads["inkwell-mnist"]["spec"]["template"]["spec"]
+    assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == "inkwell-mnist"
+    assert "download_mnist(Path('/mnt/mnist')" in job["containers"][0]["args"][0]
+    trainer = workloads["inkwell-trainer"]
+    for container in _containers(trainer):
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "mnist")
+        # download_mnist writes into <target>/MNIST/raw; the settings look in /data/mnist.
+        assert mount == {
+            "name": "mnist",
+            "mountPath": "/data/mnist",
+            "subPath": "MNIST/raw",
+            "readOnly": True,
+        }
+        assert container["resources"]["requests"]["cpu"] == "2"
+    env = _container_env(next(_containers(trainer)), docs)
+    assert env["INKWELL_DATA_DIR"] == "/data/mnist"
+
+
+def test_gpu_overlay_puts_only_the_trainer_on_a_gpu_node(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    gpu = {w["metadata"]["name"]: w for w in _workloads(resources["prod-gpu"])}
+    prod = {w["metadata"]["name"]: w for w in _workloads(resources["prod"])}
+    trainer = gpu["inkwell-trainer"]["spec"]["template"]["spec"]
+    assert trainer["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    container = next(c for c in trainer["containers"] if c["name"] == "trainer")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["cpu"] == "2", "prod's resources are kept"
+    for name in prod.keys() - {"inkwell-trainer"}:
+        assert gpu[name] == prod[name], f"{name} differs in the GPU overlay"
