@@ -154,3 +154,7 @@ def settings_env_keys(settings_cls: type[Any]) -> set[str]:
 def yaml_documents(text: str) -> list[dict[str, Any]]:
     """The non-empty documents of a multi-document YAML stream."""
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def amtool() -> str:
+    return tool("amtool", "apt-get install prometheus-alertmanager (Debian's package ships amtool)")

@@ -85,6 +85,8 @@ def _cli() -> Any:
 def test_compose_defines_the_whole_system(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
         "postgres",
+        "minio",
+        "minio-bucket",
         "mlflow",
         "init",
         "service-stable",
@@ -208,11 +210,14 @@ def test_mlflow_server_options_exist_and_accept_the_clients_host_header(
     server = mlflow.cli.server
     context = server.make_context("server", list(spec["command"][2:]))
     assert context.params["serve_artifacts"] is True
-    assert context.params["artifacts_destination"].startswith("/var/lib/mlflow")
+    assert context.params["artifacts_destination"].startswith("s3://")
     envvars = {p.envvar for p in server.params if p.envvar}
+    # Read by boto3 and MLflow's S3 artifact repository, not by the CLI.
+    s3_keys = {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     env = environment(spec)
     for key in env:
-        assert key in envvars or key in NON_SETTINGS_KEYS | {"HOME"}, f"mlflow ignores {key}"
+        known = NON_SETTINGS_KEYS | s3_keys | {"HOME"}
+        assert key in envvars or key in known, f"mlflow ignores {key}"
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     tracking = urlsplit(environment(compose["services"]["router"])["INKWELL_TRACKING_URI"])
     assert tracking.netloc in allowed, "MLflow would answer the components' requests with 403"
@@ -276,7 +281,7 @@ def test_start_up_order_waits_on_real_health_checks(compose: dict[str, Any]) -> 
     ("service", "path"),
     [
         ("postgres", "/var/lib/postgresql/data"),
-        ("mlflow", "/var/lib/mlflow"),
+        ("minio", "/data"),
         ("trainer", "/var/lib/inkwell"),
         ("prometheus", "/prometheus"),
         ("grafana", "/var/lib/grafana"),

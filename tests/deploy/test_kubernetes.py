@@ -36,11 +36,15 @@ from tests.deploy.helpers import (
     yaml_documents,
 )
 
+# Overlays built on prod: schema-validated and checked on what they add.
+EXTRA_OVERLAYS = ("prod-gpu",)
 KIND_SUFFIX = {
     "ConfigMap": "configmap",
+    "CronJob": "cronjob",
     "Deployment": "deployment",
     "HorizontalPodAutoscaler": "hpa",
     "Ingress": "ingress",
+    "Job": "job",
     "Namespace": "namespace",
     "NetworkPolicy": "networkpolicy",
     "PersistentVolumeClaim": "pvc",
@@ -95,7 +99,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Each overlay's `kubectl kustomize` output."""
     tree = _k8s_tree(tmp_path_factory.mktemp("k8s"))
     out: dict[str, str] = {}
-    for overlay in OVERLAYS:
+    for overlay in (*OVERLAYS, *EXTRA_OVERLAYS):
         result = kustomize(tree / "overlays" / overlay)
         assert result.returncode == 0, f"kubectl kustomize {overlay} failed:\n{result.stderr}"
         out[overlay] = result.stdout
@@ -112,7 +116,11 @@ def _by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    """Everything that runs pods; a CronJob as its job template (same `spec.template` path)."""
+    found = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for cron in (d for d in docs if d["kind"] == "CronJob"):
+        found.append({**cron, "kind": "Job", "spec": cron["spec"]["jobTemplate"]["spec"]})
+    return found
 
 
 def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -125,7 +133,7 @@ def _containers(workload: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", (*OVERLAYS, *EXTRA_OVERLAYS))
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_overlay_passes_strict_schema_validation(
     rendered: dict[str, str], overlay: str, version: str
@@ -216,8 +224,11 @@ def test_workloads_use_stable_canary_names(
         "inkwell-router",
         "inkwell-trainer",
         "inkwell-mlflow",
+        "inkwell-minio",
+        "inkwell-minio-bucket",
         "inkwell-postgres",
-    }
+        "inkwell-postgres-backup",
+    } | ({"inkwell-mnist"} if overlay == "prod" else set())
     for workload in _workloads(resources[overlay]):
         name = workload["metadata"]["name"]
         if name.startswith("inkwell-service-"):
@@ -238,7 +249,7 @@ def test_every_container_has_probes_resources_and_a_locked_down_security_context
         assert pod["automountServiceAccountToken"] is False, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
-        for container in pod["containers"]:
+        for container in pod["containers"] if workload["kind"] != "Job" else []:
             assert "readinessProbe" in container and "livenessProbe" in container, name
         for container in _containers(workload):
             where = f"{name}/{container['name']}"
@@ -259,8 +270,10 @@ def test_images_are_set_by_the_overlay(
     for workload in _workloads(resources[overlay]):
         for container in _containers(workload):
             image = container["image"]
-            if workload["metadata"]["name"] == "inkwell-postgres":
+            if workload["metadata"]["name"].startswith("inkwell-postgres"):
                 assert re.fullmatch(r"postgres:\d+\.\d+-\w+", image)
+            elif workload["metadata"]["name"].startswith("inkwell-minio"):
+                assert re.fullmatch(r"minio/(minio|mc):RELEASE\.[\dTZ-]+", image), image
             else:
                 assert image == expected[overlay]
 
@@ -347,14 +360,19 @@ def test_storage_is_persistent_where_state_lives(
     resources: dict[str, list[dict[str, Any]]], overlay: str
 ) -> None:
     docs = resources[overlay]
-    postgres = _by_kind(docs, "StatefulSet")[0]
-    assert postgres["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    stores = {s["metadata"]["name"]: s for s in _by_kind(docs, "StatefulSet")}
+    # Database and artifact store; MLflow itself keeps no state (it proxies to S3).
+    assert set(stores) == {"inkwell-postgres", "inkwell-minio"}
+    for store in stores.values():
+        assert store["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     claims = {c["metadata"]["name"]: c for c in _by_kind(docs, "PersistentVolumeClaim")}
-    assert set(claims) == {"inkwell-mlflow-artifacts", "inkwell-trainer-home"}
+    mnist = {"inkwell-mnist"} if overlay == "prod" else set()
+    assert set(claims) == {"inkwell-trainer-home", "inkwell-postgres-backup"} | mnist
     if overlay == "prod":
         for claim in claims.values():
             assert claim["spec"]["storageClassName"]
-        assert postgres["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"]
+        for store in stores.values():
+            assert store["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"]
 
 
 # ---- settings -----------------------------------------------------------------------------
@@ -513,3 +531,89 @@ def test_the_ingress_routes_only_the_public_api_and_the_page_with_rate_limits(
     annotations = ingress["metadata"]["annotations"]
     assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 0
     assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_mlflow_is_replicated_on_the_s3_artifact_store_and_only_it_holds_s3_keys(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    workloads = {w["metadata"]["name"]: w for w in _workloads(docs)}
+    mlflow = workloads["inkwell-mlflow"]
+    assert mlflow["spec"]["replicas"] >= 2
+    assert "volumes" not in mlflow["spec"]["template"]["spec"] or all(
+        "persistentVolumeClaim" not in v for v in mlflow["spec"]["template"]["spec"]["volumes"]
+    ), "MLflow must keep no state of its own to run replicated"
+    server = mlflow["spec"]["template"]["spec"]["containers"][0]
+    assert "--artifacts-destination=s3://inkwell-artifacts/" in server["args"]
+    env = {e["name"]: e for e in server["env"]}
+    assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "http://inkwell-minio:9000"
+    bucket_job = workloads["inkwell-minio-bucket"]["spec"]["template"]["spec"]["containers"][0]
+    assert "local/inkwell-artifacts" in bucket_job["args"][0]
+    for name, workload in workloads.items():
+        if name.startswith(("inkwell-mlflow", "inkwell-minio")):
+            continue
+        for container in _containers(workload):
+            keys = {
+                e["valueFrom"]["secretKeyRef"]["key"]
+                for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})
+            }
+            assert not any(k.startswith("s3-") for k in keys), f"{name} holds S3 keys"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_postgres_backup_dumps_both_databases_nightly_onto_its_claim(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    (cron,) = _by_kind(resources[overlay], "CronJob")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    script = pod["containers"][0]["args"][0]
+    assert "for db in inkwell mlflow" in script and "pg_dump -h inkwell-postgres" in script
+    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == "inkwell-postgres-backup"
+    postgres = next(
+        s
+        for s in _by_kind(resources[overlay], "StatefulSet")
+        if "postgres" in s["metadata"]["name"]
+    )
+    image = postgres["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert pod["containers"][0]["image"] == image, "pg_dump must match the server's version"
+
+
+def test_prod_trainer_reads_mnist_from_the_claim_the_mnist_job_fills(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = resources["prod"]
+    workloads = {w["metadata"]["name"]: w for w in _workloads(docs)}
+    job = workloads["inkwell-mnist"]["spec"]["template"]["spec"]
+    assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == "inkwell-mnist"
+    assert "download_mnist(Path('/mnt/mnist')" in job["containers"][0]["args"][0]
+    trainer = workloads["inkwell-trainer"]
+    for container in _containers(trainer):
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "mnist")
+        # download_mnist writes into <target>/MNIST/raw; the settings look in /data/mnist.
+        assert mount == {
+            "name": "mnist",
+            "mountPath": "/data/mnist",
+            "subPath": "MNIST/raw",
+            "readOnly": True,
+        }
+        assert container["resources"]["requests"]["cpu"] == "2"
+    env = _container_env(next(_containers(trainer)), docs)
+    assert env["INKWELL_DATA_DIR"] == "/data/mnist"
+
+
+def test_gpu_overlay_puts_only_the_trainer_on_a_gpu_node(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    gpu = {w["metadata"]["name"]: w for w in _workloads(resources["prod-gpu"])}
+    prod = {w["metadata"]["name"]: w for w in _workloads(resources["prod"])}
+    trainer = gpu["inkwell-trainer"]["spec"]["template"]["spec"]
+    assert trainer["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    container = next(c for c in trainer["containers"] if c["name"] == "trainer")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["requests"]["cpu"] == "2", "prod's resources are kept"
+    for name in prod.keys() - {"inkwell-trainer"}:
+        assert gpu[name] == prod[name], f"{name} differs in the GPU overlay"
