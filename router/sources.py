@@ -65,10 +65,18 @@ class MetricSource(Protocol):
 # ---- Prometheus ---------------------------------------------------------------------------
 
 
-def promql(sample_name: str, seconds: float) -> str:
+def scoped(sample_name: str, selector: str = "") -> str:
+    """The series `sample_name` restricted to this install's `selector` matchers (e.g.
+    `namespace="inkwell"`), plus the matchers the analysis always needs."""
+    inner = SELECTORS.get(sample_name, "{}")[1:-1]
+    matchers = ", ".join(part for part in (selector.strip(), inner) if part)
+    return f"{sample_name}{{{matchers}}}" if matchers else sample_name
+
+
+def promql(sample_name: str, seconds: float, selector: str = "") -> str:
     """The PromQL query for one metric's increase over the window, summed over replicas."""
     window = f"{max(1, math.ceil(seconds * 1000))}ms"
-    series = sample_name + SELECTORS.get(sample_name, "")
+    series = scoped(sample_name, selector)
     return f"sum by ({', '.join(GROUP_BY[sample_name])}) (increase({series}[{window}]))"
 
 
@@ -77,8 +85,9 @@ class PrometheusSource:
 
     name = "prometheus"
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, selector: str = "", timeout_s: float = 5.0) -> None:
         self.url = url.rstrip("/")
+        self.selector = selector
         self._client = httpx.AsyncClient(timeout=timeout_s)
 
     async def observe(self) -> None:
@@ -112,8 +121,10 @@ class PrometheusSource:
         return list(await asyncio.gather(*(self._window(s) for s in seconds)))
 
     async def _window(self, seconds: float) -> list[Sample]:
-        expressions = {name: promql(name, seconds) for name in COUNTERS}
-        expressions.update({name: f"max by (variant) ({name})" for name in GAUGES})
+        expressions = {name: promql(name, seconds, self.selector) for name in COUNTERS}
+        expressions.update(
+            {name: f"max by (variant) ({scoped(name, self.selector)})" for name in GAUGES}
+        )
         results = await asyncio.gather(*(self.query(e) for e in expressions.values()))
         return [
             Sample(name, labels, value)
@@ -235,8 +246,10 @@ class ScrapeSource:
         await self._client.aclose()
 
 
-def make_source(prometheus_url: str | None, targets: list[str]) -> MetricSource:
+def make_source(
+    prometheus_url: str | None, targets: list[str], *, selector: str = ""
+) -> MetricSource:
     """Prometheus when a URL is configured, else scraping the components directly."""
     if prometheus_url:
-        return PrometheusSource(prometheus_url)
+        return PrometheusSource(prometheus_url, selector=selector)
     return ScrapeSource(targets)

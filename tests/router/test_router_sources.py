@@ -112,3 +112,18 @@ def test_promql_leaves_override_requests_out_of_the_analysis():
         "sum by (variant, model_version, outcome) "
         f'(increase({m.UPSTREAM_REQUESTS}_total{{mode!="override"}}[2500ms]))'
     )
+
+
+def test_promql_is_scoped_by_the_install_selector():
+    query = promql(f"{m.UPSTREAM_REQUESTS}_total", 2.5, 'namespace="inkwell"')
+    assert f'{m.UPSTREAM_REQUESTS}_total{{namespace="inkwell", mode!="override"}}' in query
+
+
+@pytest.mark.parametrize("selector", ["{namespace='a'}", "namespace=a", 'namespace="a" job="b"'])
+def test_a_malformed_prometheus_selector_is_refused_with_an_example(selector):
+    from pydantic import ValidationError
+
+    from router.settings import RouterSettings
+
+    with pytest.raises(ValidationError, match=r'e\.g\. namespace="inkwell"'):
+        RouterSettings(prometheus_selector=selector)
