@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -174,8 +176,42 @@ def increases(
     return result
 
 
+# A target written `dns+http://name:port/metrics` stands for every address `name` resolves to:
+# with a headless Service that is one URL per pod, so each pod's counters keep their own
+# history (through a load-balanced Service, successive scrapes hit different pods).
+DNS_PREFIX = "dns+"
+
+Resolver = Callable[[str], Awaitable[list[str]]]
+
+
+async def resolve_addresses(host: str) -> list[str]:
+    """Every IPv4/IPv6 address of `host` (a headless Service: one per ready pod), sorted."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []  # an unknown name is a target with no pods this time
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def expand_targets(targets: list[str], resolve: Resolver) -> list[str]:
+    """`targets` with each `dns+` entry replaced by one URL per address its host resolves to."""
+    expanded: list[str] = []
+    for target in targets:
+        if not target.startswith(DNS_PREFIX):
+            expanded.append(target)
+            continue
+        parts = urlsplit(target.removeprefix(DNS_PREFIX))
+        port = f":{parts.port}" if parts.port else ""
+        for address in await resolve(parts.hostname or ""):
+            host = f"[{address}]" if ":" in address else address
+            expanded.append(urlunsplit(parts._replace(netloc=f"{host}{port}")))
+    return expanded
+
+
 class ScrapeSource:
-    """Scrapes `/metrics` of each target and keeps timestamped snapshots."""
+    """Scrapes `/metrics` of each target (each pod, for `dns+` targets) and keeps
+    timestamped snapshots."""
 
     name = "scrape"
 
@@ -186,10 +222,12 @@ class ScrapeSource:
         keep_s: float = 3600.0,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        resolve: Resolver = resolve_addresses,
     ) -> None:
         self.targets = list(targets)
         self.keep_s = keep_s
         self._clock = clock
+        self._resolve = resolve
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self._history: list[Snapshot] = []
         self._lock = asyncio.Lock()
@@ -205,8 +243,9 @@ class ScrapeSource:
     async def observe(self) -> None:
         async with self._lock:
             at = self._clock()
-            scraped = await asyncio.gather(*(self._scrape(t) for t in self.targets))
-            pairs = zip(self.targets, scraped, strict=True)
+            targets = await expand_targets(self.targets, self._resolve)
+            scraped = await asyncio.gather(*(self._scrape(t) for t in targets))
+            pairs = zip(targets, scraped, strict=True)
             snapshot = Snapshot(at, {t: s for t, s in pairs if s is not None})
             self._history.append(snapshot)
             horizon = at - self.keep_s
