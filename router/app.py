@@ -142,7 +142,9 @@ class Runtime:
                 registry = await asyncio.to_thread(Registry, settings)
                 aliases = MlflowAliases(registry, settings.model_name)
             source = self._source or make_source(
-                settings.prometheus_url, settings.resolved_metrics_targets
+                settings.prometheus_url,
+                settings.resolved_metrics_targets,
+                selector=settings.prometheus_selector,
             )
             self.controller = RolloutController(
                 settings,

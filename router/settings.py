@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +15,9 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from inkwell.settings import ApiKey, CoreSettings, check_key
 
 ADMIN_KEY_FILE = "router-admin.key"
+# Comma-separated PromQL label matchers (no braces): name op "value", ...
+_MATCHER = r'\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"\s*'
+_SELECTOR = re.compile(rf"(?:{_MATCHER}(?:,{_MATCHER})*,?\s*)?")
 
 
 class RouterSettings(CoreSettings):
@@ -105,6 +109,11 @@ class RouterSettings(CoreSettings):
     prometheus_url: str | None = Field(
         default=None, description="Read analysis metrics with PromQL from this Prometheus."
     )
+    prometheus_selector: str = Field(
+        default="",
+        description="PromQL label matchers scoping every query to this install, e.g. "
+        '`namespace="inkwell"` (two installs on one Prometheus must not mix series).',
+    )
     metrics_targets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="`/metrics` URLs scraped when no Prometheus is set (default: this router, "
@@ -165,6 +174,16 @@ class RouterSettings(CoreSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("prometheus_selector", mode="after")
+    @classmethod
+    def _valid_selector(cls, value: str) -> str:
+        if not _SELECTOR.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a list of PromQL label matchers; write them without braces, "
+                'e.g. namespace="inkwell",job=~"inkwell-.*"'
+            )
+        return value.strip().rstrip(",")
 
     @field_validator("rollout_steps", mode="before")
     @classmethod

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,10 +67,18 @@ class MetricSource(Protocol):
 # ---- Prometheus ---------------------------------------------------------------------------
 
 
-def promql(sample_name: str, seconds: float) -> str:
+def scoped(sample_name: str, selector: str = "") -> str:
+    """The series `sample_name` restricted to this install's `selector` matchers (e.g.
+    `namespace="inkwell"`), plus the matchers the analysis always needs."""
+    inner = SELECTORS.get(sample_name, "{}")[1:-1]
+    matchers = ", ".join(part for part in (selector.strip(), inner) if part)
+    return f"{sample_name}{{{matchers}}}" if matchers else sample_name
+
+
+def promql(sample_name: str, seconds: float, selector: str = "") -> str:
     """The PromQL query for one metric's increase over the window, summed over replicas."""
     window = f"{max(1, math.ceil(seconds * 1000))}ms"
-    series = sample_name + SELECTORS.get(sample_name, "")
+    series = scoped(sample_name, selector)
     return f"sum by ({', '.join(GROUP_BY[sample_name])}) (increase({series}[{window}]))"
 
 
@@ -77,8 +87,9 @@ class PrometheusSource:
 
     name = "prometheus"
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, selector: str = "", timeout_s: float = 5.0) -> None:
         self.url = url.rstrip("/")
+        self.selector = selector
         self._client = httpx.AsyncClient(timeout=timeout_s)
 
     async def observe(self) -> None:
@@ -112,8 +123,10 @@ class PrometheusSource:
         return list(await asyncio.gather(*(self._window(s) for s in seconds)))
 
     async def _window(self, seconds: float) -> list[Sample]:
-        expressions = {name: promql(name, seconds) for name in COUNTERS}
-        expressions.update({name: f"max by (variant) ({name})" for name in GAUGES})
+        expressions = {name: promql(name, seconds, self.selector) for name in COUNTERS}
+        expressions.update(
+            {name: f"max by (variant) ({scoped(name, self.selector)})" for name in GAUGES}
+        )
         results = await asyncio.gather(*(self.query(e) for e in expressions.values()))
         return [
             Sample(name, labels, value)
@@ -163,8 +176,42 @@ def increases(
     return result
 
 
+# A target written `dns+http://name:port/metrics` stands for every address `name` resolves to:
+# with a headless Service that is one URL per pod, so each pod's counters keep their own
+# history (through a load-balanced Service, successive scrapes hit different pods).
+DNS_PREFIX = "dns+"
+
+Resolver = Callable[[str], Awaitable[list[str]]]
+
+
+async def resolve_addresses(host: str) -> list[str]:
+    """Every IPv4/IPv6 address of `host` (a headless Service: one per ready pod), sorted."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return []  # an unknown name is a target with no pods this time
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def expand_targets(targets: list[str], resolve: Resolver) -> list[str]:
+    """`targets` with each `dns+` entry replaced by one URL per address its host resolves to."""
+    expanded: list[str] = []
+    for target in targets:
+        if not target.startswith(DNS_PREFIX):
+            expanded.append(target)
+            continue
+        parts = urlsplit(target.removeprefix(DNS_PREFIX))
+        port = f":{parts.port}" if parts.port else ""
+        for address in await resolve(parts.hostname or ""):
+            host = f"[{address}]" if ":" in address else address
+            expanded.append(urlunsplit(parts._replace(netloc=f"{host}{port}")))
+    return expanded
+
+
 class ScrapeSource:
-    """Scrapes `/metrics` of each target and keeps timestamped snapshots."""
+    """Scrapes `/metrics` of each target (each pod, for `dns+` targets) and keeps
+    timestamped snapshots."""
 
     name = "scrape"
 
@@ -175,10 +222,12 @@ class ScrapeSource:
         keep_s: float = 3600.0,
         timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        resolve: Resolver = resolve_addresses,
     ) -> None:
         self.targets = list(targets)
         self.keep_s = keep_s
         self._clock = clock
+        self._resolve = resolve
         self._client = httpx.AsyncClient(timeout=timeout_s)
         self._history: list[Snapshot] = []
         self._lock = asyncio.Lock()
@@ -194,8 +243,9 @@ class ScrapeSource:
     async def observe(self) -> None:
         async with self._lock:
             at = self._clock()
-            scraped = await asyncio.gather(*(self._scrape(t) for t in self.targets))
-            pairs = zip(self.targets, scraped, strict=True)
+            targets = await expand_targets(self.targets, self._resolve)
+            scraped = await asyncio.gather(*(self._scrape(t) for t in targets))
+            pairs = zip(targets, scraped, strict=True)
             snapshot = Snapshot(at, {t: s for t, s in pairs if s is not None})
             self._history.append(snapshot)
             horizon = at - self.keep_s
@@ -235,8 +285,10 @@ class ScrapeSource:
         await self._client.aclose()
 
 
-def make_source(prometheus_url: str | None, targets: list[str]) -> MetricSource:
+def make_source(
+    prometheus_url: str | None, targets: list[str], *, selector: str = ""
+) -> MetricSource:
     """Prometheus when a URL is configured, else scraping the components directly."""
     if prometheus_url:
-        return PrometheusSource(prometheus_url)
+        return PrometheusSource(prometheus_url, selector=selector)
     return ScrapeSource(targets)

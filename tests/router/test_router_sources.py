@@ -11,7 +11,7 @@ from inkwell.errors import MetricsUnavailableError
 from router import metrics as m
 from router.analysis import build_observation
 from router.metrics import RouterMetrics
-from router.sources import ScrapeSource, increases, promql
+from router.sources import ScrapeSource, increases, promql, resolve_addresses
 from tests.harness import free_port
 
 
@@ -106,3 +106,65 @@ def test_promql_leaves_override_requests_out_of_the_analysis():
         "sum by (variant, model_version, outcome) "
         f'(increase({m.UPSTREAM_REQUESTS}_total{{mode!="override"}}[2500ms]))'
     )
+
+
+def test_promql_is_scoped_by_the_install_selector():
+    query = promql(f"{m.UPSTREAM_REQUESTS}_total", 2.5, 'namespace="inkwell"')
+    assert f'{m.UPSTREAM_REQUESTS}_total{{namespace="inkwell", mode!="override"}}' in query
+
+
+@pytest.mark.parametrize("selector", ["{namespace='a'}", "namespace=a", 'namespace="a" job="b"'])
+def test_a_malformed_prometheus_selector_is_refused_with_an_example(selector):
+    from pydantic import ValidationError
+
+    from router.settings import RouterSettings
+
+    with pytest.raises(ValidationError, match=r'e\.g\. namespace="inkwell"'):
+        RouterSettings(prometheus_selector=selector)
+
+
+@pytest.fixture
+def two_pods():
+    """Two router pods: exporters on the same port at 127.0.0.1 and 127.0.0.2."""
+    port = free_port()
+    pods = []
+    for address in ("127.0.0.1", "127.0.0.2"):
+        metrics = RouterMetrics()
+        server, thread = start_http_server(port, addr=address, registry=metrics.registry)
+        pods.append((metrics, server, thread))
+    yield [p[0] for p in pods], port
+    for _, server, thread in pods:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_a_dns_target_is_scraped_per_pod_and_summed(two_pods):
+    (first, second), port = two_pods
+    clock = Clock()
+
+    async def headless_service(host: str) -> list[str]:
+        return ["127.0.0.1", "127.0.0.2"] if host == "router-pods" else []
+
+    source = ScrapeSource(
+        [f"dns+http://router-pods:{port}/metrics"], clock=clock, resolve=headless_service
+    )
+
+    async def run():
+        first.upstream_requests.labels("canary", "2", "ok", "live").inc(10)
+        await source.observe()
+        clock.now += 10
+        first.upstream_requests.labels("canary", "2", "ok", "live").inc(3)
+        second.upstream_requests.labels("canary", "2", "ok", "live").inc(5)
+        clock.now += 10
+        (window,) = await source.windows(15)
+        await source.aclose()
+        return window
+
+    window = asyncio.run(run())
+    assert build_observation(window).of("canary", "2").requests == 8
+
+
+def test_the_default_resolver_returns_every_address_of_a_name():
+    assert "127.0.0.1" in asyncio.run(resolve_addresses("localhost"))
+    assert asyncio.run(resolve_addresses("no-such-host.invalid")) == []
