@@ -1,0 +1,99 @@
+"""The cheque model's own rollout: the controller's state machine judged on cheque reads."""
+
+from __future__ import annotations
+
+import asyncio
+
+from router.analysis import Sample
+from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
+from router.cheque_rollout import ChequeRolloutController
+from router.settings import RouterSettings
+from router.sources import parse_exposition
+from router.state import Phase, RolloutStore
+from service.metrics import ServiceMetrics
+from tests.router.test_router_controller import (
+    INTERVAL,
+    Clock,
+    FakeAliases,
+    FakeServed,
+    FakeSource,
+    healthy,
+)
+
+CHEQUES = "inkwell-cheques"
+
+
+def cheque_reads(variant: str, version: str, n: int, flagged: int, confidence: float):
+    labels = {"variant": variant, "model_version": version}
+    return [
+        Sample(f"{CHEQUE_READS}_total", {**labels, "needs_review": "true"}, flagged),
+        Sample(f"{CHEQUE_READS}_total", {**labels, "needs_review": "false"}, n - flagged),
+        Sample(f"{CHEQUE_CONFIDENCE}_sum", labels, confidence * n),
+        Sample(f"{CHEQUE_CONFIDENCE}_count", labels, n),
+    ]
+
+
+class ChequeHarness:
+    def __init__(self, tmp_path) -> None:
+        self.settings = RouterSettings(
+            home=tmp_path, analysis_interval_s=INTERVAL, registry_poll_s=0.001, min_requests=20
+        )
+        self.aliases = FakeAliases(canary="2")
+        self.source = FakeSource()
+        self.served = FakeServed()
+        self.clock = Clock()
+        self.store = RolloutStore(self.settings.resolved_database_url)
+        self.controller = ChequeRolloutController(
+            self.settings, self.store, self.aliases, self.source, self.served, clock=self.clock
+        )
+
+    def later(self, seconds: float = INTERVAL):
+        self.clock.now += seconds
+        return asyncio.run(self.controller.tick())
+
+
+def test_good_cheque_canary_goes_through_every_step_and_is_promoted(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.source.samples = cheque_reads("canary", "2", 100, 5, 0.9) + cheque_reads(
+        "stable", "1", 400, 20, 0.9
+    )
+    weights = [h.later(0).weight]
+    for _ in range(3):
+        weights.append(h.later().weight)
+    assert weights == [5, 25, 50, 100]
+    assert h.later().phase is Phase.PROMOTING
+    h.served.versions["stable"] = "2"
+    assert h.later(0).phase is Phase.PROMOTED
+    assert h.aliases.aliases == {"stable": "2"}
+    assert h.store.load(CHEQUES).phase is Phase.PROMOTED
+    assert h.store.load("inkwell-digits").phase is Phase.IDLE  # its own rollout
+
+
+def test_cheque_canary_flagging_more_reads_for_review_is_rolled_back(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.later(0)
+    h.source.samples = cheque_reads("canary", "2", 60, 40, 0.9) + cheque_reads(
+        "stable", "1", 600, 30, 0.9
+    )
+    state = h.later(1.0)
+    assert (state.phase, state.weight) == (Phase.ROLLED_BACK, 0)
+    assert "canary" not in h.aliases.aliases
+    assert "needs_review" in h.aliases.tags["2"]["rolled_back"]
+
+
+def test_digit_traffic_alone_does_not_judge_the_cheque_canary(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.later(0)
+    h.source.samples = healthy()  # a healthy digit canary's router traffic, no cheque reads
+    for _ in range(3):
+        state = h.later()
+        assert (state.phase, state.weight) == (Phase.CANARY, 5)
+    assert h.controller.last_verdict is not None
+    assert "waiting for data" in h.controller.last_verdict.reason()
+
+
+def test_scraping_a_service_keeps_its_cheque_series():
+    service = ServiceMetrics("canary")
+    service.observe_cheque("2", 0.8, needs_review=True)
+    names = {name for name, _ in parse_exposition(service.render().decode())}
+    assert {f"{CHEQUE_READS}_total", f"{CHEQUE_CONFIDENCE}_count"} <= names
