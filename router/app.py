@@ -247,6 +247,10 @@ def create_app(
                     STABLE: stable.served_version,
                     CANARY: runtime.proxy.canary.served_version,
                 },
+                "served_cheque_versions": {
+                    STABLE: stable.cheque_version,
+                    CANARY: runtime.proxy.canary.cheque_version,
+                },
             }
         )
 

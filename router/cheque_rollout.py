@@ -18,6 +18,7 @@ from router.analysis import Sample, Thresholds, Verdict
 from router.cheque_analysis import ChequeThresholds, analyse_cheques, build_cheque_observation
 from router.controller import AliasRegistry, RolloutController, ServedVersions
 from router.metrics import RouterMetrics
+from router.proxy import Backend
 from router.settings import RouterSettings
 from router.sources import MetricSource
 from router.state import RolloutStore
@@ -27,6 +28,16 @@ def cheque_thresholds(settings: RouterSettings, needs_review_margin: float) -> C
     """The router's canary thresholds plus the cheque-only needs_review margin."""
     shared = {f.name: getattr(settings, f.name) for f in fields(Thresholds)}
     return ChequeThresholds(**shared, needs_review_margin=needs_review_margin)
+
+
+class ChequeServed:
+    """`ServedVersions` for cheques: the cheque version each service's readiness reports."""
+
+    def __init__(self, backends: Callable[[str], Backend]) -> None:
+        self.backends = backends
+
+    def served_version(self, variant: str) -> str | None:
+        return self.backends(variant).cheque_version
 
 
 class ChequeRolloutController(RolloutController):

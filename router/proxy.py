@@ -156,6 +156,7 @@ class Backend:
     upstream: Upstream
     timeout: float
     served_version: str | None = None  # from the last readiness probe
+    cheque_version: str | None = None  # the cheque model version it reads amounts with
     ready: bool = False
     probed_at: float = 0.0
 
@@ -628,6 +629,9 @@ class Proxy:
         backend.ready = answer.status == 200
         backend.probed_at = time.monotonic()
         version = version_of(document)
+        if isinstance(document, dict) and answer.status == 200:
+            cheque = document.get("cheque_model_version")
+            backend.cheque_version = str(cheque) if isinstance(cheque, str | int) else None
         if version is not None:
             if version != backend.served_version:
                 log.info("%s service now serves version %s", backend.variant, version)

@@ -70,6 +70,7 @@ class FakeService:
     delay_s: float = 0.5
     predictions: int = 0
     uploads: list[bytes] = field(default_factory=list)
+    cheque_version: str | None = None
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -124,7 +125,11 @@ class FakeService:
             return {"total": len(self.uploads), "served_by": self.variant}
 
         @app.get("/readyz")
-        async def ready() -> dict[str, str]:
-            return {"status": "ready", "model_version": self.version}
+        async def ready() -> dict[str, str | None]:
+            return {
+                "status": "ready",
+                "model_version": self.version,
+                "cheque_model_version": self.cheque_version,
+            }
 
         return app

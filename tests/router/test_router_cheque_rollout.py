@@ -6,7 +6,8 @@ import asyncio
 
 from router.analysis import Sample
 from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
-from router.cheque_rollout import ChequeRolloutController
+from router.cheque_rollout import ChequeRolloutController, ChequeServed
+from router.proxy import Backend
 from router.settings import RouterSettings
 from router.sources import parse_exposition
 from router.state import Phase, RolloutStore
@@ -97,3 +98,15 @@ def test_scraping_a_service_keeps_its_cheque_series():
     service.observe_cheque("2", 0.8, needs_review=True)
     names = {name for name, _ in parse_exposition(service.render().decode())}
     assert {f"{CHEQUE_READS}_total", f"{CHEQUE_CONFIDENCE}_count"} <= names
+
+
+def test_cheque_rollout_waits_for_the_canary_service_to_read_with_the_canary_version(tmp_path):
+    backends = {
+        "stable": Backend("stable", "http://s", None, 1.0, cheque_version="1"),  # type: ignore[arg-type]
+        "canary": Backend("canary", "http://c", None, 1.0, cheque_version="1"),  # type: ignore[arg-type]
+    }
+    h = ChequeHarness(tmp_path)
+    h.controller.served = ChequeServed(backends.__getitem__)
+    assert h.later(0).canary_ready_at == 0  # still reading with stable's version
+    backends["canary"].cheque_version = "2"
+    assert h.later(1.0).canary_ready_at > 0

@@ -406,3 +406,13 @@ def test_started_router_freezes_its_startup_heap_so_full_collections_skip_it(
         assert gc.get_freeze_count() == 0  # stopping gives the heap back
     finally:
         gc.unfreeze()
+
+
+def test_readiness_shows_the_cheque_version_each_service_reads_with(
+    tmp_path, stable_service, canary_service
+):
+    stable_service[0].cheque_version = "1"
+    canary_service[0].cheque_version = "3"
+    with router(tmp_path, stable_service[1], canary_service[1]) as client:
+        versions = client.get("/readyz").json()["served_cheque_versions"]
+    assert versions == {"stable": "1", "canary": "3"}
