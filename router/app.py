@@ -24,6 +24,7 @@ from inkwell.settings import CANARY, STABLE
 from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from inkwell.web.headers import with_security_headers
 from router import admin
+from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
 from router.metrics import RouterMetrics
@@ -83,8 +84,10 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.metrics = RouterMetrics()
-        self.proxy = Proxy(settings, self.metrics, self.split)
+        self.proxy = Proxy(settings, self.metrics, self.split, cheque_split=self.cheque_split)
         self.controller: RolloutController | None = None
+        self.cheque_controller: ChequeRolloutController | None = None
+        self._cheque_split: Split | None = None  # None: cheque routes follow the digit split
         self.store: RolloutStore | None = None
         self.admin_key: str | None = None
         self._source = source
@@ -124,6 +127,19 @@ class Runtime:
     def served_version(self, variant: str) -> str | None:
         return self.proxy.backend(variant).served_version
 
+    def cheque_split(self) -> Split | None:
+        """The cheque rollout's split, or None while it does not run."""
+        return self._cheque_split
+
+    def apply_cheque_state(self, state: RolloutState) -> None:
+        """Route the cheque model routes by a (new) cheque rollout state."""
+        serving = state.serving_canary
+        self._cheque_split = Split(
+            weight=state.weight if serving else 0.0,
+            canary_version=state.canary_version if serving else None,
+            stable_version=state.stable_version,
+        )
+
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         settings = self.settings
@@ -155,6 +171,17 @@ class Runtime:
             )
             self.apply_state(await self.controller.load())
             self._spawn(self.controller.run(self._stop), "controller")
+            if settings.cheque_rollout and isinstance(aliases, MlflowAliases):
+                self.cheque_controller = ChequeRolloutController(
+                    settings,
+                    self.store,
+                    MlflowAliases(aliases.registry, settings.cheque_model_name),
+                    source,
+                    ChequeServed(self.proxy.backend),
+                    on_state=self.apply_cheque_state,
+                )
+                self.apply_cheque_state(await self.cheque_controller.load())
+                self._spawn(self.cheque_controller.run(self._stop), "cheque-controller")
             self._spawn(self._every(settings.state_refresh_s, self._refresh_state), "state")
         self._spawn(self._every(settings.probe_interval_s, self._probe), "probe")
 
@@ -176,6 +203,8 @@ class Runtime:
     async def _refresh_state(self) -> None:
         if self.controller is not None:
             await self.controller.load()
+        if self.cheque_controller is not None:
+            await self.cheque_controller.load()
 
     async def stop(self) -> None:
         self._stop.set()

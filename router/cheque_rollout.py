@@ -21,7 +21,7 @@ from router.metrics import RouterMetrics
 from router.proxy import Backend
 from router.settings import RouterSettings
 from router.sources import MetricSource
-from router.state import RolloutStore
+from router.state import RolloutState, RolloutStore
 
 
 def cheque_thresholds(settings: RouterSettings, needs_review_margin: float) -> ChequeThresholds:
@@ -53,13 +53,22 @@ class ChequeRolloutController(RolloutController):
         *,
         model_name: str = "inkwell-cheques",
         needs_review_margin: float = 0.1,
+        on_state: Callable[[RolloutState], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # Its own RouterMetrics: the phase/weight gauges and primed series of the digit
         # rollout must not be overwritten with the cheque rollout's.
         metrics = RouterMetrics()
         super().__init__(
-            settings, store, aliases, source, metrics, served, clock=clock, model_name=model_name
+            settings,
+            store,
+            aliases,
+            source,
+            metrics,
+            served,
+            on_state=on_state,
+            clock=clock,
+            model_name=model_name,
         )
         self.cheque_thresholds = cheque_thresholds(settings, needs_review_margin)
 

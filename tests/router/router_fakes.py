@@ -105,6 +105,20 @@ class FakeService:
                 }
             )
 
+        @app.post("/v1/cheques/read")
+        async def read_cheque(request: Request) -> JSONResponse:
+            await request.body()
+            return JSONResponse(
+                {
+                    "amount": "5",
+                    "confidence": 0.9,
+                    "needs_review": False,
+                    "model_name": "inkwell-cheques",
+                    "model_version": self.cheque_version or self.version,
+                    "variant": self.variant,
+                }
+            )
+
         @app.post("/v1/samples")
         async def upload(request: Request) -> JSONResponse:
             self.uploads.append(await request.body())
