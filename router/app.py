@@ -81,6 +81,7 @@ class Runtime:
         *,
         source: MetricSource | None = None,
         aliases: Any = None,
+        cheque_aliases: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = RouterMetrics()
@@ -92,6 +93,7 @@ class Runtime:
         self.admin_key: str | None = None
         self._source = source
         self._aliases = aliases
+        self._cheque_aliases = cheque_aliases
         self._split = Split(shadow=settings.shadow, shadow_fraction=settings.shadow_fraction)
         self._canary_version: str | None = None
         self._stop = asyncio.Event()
@@ -171,11 +173,14 @@ class Runtime:
             )
             self.apply_state(await self.controller.load())
             self._spawn(self.controller.run(self._stop), "controller")
-            if settings.cheque_rollout and isinstance(aliases, MlflowAliases):
+            cheque_aliases = self._cheque_aliases
+            if cheque_aliases is None and isinstance(aliases, MlflowAliases):
+                cheque_aliases = MlflowAliases(aliases.registry, settings.cheque_model_name)
+            if settings.cheque_rollout and cheque_aliases is not None:
                 self.cheque_controller = ChequeRolloutController(
                     settings,
                     self.store,
-                    MlflowAliases(aliases.registry, settings.cheque_model_name),
+                    cheque_aliases,
                     source,
                     ChequeServed(self.proxy.backend),
                     on_state=self.apply_cheque_state,
@@ -227,10 +232,12 @@ def create_app(
     *,
     source: MetricSource | None = None,
     aliases: Any = None,
+    cheque_aliases: Any = None,
 ) -> RouterApp:
-    """The router app. `source`/`aliases` replace the metric source and registry (tests)."""
+    """The router app. `source`/`aliases`/`cheque_aliases` replace the metric source and the
+    digit and cheque models' registry aliases (tests)."""
     settings = settings or RouterSettings()
-    runtime = Runtime(settings, source=source, aliases=aliases)
+    runtime = Runtime(settings, source=source, aliases=aliases, cheque_aliases=cheque_aliases)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+import httpx
 
 from router.analysis import Sample
+from router.app import create_app
 from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.proxy import Backend
+from router.routing import Split
 from router.settings import RouterSettings
 from router.sources import parse_exposition
 from router.state import Phase, RolloutStore
 from service.metrics import ServiceMetrics
+from tests.router.router_fakes import FakeService, serve_in_thread
 from tests.router.test_router_controller import (
     INTERVAL,
     Clock,
@@ -20,6 +26,7 @@ from tests.router.test_router_controller import (
     FakeSource,
     healthy,
 )
+from tests.router.test_router_proxy import PNG, users_on
 
 CHEQUES = "inkwell-cheques"
 
@@ -110,3 +117,33 @@ def test_cheque_rollout_waits_for_the_canary_service_to_read_with_the_canary_ver
     assert h.later(0).canary_ready_at == 0  # still reading with stable's version
     backends["canary"].cheque_version = "2"
     assert h.later(1.0).canary_ready_at > 0
+
+
+def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path):
+    stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
+    stable.cheque_version, canary.cheque_version = "1", "3"
+    digits, cheques = FakeAliases(), FakeAliases(canary="3")
+    with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
+        settings = RouterSettings(
+            home=tmp_path, stable_url=stable_url, canary_url=canary_url, cheque_rollout=True,
+            analysis_interval_s=600, registry_poll_s=0.1, probe_interval_s=0.1, tick_s=0.1,
+        )  # fmt: skip
+        app = create_app(settings, source=FakeSource(), aliases=digits, cheque_aliases=cheques)
+        with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+            deadline = time.monotonic() + 30
+            while not (app.runtime.cheque_controller and app.runtime.cheque_split()):
+                assert time.monotonic() < deadline, "the cheque rollout never started"
+                time.sleep(0.05)
+            while app.runtime.cheque_controller.state.canary_ready_at <= 0:
+                assert time.monotonic() < deadline, "the canary never read with version 3"
+                time.sleep(0.05)
+            assert app.runtime.cheque_split() == Split(5, "3", "1")
+            assert app.runtime.controller is not None
+            assert app.runtime.controller.state.phase is Phase.IDLE  # the digit rollout
+            headers = {"content-type": "image/png"}
+            for variant in ("canary", "stable"):
+                for user in users_on(variant, 5, 3, canary_version="3"):
+                    answer = client.post(
+                        "/v1/cheques/read", content=PNG, headers={**headers, "X-User-Id": user}
+                    ).json()
+                    assert answer["variant"] == variant
