@@ -11,6 +11,7 @@ from router.analysis import Sample
 from router.app import create_app
 from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
+from router.cli import status_cmd
 from router.proxy import Backend
 from router.routing import Split
 from router.settings import RouterSettings
@@ -119,7 +120,7 @@ def test_cheque_rollout_waits_for_the_canary_service_to_read_with_the_canary_ver
     assert h.later(1.0).canary_ready_at > 0
 
 
-def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path):
+def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path, capsys):
     stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
     stable.cheque_version, canary.cheque_version = "1", "3"
     digits, cheques = FakeAliases(), FakeAliases(canary="3")
@@ -147,3 +148,13 @@ def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path)
                         "/v1/cheques/read", content=PNG, headers={**headers, "X-User-Id": user}
                     ).json()
                     assert answer["variant"] == variant
+            key = (tmp_path / "router-admin.key").read_text()
+            status = client.get("/admin/rollout", headers={"X-API-Key": key})
+            cheque_status = status.json()["cheques"]
+            assert (cheque_status["model_name"], cheque_status["phase"]) == (CHEQUES, "canary")
+            assert cheque_status["served_versions"] == {"stable": "1", "canary": "3"}
+            assert status.json()["phase"] == "idle"
+            capsys.readouterr()
+            status_cmd(url=url, key=key)
+            shown = capsys.readouterr().out
+            assert "cheque rollout" in shown and "5 %" in shown
