@@ -67,9 +67,11 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 @router.get("/rollout")
-async def rollout_status(_: Actor, rollout: Controller) -> dict[str, Any]:
-    """The rollout's phase, weight, versions and the last analysis."""
-    return rollout.status()
+async def rollout_status(_: Actor, rollout: Controller, request: Request) -> dict[str, Any]:
+    """The rollout's phase, weight, versions and the last analysis (`cheques`: the cheque
+    model's own rollout, null while INKWELL_ROUTER_CHEQUE_ROLLOUT is off)."""
+    cheques = _runtime(request).cheque_controller
+    return {**rollout.status(), "cheques": cheques.status() if cheques is not None else None}
 
 
 @router.get("/rollout/events")

@@ -24,6 +24,7 @@ from inkwell.settings import CANARY, STABLE
 from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from inkwell.web.headers import with_security_headers
 from router import admin
+from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
 from router.metrics import RouterMetrics
@@ -80,15 +81,19 @@ class Runtime:
         *,
         source: MetricSource | None = None,
         aliases: Any = None,
+        cheque_aliases: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = RouterMetrics()
-        self.proxy = Proxy(settings, self.metrics, self.split)
+        self.proxy = Proxy(settings, self.metrics, self.split, cheque_split=self.cheque_split)
         self.controller: RolloutController | None = None
+        self.cheque_controller: ChequeRolloutController | None = None
+        self._cheque_split: Split | None = None  # None: cheque routes follow the digit split
         self.store: RolloutStore | None = None
         self.admin_key: str | None = None
         self._source = source
         self._aliases = aliases
+        self._cheque_aliases = cheque_aliases
         self._split = Split(shadow=settings.shadow, shadow_fraction=settings.shadow_fraction)
         self._canary_version: str | None = None
         self._stop = asyncio.Event()
@@ -124,6 +129,19 @@ class Runtime:
     def served_version(self, variant: str) -> str | None:
         return self.proxy.backend(variant).served_version
 
+    def cheque_split(self) -> Split | None:
+        """The cheque rollout's split, or None while it does not run."""
+        return self._cheque_split
+
+    def apply_cheque_state(self, state: RolloutState) -> None:
+        """Route the cheque model routes by a (new) cheque rollout state."""
+        serving = state.serving_canary
+        self._cheque_split = Split(
+            weight=state.weight if serving else 0.0,
+            canary_version=state.canary_version if serving else None,
+            stable_version=state.stable_version,
+        )
+
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         settings = self.settings
@@ -157,6 +175,20 @@ class Runtime:
             )
             self.apply_state(await self.controller.load())
             self._spawn(self.controller.run(self._stop), "controller")
+            cheque_aliases = self._cheque_aliases
+            if cheque_aliases is None and isinstance(aliases, MlflowAliases):
+                cheque_aliases = MlflowAliases(aliases.registry, settings.cheque_model_name)
+            if settings.cheque_rollout and cheque_aliases is not None:
+                self.cheque_controller = ChequeRolloutController(
+                    settings,
+                    self.store,
+                    cheque_aliases,
+                    source,
+                    ChequeServed(self.proxy.backend),
+                    on_state=self.apply_cheque_state,
+                )
+                self.apply_cheque_state(await self.cheque_controller.load())
+                self._spawn(self.cheque_controller.run(self._stop), "cheque-controller")
             self._spawn(self._every(settings.state_refresh_s, self._refresh_state), "state")
         self._spawn(self._every(settings.probe_interval_s, self._probe), "probe")
 
@@ -178,6 +210,8 @@ class Runtime:
     async def _refresh_state(self) -> None:
         if self.controller is not None:
             await self.controller.load()
+        if self.cheque_controller is not None:
+            await self.cheque_controller.load()
 
     async def stop(self) -> None:
         self._stop.set()
@@ -200,10 +234,12 @@ def create_app(
     *,
     source: MetricSource | None = None,
     aliases: Any = None,
+    cheque_aliases: Any = None,
 ) -> RouterApp:
-    """The router app. `source`/`aliases` replace the metric source and registry (tests)."""
+    """The router app. `source`/`aliases`/`cheque_aliases` replace the metric source and the
+    digit and cheque models' registry aliases (tests)."""
     settings = settings or RouterSettings()
-    runtime = Runtime(settings, source=source, aliases=aliases)
+    runtime = Runtime(settings, source=source, aliases=aliases, cheque_aliases=cheque_aliases)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -248,6 +284,10 @@ def create_app(
                 "served_versions": {
                     STABLE: stable.served_version,
                     CANARY: runtime.proxy.canary.served_version,
+                },
+                "served_cheque_versions": {
+                    STABLE: stable.cheque_version,
+                    CANARY: runtime.proxy.canary.cheque_version,
                 },
             }
         )

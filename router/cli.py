@@ -125,10 +125,10 @@ def _call(method: str, path: str, url: str | None, key: str | None, body: Any = 
     return document
 
 
-def _show(status: dict[str, Any]) -> None:
+def _show(status: dict[str, Any], title: str = "rollout") -> None:
     from inkwell.cli import console
 
-    table = Table(show_header=False, title="rollout")
+    table = Table(show_header=False, title=title)
     started = status.get("started_at") or 0
     rows = [
         ("phase", status.get("phase")),
@@ -151,6 +151,9 @@ def _show(status: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, "" if value is None else str(value))
     console.print(table)
+    cheques = status.get("cheques")
+    if isinstance(cheques, dict):
+        _show(cheques, title="cheque rollout")
 
 
 def _print(document: dict[str, Any], as_json: bool) -> None:

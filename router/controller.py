@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from inkwell.errors import ConflictError, InkwellError
 from inkwell.settings import CANARY, STABLE
-from router.analysis import Result, Thresholds, Verdict, analyse, build_observation
+from router.analysis import Result, Sample, Thresholds, Verdict, analyse, build_observation
 from router.metrics import RouterMetrics
 from router.settings import RouterSettings
 from router.sources import MetricSource
@@ -105,9 +105,10 @@ class RolloutController:
         *,
         on_state: Callable[[RolloutState], None] | None = None,
         clock: Callable[[], float] = time.time,
+        model_name: str | None = None,
     ) -> None:
         self.settings = settings
-        self.model_name = settings.model_name
+        self.model_name = model_name or settings.model_name
         self.store = store
         self.aliases = aliases
         self.source = source
@@ -276,13 +277,7 @@ class RolloutController:
         step_samples, rollout_samples = await self.source.windows(
             max(elapsed, 1e-3), max(since_start, 1e-3)
         )
-        verdict = analyse(
-            build_observation(step_samples),
-            build_observation(rollout_samples),
-            stable_version=None,
-            canary_version=state.canary_version,
-            thresholds=self.thresholds,
-        )
+        verdict = self.judge(step_samples, rollout_samples, state.canary_version)
         self.last_verdict = verdict
         if verdict.result is Result.FAIL:
             self.metrics.rollout_analyses.labels("fail").inc()
@@ -323,6 +318,18 @@ class RolloutController:
                 step_started_at=now,
             ),
             actor=self.replica,
+        )
+
+    def judge(
+        self, step_samples: list[Sample], rollout_samples: list[Sample], canary_version: str
+    ) -> Verdict:
+        """The canary analysis of this model (the cheque controller overrides it)."""
+        return analyse(
+            build_observation(step_samples),
+            build_observation(rollout_samples),
+            stable_version=None,
+            canary_version=canary_version,
+            thresholds=self.thresholds,
         )
 
     async def _finish_promotion(self, state: RolloutState) -> RolloutState | None:

@@ -53,6 +53,7 @@ from router.settings import RouterSettings
 log = logging.getLogger("inkwell.router")
 
 MODEL_PREFIXES = ("/v1/digits/", "/v1/cheques/", "/v2/models/")
+CHEQUE_PREFIX = "/v1/cheques/"  # split by the cheque rollout when it runs
 # Under a model prefix but not a model answer: reviewed uploads and the review queue share one
 # store, so they go to stable like /v1/samples and stay out of the canary's analysis.
 STABLE_ONLY_PREFIXES = ("/v1/cheques/samples", "/v1/cheques/reviews")
@@ -156,6 +157,7 @@ class Backend:
     upstream: Upstream
     timeout: float
     served_version: str | None = None  # from the last readiness probe
+    cheque_version: str | None = None  # the cheque model version it reads amounts with
     ready: bool = False
     probed_at: float = 0.0
 
@@ -253,12 +255,15 @@ class Proxy:
         metrics: RouterMetrics,
         split: Callable[[], Split],
         *,
+        cheque_split: Callable[[], Split | None] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.split = split
+        # The cheque rollout's split for the cheque model routes; None: they follow `split`.
+        self.cheque_split = cheque_split
         self.rng = rng or random.Random()
         self.stable = Backend(
             STABLE,
@@ -308,7 +313,9 @@ class Proxy:
                 method, path, target, query, raw_headers, body, route, started
             )
 
-        split = self.split()
+        cheque_split = self.cheque_split() if self.cheque_split is not None else None
+        cheques = cheque_split is not None and path.startswith(CHEQUE_PREFIX)
+        split = cheque_split if cheque_split is not None and cheques else self.split()
         override = parse_override(incoming.variant)
         if override is not None:
             check_override_key(incoming.override_key, self.override_keys)
@@ -329,7 +336,8 @@ class Proxy:
         if user_id is None and self.settings.assign_user_cookie:
             user_id = new_cookie = secrets.token_hex(8)
 
-        canary_ready = split.has_canary and self.canary.served_version == split.canary_version
+        served = self.canary.cheque_version if cheques else self.canary.served_version
+        canary_ready = split.has_canary and served == split.canary_version
         choice = choose(
             split,
             user_id=user_id,
@@ -628,6 +636,9 @@ class Proxy:
         backend.ready = answer.status == 200
         backend.probed_at = time.monotonic()
         version = version_of(document)
+        if isinstance(document, dict) and answer.status == 200:
+            cheque = document.get("cheque_model_version")
+            backend.cheque_version = str(cheque) if isinstance(cheque, str | int) else None
         if version is not None:
             if version != backend.served_version:
                 log.info("%s service now serves version %s", backend.variant, version)

@@ -68,6 +68,11 @@ class RouterSettings(CoreSettings):
         description="Percent of users sent to the canary when the rollout controller is off.",
     )
     controller: bool = Field(default=True, description="Run the rollout controller.")
+    cheque_rollout: bool = Field(
+        default=False,
+        description="Also roll out the cheque model's canary alias on its own (needs CONTROLLER); "
+        "/v1/cheques/* is then split by that rollout instead of the digit one.",
+    )
     shadow: bool = Field(
         default=False,
         description="Mirror requests answered by stable to the canary and measure agreement.",

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inkwell.errors import MetricsUnavailableError
 from router import metrics as m
 from router.analysis import SERVICE_CONFIDENCE, Sample
+from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
 
 COUNTERS = (
     f"{m.UPSTREAM_REQUESTS}_total",
@@ -34,6 +35,10 @@ COUNTERS = (
     f"{SERVICE_CONFIDENCE}_count",
     f"{m.ONLINE_PREDICTIONS}_total",
     f"{m.SHADOW_COMPARISONS}_total",
+    # the cheque rollout's (router.cheque_analysis)
+    f"{CHEQUE_READS}_total",
+    f"{CHEQUE_CONFIDENCE}_sum",
+    f"{CHEQUE_CONFIDENCE}_count",
 )
 GAUGES = (m.CIRCUIT_OPEN,)
 # Series the analysis must not see (summing by the GROUP_BY labels would mix them in).
@@ -45,6 +50,9 @@ GROUP_BY = {
     f"{SERVICE_CONFIDENCE}_count": ("variant", "model_version"),
     f"{m.ONLINE_PREDICTIONS}_total": ("variant", "model_version", "correct"),
     f"{m.SHADOW_COMPARISONS}_total": ("stable_version", "canary_version", "agree"),
+    f"{CHEQUE_READS}_total": ("variant", "model_version", "needs_review"),
+    f"{CHEQUE_CONFIDENCE}_sum": ("variant", "model_version"),
+    f"{CHEQUE_CONFIDENCE}_count": ("variant", "model_version"),
 }
 
 

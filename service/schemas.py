@@ -57,6 +57,11 @@ class ReadyPublic(BaseModel):
     model_name: str
     model_version: str
     variant: str
+    cheque_model_version: str | None = Field(
+        default=None,
+        description="The cheque model version this process reads amounts with (its variant's "
+        "alias, or stable's); null while none is loaded. The router's cheque rollout reads it.",
+    )
 
 
 class ChequeCharacterPublic(BaseModel):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from inkwell.errors import ModelNotReadyError
-from service.deps import MetricsDep, ModelDep
+from service.deps import ChequeModelDep, MetricsDep, ModelDep
 from service.schemas import HealthPublic, ReadyPublic
 
 router = APIRouter(tags=["health"])
@@ -26,7 +26,7 @@ async def healthz() -> HealthPublic:
 
 
 @router.get("/readyz", response_model=ReadyPublic, responses={503: {"description": "No model"}})
-async def readyz(model: ModelDep) -> ReadyPublic:
+async def readyz(model: ModelDep, cheques: ChequeModelDep) -> ReadyPublic:
     """A model is loaded and predictions can be served."""
     served = model.current
     if served is None:
@@ -36,6 +36,7 @@ async def readyz(model: ModelDep) -> ReadyPublic:
         model_name=served.name,
         model_version=served.version,
         variant=served.variant,
+        cheque_model_version=cheques.version,
     )
 
 

@@ -177,3 +177,10 @@ def test_a_fresh_home_reads_amounts_with_the_shipped_reader(
         assert response.json()["model_version"] == "1"
     info = Registry(CoreSettings(home=inkwell_home)).get_version("inkwell-cheques", STABLE)
     assert info.tags["source"] == "shipped"
+
+
+def test_readiness_reports_the_served_cheque_version(inkwell_home: Path, mnist_dir: Path) -> None:
+    with TestClient(create_app(settings_for(inkwell_home, mnist_dir, seed_shipped=True))) as app:
+        ready = app.get("/readyz").json()
+    assert ready["variant"] == "stable"
+    assert ready["cheque_model_version"] == "1"

@@ -64,6 +64,7 @@ class FakeService:
     delay_s: float = 0.5
     predictions: int = 0
     uploads: list[bytes] = field(default_factory=list)
+    cheque_version: str | None = None
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -98,6 +99,20 @@ class FakeService:
                 }
             )
 
+        @app.post("/v1/cheques/read")
+        async def read_cheque(request: Request) -> JSONResponse:
+            await request.body()
+            return JSONResponse(
+                {
+                    "amount": "5",
+                    "confidence": 0.9,
+                    "needs_review": False,
+                    "model_name": "inkwell-cheques",
+                    "model_version": self.cheque_version or self.version,
+                    "variant": self.variant,
+                }
+            )
+
         @app.post("/v1/samples")
         async def upload(request: Request) -> JSONResponse:
             self.uploads.append(await request.body())
@@ -118,7 +133,11 @@ class FakeService:
             return {"total": len(self.uploads), "served_by": self.variant}
 
         @app.get("/readyz")
-        async def ready() -> dict[str, str]:
-            return {"status": "ready", "model_version": self.version}
+        async def ready() -> dict[str, str | None]:
+            return {
+                "status": "ready",
+                "model_version": self.version,
+                "cheque_model_version": self.cheque_version,
+            }
 
         return app

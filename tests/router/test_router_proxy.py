@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from router.app import create_app
 from router.routing import user_position
 from router.settings import RouterSettings
+from router.state import Phase, RolloutState
 from tests.harness import free_port
 from tests.router.router_fakes import FakeService, digit_of, serve_in_thread
 
@@ -407,3 +408,60 @@ def test_started_router_freezes_its_startup_heap_so_full_collections_skip_it(
         assert gc.get_freeze_count() == 0  # stopping gives the heap back
     finally:
         gc.unfreeze()
+
+
+def test_readiness_shows_the_cheque_version_each_service_reads_with(
+    tmp_path, stable_service, canary_service
+):
+    stable_service[0].cheque_version = "1"
+    canary_service[0].cheque_version = "3"
+    with router(tmp_path, stable_service[1], canary_service[1]) as client:
+        versions = client.get("/readyz").json()["served_cheque_versions"]
+    assert versions == {"stable": "1", "canary": "3"}
+
+
+def read_cheque(client: httpx.Client, user: str) -> httpx.Response:
+    headers = {"content-type": "image/png", "X-User-Id": user}
+    return client.post("/v1/cheques/read", content=PNG, headers=headers)
+
+
+def test_cheque_reads_follow_the_cheque_rollout_not_the_digit_one(
+    tmp_path, stable_service, canary_service
+):
+    stable_service[0].cheque_version = "1"
+    canary_service[0].cheque_version = "3"
+    settings = RouterSettings(
+        home=tmp_path,
+        stable_url=stable_service[1],
+        canary_url=canary_service[1],
+        controller=False,
+        canary_weight=0,
+        probe_interval_s=0.1,
+    )
+    app = create_app(settings)
+    app.runtime.apply_cheque_state(
+        RolloutState(
+            "inkwell-cheques",
+            phase=Phase.CANARY,
+            weight=100,
+            canary_version="3",
+            stable_version="1",
+        )
+    )
+    with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json().get("served_cheque_versions", {}).get("canary") != "3":
+            assert time.monotonic() < deadline, "the router never probed the canary"
+            time.sleep(0.05)
+        for user in ("user-1", "user-2", "user-3"):
+            cheque = read_cheque(client, user)
+            assert cheque.status_code == 200, cheque.text
+            assert (cheque.json()["variant"], cheque.json()["model_version"]) == ("canary", "3")
+            assert predict(client, image(1), **{"X-User-Id": user}).json()["variant"] == "stable"
+
+
+def test_without_a_cheque_rollout_cheque_reads_follow_the_digit_split(
+    tmp_path, stable_service, canary_service
+):
+    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=100) as client:
+        assert read_cheque(client, "user-1").json()["variant"] == "canary"

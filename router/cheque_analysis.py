@@ -1,0 +1,136 @@
+"""Pure analysis of a cheque-model canary: the services' cheque metrics in, a verdict out.
+
+The cheque model (`inkwell-cheques`) is versioned apart from the digit model, so its canary is
+judged on its own rollout: the canary service's cheque reads (labelled by the cheque model
+version it served) against the stable service's. It reuses `router.analysis` (its `Sample`,
+`VariantStats`, `Verdict` and the confidence check) and adds the cheque-only signal: the share
+of reads flagged `needs_review`. No network, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from inkwell.settings import CANARY, STABLE
+from router.analysis import (
+    Check,
+    Result,
+    Sample,
+    Status,
+    Thresholds,
+    VariantStats,
+    Verdict,
+    check_confidence,
+    wilson,
+)
+
+# Metric names the cheque analysis reads from the inference services (service/metrics.py).
+CHEQUE_READS = "inkwell_service_cheque_reads"
+CHEQUE_CONFIDENCE = "inkwell_service_cheque_confidence"
+
+
+@dataclass
+class ChequeStats(VariantStats):
+    """What one variant's cheque model version did: `requests` counts reads."""
+
+    needs_review: float = 0.0
+
+    @property
+    def needs_review_rate(self) -> float | None:
+        return self.needs_review / self.requests if self.requests > 0 else None
+
+
+@dataclass(frozen=True)
+class ChequeThresholds(Thresholds):
+    """The digit thresholds plus how many more reads the canary may send to human review."""
+
+    needs_review_margin: float = 0.1
+
+
+ChequeObservation = dict[tuple[str, str], ChequeStats]
+
+
+def build_cheque_observation(samples: Iterable[Sample]) -> ChequeObservation:
+    """Fold the services' cheque metric samples into per-variant/cheque-version stats."""
+    obs: ChequeObservation = {}
+
+    def stats(labels: Mapping[str, str]) -> ChequeStats | None:
+        variant, version = labels.get("variant"), labels.get("model_version")
+        if variant is None or version is None:
+            return None
+        return obs.setdefault((variant, version), ChequeStats())
+
+    for s in samples:
+        target = stats(s.labels)
+        if target is None:
+            continue
+        if s.name == f"{CHEQUE_READS}_total":
+            target.requests += s.value
+            if s.labels.get("needs_review") == "true":
+                target.needs_review += s.value
+        elif s.name == f"{CHEQUE_CONFIDENCE}_sum":
+            target.confidence_sum += s.value
+        elif s.name == f"{CHEQUE_CONFIDENCE}_count":
+            target.confidence_count += s.value
+    return obs
+
+
+def cheque_baseline(obs: ChequeObservation, stable_version: str | None) -> ChequeStats:
+    """The stable variant's cheque stats: one version, or (None) every version stable served."""
+    merged = ChequeStats()
+    for (variant, version), stats in obs.items():
+        if variant == STABLE and stable_version in (None, version):
+            merged.requests += stats.requests
+            merged.needs_review += stats.needs_review
+            merged.confidence_sum += stats.confidence_sum
+            merged.confidence_count += stats.confidence_count
+    return merged
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def check_needs_review(canary: ChequeStats, stable: ChequeStats, t: ChequeThresholds) -> Check:
+    """A canary that sends clearly more reads to human review than stable is worse, whatever
+    its confidence says (each flagged read costs a reviewer's time)."""
+    base = stable.needs_review_rate
+    limit = None if base is None else min(1.0, base + t.needs_review_margin)
+    rate = canary.needs_review_rate
+    text = (
+        f"canary needs_review rate {_pct(rate)} over {canary.requests:.0f} cheque reads vs "
+        f"stable {_pct(base)} (limit {_pct(limit)})"
+    )
+    if limit is None or canary.requests < t.min_requests or stable.requests < t.min_requests:
+        return Check("needs_review_rate", Status.NO_DATA, rate, base, limit, text)
+    lower, _ = wilson(canary.needs_review, canary.requests)
+    if lower > limit:
+        status = Status.FAIL
+    else:
+        status = Status.PASS if (rate or 0.0) <= limit else Status.NO_DATA
+    return Check("needs_review_rate", status, rate, base, limit, text)
+
+
+def analyse_cheques(
+    step: ChequeObservation,
+    rollout: ChequeObservation,
+    *,
+    stable_version: str | None,
+    canary_version: str,
+    thresholds: ChequeThresholds,
+) -> Verdict:
+    """Compare the cheque canary with stable (windows as in `router.analysis.analyse`)."""
+    t = thresholds
+    canary = step.get((CANARY, canary_version), ChequeStats())
+    stable = cheque_baseline(step, stable_version)
+    if stable.requests < t.min_requests:  # few stable reads at high weights: whole rollout
+        stable = cheque_baseline(rollout, stable_version)
+    checks = (check_confidence(canary, stable, t), check_needs_review(canary, stable, t))
+    if any(c.status is Status.FAIL for c in checks):
+        result = Result.FAIL
+    elif canary.requests < t.min_requests or any(c.status is Status.NO_DATA for c in checks):
+        result = Result.INCONCLUSIVE
+    else:
+        result = Result.PASS
+    return Verdict(result, checks, canary.requests)

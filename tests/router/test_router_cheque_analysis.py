@@ -1,0 +1,99 @@
+"""Cheque canary analysis: the services' real cheque metrics folded and judged per version."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from router.analysis import Result, Sample, Status
+from router.cheque_analysis import (
+    ChequeStats,
+    ChequeThresholds,
+    analyse_cheques,
+    build_cheque_observation,
+)
+from service.metrics import ServiceMetrics
+
+T = ChequeThresholds(min_requests=20, needs_review_margin=0.1)
+
+
+def reads(metrics: ServiceMetrics, version: str, n: int, flagged: int, confidence: float) -> None:
+    for i in range(n):
+        metrics.observe_cheque(version, confidence, needs_review=i < flagged)
+
+
+def samples(*services: ServiceMetrics) -> list[Sample]:
+    """What a scrape of the services' /metrics gives the analysis (all since start)."""
+    out = []
+    for service in services:
+        for family in text_string_to_metric_families(service.render().decode()):
+            out += [Sample(s.name, s.labels, float(s.value)) for s in family.samples]
+    return out
+
+
+def verdict_for(canary: ServiceMetrics, stable: ServiceMetrics):
+    obs = build_cheque_observation(samples(canary, stable))
+    return analyse_cheques(obs, obs, stable_version="1", canary_version="2", thresholds=T)
+
+
+def check(verdict, name):
+    return next(c for c in verdict.checks if c.name == name)
+
+
+def test_cheque_reads_are_folded_per_variant_and_cheque_version():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 40, flagged=10, confidence=0.8)
+    reads(stable, "1", 60, flagged=6, confidence=0.9)
+    obs = build_cheque_observation(samples(canary, stable))
+    assert obs[("canary", "2")].requests == 40
+    assert obs[("canary", "2")].needs_review_rate == 0.25
+    assert obs[("stable", "1")].mean_confidence is not None
+    assert abs(obs[("stable", "1")].mean_confidence - 0.9) < 1e-9
+
+
+def test_healthy_cheque_canary_passes():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=10, confidence=0.9)
+    reads(stable, "1", 300, flagged=30, confidence=0.9)
+    verdict = verdict_for(canary, stable)
+    assert verdict.result is Result.PASS, verdict.reason()
+
+
+def test_cheque_canary_flagging_far_more_reads_for_review_fails():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=60, confidence=0.9)
+    reads(stable, "1", 300, flagged=30, confidence=0.9)
+    verdict = verdict_for(canary, stable)
+    assert verdict.result is Result.FAIL
+    assert check(verdict, "needs_review_rate").status is Status.FAIL
+    assert "needs_review" in verdict.reason()
+
+
+def test_less_confident_cheque_canary_fails():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=10, confidence=0.5)
+    reads(stable, "1", 300, flagged=30, confidence=0.95)
+    verdict = verdict_for(canary, stable)
+    assert check(verdict, "mean_confidence").status is Status.FAIL
+
+
+def test_cheque_canary_waits_below_the_minimum_reads():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 19, flagged=19, confidence=0.1)
+    reads(stable, "1", 300, flagged=30, confidence=0.95)
+    verdict = verdict_for(canary, stable)
+    assert verdict.result is Result.INCONCLUSIVE
+    assert check(verdict, "needs_review_rate").status is Status.NO_DATA
+
+
+def test_a_digit_canary_serving_the_stable_cheque_version_is_not_the_cheque_canary():
+    # the canary service falls back to inkwell-cheques@stable: its reads are stable's version
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "1", 100, flagged=90, confidence=0.2)
+    reads(stable, "1", 300, flagged=30, confidence=0.95)
+    verdict = verdict_for(canary, stable)
+    assert verdict.result is Result.INCONCLUSIVE
+    assert verdict.canary_requests == 0
+
+
+def test_needs_review_rate_of_no_reads_is_unknown():
+    assert ChequeStats().needs_review_rate is None

@@ -1,0 +1,160 @@
+"""The cheque model's own rollout: the controller's state machine judged on cheque reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from router.analysis import Sample
+from router.app import create_app
+from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
+from router.cheque_rollout import ChequeRolloutController, ChequeServed
+from router.cli import status_cmd
+from router.proxy import Backend
+from router.routing import Split
+from router.settings import RouterSettings
+from router.sources import parse_exposition
+from router.state import Phase, RolloutStore
+from service.metrics import ServiceMetrics
+from tests.router.router_fakes import FakeService, serve_in_thread
+from tests.router.test_router_controller import (
+    INTERVAL,
+    Clock,
+    FakeAliases,
+    FakeServed,
+    FakeSource,
+    healthy,
+)
+from tests.router.test_router_proxy import PNG, users_on
+
+CHEQUES = "inkwell-cheques"
+
+
+def cheque_reads(variant: str, version: str, n: int, flagged: int, confidence: float):
+    labels = {"variant": variant, "model_version": version}
+    return [
+        Sample(f"{CHEQUE_READS}_total", {**labels, "needs_review": "true"}, flagged),
+        Sample(f"{CHEQUE_READS}_total", {**labels, "needs_review": "false"}, n - flagged),
+        Sample(f"{CHEQUE_CONFIDENCE}_sum", labels, confidence * n),
+        Sample(f"{CHEQUE_CONFIDENCE}_count", labels, n),
+    ]
+
+
+class ChequeHarness:
+    def __init__(self, tmp_path) -> None:
+        self.settings = RouterSettings(
+            home=tmp_path, analysis_interval_s=INTERVAL, registry_poll_s=0.001, min_requests=20
+        )
+        self.aliases = FakeAliases(canary="2")
+        self.source = FakeSource()
+        self.served = FakeServed()
+        self.clock = Clock()
+        self.store = RolloutStore(self.settings.resolved_database_url)
+        self.controller = ChequeRolloutController(
+            self.settings, self.store, self.aliases, self.source, self.served, clock=self.clock
+        )
+
+    def later(self, seconds: float = INTERVAL):
+        self.clock.now += seconds
+        return asyncio.run(self.controller.tick())
+
+
+def test_good_cheque_canary_goes_through_every_step_and_is_promoted(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.source.samples = cheque_reads("canary", "2", 100, 5, 0.9) + cheque_reads(
+        "stable", "1", 400, 20, 0.9
+    )
+    weights = [h.later(0).weight]
+    for _ in range(3):
+        weights.append(h.later().weight)
+    assert weights == [5, 25, 50, 100]
+    assert h.later().phase is Phase.PROMOTING
+    h.served.versions["stable"] = "2"
+    assert h.later(0).phase is Phase.PROMOTED
+    assert h.aliases.aliases == {"stable": "2"}
+    assert h.store.load(CHEQUES).phase is Phase.PROMOTED
+    assert h.store.load("inkwell-digits").phase is Phase.IDLE  # its own rollout
+
+
+def test_cheque_canary_flagging_more_reads_for_review_is_rolled_back(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.later(0)
+    h.source.samples = cheque_reads("canary", "2", 60, 40, 0.9) + cheque_reads(
+        "stable", "1", 600, 30, 0.9
+    )
+    state = h.later(1.0)
+    assert (state.phase, state.weight) == (Phase.ROLLED_BACK, 0)
+    assert "canary" not in h.aliases.aliases
+    assert "needs_review" in h.aliases.tags["2"]["rolled_back"]
+
+
+def test_digit_traffic_alone_does_not_judge_the_cheque_canary(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.later(0)
+    h.source.samples = healthy()  # a healthy digit canary's router traffic, no cheque reads
+    for _ in range(3):
+        state = h.later()
+        assert (state.phase, state.weight) == (Phase.CANARY, 5)
+    assert h.controller.last_verdict is not None
+    assert "waiting for data" in h.controller.last_verdict.reason()
+
+
+def test_scraping_a_service_keeps_its_cheque_series():
+    service = ServiceMetrics("canary")
+    service.observe_cheque("2", 0.8, needs_review=True)
+    names = {name for name, _ in parse_exposition(service.render().decode())}
+    assert {f"{CHEQUE_READS}_total", f"{CHEQUE_CONFIDENCE}_count"} <= names
+
+
+def test_cheque_rollout_waits_for_the_canary_service_to_read_with_the_canary_version(tmp_path):
+    backends = {
+        "stable": Backend("stable", "http://s", None, 1.0, cheque_version="1"),  # type: ignore[arg-type]
+        "canary": Backend("canary", "http://c", None, 1.0, cheque_version="1"),  # type: ignore[arg-type]
+    }
+    h = ChequeHarness(tmp_path)
+    h.controller.served = ChequeServed(backends.__getitem__)
+    assert h.later(0).canary_ready_at == 0  # still reading with stable's version
+    backends["canary"].cheque_version = "2"
+    assert h.later(1.0).canary_ready_at > 0
+
+
+def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path, capsys):
+    stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
+    stable.cheque_version, canary.cheque_version = "1", "3"
+    digits, cheques = FakeAliases(), FakeAliases(canary="3")
+    with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
+        settings = RouterSettings(
+            home=tmp_path, stable_url=stable_url, canary_url=canary_url, cheque_rollout=True,
+            analysis_interval_s=600, registry_poll_s=0.1, probe_interval_s=0.1, tick_s=0.1,
+        )  # fmt: skip
+        app = create_app(settings, source=FakeSource(), aliases=digits, cheque_aliases=cheques)
+        with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
+            deadline = time.monotonic() + 30
+            while not (app.runtime.cheque_controller and app.runtime.cheque_split()):
+                assert time.monotonic() < deadline, "the cheque rollout never started"
+                time.sleep(0.05)
+            while app.runtime.cheque_controller.state.canary_ready_at <= 0:
+                assert time.monotonic() < deadline, "the canary never read with version 3"
+                time.sleep(0.05)
+            assert app.runtime.cheque_split() == Split(5, "3", "1")
+            assert app.runtime.controller is not None
+            assert app.runtime.controller.state.phase is Phase.IDLE  # the digit rollout
+            headers = {"content-type": "image/png"}
+            for variant in ("canary", "stable"):
+                for user in users_on(variant, 5, 3, canary_version="3"):
+                    answer = client.post(
+                        "/v1/cheques/read", content=PNG, headers={**headers, "X-User-Id": user}
+                    ).json()
+                    assert answer["variant"] == variant
+            key = (tmp_path / "router-admin.key").read_text()
+            status = client.get("/admin/rollout", headers={"X-API-Key": key})
+            cheque_status = status.json()["cheques"]
+            assert (cheque_status["model_name"], cheque_status["phase"]) == (CHEQUES, "canary")
+            assert cheque_status["served_versions"] == {"stable": "1", "canary": "3"}
+            assert status.json()["phase"] == "idle"
+            capsys.readouterr()
+            status_cmd(url=url, key=key)
+            shown = capsys.readouterr().out
+            assert "cheque rollout" in shown and "5 %" in shown
