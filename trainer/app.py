@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inkwell import __version__
 from trainer.api import router
+from trainer.cheque_job import ChequeRetrainer
 from trainer.errors import register_error_handlers
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
@@ -24,7 +25,7 @@ def create_app(
 ) -> FastAPI:
     """The admin app; with `poll` the worker thread polls the store while the app runs."""
     settings = settings or TrainerSettings()
-    worker = worker or Worker(Retrainer(settings), settings)
+    worker = worker or Worker(Retrainer(settings), settings, cheques=ChequeRetrainer(settings))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
