@@ -191,6 +191,26 @@ class Worker:
             )
         return outcome
 
+    def cheque_status(self) -> dict[str, Any] | None:
+        """The cheque reader's job state for GET /v1/status (None without cheque jobs)."""
+        if self.cheques is None:
+            return None
+        last = self.last_cheque_outcome
+        return {
+            "watermark": self.cheques.watermark,
+            "pending": len(self.cheques.pending_ids()),
+            "min_new_fields": self.settings.cheque_min_new_fields,
+            "last_job": None
+            if last is None
+            else {
+                "job_id": last.job_id,
+                "version": last.version,
+                "status": last.status,
+                "reasons": last.gate.reasons,
+                "seconds": round(last.seconds, 1),
+            },
+        }
+
     def request(self) -> Pending:
         """Ask for a retrain at the next poll; errors if one is running or nothing is pending."""
         if self.retrainer.lock.locked() or self.retrainer.state.active_job() is not None:
@@ -260,6 +280,7 @@ class Worker:
             },
             "stable_version": stable.version if stable else None,
             "canary_version": canary.version if canary else None,
+            "cheques": self.cheque_status(),
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "mnist": mnist_status(self.settings),
             "settings": {

@@ -119,6 +119,9 @@ def test_due_cheque_job_registers_a_canary_tracked_in_mlflow(home: Path, mnist_d
     assert loaded.meta["finetune"]["calibration_fields"] == len(outcome.plan.holdout_ids)
     assert loaded.review_threshold == loaded.meta["calibration"]["review_threshold"]
     assert worker.poll_cheques() is None  # nothing new past the watermark
+    status = worker.cheque_status()
+    assert status is not None and status["pending"] == 0
+    assert status["last_job"]["version"] == "2" and status["watermark"] == outcome.plan.watermark
 
 
 def test_held_out_fields_are_fixed_by_image_hash_and_never_trained_on(
