@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from inkwell import __version__
 from inkwell.errors import StoreUnavailableError
 from trainer.api import router
+from trainer.cheque_job import ChequeRetrainer
 from trainer.errors import register_error_handlers
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
@@ -45,7 +46,8 @@ async def open_worker(settings: TrainerSettings, app: FastAPI, *, wait: bool) ->
                 return None
             await asyncio.sleep(settings.database_retry_seconds)
             continue
-        return Worker(retrainer, settings)
+        cheques = ChequeRetrainer(settings, store=retrainer.store, registry=retrainer.registry)
+        return Worker(retrainer, settings, cheques=cheques)
 
 
 def create_app(

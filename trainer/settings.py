@@ -158,6 +158,47 @@ class TrainerSettings(CoreSettings):
         description="Fewer held-out new samples than this skips the new-sample check.",
     )
 
+    # ---- cheque reader retrains (issue 17) --------------------------------------------------
+    cheque_min_new_fields: int = Field(
+        default=100,
+        ge=1,
+        description="Retrain the cheque reader once this many reviewed "
+        "fields wait past the last cheque job.",
+    )
+    cheque_holdout_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of reviewed fields held out (by image "
+        "hash, so the same across jobs) for the cheque gate and recalibration; never trained on.",
+    )
+    cheque_min_holdout: int = Field(
+        default=20, ge=1, description="Fewer held-out reviewed fields: the gate cannot judge."
+    )
+    cheque_steps: int = Field(
+        default=150,
+        ge=1,
+        description="Fine-tuning steps of one cheque job, its time budget: ~1 s a step at batch "
+        "32 on 2 shared cores, so a job with its gate stays under 5 min.",
+    )
+    cheque_batch_size: int = Field(default=32, ge=2, description="Fields per cheque batch.")
+    cheque_lr: float = Field(default=5e-4, gt=0, description="Cheque fine-tuning peak LR.")
+    cheque_replay_max: int = Field(
+        default=2000, ge=1, description="Most reviewed fields one cheque job trains on (newest)."
+    )
+    cheque_review_rate: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Share of held-out fields the recalibrated review threshold sends to review.",
+    )
+    cheque_max_synthetic_drop_pp: float = Field(
+        default=0.5, ge=0, description="Drop allowed on the synthetic MNIST-test amounts (pp)."
+    )
+    cheque_synthetic_test_fields: int = Field(
+        default=2000, ge=1, description="Synthetic MNIST-test amounts the cheque gate reads."
+    )
+
     # ---- admin API -------------------------------------------------------------------------
     admin_api_key: ApiKey | None = Field(
         default=None, description="Key for POST /v1/retrain (header X-API-Key); unset disables it."

@@ -21,6 +21,7 @@ from typing import Any
 from inkwell.data import resolve_data_dir
 from inkwell.errors import ConflictError, DataNotFoundError, InkwellError, NothingToTrainError
 from inkwell.settings import CoreSettings
+from trainer.cheque_job import ChequeJobOutcome, ChequeRetrainer
 from trainer.pipeline import Retrainer, RetrainOutcome
 from trainer.settings import TrainerSettings
 
@@ -100,8 +101,16 @@ def prepare(settings: TrainerSettings) -> None:
 class Worker:
     """Polls, triggers and runs retrains on a background thread; safe to query from others."""
 
-    def __init__(self, retrainer: Retrainer, settings: TrainerSettings) -> None:
+    def __init__(
+        self,
+        retrainer: Retrainer,
+        settings: TrainerSettings,
+        *,
+        cheques: ChequeRetrainer | None = None,
+    ) -> None:
         self.retrainer = retrainer
+        self.cheques = cheques
+        self.last_cheque_outcome: ChequeJobOutcome | None = None
         self.settings = settings
         self._manual = threading.Event()
         self._stop = threading.Event()
@@ -109,7 +118,10 @@ class Worker:
         self.last_outcome: RetrainOutcome | None = None
         self.last_error: str | None = None
         self.last_poll: datetime | None = None
-        self._retry_at = 0.0  # after a failed retrain, wait before the automatic rule retries
+        self._retry_at = 0.0
+        self._cheque_retry_at = (
+            0.0  # after a failed retrain, wait before the automatic rule retries
+        )
 
     # ---- polling ---------------------------------------------------------------------------
     def pending(self) -> Pending:
@@ -134,6 +146,8 @@ class Worker:
         self.retrainer.metrics.pending.set(pending.count)
         reason = "manual" if self._manual.is_set() else decide_trigger(pending, self.settings)
         if reason is None or (reason != "manual" and time.monotonic() < self._retry_at):
+            # one job at a time: a due digit job goes first, the cheque reader's after it
+            self.poll_cheques()
             return None
         self._manual.clear()
         try:
@@ -158,6 +172,44 @@ class Worker:
             outcome.seconds,
         )
         return outcome
+
+    def poll_cheques(self) -> ChequeJobOutcome | None:
+        """Run (or resume) a cheque-reader job when enough reviewed fields wait."""
+        if self.cheques is None or time.monotonic() < self._cheque_retry_at:
+            return None
+        try:
+            outcome = self.cheques.run_once()
+        except InkwellError as exc:
+            self.last_error = f"cheques {exc.code}: {exc.message}"
+            self._cheque_retry_at = time.monotonic() + FAILURE_BACKOFF_SECONDS
+            log.error("cheque retrain failed: %s", self.last_error)
+            return None
+        if outcome is not None:
+            self.last_cheque_outcome = outcome
+            log.info(
+                "cheque job %s: version %s %s", outcome.job_id, outcome.version, outcome.status
+            )
+        return outcome
+
+    def cheque_status(self) -> dict[str, Any] | None:
+        """The cheque reader's job state for GET /v1/status (None without cheque jobs)."""
+        if self.cheques is None:
+            return None
+        last = self.last_cheque_outcome
+        return {
+            "watermark": self.cheques.watermark,
+            "pending": len(self.cheques.pending_ids()),
+            "min_new_fields": self.settings.cheque_min_new_fields,
+            "last_job": None
+            if last is None
+            else {
+                "job_id": last.job_id,
+                "version": last.version,
+                "status": last.status,
+                "reasons": last.gate.reasons,
+                "seconds": round(last.seconds, 1),
+            },
+        }
 
     def request(self) -> Pending:
         """Ask for a retrain at the next poll; errors if one is running or nothing is pending."""
@@ -228,6 +280,7 @@ class Worker:
             },
             "stable_version": stable.version if stable else None,
             "canary_version": canary.version if canary else None,
+            "cheques": self.cheque_status(),
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "mnist": mnist_status(self.settings),
             "settings": {
