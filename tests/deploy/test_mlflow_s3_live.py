@@ -19,8 +19,9 @@ import httpx
 import pytest
 
 from inkwell.registry import ARTIFACT_DIR, WEIGHTS_FILE
-from tests.deploy.conftest import Processes, free_port
+from tests.deploy.conftest import Processes
 from tests.deploy.helpers import REPO, environment, load_compose
+from tests.harness import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

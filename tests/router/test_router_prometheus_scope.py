@@ -16,8 +16,8 @@ from router import metrics as m
 from router.analysis import build_observation
 from router.metrics import RouterMetrics
 from router.sources import PrometheusSource
+from tests.harness import free_port
 from tests.router.e2e_harness import Process, wait_until
-from tests.router.router_fakes import free_port
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="needs Debian's prometheus"
