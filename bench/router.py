@@ -30,10 +30,10 @@ import numpy as np
 import typer
 from PIL import Image
 
-from inkwell.bench import wrk
+from bench import wrk
 
 HOST = "127.0.0.1"
-CLI = "from inkwell.cli import main; main()"
+CLI = "from inkwell_app.cli import main; main()"
 
 
 @dataclass
@@ -255,7 +255,7 @@ def bench_router(
 
     from rich.table import Table
 
-    from inkwell.cli import console
+    from inkwell.console import console
     from inkwell.data import load_split
     from inkwell.errors import ModelNotFoundError
     from inkwell.registry import Registry

@@ -32,7 +32,7 @@ import numpy as np
 import typer
 from PIL import Image
 
-from inkwell.bench import wrk
+from bench import wrk
 
 if TYPE_CHECKING:
     import torch
@@ -216,7 +216,7 @@ def service_process(env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]
     import httpx
 
     port = free_port()
-    code = "from inkwell.cli import main; main()"
+    code = "from inkwell_app.cli import main; main()"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", code, "service", "--port", str(port)],
@@ -370,7 +370,7 @@ def bench_service(
     import torch
     from rich.table import Table
 
-    from inkwell.cli import console
+    from inkwell.console import console
     from inkwell.data import load_split
     from inkwell.registry import Registry
     from service.model import optimize_for_cpu
