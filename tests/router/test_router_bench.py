@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from bench.router import Run, closed_loop, http_post, process
+from bench.common import process
+from bench.router import Run, closed_loop, http_post
 from router.reference import nginx_binary, nginx_config, reference_command
 from tests.harness import free_port
 from tests.router.router_fakes import FakeService, digit_of
