@@ -28,6 +28,7 @@ from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
 from router.metrics import RouterMetrics
+from router.pending import PendingPredictions
 from router.proxy import Proxy
 from router.routing import Split
 from router.settings import RouterSettings
@@ -151,6 +152,14 @@ class Runtime:
             key for key in (self.admin_key, tester and tester.get_secret_value()) if key
         )
         await self.proxy.probe_all()
+        if settings.served_store == "database":
+            self.proxy.pending = await asyncio.to_thread(
+                PendingPredictions,
+                settings.resolved_database_url,
+                capacity=settings.served_memory,
+                ttl_s=settings.served_ttl_s,
+            )
+            self._spawn(self._every(settings.served_flush_s, self._flush_pending), "pending")
         if settings.controller:
             self.store = await asyncio.to_thread(RolloutStore, settings.resolved_database_url)
             aliases = self._aliases
@@ -207,6 +216,10 @@ class Runtime:
     async def _probe(self) -> None:
         await self.proxy.probe_all()
 
+    async def _flush_pending(self) -> None:
+        if self.proxy.pending is not None:
+            await asyncio.to_thread(self.proxy.pending.flush)
+
     async def _refresh_state(self) -> None:
         if self.controller is not None:
             await self.controller.load()
@@ -219,6 +232,10 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, timeout=10)
         await self.proxy.aclose()
+        if self.proxy.pending is not None:
+            with contextlib.suppress(Exception):  # best effort: the database may be gone
+                await asyncio.to_thread(self.proxy.pending.flush)
+            self.proxy.pending.dispose()
         if self.controller is not None:
             await self.controller.source.aclose()
         if self.store is not None:

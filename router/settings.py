@@ -92,7 +92,24 @@ class RouterSettings(CoreSettings):
 
     # ---- online accuracy -----------------------------------------------------------------
     served_memory: int = Field(
-        default=100_000, ge=1, description="Served images remembered for delayed labels (LRU)."
+        default=100_000,
+        ge=1,
+        description="Served predictions remembered for delayed labels (per install with "
+        "served_store=database, per replica with memory).",
+    )
+    served_store: Literal["database", "memory"] = Field(
+        default="database",
+        description="Where served predictions wait for their label: `database` (the rollout "
+        "database, shared by every replica, so a label scores the prediction whichever "
+        "replica served it) or `memory` (this process only; one replica).",
+    )
+    served_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="A served prediction unlabelled this long is dropped."
+    )
+    served_flush_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a replica writes the predictions it served to the database.",
     )
 
     # ---- admin ---------------------------------------------------------------------------
