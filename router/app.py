@@ -24,6 +24,7 @@ from inkwell.settings import CANARY, STABLE
 from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from inkwell.web.headers import with_security_headers
 from router import admin
+from router.capacity import make_scaler
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
@@ -181,6 +182,7 @@ class Runtime:
                 self.metrics,
                 self,
                 on_state=self.apply_state,
+                capacity=await asyncio.to_thread(make_scaler, settings),
             )
             self.apply_state(await self.controller.load())
             self._spawn(self.controller.run(self._stop), "controller")
@@ -238,6 +240,8 @@ class Runtime:
             self.proxy.pending.dispose()
         if self.controller is not None:
             await self.controller.source.aclose()
+            if self.controller.capacity is not None:
+                await self.controller.capacity.aclose()
         if self.store is not None:
             self.store.dispose()
 

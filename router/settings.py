@@ -154,6 +154,25 @@ class RouterSettings(CoreSettings):
     probe_interval_s: float = Field(
         default=1.0, gt=0, description="How often to ask each service which version it serves."
     )
+    canary_capacity: Literal["off", "kubernetes"] = Field(
+        default="off",
+        description="Before each step, raise the canary HPA's minReplicas to the step's share "
+        "of the ready pods and wait until the canary has them (`kubernetes`: through the API "
+        "with the pod's service account; needs k8s/components/canary-capacity).",
+    )
+    kubernetes_api_url: str = Field(
+        default="https://kubernetes.default.svc", description="The Kubernetes API server."
+    )
+    kubernetes_namespace: str | None = Field(
+        default=None, description="Namespace of the Deployments (default: the pod's own)."
+    )
+    canary_deployment: str = Field(
+        default="inkwell-service-canary",
+        description="The canary Deployment and its HPA (same name).",
+    )
+    stable_deployment: str = Field(
+        default="inkwell-service-stable", description="The stable Deployment."
+    )
     canary_ready_timeout_s: float = Field(
         default=180.0,
         gt=0,
