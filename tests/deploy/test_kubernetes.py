@@ -37,7 +37,7 @@ from tests.deploy.helpers import (
 )
 
 # Overlays built on prod: schema-validated and checked on what they add.
-EXTRA_OVERLAYS = ("prod-gpu",)
+EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity")
 KIND_SUFFIX = {
     "ConfigMap": "configmap",
     "CronJob": "cronjob",
@@ -50,6 +50,8 @@ KIND_SUFFIX = {
     "PersistentVolumeClaim": "pvc",
     "PodDisruptionBudget": "pdb",
     "PrometheusRule": "prometheusrule",
+    "Role": "role",
+    "RoleBinding": "rolebinding",
     "Service": "service",
     "ServiceAccount": "serviceaccount",
     "ServiceMonitor": "servicemonitor",
@@ -617,3 +619,44 @@ def test_gpu_overlay_puts_only_the_trainer_on_a_gpu_node(
     assert container["resources"]["requests"]["cpu"] == "2", "prod's resources are kept"
     for name in prod.keys() - {"inkwell-trainer"}:
         assert gpu[name] == prod[name], f"{name} differs in the GPU overlay"
+
+
+def test_capacity_overlay_gives_only_the_router_a_token_and_just_the_scalers_rights(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    from router.settings import RouterSettings
+
+    docs = resources["prod-capacity"]
+    pods = {w["metadata"]["name"]: w["spec"]["template"]["spec"] for w in _workloads(docs)}
+    router = pods.pop("inkwell-router")
+    assert (router["serviceAccountName"], router["automountServiceAccountToken"]) == (
+        "inkwell-router",
+        True,
+    )
+    assert all(pod["automountServiceAccountToken"] is False for pod in pods.values())
+    (role,) = _by_kind(docs, "Role")
+    rights = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert rights == {
+        ("apps", "deployments", "get"),
+        ("autoscaling", "horizontalpodautoscalers", "get"),
+        ("autoscaling", "horizontalpodautoscalers", "patch"),
+    }
+    (binding,) = _by_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "inkwell-router", "namespace": "inkwell"}
+    ]
+    env = _container_env(router["containers"][0], docs)
+    settings = RouterSettings(canary_capacity=env["INKWELL_ROUTER_CANARY_CAPACITY"])
+    assert settings.canary_capacity == "kubernetes"
+    assert settings.canary_deployment in pods and settings.stable_deployment in pods
+    (hpa,) = [
+        h for h in _by_kind(docs, "HorizontalPodAutoscaler") if "canary" in h["metadata"]["name"]
+    ]
+    assert hpa["metadata"]["name"] == settings.canary_deployment
