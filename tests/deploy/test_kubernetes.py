@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 # Overlays built on prod: schema-validated and checked on what they add.
 EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity")
 KIND_SUFFIX = {
+    "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
     "CronJob": "cronjob",
     "Deployment": "deployment",
@@ -663,3 +664,29 @@ def test_capacity_overlay_gives_only_the_router_a_token_and_just_the_scalers_rig
         h for h in _by_kind(docs, "HorizontalPodAutoscaler") if "canary" in h["metadata"]["name"]
     ]
     assert hpa["metadata"]["name"] == settings.canary_deployment
+
+
+def test_argo_analysis_templates_declare_every_argument_and_condition() -> None:
+    """Structure only: the Argo CRD schemas are not shipped here (docs/deploy.md)."""
+    component = K8S / "components" / "argo-analysis"
+    listed = yaml.safe_load((component / "kustomization.yaml").read_text())["resources"]
+    for name in listed:
+        (template,) = yaml_documents((component / name).read_text())
+        assert template["apiVersion"] == "argoproj.io/v1alpha1"
+        assert template["kind"] == "AnalysisTemplate"
+        declared = {arg["name"] for arg in template["spec"]["args"]}
+        names = [metric["name"] for metric in template["spec"]["metrics"]]
+        assert len(set(names)) == len(names)
+        for metric in template["spec"]["metrics"]:
+            assert set(metric) <= {
+                "name",
+                "interval",
+                "count",
+                "failureLimit",
+                "successCondition",
+                "provider",
+            }, metric["name"]
+            assert "result[0]" in metric["successCondition"], metric["name"]
+            prometheus = metric["provider"]["prometheus"]
+            used = set(re.findall(r"{{args\.([a-z-]+)}}", json.dumps(prometheus)))
+            assert used <= declared and "namespace" in used, metric["name"]

@@ -21,6 +21,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
+from tests.deploy.helpers import K8S, yaml_documents
 from tests.deploy.test_monitoring import RULES_DIR, all_rules, panel_queries
 from tests.harness import Process, free_port, wait_until
 
@@ -186,3 +187,30 @@ def test_every_panel_query_returns_only_the_chosen_install(prometheus):
         if leaked:
             other[f"{board} / {panel} (no such install)"] = leaked[0]["metric"]
     assert not other, f"panels showing another install's series: {other}"
+
+
+def analysis_queries() -> list[tuple[str, str, str]]:
+    """(metric name, query, success condition) of every shipped Argo AnalysisTemplate."""
+    out = []
+    for path in sorted((K8S / "components" / "argo-analysis").glob("*-analysistemplate.yaml")):
+        for template in yaml_documents(path.read_text()):
+            for metric in template["spec"]["metrics"]:
+                query = metric["provider"]["prometheus"]["query"]
+                out.append((metric["name"], query, metric["successCondition"]))
+    return out
+
+
+def test_argo_analysis_queries_read_one_number_of_their_own_install(prometheus):
+    assert len(analysis_queries()) >= 5
+    for name, query, condition in analysis_queries():
+        for namespace in (*NAMESPACES, "elsewhere"):
+            expr = query.replace("{{args.namespace}}", namespace)
+            result = _result(prometheus, expr)
+            if namespace == "elsewhere":
+                assert result == [], f"{name} reads another install's series"
+                continue
+            assert len(result) == 1, f"{name} for {namespace}: {result}"
+            assert result[0]["metric"].get("namespace") == namespace, name
+            # Argo's `result` is the vector's values; the conditions use Python's syntax too
+            values = [float(result[0]["value"][1])]
+            assert isinstance(eval(condition, {"__builtins__": {}}, {"result": values}), bool)
