@@ -219,8 +219,12 @@ class Runtime:
         await self.proxy.probe_all()
 
     async def _flush_pending(self) -> None:
-        if self.proxy.pending is not None:
+        if self.proxy.pending is None:
+            return
+        try:
             await asyncio.to_thread(self.proxy.pending.flush)
+        except Exception as exc:  # the database is away: the buffer keeps the newest rows
+            log.warning("served predictions not written (retrying): %s", exc.__class__.__name__)
 
     async def _refresh_state(self) -> None:
         if self.controller is not None:
