@@ -300,11 +300,12 @@ class RolloutController:
                 self.metrics.rollout_analyses.labels("inconclusive").inc()
                 log.info("rollout step %.0f %%: %s", state.weight, verdict.reason())
             return None
+        more = state.step_index + 1 < len(self.steps)
+        if more and not await self._capacity_for(self.steps[state.step_index + 1], state.weight):
+            return None  # the step passed; the weight (and the pass count) moves with the pods
         self.metrics.rollout_analyses.labels("pass").inc()
-        if state.step_index + 1 < len(self.steps):
+        if more:
             index = state.step_index + 1
-            if not await self._capacity_for(self.steps[index], state.weight):
-                return None  # the step passed; the weight moves once the pods are ready
             return await self._transition(
                 state,
                 state.evolve(

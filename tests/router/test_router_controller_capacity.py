@@ -136,6 +136,10 @@ def test_controller_does_not_step_before_the_canary_has_the_pods(tmp_path):
             assert await later() == (Phase.CANARY, 5)
             api.ready["inkwell-service-canary"] = 3
             assert await later() == (Phase.CANARY, 25)
+            passes = controller.metrics.registry.get_sample_value(
+                "inkwell_rollout_analyses_total", {"result": "pass"}
+            )
+            assert passes == 1  # the waiting ticks did not count the same pass again
             # 50 % of the traffic (10 stable pods at 75 %) is 7 pods, above the HPA's
             # maximum of 4: both are raised
             assert await later() == (Phase.CANARY, 25)
