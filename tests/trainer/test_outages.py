@@ -1,0 +1,92 @@
+"""Outages in the trainer's dependencies (issue 18): MLflow failing at each publish step."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from inkwell.errors import RegistryUnavailableError
+from inkwell.registry import Registry
+from inkwell.settings import CANARY
+from inkwell.store import SampleStore
+from tests.harness import Process, child_env, free_port, wait_http
+from tests.outage import ProxyMode, faulty_proxy
+from tests.trainer.conftest import MnistArrays, upload
+from trainer.pipeline import Retrainer
+from trainer.settings import TrainerSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+@pytest.mark.parametrize("mode", ["error", "hang"])
+def test_mlflow_failing_at_each_publish_step_still_publishes_exactly_one_version(
+    registered_base: str,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+    trainer_home: Path,
+    mnist_path: Path,
+    mode: ProxyMode,
+) -> None:
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
+    settings = TrainerSettings()
+    job, _ = Retrainer(settings, store=store).compute_job("test")
+
+    # a real MLflow server on the trainer's registry, behind a proxy that breaks one request
+    port = free_port()
+    server = Process(
+        "mlflow",
+        [
+            sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1",
+            "--backend-store-uri", Registry(settings).tracking_uri,
+        ],
+        child_env(trainer_home, mnist_path),
+        trainer_home / "mlflow-server.log",
+    )  # fmt: skip
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    try:
+        wait_http(server, f"http://127.0.0.1:{port}/health")
+        with faulty_proxy(f"http://127.0.0.1:{port}", mode) as proxy:
+            remote = TrainerSettings(tracking_uri=proxy.url, publish_attempts=1)
+            trainer = Retrainer(remote, store=store, registry=Registry(remote))
+            # poll after poll, MLflow fails one step further on, until a poll gets through
+            notes: list[str] = []
+            for step in range(60):
+                proxy.reset(fail_at=step)
+                try:
+                    notes += trainer.reconcile()
+                except RegistryUnavailableError as exc:
+                    assert "stays computed" in exc.message
+                    left = trainer.state.job(job.id)
+                    assert left is not None and left.status == "computed"
+                    assert trainer.state.watermark() == 0  # nothing committed half-way
+                    continue
+                if step < len(proxy.requests):
+                    continue  # a failure it tolerates (closing the run): poll again
+                break
+            # every request up to success failed once, registering the version among them
+            assert any("model-versions/create" in failed for failed in proxy.failed), proxy.failed
+            assert len(notes) == 1 and f"job {job.id}: finished" in notes[0], (notes, proxy.failed)
+    finally:
+        server.stop()
+
+    registry = Registry(settings)
+    published = [
+        v
+        for v in registry.list_versions(settings.model_name)
+        if v.tags.get("inkwell.job_id") == str(job.id)
+    ]
+    assert len(published) == 1, [(v.version, v.tags) for v in published]  # exactly one version
+    version = published[0]
+    assert version.tags["complete"] == "true"
+    assert version.version == str(int(registered_base) + 1)
+    state = trainer.state.job(job.id)
+    assert state is not None and state.status == "done"
+    assert trainer.state.watermark() == max(ids)
+    if state.outcome == "passed":
+        assert registry.get_version(settings.model_name, CANARY).version == version.version
