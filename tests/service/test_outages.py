@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from inkwell.settings import STABLE
 from inkwell.store import SampleStore
+from tests.outage import fill, small_disk
 from tests.postgres import SKIP_REASON, Cluster, find_bin, running_cluster
 from tests.service.conftest import (
     API_KEY,
@@ -171,3 +173,64 @@ def test_postgresql_stopped_and_restarted_under_traffic_loses_no_acknowledged_sa
         stored = store.get(sample_id)
         assert stored is not None, f"sample {sample_id} was acknowledged but is not stored"
         assert stored.image == data and stored.label == 7
+
+
+def test_a_full_disk_under_the_sample_database_refuses_uploads_with_507_and_recovers(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        database_url = f"sqlite:///{disk / 'inkwell.db'}"
+        env = service_env(trained_registry, upload_rate_per_s="0", store_retry_seconds="1")
+        env["INKWELL_DATABASE_URL"] = database_url
+        service = start_service(STABLE, env=env)
+        image = encode(trained_registry.test_images[5])
+        uploads = distinct_images(trained_registry.test_images[7], 2_000)
+        acknowledged: dict[int, bytes] = {}
+
+        def upload(client: httpx.Client) -> tuple[httpx.Response, float]:
+            data = next(uploads)
+            started = time.monotonic()
+            response = client.post(
+                f"{service.url}/v1/samples",
+                files={"image": ("d.png", data, "image/png")},
+                data={"label": "7", "user_id": "full-disk"},
+                headers={"X-API-Key": API_KEY},
+            )
+            if response.status_code == 201:
+                acknowledged[response.json()["sample_id"]] = data
+            return response, time.monotonic() - started
+
+        with httpx.Client(timeout=30) as client:
+            for _ in range(20):
+                assert upload(client)[0].status_code == 201
+            filler = fill(disk, leave_bytes=0)
+            for _ in range(1_500):  # the database's free pages and WAL fill up first
+                refused, took = upload(client)
+                if refused.status_code != 201:
+                    break
+            assert refused.status_code == 507, refused.text
+            body = refused.json()
+            assert body["code"] == "store_full" and "out of disk space" in body["message"]
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert took < 3.0
+            again, took = upload(client)  # within store_retry_seconds: refused at once
+            assert again.status_code == 507 and again.json()["code"] == "store_full"
+            predicted = client.post(
+                f"{service.url}/v1/digits/predict",
+                content=image,
+                headers={"Content-Type": "image/png"},
+            )
+            assert predicted.status_code == 200, predicted.text
+
+            filler.unlink()  # an operator frees space; the service is not restarted
+            deadline = time.monotonic() + 30
+            while upload(client)[0].status_code != 201:
+                assert time.monotonic() < deadline, "uploads should succeed once space is freed"
+                time.sleep(0.2)
+        store = SampleStore(database_url)
+        for sample_id, data in acknowledged.items():
+            stored = store.get(sample_id)
+            assert stored is not None, f"sample {sample_id} was acknowledged but is not stored"
+            assert stored.image == data
+        store.engine.dispose()
+        service.kill()

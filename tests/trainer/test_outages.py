@@ -1,4 +1,5 @@
-"""Outages in the trainer's dependencies (issue 18): MLflow failing at each publish step."""
+"""Outages in the trainer's dependencies (issue 18): MLflow failing at each publish step, and
+its state directory on a full disk."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 from inkwell.errors import RegistryUnavailableError
 from inkwell.registry import Registry
 from inkwell.settings import CANARY
-from inkwell.store import SampleStore
+from inkwell.store import ACCEPTED, TRAINED, SampleStore
 from tests.harness import Process, child_env, free_port, wait_http
-from tests.outage import ProxyMode, faulty_proxy
+from tests.outage import ProxyMode, faulty_proxy, fill, small_disk
 from tests.trainer.conftest import MnistArrays, upload
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
@@ -90,3 +91,30 @@ def test_mlflow_failing_at_each_publish_step_still_publishes_exactly_one_version
     assert trainer.state.watermark() == max(ids)
     if state.outcome == "passed":
         assert registry.get_version(settings.model_name, CANARY).version == version.version
+
+
+def test_a_full_state_directory_fails_the_job_cleanly_and_the_next_retrain_succeeds(
+    registered_base: str, store: SampleStore, mnist: MnistArrays, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
+    settings = TrainerSettings()
+    with small_disk(settings.state_dir, "8m") as disk:
+        filler = fill(disk, leave_bytes=0)
+        retrainer = Retrainer(settings, store=store)
+        with pytest.raises(OSError, match="No space left"):
+            retrainer.retrain("test")
+        failed = retrainer.state.last_job()
+        assert failed is not None and failed.status == "failed", failed
+        assert "No space left on device" in (failed.error or ""), failed.error
+        assert retrainer.state.watermark() == 0
+        assert {s.state for s in store.by_ids(ids)} == {ACCEPTED}  # all still pending
+        assert [v.version for v in Registry(settings).list_versions(settings.model_name)] == [
+            registered_base
+        ]
+
+        filler.unlink()  # space is back: the next retrain (the worker's next poll) goes through
+        outcome = retrainer.retrain("test")
+    assert outcome.version == str(int(registered_base) + 1)
+    assert retrainer.state.watermark() == max(ids)
+    assert {s.state for s in store.by_ids(ids)} <= {TRAINED, "quarantined"}
