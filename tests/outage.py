@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -178,3 +179,44 @@ def fill(disk: Path, leave_bytes: int) -> Path:
     with filler.open("wb") as out:
         out.write(b"\0" * max(0, free - leave_bytes))
     return filler
+
+
+@dataclass
+class Slowloris:
+    """Slow clients holding connections open by sending their headers a byte at a time."""
+
+    connected: int = 0
+    closed_by_server: int = 0
+
+
+@contextmanager
+def slowloris(url: str, connections: int, byte_every_s: float = 0.5) -> Iterator[Slowloris]:
+    """Open `connections` to `url`, each trickling an endless header, until the block ends."""
+    host, port = url.removeprefix("http://").split(":")
+    seen = Slowloris()
+    stop = threading.Event()
+    sockets: list[socket.socket] = []
+    for _ in range(connections):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(b"POST /v1/digits/predict HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sockets.append(sock)
+    seen.connected = len(sockets)
+
+    def trickle() -> None:
+        while not stop.wait(byte_every_s):
+            for sock in list(sockets):
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    sockets.remove(sock)
+                    seen.closed_by_server += 1
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        for sock in sockets:
+            sock.close()

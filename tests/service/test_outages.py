@@ -17,7 +17,7 @@ import pytest
 
 from inkwell.settings import STABLE
 from inkwell.store import SampleStore
-from tests.outage import fill, small_disk
+from tests.outage import fill, slowloris, small_disk
 from tests.postgres import SKIP_REASON, Cluster, find_bin, running_cluster
 from tests.service.conftest import (
     API_KEY,
@@ -234,3 +234,28 @@ def test_a_full_disk_under_the_sample_database_refuses_uploads_with_507_and_reco
             assert stored.image == data
         store.engine.dispose()
         service.kill()
+
+
+def test_slow_clients_holding_connections_leave_health_checks_and_predictions_answering(
+    start_service: Callable[..., LiveService], trained_registry: TrainedRegistry
+) -> None:
+    service = start_service(STABLE)
+    image = encode(trained_registry.test_images[5])
+    probes: list[tuple[str, int, float]] = []
+    with slowloris(service.url, connections=300) as slow, httpx.Client(timeout=10) as client:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for path in ("/healthz", "/v1/digits/predict"):
+                started = time.monotonic()
+                if path == "/healthz":
+                    response = client.get(f"{service.url}{path}")
+                else:
+                    response = client.post(
+                        f"{service.url}{path}", content=image, headers={"Content-Type": "image/png"}
+                    )
+                probes.append((path, response.status_code, time.monotonic() - started))
+            time.sleep(0.05)
+    assert slow.connected == 300
+    assert probes and all(status == 200 for _, status, _ in probes), probes
+    assert max(took for _, _, took in probes) < 1.0, sorted(probes, key=lambda p: -p[2])[:5]
+    assert service.process.poll() is None
