@@ -1,12 +1,17 @@
 """Outages in the trainer's dependencies (issue 18): MLflow failing at each publish step, and
-its state directory on a full disk."""
+its state directory on a full disk; a flood of large valid images."""
 
 from __future__ import annotations
 
+import io
 import sys
+import threading
 from pathlib import Path
 
+import numpy as np
+import psutil
 import pytest
+from PIL import Image
 
 from inkwell.errors import RegistryUnavailableError
 from inkwell.registry import Registry
@@ -118,3 +123,57 @@ def test_a_full_state_directory_fails_the_job_cleanly_and_the_next_retrain_succe
     assert outcome.version == str(int(registered_base) + 1)
     assert retrainer.state.watermark() == max(ids)
     assert {s.state for s in store.by_ids(ids)} <= {TRAINED, "quarantined"}
+
+
+def large_scan(digit: np.ndarray, seed: int, side: int = 1_000) -> bytes:
+    """A valid ~1 MB PNG: the digit upscaled onto paper with scanner noise (barely compresses)."""
+    noise = np.random.default_rng(seed).integers(0, 40, (side, side), dtype=np.uint8)
+    big = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BILINEAR))
+    paper = (255 - (big.astype(np.int32) * 200 // 255) - noise).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_a_flood_of_large_valid_images_keeps_the_retraining_trainer_s_memory_bounded(
+    registered_base: str, store: SampleStore, mnist: MnistArrays, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    monkeypatch.setenv("INKWELL_TRAINER_MAX_IMAGE_BYTES_PER_JOB", str(32 * 1024 * 1024))
+    settings = TrainerSettings()
+    retrainer = Retrainer(settings, store=store)
+    # a first retrain on ordinary uploads: MNIST, the model and training's own memory in place
+    upload(store, "warm-up", mnist.test_images[-40:], mnist.test_labels[-40:])
+    assert retrainer.retrain("warm-up").version is not None
+    flood = 640  # ~0.8 MB each: sixteen times what one job may load
+    ids = []
+    for i in range(flood):
+        image = large_scan(mnist.test_images[i], seed=i)
+        pixels = mnist.test_images[i].astype(np.uint8).tobytes()
+        label = int(mnist.test_labels[i])
+        ids.append(store.add(user_id=f"u{i % 8}", label=label, image=image, pixels=pixels))
+    flooded = sum(len(s.image) for s in store.by_ids([a.sample_id for a in ids[:5]])) / 5
+    assert flooded > 700_000, flooded
+    process = psutil.Process()
+    before = process.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample_rss() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    sampler = threading.Thread(target=sample_rss)
+    sampler.start()
+    try:
+        outcome = retrainer.retrain("test")
+    finally:
+        done.set()
+        sampler.join()
+    grew_mb = (peak[0] - before) / 2**20
+    # one job holds at most its 32 MB of images (plus training); the flood's 500 MB waits
+    assert grew_mb < 250, f"RSS grew {grew_mb:.0f} MB while retraining on a flood of images"
+    assert outcome.version is not None
+    learned = retrainer.state.watermark()
+    assert 0 < learned < ids[-1].sample_id  # the rest is still pending for later jobs
+    assert len(retrainer.state.pending()) == sum(1 for a in ids if a.sample_id > learned)
