@@ -152,6 +152,14 @@ class StoreUnavailableError(RetryLaterError):
     default_retry_after_s = 5
 
 
+class StoreFullError(StoreUnavailableError):
+    """The sample database is out of disk space: nothing can be stored until space is freed."""
+
+    code = "store_full"
+    status_code = 507
+    default_retry_after_s = 60
+
+
 class RateLimitedError(RetryLaterError):
     """A key went over its rate limit or quota; it may retry after `retry_after_s` seconds."""
 

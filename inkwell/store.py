@@ -9,6 +9,7 @@ watermark is simply "the highest sample id already trained on".
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import time
@@ -43,11 +44,40 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from inkwell.cheques.review import ChequeSampleCheck
-from inkwell.errors import IdempotencyKeyReusedError, NotFoundError, StoreUnavailableError
+from inkwell.errors import (
+    IdempotencyKeyReusedError,
+    NotFoundError,
+    StoreFullError,
+    StoreUnavailableError,
+)
 from inkwell.settings import STABLE, CoreSettings
 
 # what a database that is down, unreachable, or locked past its timeout raises
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+SQLITE_FULL = 13  # "database or disk is full" (also PRAGMA max_page_count reached)
+POSTGRES_DISK_FULL = "53100"  # SQLSTATE disk_full: "could not extend file"
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a database error means its disk is full (SQLite, PostgreSQL, or the OS).
+
+    The chain is searched: SQLite undoes the whole transaction on SQLITE_FULL, so the error
+    that surfaces is the failed savepoint rollback, with the full disk as its context.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        cause = getattr(seen, "orig", None) or seen
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return True
+        if getattr(cause, "sqlite_errorcode", None) == SQLITE_FULL:
+            return True
+        if getattr(cause, "sqlstate", None) == POSTGRES_DISK_FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
 
 ACCEPTED = "accepted"
 QUARANTINED = "quarantined"
@@ -262,6 +292,12 @@ class SampleStore:
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         where = self.url.split("@")[-1]  # never echo a password
+        if disk_full(exc):
+            return StoreFullError(
+                f"The sample database ({where}) is out of disk space, so nothing was stored. "
+                "Its volume must be grown or cleaned by an operator; samples already "
+                "acknowledged are kept, and predictions still answer. Retry later."
+            )
         return StoreUnavailableError(
             f"The sample database ({where}) is unavailable or busy: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. Nothing was stored; retry later."

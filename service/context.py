@@ -27,7 +27,7 @@ import anyio
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from inkwell.errors import StoreUnavailableError
+from inkwell.errors import StoreFullError, StoreUnavailableError
 from inkwell.heap import freeze_long_lived, refreeze, thaw
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
@@ -72,12 +72,14 @@ class ServiceContext:
         self._store_lock = threading.Lock()
         self._store_down_until = 0.0  # monotonic time before which calls fail without trying
         self._store_error = ""
+        self._store_full = False  # the last failure was a full disk (507, not 503)
         self._poller: asyncio.Task[None] | None = None
         self._started = False
 
     def _fail_fast(self) -> StoreUnavailableError:
         wait = max(1.0, self._store_down_until - time.monotonic())
-        return StoreUnavailableError(
+        kind = StoreFullError if self._store_full else StoreUnavailableError
+        return kind(
             f"{self._store_error} Retry in {math.ceil(wait)} s.", retry_after_s=math.ceil(wait)
         )
 
@@ -106,6 +108,7 @@ class ServiceContext:
     def _store_down(self, exc: StoreUnavailableError) -> None:
         self._store_down_until = time.monotonic() + self.settings.store_retry_seconds
         self._store_error = exc.message
+        self._store_full = isinstance(exc, StoreFullError)
         log.warning("sample store unavailable: %s", exc.message)
 
     async def with_store(self, call: Callable[[SampleStore], T]) -> T:

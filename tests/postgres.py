@@ -37,10 +37,31 @@ def find_bin() -> Path | None:
 
 @dataclass(frozen=True)
 class Cluster:
-    """A running cluster: where it listens and how to get a fresh database."""
+    """A running cluster: where it listens, how to get a fresh database, how to stop/start it."""
 
     port: int
     user: str
+    pg_ctl: tuple[str, ...] = ()
+    options: str = ""
+    log: str = ""
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: clients are disconnected, committed data is on disk)."""
+        subprocess.run(
+            [*self.pg_ctl, "-m", mode, "-w", "-t", "60", "stop"],
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
+
+    def start(self) -> None:
+        """Start the server again on the same port and data directory."""
+        subprocess.run(
+            [*self.pg_ctl, "-w", "-t", "60", "-o", self.options, "-l", self.log, "start"],
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
@@ -76,13 +97,11 @@ def running_cluster(bin_dir: Path) -> Iterator[Cluster]:
             timeout=120,
         )
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=on"
-        subprocess.run(
-            [*pg_ctl, "-w", "-t", "60", "-o", options, "-l", str(root / "log"), "start"],
-            check=True,
-            capture_output=True,
-            timeout=90,
+        cluster = Cluster(
+            port=port, user="inkwell", pg_ctl=tuple(pg_ctl), options=options, log=str(root / "log")
         )
-        yield Cluster(port=port, user="inkwell")
+        cluster.start()
+        yield cluster
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)

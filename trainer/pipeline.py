@@ -242,7 +242,12 @@ class Retrainer:
         snapshot = self.store.max_id()
         # one job learns at most `max_samples_per_job`, oldest first; the watermark moves only
         # past those, so the rest stay accepted for the next job
-        samples = self.state.new_samples(snapshot, lineage, limit=self.settings.max_samples_per_job)
+        samples = self.state.new_samples(
+            snapshot,
+            lineage,
+            limit=self.settings.max_samples_per_job,
+            max_image_bytes=self.settings.max_image_bytes_per_job,
+        )
         if not samples:
             self.metrics.retrains.labels(outcome="skipped").inc()
             raise NothingToTrainError(

@@ -46,6 +46,12 @@ class TrainerSettings(CoreSettings):
         description="Most new samples one retrain loads, oldest first; the rest wait for the "
         "next job (bounds a job's memory whatever the backlog).",
     )
+    max_image_bytes_per_job: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Most bytes of uploaded images one retrain loads (it checks each decodes); "
+        "a flood of large images waits for later jobs instead of filling the trainer's memory.",
+    )
 
     # ---- crash safety and outages ----------------------------------------------------------
     lease_seconds: float = Field(

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    func,
     inspect,
     select,
     text,
@@ -417,26 +418,39 @@ class TrainerState:
             return JobView.of(row) if row is not None else None
 
     def new_samples(
-        self, snapshot: int, lineage: Iterable[str], limit: int | None = None
+        self,
+        snapshot: int,
+        lineage: Iterable[str],
+        limit: int | None = None,
+        max_image_bytes: int | None = None,
     ) -> list[Sample]:
         """What a retrain from a stable model learns: accepted samples up to `snapshot`, plus
         samples trained into candidates outside the stable model's lineage (never promoted, or
-        rolled back), oldest first; at most `limit` (the rest wait for the next job)."""
+        rolled back), oldest first; at most `limit`, and at most `max_image_bytes` of uploaded
+        images (always at least one sample); the rest wait for the next job."""
         lineage = list(lineage)
+        learnable = (Sample.state == ACCEPTED) | (
+            (Sample.state == TRAINED)
+            & (Sample.trained_version.is_(None) | Sample.trained_version.notin_(lineage))
+        )
         with self.store.session() as session:
+            if max_image_bytes is not None:
+                sizes = session.execute(
+                    select(Sample.id, func.length(Sample.image))
+                    .where(Sample.id <= snapshot, learnable)
+                    .order_by(Sample.id)
+                    .limit(limit)
+                ).all()
+                total, taken = 0, 0
+                for _, size in sizes:
+                    total += int(size or 0)
+                    if taken and total > max_image_bytes:
+                        break
+                    taken += 1
+                limit = taken
             rows = session.scalars(
                 select(Sample)
-                .where(
-                    Sample.id <= snapshot,
-                    (Sample.state == ACCEPTED)
-                    | (
-                        (Sample.state == TRAINED)
-                        & (
-                            Sample.trained_version.is_(None)
-                            | Sample.trained_version.notin_(lineage)
-                        )
-                    ),
-                )
+                .where(Sample.id <= snapshot, learnable)
                 .order_by(Sample.id)
                 .limit(limit)
             )

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.exc import DatabaseError
 
-from inkwell.errors import IdempotencyKeyReusedError, StoreUnavailableError
+from inkwell.errors import IdempotencyKeyReusedError, StoreFullError, StoreUnavailableError
 from inkwell.store import Base, SampleStore, create_schema, make_engine
 from router.state import RolloutStore
 from trainer.state import TrainerState
@@ -151,3 +152,25 @@ def test_concurrent_uploads_with_one_idempotency_key_store_one_sample(database_u
     assert sum(r.created for r in results) == 1
     assert store.count() == 1
     store.engine.dispose()
+
+
+def test_a_full_sqlite_database_refuses_with_store_full_and_keeps_what_it_stored(
+    tmp_path: Path,
+) -> None:
+    store = SampleStore(f"sqlite:///{tmp_path / 'inkwell.db'}")
+    kept = store.add(user_id="u", label=1, image=b"first", pixels=bytes(784)).sample_id
+    with store.engine.connect() as connection:
+        pages = int(connection.exec_driver_sql("PRAGMA page_count").scalar_one())
+
+    @event.listens_for(store.engine, "connect")
+    def _cap(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # the file may not grow: SQLite's own "database or disk is full" (SQLITE_FULL)
+        dbapi_connection.execute(f"PRAGMA max_page_count={pages}")
+
+    store.engine.dispose()
+    with pytest.raises(StoreFullError, match="out of disk space") as raised:
+        for n in range(200):
+            store.add(user_id="u", label=2, image=bytes([n]) * 4096, pixels=bytes(784))
+    assert raised.value.status_code == 507 and raised.value.code == "store_full"
+    stored = store.get(kept)
+    assert stored is not None and stored.image == b"first"
