@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inkwell.errors import MetricsUnavailableError
 from router import metrics as m
 from router.analysis import SERVICE_CONFIDENCE, Sample
-from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
+from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS, CHEQUE_REVIEWED
 
 COUNTERS = (
     f"{m.UPSTREAM_REQUESTS}_total",
@@ -39,6 +39,7 @@ COUNTERS = (
     f"{CHEQUE_READS}_total",
     f"{CHEQUE_CONFIDENCE}_sum",
     f"{CHEQUE_CONFIDENCE}_count",
+    f"{CHEQUE_REVIEWED}_total",
 )
 GAUGES = (m.CIRCUIT_OPEN,)
 # Series the analysis must not see (summing by the GROUP_BY labels would mix them in).
@@ -53,6 +54,7 @@ GROUP_BY = {
     f"{CHEQUE_READS}_total": ("variant", "model_version", "needs_review"),
     f"{CHEQUE_CONFIDENCE}_sum": ("variant", "model_version"),
     f"{CHEQUE_CONFIDENCE}_count": ("variant", "model_version"),
+    f"{CHEQUE_REVIEWED}_total": ("variant", "model_version", "exact"),
 }
 
 

@@ -97,3 +97,54 @@ def test_a_digit_canary_serving_the_stable_cheque_version_is_not_the_cheque_cana
 
 def test_needs_review_rate_of_no_reads_is_unknown():
     assert ChequeStats().needs_review_rate is None
+
+
+def reviews(metrics: ServiceMetrics, variant: str, version: str, n: int, exact: int) -> None:
+    """`n` readings of `variant`/`version` reviewed (on whichever service took the upload)."""
+    for i in range(n):
+        metrics.cheque_reading_reviewed(variant, version, exact=i < exact)
+
+
+def test_cheque_canary_whose_readings_reviews_correct_far_more_often_fails():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=10, confidence=0.9)
+    reads(stable, "1", 300, flagged=30, confidence=0.9)
+    reviews(stable, "canary", "2", 40, exact=24)  # reviews land on stable, scored to canary
+    reviews(stable, "stable", "1", 100, exact=95)
+    verdict = verdict_for(canary, stable)
+    assert verdict.result is Result.FAIL
+    assert check(verdict, "exact_amount_accuracy").status is Status.FAIL
+    assert "exact amounts" in verdict.reason()
+
+
+def test_cheque_canary_as_exact_as_stable_passes_the_review_check():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=10, confidence=0.9)
+    reads(stable, "1", 300, flagged=30, confidence=0.9)
+    reviews(stable, "canary", "2", 40, exact=37)
+    reviews(stable, "stable", "1", 100, exact=95)
+    verdict = verdict_for(canary, stable)
+    assert check(verdict, "exact_amount_accuracy").status is Status.PASS
+    assert verdict.result is Result.PASS, verdict.reason()
+
+
+def test_a_few_wrong_reviewed_readings_are_not_evidence_yet():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=10, confidence=0.9)
+    reads(stable, "1", 300, flagged=30, confidence=0.9)
+    reviews(stable, "canary", "2", 19, exact=0)  # below min_labels
+    reviews(stable, "stable", "1", 100, exact=95)
+    verdict = verdict_for(canary, stable)
+    assert check(verdict, "exact_amount_accuracy").status is Status.NO_DATA
+    assert verdict.result is Result.PASS, verdict.reason()  # no reviews never hold it back
+
+
+def test_three_wrong_readings_in_twenty_are_within_the_uncertainty():
+    canary, stable = ServiceMetrics("canary"), ServiceMetrics("stable")
+    reads(canary, "2", 100, flagged=10, confidence=0.9)
+    reads(stable, "1", 300, flagged=30, confidence=0.9)
+    reviews(stable, "canary", "2", 20, exact=17)  # 85 % < limit 90 %, but not for sure
+    reviews(stable, "stable", "1", 100, exact=95)
+    verdict = verdict_for(canary, stable)
+    assert check(verdict, "exact_amount_accuracy").status is Status.NO_DATA
+    assert verdict.result is not Result.FAIL

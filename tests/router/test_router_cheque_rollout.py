@@ -9,7 +9,7 @@ import httpx
 
 from router.analysis import Sample
 from router.app import create_app
-from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
+from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS, CHEQUE_REVIEWED
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.cli import status_cmd
 from router.proxy import Backend
@@ -104,8 +104,10 @@ def test_digit_traffic_alone_does_not_judge_the_cheque_canary(tmp_path):
 def test_scraping_a_service_keeps_its_cheque_series():
     service = ServiceMetrics("canary")
     service.observe_cheque("2", 0.8, needs_review=True)
+    service.cheque_reading_reviewed("canary", "2", exact=False)
     names = {name for name, _ in parse_exposition(service.render().decode())}
-    assert {f"{CHEQUE_READS}_total", f"{CHEQUE_CONFIDENCE}_count"} <= names
+    wanted = {f"{CHEQUE_READS}_total", f"{CHEQUE_CONFIDENCE}_count", f"{CHEQUE_REVIEWED}_total"}
+    assert wanted <= names
 
 
 def test_cheque_rollout_waits_for_the_canary_service_to_read_with_the_canary_version(tmp_path):
