@@ -14,15 +14,21 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from inkwell.settings import CANARY, STABLE
+from router import metrics as m
 from router.analysis import (
     Check,
+    Observation,
     Result,
     Sample,
     Status,
     Thresholds,
     VariantStats,
     Verdict,
+    baseline,
+    build_observation,
     check_confidence,
+    check_errors,
+    check_latency,
     wilson,
 )
 
@@ -88,6 +94,22 @@ def build_cheque_observation(samples: Iterable[Sample]) -> ChequeObservation:
     return obs
 
 
+# The router's cheque-route series, read as the digit analysis reads its upstream series.
+_AS_DIGIT_SERIES = {
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total": f"{m.UPSTREAM_REQUESTS}_total",
+    f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket": f"{m.UPSTREAM_LATENCY}_bucket",
+}
+
+
+def build_cheque_upstream(samples: Iterable[Sample]) -> Observation:
+    """Fold the router's cheque-route requests (outcome, latency) per variant/cheque version."""
+    return build_observation(
+        Sample(_AS_DIGIT_SERIES[s.name], s.labels, s.value)
+        for s in samples
+        if s.name in _AS_DIGIT_SERIES
+    )
+
+
 def cheque_baseline(obs: ChequeObservation, stable_version: str | None) -> ChequeStats:
     """The stable variant's cheque stats: one version, or (None) every version stable served."""
     merged = ChequeStats()
@@ -151,10 +173,13 @@ def analyse_cheques(
     stable_version: str | None,
     canary_version: str,
     thresholds: ChequeThresholds,
+    upstream: tuple[Observation, Observation] | None = None,
 ) -> Verdict:
     """Compare the cheque canary with stable (windows as in `router.analysis.analyse`).
 
     Reviews arrive late, so exact amounts are judged over the whole `rollout` window.
+    `upstream` (step, rollout) holds the router's cheque-route requests: the digit error-rate
+    and latency checks, per cheque version; None leaves them out (no router metrics).
     """
     t = thresholds
     canary = step.get((CANARY, canary_version), ChequeStats())
@@ -163,11 +188,13 @@ def analyse_cheques(
         stable = cheque_baseline(rollout, stable_version)
     reviewed_canary = rollout.get((CANARY, canary_version), ChequeStats())
     reviewed_stable = cheque_baseline(rollout, stable_version)
-    checks = (
+    checks = [
         check_confidence(canary, stable, t),
         check_needs_review(canary, stable, t),
         check_exact_amounts(reviewed_canary, reviewed_stable, t),
-    )
+    ]
+    if upstream is not None:
+        checks += _upstream_checks(*upstream, stable_version, canary_version, t)
     # Like the digit analysis, missing delayed labels never hold a rollout back: only the
     # per-read checks must have data.
     waiting = [c for c in checks if c.name != "exact_amount_accuracy"]
@@ -177,4 +204,19 @@ def analyse_cheques(
         result = Result.INCONCLUSIVE
     else:
         result = Result.PASS
-    return Verdict(result, checks, canary.requests)
+    return Verdict(result, tuple(checks), canary.requests)
+
+
+def _upstream_checks(
+    step: Observation,
+    rollout: Observation,
+    stable_version: str | None,
+    canary_version: str,
+    t: ChequeThresholds,
+) -> tuple[Check, ...]:
+    """5xx rate and tail latency of cheque-route requests, canary version against stable."""
+    canary = step.of(CANARY, canary_version)
+    stable = baseline(step, stable_version)
+    if stable.requests < t.min_requests:
+        stable = baseline(rollout, stable_version)
+    return check_errors(canary, stable, t), check_latency(canary, stable, t)

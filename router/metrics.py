@@ -28,6 +28,9 @@ ROLLOUT_PHASE = "inkwell_rollout_phase"
 ROLLOUT_STEP = "inkwell_rollout_step"
 ROLLOUT_TRANSITIONS = "inkwell_rollout_transitions"
 ROLLOUT_ANALYSES = "inkwell_rollout_analyses"
+# `/v1/cheques/*` model-route requests, by the cheque model version (the cheque rollout's).
+CHEQUE_UPSTREAM_REQUESTS = "inkwell_router_cheque_upstream_requests"
+CHEQUE_UPSTREAM_LATENCY = "inkwell_router_cheque_upstream_latency_seconds"
 
 # Upstream outcomes; the analysis counts all but `ok` and `client_error` as errors.
 OK = "ok"
@@ -128,6 +131,22 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
+        # Cheque reads are kept out of the two series above: they are labelled by the cheque
+        # model's version, whose numbers would mix with the digit model's of the same value.
+        self.cheque_upstream_requests = Counter(
+            CHEQUE_UPSTREAM_REQUESTS,
+            "Cheque-route requests the router sent to a model service, by the cheque model "
+            "version that served it, outcome and mode (as inkwell_router_upstream_requests).",
+            ["variant", "model_version", "outcome", "mode"],
+            registry=r,
+        )
+        self.cheque_upstream_latency = Histogram(
+            CHEQUE_UPSTREAM_LATENCY,
+            "Latency of each cheque-route request sent to a service, by cheque model version.",
+            ["variant", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.online_predictions = Counter(
             ONLINE_PREDICTIONS,
             "Served predictions later labelled by an upload, by whether they were correct.",
@@ -182,6 +201,14 @@ class RouterMetrics:
         self._child(self.upstream_requests, variant, version, outcome, mode).inc()
         if mode != OVERRIDE:
             self._child(self.upstream_latency, variant, version).observe(seconds)
+
+    def observe_cheque_upstream(
+        self, variant: str, version: str, outcome: str, mode: str, seconds: float
+    ) -> None:
+        """One cheque-route request sent to a model service (as `observe_upstream`)."""
+        self._child(self.cheque_upstream_requests, variant, version, outcome, mode).inc()
+        if mode != OVERRIDE:
+            self._child(self.cheque_upstream_latency, variant, version).observe(seconds)
 
     def prime(self, variant: str, version: str) -> None:
         """Create a variant/version's series at zero so Prometheus sees them from the start

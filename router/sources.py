@@ -40,10 +40,15 @@ COUNTERS = (
     f"{CHEQUE_CONFIDENCE}_sum",
     f"{CHEQUE_CONFIDENCE}_count",
     f"{CHEQUE_REVIEWED}_total",
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total",
+    f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket",
 )
 GAUGES = (m.CIRCUIT_OPEN,)
 # Series the analysis must not see (summing by the GROUP_BY labels would mix them in).
-SELECTORS = {f"{m.UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}'}
+SELECTORS = {
+    f"{m.UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}',
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}',
+}
 GROUP_BY = {
     f"{m.UPSTREAM_REQUESTS}_total": ("variant", "model_version", "outcome"),
     f"{m.UPSTREAM_LATENCY}_bucket": ("variant", "model_version", "le"),
@@ -55,6 +60,8 @@ GROUP_BY = {
     f"{CHEQUE_CONFIDENCE}_sum": ("variant", "model_version"),
     f"{CHEQUE_CONFIDENCE}_count": ("variant", "model_version"),
     f"{CHEQUE_REVIEWED}_total": ("variant", "model_version", "exact"),
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total": ("variant", "model_version", "outcome"),
+    f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket": ("variant", "model_version", "le"),
 }
 
 

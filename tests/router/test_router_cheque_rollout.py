@@ -7,6 +7,7 @@ import time
 
 import httpx
 
+from router import metrics as m
 from router.analysis import Sample
 from router.app import create_app
 from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS, CHEQUE_REVIEWED
@@ -32,13 +33,22 @@ from tests.router.test_router_proxy import PNG, users_on
 CHEQUES = "inkwell-cheques"
 
 
-def cheque_reads(variant: str, version: str, n: int, flagged: int, confidence: float):
+def cheque_reads(
+    variant: str, version: str, n: int, flagged: int, confidence: float, errors: int = 0
+):
+    """The services' cheque reads and the router's cheque requests (`errors` more 5xx)."""
     labels = {"variant": variant, "model_version": version}
+    requests = f"{m.CHEQUE_UPSTREAM_REQUESTS}_total"
+    latency = f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket"
     return [
         Sample(f"{CHEQUE_READS}_total", {**labels, "needs_review": "true"}, flagged),
         Sample(f"{CHEQUE_READS}_total", {**labels, "needs_review": "false"}, n - flagged),
         Sample(f"{CHEQUE_CONFIDENCE}_sum", labels, confidence * n),
         Sample(f"{CHEQUE_CONFIDENCE}_count", labels, n),
+        Sample(requests, {**labels, "outcome": "ok", "mode": "live"}, n),
+        Sample(requests, {**labels, "outcome": "error", "mode": "live"}, errors),
+        Sample(latency, {**labels, "le": "0.05"}, n + errors),
+        Sample(latency, {**labels, "le": "+Inf"}, n + errors),
     ]
 
 
@@ -88,6 +98,17 @@ def test_cheque_canary_flagging_more_reads_for_review_is_rolled_back(tmp_path):
     assert (state.phase, state.weight) == (Phase.ROLLED_BACK, 0)
     assert "canary" not in h.aliases.aliases
     assert "needs_review" in h.aliases.tags["2"]["rolled_back"]
+
+
+def test_cheque_canary_failing_cheque_requests_is_rolled_back(tmp_path):
+    h = ChequeHarness(tmp_path)
+    h.later(0)
+    h.source.samples = cheque_reads("canary", "2", 60, 3, 0.9, errors=20) + cheque_reads(
+        "stable", "1", 600, 30, 0.9
+    )
+    state = h.later(1.0)
+    assert (state.phase, state.weight) == (Phase.ROLLED_BACK, 0)
+    assert "error rate" in h.aliases.tags["2"]["rolled_back"]
 
 
 def test_digit_traffic_alone_does_not_judge_the_cheque_canary(tmp_path):
