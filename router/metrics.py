@@ -31,6 +31,10 @@ ROLLOUT_ANALYSES = "inkwell_rollout_analyses"
 # `/v1/cheques/*` model-route requests, by the cheque model version (the cheque rollout's).
 CHEQUE_UPSTREAM_REQUESTS = "inkwell_router_cheque_upstream_requests"
 CHEQUE_UPSTREAM_LATENCY = "inkwell_router_cheque_upstream_latency_seconds"
+# The cheque rollout's gauges: second gauges, so the digit series keep their names and labels.
+CHEQUE_CANARY_WEIGHT = "inkwell_router_cheque_canary_weight"
+CHEQUE_ROLLOUT_PHASE = "inkwell_rollout_cheque_phase"
+CHEQUE_ROLLOUT_STEP = "inkwell_rollout_cheque_step"
 
 # Upstream outcomes; the analysis counts all but `ok` and `client_error` as errors.
 OK = "ok"
@@ -162,6 +166,20 @@ class RouterMetrics:
         self.rollout_step = Gauge(
             ROLLOUT_STEP, "Index of the current rollout step (-1 when none).", registry=r
         )
+        self.cheque_canary_weight = Gauge(
+            CHEQUE_CANARY_WEIGHT, "Percent of users the cheque canary reads for.", registry=r
+        )
+        self.cheque_rollout_phase = Gauge(
+            CHEQUE_ROLLOUT_PHASE,
+            "1 for the cheque rollout's current phase (absent while it is off).",
+            ["phase"],
+            registry=r,
+        )
+        self.cheque_rollout_step = Gauge(
+            CHEQUE_ROLLOUT_STEP,
+            "Index of the cheque rollout's current step (-1 when none).",
+            registry=r,
+        )
         self.rollout_transitions = Counter(
             ROLLOUT_TRANSITIONS,
             "Rollout phase changes made by this replica.",
@@ -227,6 +245,15 @@ class RouterMetrics:
     def set_phase(self, phase: str, phases: tuple[str, ...]) -> None:
         for name in phases:
             self.rollout_phase.labels(name).set(1 if name == phase else 0)
+
+    def set_cheque_rollout(
+        self, phase: str, phases: tuple[str, ...], step: int, weight: float
+    ) -> None:
+        """The cheque rollout's phase, step and weight (the digit gauges are left alone)."""
+        for name in phases:
+            self.cheque_rollout_phase.labels(name).set(1 if name == phase else 0)
+        self.cheque_rollout_step.set(step)
+        self.cheque_canary_weight.set(weight)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import contextmanager
 
 import httpx
 
@@ -12,7 +13,7 @@ from router.analysis import Sample
 from router.app import create_app
 from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS, CHEQUE_REVIEWED
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
-from router.cli import status_cmd
+from router.cli import RolloutModel, pause_cmd, status_cmd
 from router.proxy import Backend
 from router.routing import Split
 from router.settings import RouterSettings
@@ -28,7 +29,7 @@ from tests.router.test_router_controller import (
     FakeSource,
     healthy,
 )
-from tests.router.test_router_proxy import PNG, users_on
+from tests.router.test_router_proxy import PNG, metric, users_on
 
 CHEQUES = "inkwell-cheques"
 
@@ -143,10 +144,12 @@ def test_cheque_rollout_waits_for_the_canary_service_to_read_with_the_canary_ver
     assert h.later(1.0).canary_ready_at > 0
 
 
-def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path, capsys):
+@contextmanager
+def cheque_rollout_router(tmp_path, digits: FakeAliases, cheques: FakeAliases):
+    """A router running both rollouts over fake services; yields it once the cheque canary
+    (version 3) takes its first step."""
     stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
     stable.cheque_version, canary.cheque_version = "1", "3"
-    digits, cheques = FakeAliases(), FakeAliases(canary="3")
     with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
         settings = RouterSettings(
             home=tmp_path, stable_url=stable_url, canary_url=canary_url, cheque_rollout=True,
@@ -161,23 +164,72 @@ def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path,
             while app.runtime.cheque_controller.state.canary_ready_at <= 0:
                 assert time.monotonic() < deadline, "the canary never read with version 3"
                 time.sleep(0.05)
-            assert app.runtime.cheque_split() == Split(5, "3", "1")
-            assert app.runtime.controller is not None
-            assert app.runtime.controller.state.phase is Phase.IDLE  # the digit rollout
-            headers = {"content-type": "image/png"}
-            for variant in ("canary", "stable"):
-                for user in users_on(variant, 5, 3, canary_version="3"):
-                    answer = client.post(
-                        "/v1/cheques/read", content=PNG, headers={**headers, "X-User-Id": user}
-                    ).json()
-                    assert answer["variant"] == variant
+            yield app, url, client
+
+
+def test_a_running_router_rolls_the_cheque_canary_out_to_its_own_users(tmp_path, capsys):
+    digits, cheques = FakeAliases(), FakeAliases(canary="3")
+    with cheque_rollout_router(tmp_path, digits, cheques) as (app, url, client):
+        assert app.runtime.cheque_split() == Split(5, "3", "1")
+        assert app.runtime.controller is not None
+        assert app.runtime.controller.state.phase is Phase.IDLE  # the digit rollout
+        headers = {"content-type": "image/png"}
+        for variant in ("canary", "stable"):
+            for user in users_on(variant, 5, 3, canary_version="3"):
+                answer = client.post(
+                    "/v1/cheques/read", content=PNG, headers={**headers, "X-User-Id": user}
+                ).json()
+                assert answer["variant"] == variant
+        key = (tmp_path / "router-admin.key").read_text()
+        status = client.get("/admin/rollout", headers={"X-API-Key": key})
+        cheque_status = status.json()["cheques"]
+        assert (cheque_status["model_name"], cheque_status["phase"]) == (CHEQUES, "canary")
+        assert cheque_status["served_versions"] == {"stable": "1", "canary": "3"}
+        assert status.json()["phase"] == "idle"
+        capsys.readouterr()
+        status_cmd(url=url, key=key)
+        shown = capsys.readouterr().out
+        assert "cheque rollout" in shown and "5 %" in shown
+
+
+def test_admin_actions_with_model_cheques_steer_only_the_cheque_rollout(tmp_path, capsys):
+    digits, cheques = FakeAliases(canary="2"), FakeAliases(canary="3")
+    with cheque_rollout_router(tmp_path, digits, cheques) as (app, url, client):
+        key = (tmp_path / "router-admin.key").read_text()
+        admin = {"X-API-Key": key}
+        refused = client.post("/admin/rollout/pause?model=cheques")
+        assert refused.status_code == 401  # the admin key, as for digits
+        bogus = client.post("/admin/rollout/pause?model=letters", headers=admin)
+        assert bogus.status_code == 422 and "cheques" in bogus.text
+        pause_cmd(model=RolloutModel.CHEQUES, url=url, key=key)
+        assert "cheque rollout" in capsys.readouterr().out
+        assert app.runtime.cheque_controller.state.phase is Phase.PAUSED
+        assert app.runtime.controller.state.phase is not Phase.PAUSED  # the digit rollout
+        assert metric(client, m.CHEQUE_ROLLOUT_PHASE, phase="paused") == 1
+        assert metric(client, m.CHEQUE_CANARY_WEIGHT) == 5
+        assert metric(client, m.ROLLOUT_PHASE, phase="paused") == 0  # digit gauges unchanged
+        resumed = client.post("/admin/rollout/resume?model=cheques", headers=admin).json()
+        assert (resumed["model_name"], resumed["phase"]) == (CHEQUES, "canary")
+        rolled = client.post(
+            "/admin/rollout/rollback?model=cheques", headers=admin, json={"reason": "bad reads"}
+        ).json()
+        assert (rolled["model_name"], rolled["phase"]) == (CHEQUES, "rolled_back")
+        assert "canary" not in cheques.aliases and "bad reads" in cheques.tags["3"]["rolled_back"]
+        assert digits.aliases.get("canary") == "2"  # the digit canary is left alone
+        assert app.runtime.cheque_split() == Split(0, None, "1")
+        assert metric(client, m.CHEQUE_CANARY_WEIGHT) == 0
+        events = client.get("/admin/rollout/events?model=cheques", headers=admin).json()
+        by_admin = [e["to_phase"] for e in events if e["actor"].startswith("admin@")]
+        assert {"paused", "canary", "rolling_back"} <= set(by_admin)  # the audit trail
+
+
+def test_cheque_admin_actions_while_the_cheque_rollout_is_off_say_how_to_turn_it_on(tmp_path):
+    stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
+    with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
+        settings = RouterSettings(home=tmp_path, stable_url=stable_url, canary_url=canary_url)
+        app = create_app(settings, source=FakeSource(), aliases=FakeAliases(canary="2"))
+        with serve_in_thread(app) as url, httpx.Client(base_url=url) as client:
             key = (tmp_path / "router-admin.key").read_text()
-            status = client.get("/admin/rollout", headers={"X-API-Key": key})
-            cheque_status = status.json()["cheques"]
-            assert (cheque_status["model_name"], cheque_status["phase"]) == (CHEQUES, "canary")
-            assert cheque_status["served_versions"] == {"stable": "1", "canary": "3"}
-            assert status.json()["phase"] == "idle"
-            capsys.readouterr()
-            status_cmd(url=url, key=key)
-            shown = capsys.readouterr().out
-            assert "cheque rollout" in shown and "5 %" in shown
+            answer = client.post("/admin/rollout/promote?model=cheques", headers={"X-API-Key": key})
+    assert answer.status_code == 409
+    assert "INKWELL_ROUTER_CHEQUE_ROLLOUT=true" in answer.json()["message"]
