@@ -20,6 +20,7 @@ from router.settings import RouterSettings
 from router.sources import parse_exposition
 from router.state import Phase, RolloutStore
 from service.metrics import ServiceMetrics
+from tests.harness import free_port
 from tests.router.router_fakes import FakeService, serve_in_thread
 from tests.router.test_router_controller import (
     INTERVAL,
@@ -233,3 +234,44 @@ def test_cheque_admin_actions_while_the_cheque_rollout_is_off_say_how_to_turn_it
             answer = client.post("/admin/rollout/promote?model=cheques", headers={"X-API-Key": key})
     assert answer.status_code == 409
     assert "INKWELL_ROUTER_CHEQUE_ROLLOUT=true" in answer.json()["message"]
+
+
+def test_a_running_router_rolls_back_a_cheque_canary_whose_reads_fail(tmp_path):
+    # the router's own metrics, scraped by the real source: the cheque canary's 5xx on
+    # /v1/cheques/read (answered by stable, so clients see none) roll it back
+    stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
+    stable.cheque_version, canary.cheque_version = "1", "3"
+    canary.cheque_mode = "error"
+    digits, cheques = FakeAliases(canary="2"), FakeAliases(canary="3")
+    port = free_port()
+    with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
+        settings = RouterSettings(
+            home=tmp_path, stable_url=stable_url, canary_url=canary_url, cheque_rollout=True,
+            analysis_interval_s=2.0, registry_poll_s=0.1, probe_interval_s=0.1, tick_s=0.1,
+            min_requests=20, breaker_consecutive_failures=1000, breaker_min_requests=1000,
+            metrics_targets=[f"http://127.0.0.1:{port}/metrics"],  # the fakes have none
+        )  # fmt: skip
+        app = create_app(settings, aliases=digits, cheque_aliases=cheques)
+        with serve_in_thread(app, port) as url, httpx.Client(base_url=url) as client:
+            deadline = time.monotonic() + 30
+            while not (app.runtime.cheque_controller and app.runtime.cheque_split()):
+                assert time.monotonic() < deadline, "the cheque rollout never started"
+                time.sleep(0.05)
+            while app.runtime.cheque_controller.state.canary_ready_at <= 0:
+                assert time.monotonic() < deadline, "the canary never read with version 3"
+                time.sleep(0.05)
+            headers = {"content-type": "image/png"}
+            for user in users_on("canary", 5, 40, canary_version="3"):
+                answer = client.post(
+                    "/v1/cheques/read", content=PNG, headers={**headers, "X-User-Id": user}
+                )
+                assert answer.status_code == 200 and answer.json()["variant"] == "stable"
+            controller = app.runtime.cheque_controller
+            while "canary" in cheques.aliases:
+                verdict = controller.last_verdict
+                why = (verdict.reason() if verdict else None, controller.last_error)
+                assert time.monotonic() < deadline + 30, f"the failing cheque canary stayed: {why}"
+                time.sleep(0.1)
+            assert app.runtime.cheque_controller.state.phase is Phase.ROLLED_BACK
+    assert "error rate" in cheques.tags["3"]["rolled_back"]
+    assert digits.aliases == {"stable": "1", "canary": "2"}  # the digit rollout is untouched
