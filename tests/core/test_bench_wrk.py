@@ -64,6 +64,7 @@ def recorder() -> Iterator[Recorder]:
     server.server_close()
 
 
+@pytest.mark.integration
 @needs_wrk
 def test_wrk_sends_every_body_with_its_headers_and_reports_the_stalled_requests(
     recorder: Recorder,

@@ -163,12 +163,14 @@ def test_model_dir_without_a_model_is_a_clear_error(scans: Path, tmp_path: Path)
     assert "holds no digit model" in " ".join(result.stdout.split())
 
 
+@pytest.mark.integration
 def test_model_dir_alone_evaluates_on_mnist_test(model_dir: Path, tmp_path: Path) -> None:
     result = inkwell("eval", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert accuracy_line(result.stdout) >= 80.0
 
 
+@pytest.mark.integration
 def test_real_cheque_digits_cut_by_their_boxes_are_evaluated(
     model_dir: Path, tmp_path: Path
 ) -> None:

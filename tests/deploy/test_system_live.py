@@ -45,7 +45,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 UPLOAD_KEY = "live-test-upload-key"
 ADMIN_KEY = "live-test-admin-key"
 # Grafana's built-in variables, as Grafana would expand them for a short time range.
-GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m", "$__interval": "5s"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "15s",
+    "$__range": "2m",
+    "$__interval": "5s",
+    "$namespace": ".*",  # "All": Compose series have no namespace
+}
 COMPONENT_JOBS = {
     "inkwell-router": "router",
     "inkwell-service-stable": "stable",
