@@ -479,6 +479,15 @@ class SampleStore:
         with self.session() as session:
             return session.get(ChequeReadingRecord, reading_id)
 
+    def first_review(self, reading_id: str) -> int | None:
+        """The id of the first accepted sample that reviewed this reading, if any."""
+        with self.session() as session:
+            return session.scalar(
+                select(func.min(ChequeSample.id)).where(
+                    ChequeSample.reading_id == reading_id, ChequeSample.state == ACCEPTED
+                )
+            )
+
     def pending_reviews(self, limit: int = 50) -> list[ChequeReadingRecord]:
         """Readings sent to review that no reviewed upload has corrected yet, newest first."""
         reviewed = select(ChequeSample.reading_id).where(ChequeSample.reading_id.is_not(None))

@@ -1,7 +1,8 @@
 """Admin API: rollout status and manual promote / rollback / pause / resume.
 
 Every route needs the header `X-API-Key` with the router's admin key; a missing or wrong key is
-a 401. The routes only translate HTTP into `RolloutController` calls.
+a 401. The routes only translate HTTP into `RolloutController` calls: the digit rollout's, or
+with `?model=cheques` the cheque model's own rollout.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, Field
@@ -60,8 +61,33 @@ def controller(request: Request) -> RolloutController:
     return found
 
 
+RolloutModel = Literal["digits", "cheques"]
+
+
+def target(
+    request: Request,
+    rollout: Annotated[RolloutController, Depends(controller)],
+    model: Annotated[
+        RolloutModel, Query(description="Which model's rollout: digits (default) or cheques.")
+    ] = "digits",
+) -> RolloutController:
+    """The digit rollout's controller, or with `?model=cheques` the cheque model's own."""
+    if model == "digits":
+        return rollout
+    found: RolloutController | None = _runtime(request).cheque_controller
+    if found is None:
+        raise ConflictError(
+            "the cheque rollout is off in this router; set INKWELL_ROUTER_CHEQUE_ROLLOUT=true "
+            "(with the controller and the MLflow registry) or leave out ?model=cheques.",
+            code="cheque_rollout_disabled",
+        )
+    return found
+
+
 Actor = Annotated[str, Depends(require_key)]
 Controller = Annotated[RolloutController, Depends(controller)]
+# The rollout an action steers: `?model=digits` (default) or `?model=cheques`.
+Target = Annotated[RolloutController, Depends(target)]
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -76,7 +102,7 @@ async def rollout_status(_: Actor, rollout: Controller, request: Request) -> dic
 
 @router.get("/rollout/events")
 async def rollout_events(
-    _: Actor, rollout: Controller, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    _: Actor, rollout: Target, limit: Annotated[int, Query(ge=1, le=1000)] = 50
 ) -> list[dict[str, Any]]:
     """Recent transitions, newest first (the audit trail)."""
     events = await asyncio.to_thread(rollout.store.events, rollout.model_name, limit)
@@ -84,7 +110,7 @@ async def rollout_events(
 
 
 @router.post("/rollout/promote")
-async def promote(actor: Actor, rollout: Controller) -> dict[str, Any]:
+async def promote(actor: Actor, rollout: Target) -> dict[str, Any]:
     """Promote the canary now (moves the stable alias; services hot-reload)."""
     await rollout.promote(actor)
     return rollout.status()
@@ -92,7 +118,7 @@ async def promote(actor: Actor, rollout: Controller) -> dict[str, Any]:
 
 @router.post("/rollout/rollback")
 async def rollback(
-    actor: Actor, rollout: Controller, body: RollbackRequest | None = None
+    actor: Actor, rollout: Target, body: RollbackRequest | None = None
 ) -> dict[str, Any]:
     """Stop canary traffic, remove the canary alias and tag the version rolled_back."""
     reason = (body or RollbackRequest()).reason
@@ -101,14 +127,14 @@ async def rollback(
 
 
 @router.post("/rollout/pause")
-async def pause(actor: Actor, rollout: Controller) -> dict[str, Any]:
+async def pause(actor: Actor, rollout: Target) -> dict[str, Any]:
     """Hold the current weight; no automatic decision until resumed."""
     await rollout.pause(actor)
     return rollout.status()
 
 
 @router.post("/rollout/resume")
-async def resume(actor: Actor, rollout: Controller) -> dict[str, Any]:
+async def resume(actor: Actor, rollout: Target) -> dict[str, Any]:
     """Continue the rollout; the current step's interval starts again."""
     await rollout.resume(actor)
     return rollout.status()

@@ -33,7 +33,7 @@ from router.proxy import Proxy
 from router.routing import Split
 from router.settings import RouterSettings
 from router.sources import MetricSource, make_source
-from router.state import RolloutState, RolloutStore
+from router.state import PHASES, RolloutState, RolloutStore
 from router.web import WEB_PATHS, WEB_PREFIXES, mount_web
 
 log = logging.getLogger("inkwell.router")
@@ -142,6 +142,12 @@ class Runtime:
             weight=state.weight if serving else 0.0,
             canary_version=state.canary_version if serving else None,
             stable_version=state.stable_version,
+        )
+        self.metrics.set_cheque_rollout(
+            state.phase.value,
+            PHASES,
+            state.step_index if serving else -1,
+            state.weight if serving else 0.0,
         )
 
     # ---- lifecycle -----------------------------------------------------------------------

@@ -3,8 +3,9 @@
 The cheque model (`inkwell-cheques`) is versioned apart from the digit model, so its canary is
 judged on its own rollout: the canary service's cheque reads (labelled by the cheque model
 version it served) against the stable service's. It reuses `router.analysis` (its `Sample`,
-`VariantStats`, `Verdict` and the confidence check) and adds the cheque-only signal: the share
-of reads flagged `needs_review`. No network, no clock.
+`VariantStats`, `Verdict` and the confidence check) and adds the cheque-only signals: the share
+of reads flagged `needs_review`, and the share of later-reviewed readings whose amount was
+exactly the reviewed one (delayed labels). No network, no clock.
 """
 
 from __future__ import annotations
@@ -13,21 +14,29 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from inkwell.settings import CANARY, STABLE
+from router import metrics as m
 from router.analysis import (
     Check,
+    Observation,
     Result,
     Sample,
     Status,
     Thresholds,
     VariantStats,
     Verdict,
+    baseline,
+    build_observation,
     check_confidence,
+    check_errors,
+    check_latency,
     wilson,
 )
 
 # Metric names the cheque analysis reads from the inference services (service/metrics.py).
 CHEQUE_READS = "inkwell_service_cheque_reads"
 CHEQUE_CONFIDENCE = "inkwell_service_cheque_confidence"
+# Readings scored by a later accepted review, by the variant/version that read them.
+CHEQUE_REVIEWED = "inkwell_service_cheque_reviewed_readings"
 
 
 @dataclass
@@ -43,9 +52,13 @@ class ChequeStats(VariantStats):
 
 @dataclass(frozen=True)
 class ChequeThresholds(Thresholds):
-    """The digit thresholds plus how many more reads the canary may send to human review."""
+    """The digit thresholds plus the cheque-only margins (reads sent to review, exact amounts).
+
+    The exact-amount check waits for `min_labels` reviewed readings of each side.
+    """
 
     needs_review_margin: float = 0.1
+    exact_amount_drop: float = 0.05
 
 
 ChequeObservation = dict[tuple[str, str], ChequeStats]
@@ -73,7 +86,28 @@ def build_cheque_observation(samples: Iterable[Sample]) -> ChequeObservation:
             target.confidence_sum += s.value
         elif s.name == f"{CHEQUE_CONFIDENCE}_count":
             target.confidence_count += s.value
+        elif s.name == f"{CHEQUE_REVIEWED}_total":
+            if s.labels.get("exact") == "true":
+                target.correct += s.value
+            else:
+                target.incorrect += s.value
     return obs
+
+
+# The router's cheque-route series, read as the digit analysis reads its upstream series.
+_AS_DIGIT_SERIES = {
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total": f"{m.UPSTREAM_REQUESTS}_total",
+    f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket": f"{m.UPSTREAM_LATENCY}_bucket",
+}
+
+
+def build_cheque_upstream(samples: Iterable[Sample]) -> Observation:
+    """Fold the router's cheque-route requests (outcome, latency) per variant/cheque version."""
+    return build_observation(
+        Sample(_AS_DIGIT_SERIES[s.name], s.labels, s.value)
+        for s in samples
+        if s.name in _AS_DIGIT_SERIES
+    )
 
 
 def cheque_baseline(obs: ChequeObservation, stable_version: str | None) -> ChequeStats:
@@ -85,6 +119,8 @@ def cheque_baseline(obs: ChequeObservation, stable_version: str | None) -> Chequ
             merged.needs_review += stats.needs_review
             merged.confidence_sum += stats.confidence_sum
             merged.confidence_count += stats.confidence_count
+            merged.correct += stats.correct
+            merged.incorrect += stats.incorrect
     return merged
 
 
@@ -112,6 +148,24 @@ def check_needs_review(canary: ChequeStats, stable: ChequeStats, t: ChequeThresh
     return Check("needs_review_rate", status, rate, base, limit, text)
 
 
+def check_exact_amounts(canary: ChequeStats, stable: ChequeStats, t: ChequeThresholds) -> Check:
+    """Reviews are the cheque reader's ground truth: a canary whose readings people corrected
+    clearly more often than stable's is worse. Fails on evidence only (Wilson upper bound of the
+    canary's exact share below stable's minus `exact_amount_drop`), after `min_labels` each."""
+    c, s = canary.accuracy, stable.accuracy
+    limit = None if s is None else max(0.0, s - t.exact_amount_drop)
+    text = (
+        f"canary exact amounts {_pct(c)} over {canary.labelled:.0f} reviewed readings vs stable "
+        f"{_pct(s)} over {stable.labelled:.0f} (limit {_pct(limit)})"
+    )
+    if limit is None or c is None or min(canary.labelled, stable.labelled) < t.min_labels:
+        return Check("exact_amount_accuracy", Status.NO_DATA, c, s, limit, text)
+    _, upper = wilson(canary.correct, canary.labelled)
+    within = Status.PASS if c >= limit else Status.NO_DATA  # no evidence either way: wait
+    status = Status.FAIL if upper < limit else within
+    return Check("exact_amount_accuracy", status, c, s, limit, text)
+
+
 def analyse_cheques(
     step: ChequeObservation,
     rollout: ChequeObservation,
@@ -119,18 +173,50 @@ def analyse_cheques(
     stable_version: str | None,
     canary_version: str,
     thresholds: ChequeThresholds,
+    upstream: tuple[Observation, Observation] | None = None,
 ) -> Verdict:
-    """Compare the cheque canary with stable (windows as in `router.analysis.analyse`)."""
+    """Compare the cheque canary with stable (windows as in `router.analysis.analyse`).
+
+    Reviews arrive late, so exact amounts are judged over the whole `rollout` window.
+    `upstream` (step, rollout) holds the router's cheque-route requests: the digit error-rate
+    and latency checks, per cheque version; None leaves them out (no router metrics).
+    """
     t = thresholds
     canary = step.get((CANARY, canary_version), ChequeStats())
     stable = cheque_baseline(step, stable_version)
     if stable.requests < t.min_requests:  # few stable reads at high weights: whole rollout
         stable = cheque_baseline(rollout, stable_version)
-    checks = (check_confidence(canary, stable, t), check_needs_review(canary, stable, t))
+    reviewed_canary = rollout.get((CANARY, canary_version), ChequeStats())
+    reviewed_stable = cheque_baseline(rollout, stable_version)
+    checks = [
+        check_confidence(canary, stable, t),
+        check_needs_review(canary, stable, t),
+        check_exact_amounts(reviewed_canary, reviewed_stable, t),
+    ]
+    if upstream is not None:
+        checks += _upstream_checks(*upstream, stable_version, canary_version, t)
+    # Like the digit analysis, missing delayed labels never hold a rollout back: only the
+    # per-read checks must have data.
+    waiting = [c for c in checks if c.name != "exact_amount_accuracy"]
     if any(c.status is Status.FAIL for c in checks):
         result = Result.FAIL
-    elif canary.requests < t.min_requests or any(c.status is Status.NO_DATA for c in checks):
+    elif canary.requests < t.min_requests or any(c.status is Status.NO_DATA for c in waiting):
         result = Result.INCONCLUSIVE
     else:
         result = Result.PASS
-    return Verdict(result, checks, canary.requests)
+    return Verdict(result, tuple(checks), canary.requests)
+
+
+def _upstream_checks(
+    step: Observation,
+    rollout: Observation,
+    stable_version: str | None,
+    canary_version: str,
+    t: ChequeThresholds,
+) -> tuple[Check, ...]:
+    """5xx rate and tail latency of cheque-route requests, canary version against stable."""
+    canary = step.of(CANARY, canary_version)
+    stable = baseline(step, stable_version)
+    if stable.requests < t.min_requests:
+        stable = baseline(rollout, stable_version)
+    return check_errors(canary, stable, t), check_latency(canary, stable, t)

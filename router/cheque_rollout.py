@@ -15,7 +15,12 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from router.analysis import Sample, Thresholds, Verdict
-from router.cheque_analysis import ChequeThresholds, analyse_cheques, build_cheque_observation
+from router.cheque_analysis import (
+    ChequeThresholds,
+    analyse_cheques,
+    build_cheque_observation,
+    build_cheque_upstream,
+)
 from router.controller import AliasRegistry, RolloutController, ServedVersions
 from router.metrics import RouterMetrics
 from router.proxy import Backend
@@ -75,11 +80,12 @@ class ChequeRolloutController(RolloutController):
     def judge(
         self, step_samples: list[Sample], rollout_samples: list[Sample], canary_version: str
     ) -> Verdict:
-        """Compare the canary's cheque reads with stable's."""
+        """Compare the canary's cheque reads (and the router's cheque requests) with stable's."""
         return analyse_cheques(
             build_cheque_observation(step_samples),
             build_cheque_observation(rollout_samples),
             stable_version=None,
             canary_version=canary_version,
             thresholds=self.cheque_thresholds,
+            upstream=(build_cheque_upstream(step_samples), build_cheque_upstream(rollout_samples)),
         )

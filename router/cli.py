@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -34,6 +35,33 @@ KeyOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the raw JSON answer.")]
+
+
+class RolloutModel(StrEnum):
+    """Which model's rollout an action steers (each model has its own)."""
+
+    DIGITS = "digits"
+    CHEQUES = "cheques"
+
+
+ModelOpt = Annotated[
+    RolloutModel,
+    typer.Option("--model", help="The digit model's rollout, or the cheque model's own."),
+]
+
+
+def _for(path: str, model: RolloutModel) -> str:
+    """The admin path for `model`'s rollout (the digit one needs no query, as before)."""
+    if model is RolloutModel.DIGITS:
+        return path
+    return f"{path}{'&' if '?' in path else '?'}model={model.value}"
+
+
+def _print_for(document: dict[str, Any], model: RolloutModel, as_json: bool) -> None:
+    if as_json or model is RolloutModel.DIGITS:
+        _print(document, as_json)
+    else:
+        _show(document, title="cheque rollout")
 
 
 def serve(
@@ -170,10 +198,15 @@ def status_cmd(url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False)
 
 
 @rollout_app.command("promote")
-def promote_cmd(url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+def promote_cmd(
+    model: ModelOpt = RolloutModel.DIGITS,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Promote the canary now: the stable alias moves to its version."""
-    document = _call("POST", "/admin/rollout/promote", url, key)
-    _print(document, as_json)
+    document = _call("POST", _for("/admin/rollout/promote", model), url, key)
+    _print_for(document, model, as_json)
 
 
 @rollout_app.command("rollback")
@@ -181,37 +214,53 @@ def rollback_cmd(
     reason: Annotated[str, typer.Option(help="Recorded on the version's rolled_back tag.")] = (
         "rolled back manually"
     ),
+    model: ModelOpt = RolloutModel.DIGITS,
     url: UrlOpt = None,
     key: KeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Stop canary traffic, remove the canary alias and tag the version rolled_back."""
-    document = _call("POST", "/admin/rollout/rollback", url, key, {"reason": reason})
-    _print(document, as_json)
+    path = _for("/admin/rollout/rollback", model)
+    document = _call("POST", path, url, key, {"reason": reason})
+    _print_for(document, model, as_json)
 
 
 @rollout_app.command("pause")
-def pause_cmd(url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+def pause_cmd(
+    model: ModelOpt = RolloutModel.DIGITS,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Hold the current weight; the controller makes no decision until resumed."""
-    document = _call("POST", "/admin/rollout/pause", url, key)
-    _print(document, as_json)
+    document = _call("POST", _for("/admin/rollout/pause", model), url, key)
+    _print_for(document, model, as_json)
 
 
 @rollout_app.command("resume")
-def resume_cmd(url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
+def resume_cmd(
+    model: ModelOpt = RolloutModel.DIGITS,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Continue a paused rollout (the current step's interval restarts)."""
-    document = _call("POST", "/admin/rollout/resume", url, key)
-    _print(document, as_json)
+    document = _call("POST", _for("/admin/rollout/resume", model), url, key)
+    _print_for(document, model, as_json)
 
 
 @rollout_app.command("events")
 def events_cmd(
-    limit: int = 20, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
+    limit: int = 20,
+    model: ModelOpt = RolloutModel.DIGITS,
+    url: UrlOpt = None,
+    key: KeyOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Recent rollout transitions (the audit trail), newest first."""
     from inkwell.console import console
 
-    document = _call("GET", f"/admin/rollout/events?limit={limit}", url, key)
+    document = _call("GET", _for(f"/admin/rollout/events?limit={limit}", model), url, key)
     if as_json:
         typer.echo(json.dumps(document, indent=2))
         return

@@ -28,6 +28,13 @@ ROLLOUT_PHASE = "inkwell_rollout_phase"
 ROLLOUT_STEP = "inkwell_rollout_step"
 ROLLOUT_TRANSITIONS = "inkwell_rollout_transitions"
 ROLLOUT_ANALYSES = "inkwell_rollout_analyses"
+# `/v1/cheques/*` model-route requests, by the cheque model version (the cheque rollout's).
+CHEQUE_UPSTREAM_REQUESTS = "inkwell_router_cheque_upstream_requests"
+CHEQUE_UPSTREAM_LATENCY = "inkwell_router_cheque_upstream_latency_seconds"
+# The cheque rollout's gauges: second gauges, so the digit series keep their names and labels.
+CHEQUE_CANARY_WEIGHT = "inkwell_router_cheque_canary_weight"
+CHEQUE_ROLLOUT_PHASE = "inkwell_rollout_cheque_phase"
+CHEQUE_ROLLOUT_STEP = "inkwell_rollout_cheque_step"
 
 # Upstream outcomes; the analysis counts all but `ok` and `client_error` as errors.
 OK = "ok"
@@ -128,6 +135,22 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
+        # Cheque reads are kept out of the two series above: they are labelled by the cheque
+        # model's version, whose numbers would mix with the digit model's of the same value.
+        self.cheque_upstream_requests = Counter(
+            CHEQUE_UPSTREAM_REQUESTS,
+            "Cheque-route requests the router sent to a model service, by the cheque model "
+            "version that served it, outcome and mode (as inkwell_router_upstream_requests).",
+            ["variant", "model_version", "outcome", "mode"],
+            registry=r,
+        )
+        self.cheque_upstream_latency = Histogram(
+            CHEQUE_UPSTREAM_LATENCY,
+            "Latency of each cheque-route request sent to a service, by cheque model version.",
+            ["variant", "model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.online_predictions = Counter(
             ONLINE_PREDICTIONS,
             "Served predictions later labelled by an upload, by whether they were correct.",
@@ -142,6 +165,20 @@ class RouterMetrics:
         )
         self.rollout_step = Gauge(
             ROLLOUT_STEP, "Index of the current rollout step (-1 when none).", registry=r
+        )
+        self.cheque_canary_weight = Gauge(
+            CHEQUE_CANARY_WEIGHT, "Percent of users the cheque canary reads for.", registry=r
+        )
+        self.cheque_rollout_phase = Gauge(
+            CHEQUE_ROLLOUT_PHASE,
+            "1 for the cheque rollout's current phase (absent while it is off).",
+            ["phase"],
+            registry=r,
+        )
+        self.cheque_rollout_step = Gauge(
+            CHEQUE_ROLLOUT_STEP,
+            "Index of the cheque rollout's current step (-1 when none).",
+            registry=r,
         )
         self.rollout_transitions = Counter(
             ROLLOUT_TRANSITIONS,
@@ -183,6 +220,14 @@ class RouterMetrics:
         if mode != OVERRIDE:
             self._child(self.upstream_latency, variant, version).observe(seconds)
 
+    def observe_cheque_upstream(
+        self, variant: str, version: str, outcome: str, mode: str, seconds: float
+    ) -> None:
+        """One cheque-route request sent to a model service (as `observe_upstream`)."""
+        self._child(self.cheque_upstream_requests, variant, version, outcome, mode).inc()
+        if mode != OVERRIDE:
+            self._child(self.cheque_upstream_latency, variant, version).observe(seconds)
+
     def prime(self, variant: str, version: str) -> None:
         """Create a variant/version's series at zero so Prometheus sees them from the start
         (`increase()` misses the first increments of a series born between scrapes)."""
@@ -200,6 +245,15 @@ class RouterMetrics:
     def set_phase(self, phase: str, phases: tuple[str, ...]) -> None:
         for name in phases:
             self.rollout_phase.labels(name).set(1 if name == phase else 0)
+
+    def set_cheque_rollout(
+        self, phase: str, phases: tuple[str, ...], step: int, weight: float
+    ) -> None:
+        """The cheque rollout's phase, step and weight (the digit gauges are left alone)."""
+        for name in phases:
+            self.cheque_rollout_phase.labels(name).set(1 if name == phase else 0)
+        self.cheque_rollout_step.set(step)
+        self.cheque_canary_weight.set(weight)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

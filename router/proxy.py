@@ -566,7 +566,9 @@ class Proxy:
             outcome = m.TIMEOUT if failure.kind == TIMEOUT else m.UNAVAILABLE
             error = failure.detail
         seconds = time.perf_counter() - started
-        version = backend.served_version or UNKNOWN_VERSION
+        cheques = path.startswith(CHEQUE_PREFIX)
+        served = backend.cheque_version if cheques else backend.served_version
+        version = served or UNKNOWN_VERSION
         document = None
         if is_model_route(path):
             if 200 <= status < 300 and content[:1] in (b"{", b"["):
@@ -575,7 +577,10 @@ class Proxy:
                 problem = answer_problem(document) if method == "POST" else None
                 if problem is not None:
                     outcome, error = m.INVALID, f"unusable answer: {problem}"
-            self.metrics.observe_upstream(backend.variant, version, outcome, mode, seconds)
+            observe = (
+                self.metrics.observe_cheque_upstream if cheques else self.metrics.observe_upstream
+            )
+            observe(backend.variant, version, outcome, mode, seconds)
         return Attempt(outcome, status, headers, content, seconds, version, document, error)
 
     # ---- helpers -------------------------------------------------------------------------------

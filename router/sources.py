@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inkwell.errors import MetricsUnavailableError
 from router import metrics as m
 from router.analysis import SERVICE_CONFIDENCE, Sample
-from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS
+from router.cheque_analysis import CHEQUE_CONFIDENCE, CHEQUE_READS, CHEQUE_REVIEWED
 
 COUNTERS = (
     f"{m.UPSTREAM_REQUESTS}_total",
@@ -39,10 +39,16 @@ COUNTERS = (
     f"{CHEQUE_READS}_total",
     f"{CHEQUE_CONFIDENCE}_sum",
     f"{CHEQUE_CONFIDENCE}_count",
+    f"{CHEQUE_REVIEWED}_total",
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total",
+    f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket",
 )
 GAUGES = (m.CIRCUIT_OPEN,)
 # Series the analysis must not see (summing by the GROUP_BY labels would mix them in).
-SELECTORS = {f"{m.UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}'}
+SELECTORS = {
+    f"{m.UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}',
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total": f'{{mode!="{m.OVERRIDE}"}}',
+}
 GROUP_BY = {
     f"{m.UPSTREAM_REQUESTS}_total": ("variant", "model_version", "outcome"),
     f"{m.UPSTREAM_LATENCY}_bucket": ("variant", "model_version", "le"),
@@ -53,6 +59,9 @@ GROUP_BY = {
     f"{CHEQUE_READS}_total": ("variant", "model_version", "needs_review"),
     f"{CHEQUE_CONFIDENCE}_sum": ("variant", "model_version"),
     f"{CHEQUE_CONFIDENCE}_count": ("variant", "model_version"),
+    f"{CHEQUE_REVIEWED}_total": ("variant", "model_version", "exact"),
+    f"{m.CHEQUE_UPSTREAM_REQUESTS}_total": ("variant", "model_version", "outcome"),
+    f"{m.CHEQUE_UPSTREAM_LATENCY}_bucket": ("variant", "model_version", "le"),
 }
 
 

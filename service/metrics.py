@@ -137,6 +137,14 @@ class ServiceMetrics:
             ("variant", "model_version", "needs_review"),
             registry=self.registry,
         )
+        self.cheque_reviewed = Counter(
+            "inkwell_service_cheque_reviewed_readings",
+            "Readings later reviewed (an accepted cheque upload naming their reading_id), by the "
+            "variant and cheque model version that read them (not this process's) and whether "
+            "the amount read was exactly the reviewed one: the cheque canary's online accuracy.",
+            ("variant", "model_version", "exact"),
+            registry=self.registry,
+        )
         self.cheque_confidence = Histogram(
             "inkwell_service_cheque_confidence",
             "Calibrated confidence of each cheque amount read.",
@@ -179,6 +187,10 @@ class ServiceMetrics:
 
     def cheque_sample(self, outcome: str) -> None:
         self.cheque_samples.labels(self.variant, outcome).inc()
+
+    def cheque_reading_reviewed(self, variant: str, version: str, exact: bool) -> None:
+        """A reviewed upload labelled an earlier reading (of any variant) right or wrong."""
+        self.cheque_reviewed.labels(variant, version, str(exact).lower()).inc()
 
     def cheque_sample_rejected(self, reason: str) -> None:
         self.cheque_samples_rejected.labels(self.variant, reason).inc()

@@ -602,6 +602,31 @@ function renderRollout(s) {
   $("act-resume").disabled = s.phase !== "paused";
   renderVerdict(s.last_verdict || s.analysis, s);
   renderServing(s.served_versions);
+  if ("cheques" in s) renderChequeRollout(s.cheques); // an action's answer has no `cheques`
+}
+
+// The cheque model's own rollout (null while INKWELL_ROUTER_CHEQUE_ROLLOUT is off).
+function renderChequeRollout(c) {
+  const badge = $("cheque-phase");
+  const box = $("cheque-verdict");
+  const phase = c ? c.phase : "off";
+  badge.dataset.phase = phase;
+  badge.textContent = phase.replace("_", " ");
+  const serving = c && c.served_versions ? c.served_versions.stable : null;
+  const stable = c ? c.stable_version || serving : null;
+  $("rc-canary").textContent = c && c.canary_version ? `v${c.canary_version}` : "none";
+  $("rc-stable").textContent = stable ? `v${stable}` : "—";
+  $("rc-weight").textContent = `${Number((c && c.weight) || 0).toFixed(0)} %`;
+  const v = c && c.last_verdict;
+  box.dataset.result = v ? v.result : "none";
+  if (!c) {
+    box.textContent = "Off: cheque reads follow the digit split (INKWELL_ROUTER_CHEQUE_ROLLOUT).";
+  } else if (!v) {
+    box.textContent = c.reason ? c.reason : "No analysis yet.";
+  } else {
+    const reads = `${Math.round(v.canary_requests || 0)} canary reads`;
+    box.textContent = `${v.result}: ${v.reason} (${reads})`;
+  }
 }
 
 function renderVerdict(v, s) {

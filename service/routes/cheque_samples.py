@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from inkwell.cheques.review import quarantine_reason
 from inkwell.errors import InkwellError
-from inkwell.store import ChequeReadingRecord
+from inkwell.store import ACCEPTED, ChequeReadingRecord, SampleStore
 from service import inputs
 from service.deps import ApiKeyRequired, ContextDep, StoreDep, UploadGrantDep
 from service.keys import check_user, key_id
@@ -107,6 +107,8 @@ async def upload_cheque_sample(
     if stored is None:  # pragma: no cover - committed above
         raise InkwellError("The stored sample vanished; retry the upload.")
     context.metrics.cheque_sample(stored.state if added.created else "repeat")
+    if added.created and stored.state == ACCEPTED and stored.reading_id is not None:
+        await score_reading(context, stored.reading_id, added.sample_id, stored.amount)
     return json_response(
         ChequeSampleCreatedPublic(
             sample_id=added.sample_id,
@@ -148,3 +150,23 @@ async def review_queue(
     """Readings with `needs_review` that no reviewed upload corrects yet, newest first."""
     records = await run_in_threadpool(store.pending_reviews, limit)
     return ChequeReviewQueuePublic(reviews=[_review(r) for r in records])
+
+
+FirstReview = tuple[int | None, ChequeReadingRecord | None]
+
+
+async def score_reading(context: ContextDep, reading_id: str, sample_id: int, amount: str) -> None:
+    """Count a reading as right or wrong once: on the first accepted review that names it.
+
+    A retried upload (same idempotency key or image) is not `created`; a second, different
+    image naming the same reading is not the first review; quarantined uploads are not trusted.
+    The reading's own variant and cheque version are counted, not this service's.
+    """
+
+    def first_review_and_reading(store: SampleStore) -> FirstReview:
+        return store.first_review(reading_id), store.reading(reading_id)
+
+    first, reading = await context.with_store(first_review_and_reading)
+    if first == sample_id and reading is not None:
+        exact = reading.amount == amount
+        context.metrics.cheque_reading_reviewed(reading.variant, reading.model_version, exact)

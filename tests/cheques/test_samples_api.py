@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
+from prometheus_client.parser import text_string_to_metric_families
 
 from inkwell.cheques.reader import ChequeReader
 from inkwell.registry import Registry
@@ -348,3 +349,60 @@ def test_stats_count_by_user_state_and_length(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert 'inkwell_service_cheque_samples_total{outcome="accepted",variant="stable"}' in metrics
     assert 'inkwell_service_cheque_samples_rejected_total{reason="invalid_amount"' in metrics
+
+
+REVIEWED = "inkwell_service_cheque_reviewed_readings"
+
+
+def reviewed_count(client: TestClient, version: str, exact: str) -> float:
+    """Canary readings of `version` that reviews (uploaded to `client`) scored."""
+    total = 0.0
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            wanted = {"variant": CANARY, "model_version": version, "exact": exact}
+            if sample.name == f"{REVIEWED}_total" and sample.labels == wanted:
+                total += sample.value
+    return total
+
+
+def test_a_review_scores_the_reading_of_the_variant_that_made_it(
+    client: TestClient, canary: TestClient
+) -> None:
+    version = read(canary, unique_image())["model_version"]
+    before = reviewed_count(client, version, "true"), reviewed_count(client, version, "false")
+    for amount in ("5", "57"):
+        image = unique_image()
+        reading = read(canary, image)  # the canary service read it; stable takes the review
+        assert (reading["variant"], reading["amount"]) == (CANARY, "5")
+        response = upload(client, image, amount, user(), reading_id=reading["reading_id"])
+        assert response.json()["state"] == "accepted", response.text
+    after = reviewed_count(client, version, "true"), reviewed_count(client, version, "false")
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 1)
+
+
+def test_a_reading_is_scored_once_whatever_reviews_name_it(
+    client: TestClient, canary: TestClient
+) -> None:
+    image = unique_image()
+    reading = read(canary, image)
+    version = reading["model_version"]
+    before = reviewed_count(client, version, "true")
+    who, fields = user(), {"reading_id": reading["reading_id"], "idempotency_key": "k1"}
+    assert upload(client, image, "5", who, **fields).status_code == 201
+    assert upload(client, image, "5", who, **fields).status_code == 200  # a retry
+    other = upload(client, unique_image(), "5", user(), reading_id=reading["reading_id"])
+    assert other.json()["state"] == "accepted", other.text  # another image, same reading
+    assert reviewed_count(client, version, "true") - before == 1
+
+
+def test_a_quarantined_review_does_not_score_the_reading(
+    client: TestClient, canary: TestClient
+) -> None:
+    image = unique_image()
+    assert upload(client, image, "5", user()).json()["state"] == "accepted"
+    reading = read(canary, image)
+    version = reading["model_version"]
+    before = reviewed_count(client, version, "false")
+    response = upload(client, image, "57", user(), reading_id=reading["reading_id"])
+    assert response.json()["state"] == "quarantined", response.text
+    assert reviewed_count(client, version, "false") == before

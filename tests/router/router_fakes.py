@@ -65,6 +65,7 @@ class FakeService:
     predictions: int = 0
     uploads: list[bytes] = field(default_factory=list)
     cheque_version: str | None = None
+    cheque_mode: str = "ok"  # ok | error (cheque reads only)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -102,6 +103,8 @@ class FakeService:
         @app.post("/v1/cheques/read")
         async def read_cheque(request: Request) -> JSONResponse:
             await request.body()
+            if self.cheque_mode == "error":
+                return JSONResponse({"code": "boom", "message": "reader broke"}, status_code=500)
             return JSONResponse(
                 {
                     "amount": "5",

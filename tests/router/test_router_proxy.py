@@ -460,6 +460,22 @@ def test_cheque_reads_follow_the_cheque_rollout_not_the_digit_one(
             assert predict(client, image(1), **{"X-User-Id": user}).json()["variant"] == "stable"
 
 
+def test_cheque_requests_are_counted_by_cheque_version_apart_from_digit_requests(
+    tmp_path, stable_service, canary_service
+):
+    stable_service[0].cheque_version = "1"
+    canary_service[0].cheque_version = "2"  # the digit canary's version number too
+    with router(tmp_path, stable_service[1], canary_service[1], canary_weight=100) as client:
+        for user in ("user-1", "user-2"):
+            assert read_cheque(client, user).json()["variant"] == "canary"
+        cheques = "inkwell_router_cheque_upstream_requests_total"
+        assert metric(client, cheques, variant="canary", model_version="2", outcome="ok") == 2
+        latency = "inkwell_router_cheque_upstream_latency_seconds_count"
+        assert metric(client, latency, variant="canary", model_version="2") == 2
+        digits = "inkwell_router_upstream_requests_total"
+        assert metric(client, digits, variant="canary") == 0  # no digit request was made
+
+
 def test_without_a_cheque_rollout_cheque_reads_follow_the_digit_split(
     tmp_path, stable_service, canary_service
 ):

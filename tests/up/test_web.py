@@ -57,6 +57,7 @@ def web_stack(
         settings={
             "INKWELL_ROUTER_ANALYSIS_INTERVAL_S": "600",
             "INKWELL_ROUTER_ROLLOUT_STEPS": "10,50,100",
+            "INKWELL_ROUTER_CHEQUE_ROLLOUT": "true",  # the cheque model's own rollout too
         },
     )
     try:
@@ -306,6 +307,15 @@ def test_rollout_panel_shows_the_canary_and_its_buttons_steer_it(page, web_stack
     shot(page, "10-rolled-back")
     wait_until(lambda: "canary" not in registry_aliases(web_stack.home), 30, "alias removal")
     assert registry_aliases(web_stack.home)["stable"] == "1"
+
+
+def test_rollout_panel_shows_the_cheque_rollout_next_to_the_digit_one(page, web_stack) -> None:
+    page.wait_for_selector("#cheque-phase[data-phase='idle']", timeout=60_000)
+    page.wait_for_selector("#rc-stable:has-text('v1')", timeout=60_000)  # the seeded reader
+    assert page.inner_text("#rc-canary") == "none"
+    assert page.inner_text("#rc-weight") == "0 %"
+    assert page.inner_text("#cheque-verdict") == "No analysis yet."
+    shot(page, "11-cheque-rollout")
 
 
 def read_field(
