@@ -162,6 +162,7 @@ class ServiceContext:
         if self._started:
             self._started = False
             thaw()
+        self.metrics.worker_exited()
 
     def seed_shipped(self) -> None:
         """Register the shipped models the registry lacks; a failure only leaves it unready."""
