@@ -29,7 +29,6 @@ def serve(
 
     import uvicorn
 
-    from service.main import create_app
     from service.metrics import MULTIPROC_ENV
     from service.settings import ServiceSettings
 
@@ -57,8 +56,11 @@ def serve(
         "timeout_graceful_shutdown": 5,
     }
     if settings.workers == 1:
+        from service.main import create_app
+
         uvicorn.run(create_app(settings), **options)
         return
+    # The parent only supervises: it never imports the app (torch, MLflow), only the workers do.
     # Each worker is a fresh interpreter that builds its app from the environment: the command
     # line's choices go there, and so does a metrics directory of this run's own, so counters
     # of an earlier run (or another service) never add up with this one's.
