@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import anyio
+import cv2
 import numpy as np
 from fastapi.testclient import TestClient
 
@@ -203,6 +204,14 @@ def test_service_decodes_with_its_configured_number_of_threads(
             "/v1/digits/predict", content=image, headers={"Content-Type": "image/png"}
         )
         assert response.status_code == 200, response.text
+
+
+def test_service_runs_opencv_on_the_decoding_threads_only(
+    trained_registry: TrainedRegistry,
+) -> None:
+    cv2.setNumThreads(2)
+    with TestClient(create_app(trained_registry.settings())):
+        assert cv2.getNumThreads() == 1  # setNumThreads(0): no pool of its own
 
 
 def test_waiting_past_the_deadline_for_a_decode_slot_is_a_503_not_a_late_answer(
