@@ -21,7 +21,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from inkwell.errors import InkwellError
 from inkwell.heap import freeze_long_lived, thaw
 from inkwell.settings import CANARY, STABLE
-from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from inkwell.web.headers import with_security_headers
 from router import admin
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
@@ -33,6 +32,7 @@ from router.routing import Split
 from router.settings import RouterSettings
 from router.sources import MetricSource, make_source
 from router.state import RolloutState, RolloutStore
+from router.web import WEB_PATHS, WEB_PREFIXES, mount_web
 
 log = logging.getLogger("inkwell.router")
 

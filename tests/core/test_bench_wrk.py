@@ -12,7 +12,7 @@ import pytest
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from inkwell.bench import wrk
+from bench import wrk
 
 needs_wrk = pytest.mark.skipif(wrk.binary() is None, reason=wrk.MISSING)
 STALL_EVERY = 25

@@ -92,7 +92,7 @@ def _base_env(home: Path, mnist_dir: Path) -> dict[str, str]:
 
 
 def _inkwell(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from inkwell.cli import main; main()", *args]
+    return [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args]
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
