@@ -14,6 +14,7 @@ the report shows whether an independent load generator sees the same tail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -34,6 +35,7 @@ from bench import wrk
 from bench.common import CLI, HOST, free_port, process, read_response
 
 if TYPE_CHECKING:
+    import psutil
     import torch
 
 JSON = "application/json"
@@ -125,6 +127,17 @@ def answered_digits(answer: dict[str, Any]) -> list[int]:
     return next(o["data"] for o in answer["outputs"] if o["name"] == "digit")
 
 
+def tree_cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds of a process and its children (a service's workers)."""
+    import psutil
+
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(member.cpu_times()[:2])
+    return total
+
+
 async def _closed_loop(
     pid: int,
     port: int,
@@ -145,9 +158,9 @@ async def _closed_loop(
 
         process = psutil.Process(pid)
         await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-        before = sum(process.cpu_times()[:2])
+        before = tree_cpu_seconds(process)
         await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
-        result.service_cpu_s = sum(process.cpu_times()[:2]) - before
+        result.service_cpu_s = tree_cpu_seconds(process) - before
 
     async def worker(offset: int) -> None:
         reader, writer = await asyncio.open_connection(HOST, port)
@@ -320,6 +333,14 @@ def bench_service(
     compare_connections: Annotated[
         list[int] | None, typer.Option(help="Connections for that comparison (repeat).")
     ] = None,
+    workers: Annotated[
+        list[int] | None,
+        typer.Option(
+            min=1,
+            help="Worker processes of the micro-batched service (repeat, e.g. --workers 1 "
+            "--workers 2, to compare them in the same interleaved rounds).",
+        ),
+    ] = None,
 ) -> None:
     """Single-image req/s and p50/p95/p99 (micro-batched vs naive), batch route vs bare model."""
     import torch
@@ -392,13 +413,17 @@ def bench_service(
             "INKWELL_SERVICE_POLL_INTERVAL_S": "60",
         }
     )
-    configs = {
-        f"micro-batched (max {max_size}, wait {max_wait_ms:g} ms)": {
+    worker_counts = workers or [1]
+    configs: dict[str, dict[str, str]] = {
+        f"micro-batched (max {max_size}, wait {max_wait_ms:g} ms)"
+        + (f", {count} worker(s)" if worker_counts != [1] else ""): {
             "INKWELL_SERVICE_MICROBATCH_MAX_SIZE": str(max_size),
             "INKWELL_SERVICE_MICROBATCH_MAX_WAIT_MS": str(max_wait_ms),
-        },
-        "naive per-request (max 1)": {"INKWELL_SERVICE_MICROBATCH_MAX_SIZE": "1"},
+            "INKWELL_SERVICE_WORKERS": str(count),
+        }
+        for count in dict.fromkeys(worker_counts)
     }
+    configs["naive per-request (max 1)"] = {"INKWELL_SERVICE_MICROBATCH_MAX_SIZE": "1"}
     batch_results: dict[str, LoadResult] = {}
     bare = ForwardRate(float("nan"), float("nan"))
     torch.set_num_threads(settings.torch_threads)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import anyio
+import cv2
 import torch
 from starlette.concurrency import run_in_threadpool
 
@@ -46,6 +47,12 @@ def configure_torch(threads: int) -> None:
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # only settable before the first parallel work
         torch.set_num_interop_threads(1)
+
+
+def configure_opencv() -> None:
+    """OpenCV works on the calling thread: decodes already run DECODE_THREADS at a time per
+    worker, and its own pool (one thread per core) on top would oversubscribe the cores."""
+    cv2.setNumThreads(0)
 
 
 class ServiceContext:
@@ -134,6 +141,7 @@ class ServiceContext:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         configure_torch(self.settings.torch_threads)
+        configure_opencv()
         self._decoding = Decoding(
             self.settings.image_limits,
             self.settings.max_batch_pixels,
@@ -165,6 +173,7 @@ class ServiceContext:
         if self._started:
             self._started = False
             thaw()
+        self.metrics.worker_exited()
 
     def seed_shipped(self) -> None:
         """Register the shipped models the registry lacks; a failure only leaves it unready."""

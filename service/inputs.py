@@ -42,6 +42,7 @@ from inkwell.preprocessing import (
     preprocess_bytes,
     validate_mnist_array,
 )
+from service.pixel_json import read_image_batch
 
 IMAGE_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/webp"}
@@ -175,7 +176,11 @@ def parse_json(body: bytes) -> Any:
 
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON; an empty or malformed body is a 422 with a message."""
-    body = await request.body()
+    return parse_json_body(await request.body())
+
+
+def parse_json_body(body: bytes) -> Any:
+    """A request body parsed as JSON; an empty or malformed body is a 422 with a message."""
     if not body:
         raise InvalidInputError(
             'The request body is empty. Send a JSON object, e.g. {"pixels": [[0, ...], ...]}.',
@@ -267,13 +272,21 @@ def mnist_batch(values: Any, limit: int) -> np.ndarray:
         array = None
     if array is None or array.shape[1:] != (28, 28) or not np.isfinite(array).all():
         return require_ink(np.stack([_validated(i, v) for i, v in enumerate(values)]))
+    scaled = _scaled_batch(array)
+    if scaled is None:
+        return require_ink(np.stack([_validated(i, v) for i, v in enumerate(values)]))
+    return require_ink(scaled)
+
+
+def _scaled_batch(array: np.ndarray) -> np.ndarray | None:
+    """Finite (N, 28, 28) values → [0, 1] per image (0..255 images scaled); None if out of range."""
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 255:
-        return require_ink(np.stack([_validated(i, v) for i, v in enumerate(values)]))
+        return None
     scale = array.reshape(len(array), -1).max(axis=1) > 1.0  # 0..255 images, per image
     if scale.any():
         array[scale] /= 255.0
-    return require_ink(array)
+    return array
 
 
 def _validated(index: int, value: Any) -> np.ndarray:
@@ -335,7 +348,14 @@ async def image_batch(request: Request, decoding: Decoding, limit: int) -> np.nd
         files = [(upload.filename or "", await upload.read()) for upload in uploads]
         return await decoding.run(decode_batch, files, decoding.limits, decoding.max_batch_pixels)
     if kind == JSON_TYPE:
-        payload = await read_json(request)
+        body = await request.body()
+        fast = read_image_batch(body)
+        if fast is not None:  # plain 0..255 integers, parsed without Python objects
+            check_batch_size(len(fast), limit)
+            scaled = _scaled_batch(fast)
+            if scaled is not None:
+                return require_ink(scaled)
+        payload = parse_json_body(body)
         if not isinstance(payload, dict) or "images" not in payload:
             raise InvalidInputError(
                 'The JSON must be an object with an "images" field: a list of 28x28 arrays.',

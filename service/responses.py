@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
@@ -10,12 +13,13 @@ from pydantic import BaseModel
 from service.metrics import ServiceMetrics
 from service.middleware import MODEL_VERSION_KEY
 from service.model import Prediction
-from service.schemas import BatchPredictionPublic, DigitPrediction, PredictionPublic
+
+JSON_TYPE = "application/json"
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
     """Serialise with pydantic-core directly (the hot path skips FastAPI's re-validation)."""
-    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+    return Response(model.model_dump_json(), status_code=status_code, media_type=JSON_TYPE)
 
 
 def record(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> list[int]:
@@ -29,37 +33,40 @@ def record(request: Request, metrics: ServiceMetrics, prediction: Prediction) ->
     return [int(d) for d in digits]
 
 
-def _digit(probabilities: np.ndarray, digit: int) -> DigitPrediction:
-    values = probabilities.tolist()
-    return DigitPrediction(digit=digit, confidence=values[digit], probabilities=values)
+def orjson_response(content: dict[str, Any], status_code: int = 200) -> Response:
+    """Serialise plain data with orjson: the predict routes' bodies, no model objects built."""
+    return Response(orjson.dumps(content), status_code=status_code, media_type=JSON_TYPE)
+
+
+def _digit(probabilities: list[float], digit: int) -> dict[str, Any]:
+    """One image's answer, shaped like `DigitPrediction` (the OpenAPI response model)."""
+    return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities}
 
 
 def single(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> Response:
+    """The body of `PredictionPublic` for one image."""
     digit = record(request, metrics, prediction)[0]
     served = prediction.served
-    one = _digit(prediction.probabilities[0], digit)
-    return json_response(
-        PredictionPublic(
-            digit=digit,
-            confidence=one.confidence,
-            probabilities=one.probabilities,
-            model_name=served.name,
-            model_version=served.version,
-            variant=served.variant,
-        )
+    return orjson_response(
+        {
+            **_digit(prediction.probabilities[0].tolist(), digit),
+            "model_name": served.name,
+            "model_version": served.version,
+            "variant": served.variant,
+        }
     )
 
 
 def batch(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> Response:
+    """The body of `BatchPredictionPublic`: one answer per image, in request order."""
     digits = record(request, metrics, prediction)
     served = prediction.served
-    return json_response(
-        BatchPredictionPublic(
-            predictions=[
-                _digit(p, d) for p, d in zip(prediction.probabilities, digits, strict=True)
-            ],
-            model_name=served.name,
-            model_version=served.version,
-            variant=served.variant,
-        )
+    rows = prediction.probabilities.tolist()  # Python floats: the float32 values, exactly
+    return orjson_response(
+        {
+            "model_name": served.name,
+            "model_version": served.version,
+            "variant": served.variant,
+            "predictions": [_digit(p, d) for p, d in zip(rows, digits, strict=True)],
+        }
     )

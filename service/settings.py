@@ -50,6 +50,12 @@ class ServiceSettings(CoreSettings):
         default="stable", description="Which alias of the digit model this process serves."
     )
     host: str = "127.0.0.1"
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Service processes sharing the port, each with its own model, "
+        "micro-batcher and alias poller; metrics are summed across them.",
+    )
     port: int | None = Field(
         default=None, ge=0, le=65535, description="Default 8001 (stable) or 8002 (canary)."
     )

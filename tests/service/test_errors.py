@@ -197,6 +197,21 @@ def test_malformed_batch_names_the_bad_image(client: TestClient) -> None:
     assert ragged["message"].startswith("Image 1:")
 
 
+def test_plain_integer_batch_out_of_range_or_blank_names_the_bad_image(
+    client: TestClient,
+) -> None:
+    good = [[0] * 28] * 14 + [[200] * 28] + [[0] * 28] * 13
+    too_bright = [row[:] for row in good]
+    too_bright[5][7] = 256
+    body = assert_error(
+        client.post(BATCH, json={"images": [good, too_bright]}), 422, "invalid_image"
+    )
+    assert body["message"].startswith("Image 1:") and "range" in body["message"]
+    blank = [[0] * 28] * 28
+    body = assert_error(client.post(BATCH, json={"images": [good, good, blank]}), 422, "no_ink")
+    assert body["message"].startswith("Image 2 has no ink")
+
+
 def test_oversize_batch_is_rejected(client: TestClient, trained_registry: TrainedRegistry) -> None:
     limit = trained_registry.settings().max_batch_images
     images = [[[0] * 28] * 28] * (limit + 1)

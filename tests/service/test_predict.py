@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import anyio
+import cv2
 import numpy as np
 from fastapi.testclient import TestClient
 
@@ -13,6 +14,7 @@ from inkwell.errors import DeadlineExceededError
 from inkwell.preprocessing import ImageLimits, preprocess_bytes
 from service.inputs import Decoding
 from service.main import create_app
+from service.schemas import BatchPredictionPublic, PredictionPublic
 from tests.service.conftest import TrainedRegistry, as_photo, encode
 
 N = 40
@@ -204,6 +206,14 @@ def test_service_decodes_with_its_configured_number_of_threads(
         assert response.status_code == 200, response.text
 
 
+def test_service_runs_opencv_on_the_decoding_threads_only(
+    trained_registry: TrainedRegistry,
+) -> None:
+    cv2.setNumThreads(2)
+    with TestClient(create_app(trained_registry.settings())):
+        assert cv2.getNumThreads() == 1  # setNumThreads(0): no pool of its own
+
+
 def test_waiting_past_the_deadline_for_a_decode_slot_is_a_503_not_a_late_answer(
     trained_registry: TrainedRegistry,
 ) -> None:
@@ -233,3 +243,29 @@ def test_waiting_past_the_deadline_for_a_decode_slot_is_a_503_not_a_late_answer(
     assert "decoding slot" in late.message and "50 ms deadline" in late.message
     assert shed == ["deadline"]
     assert after.shape == (28, 28)
+
+
+def test_predict_bodies_are_exactly_their_openapi_response_models(
+    client: TestClient, trained_registry: TrainedRegistry
+) -> None:
+    image = trained_registry.test_images[0]
+    one = client.post(
+        "/v1/digits/predict", content=encode(image), headers={"Content-Type": "image/png"}
+    )
+    many = client.post("/v1/digits/predict/batch", json={"images": [image.tolist()] * 3})
+    assert one.status_code == many.status_code == 200
+    assert one.headers["content-type"] == many.headers["content-type"] == "application/json"
+    assert (
+        one.content == PredictionPublic.model_validate_json(one.content).model_dump_json().encode()
+    )
+    assert (
+        many.content
+        == BatchPredictionPublic.model_validate_json(many.content).model_dump_json().encode()
+    )
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, model in (
+        ("predict", "PredictionPublic"),
+        ("predict/batch", "BatchPredictionPublic"),
+    ):
+        answer = paths[f"/v1/digits/{path}"]["post"]["responses"]["200"]["content"]
+        assert answer["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model}"}
