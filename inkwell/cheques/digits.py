@@ -12,9 +12,11 @@ digit samples is the trainer's job (`trainer.cheque_digits`).
 
 from __future__ import annotations
 
+import csv
 import io
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from PIL import Image
 from inkwell.cheques.decode import align
 from inkwell.cheques.preprocess import FRAME_STRIDE, FieldInput, ink_bounds
 from inkwell.cheques.reader import ChequeReader, to_gray
+from inkwell.errors import DataCorruptError, DataNotFoundError
 
 INK_TRIM = 0.02  # fraction of a strip's ink mass ignored at each side of the crop
 MIN_INK_PIXELS = 12  # a strip with less ink than this holds no digit worth keeping
@@ -137,18 +140,13 @@ def cut_digits(
         if box is None:
             continue
         x0, y0, x1, y1 = box
-        h, w = field.shape
-        crop = field[
-            max(0, y0 - CROP_MARGIN) : min(h, y1 + CROP_MARGIN),
-            max(0, x0 - CROP_MARGIN) : min(w, x1 + CROP_MARGIN),
-        ]
         cuts.append(
             DigitCut(
                 position=position,
                 digit=symbol - 1,
                 box=(ox + x0, oy + y0, ox + x1, oy + y1),
                 confidence=float(np.exp(log_probs[start:end, symbol].max())),
-                pixels=np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8),
+                pixels=crop_box(field, box),
             )
         )
     return cuts
@@ -161,3 +159,53 @@ def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     inter = max(0, w) * max(0, h)
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+BOXES_FILE = "digits.csv"
+BOX_HEADER = ("filename", "x", "y", "width", "height", "digit")
+
+Box = tuple[int, int, int, int]
+
+
+def read_digit_boxes(path: Path) -> dict[str, list[tuple[Box, int]]]:
+    """``digits.csv`` rows per field, left to right by x-centre: ``(x0, y0, x1, y1), digit``."""
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"No digit boxes at {path}. Put a CSV with the header '{','.join(BOX_HEADER)}' and "
+            "one row per handwritten digit next to the fields."
+        )
+    boxes: dict[str, list[tuple[Box, int]]] = {}
+    problems: list[str] = []
+    with path.open(newline="") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if line_no == 1 and tuple(c.strip().lower() for c in row) == BOX_HEADER:
+                continue
+            if not row:
+                continue
+            try:
+                name, x, y, w, h, digit = (c.strip() for c in row)
+                box = (int(x), int(y), int(x) + int(w), int(y) + int(h))
+                value = int(digit)
+            except ValueError:
+                problems.append(f"line {line_no}: expected '{','.join(BOX_HEADER)}', got {row}")
+                continue
+            if not 0 <= value <= 9 or w.startswith("-") or h.startswith("-"):
+                problems.append(f"line {line_no}: digit 0-9 and a non-negative size expected")
+                continue
+            boxes.setdefault(name, []).append((box, value))
+    if problems:
+        shown = "\n".join(f"  - {p}" for p in problems[:10])
+        raise DataCorruptError(f"{path} has {len(problems)} bad row(s); fix them:\n{shown}")
+    return {
+        name: sorted(rows, key=lambda r: (r[0][0] + r[0][2]) / 2) for name, rows in boxes.items()
+    }
+
+
+def crop_box(gray: np.ndarray, box: Box, margin: int = CROP_MARGIN) -> np.ndarray:
+    """The uint8 crop of `box` (plus `margin`) from a gray image (1 = white)."""
+    h, w = gray.shape
+    x0, y0, x1, y1 = box
+    crop = gray[
+        max(0, y0 - margin) : min(h, y1 + margin), max(0, x0 - margin) : min(w, x1 + margin)
+    ]
+    return np.clip(np.round(crop * 255.0), 0, 255).astype(np.uint8)

@@ -6,17 +6,26 @@ are the shipped ones, so the cuts are judged by the real components.
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import typer
+from PIL import Image
+from typer.testing import CliRunner
 
-from inkwell.cheques.digits import column_ranges, cut_digits, iou
+from inkwell.cheques.cli import register
+from inkwell.cheques.digits import column_ranges, cut_digits, iou, read_digit_boxes
 from inkwell.cheques.pools import DigitPool
 from inkwell.cheques.preprocess import FieldInput
 from inkwell.cheques.reader import ChequeReader
 from inkwell.cheques.synth import FieldSample, generate_fields, synth_config
+from inkwell.digit_images import read_digit_labels
+from inkwell.errors import DataCorruptError
 from inkwell.model import DigitNet
 from inkwell.preprocessing import preprocess_bytes
 from inkwell.registry import load_digit_dir
@@ -99,3 +108,81 @@ def test_an_amount_with_more_digits_than_frames_gives_no_cuts(
 def test_amount_must_be_digits(reader: ChequeReader, fields: list[FieldSample]) -> None:
     with pytest.raises(ValueError, match="digits only"):
         cut_digits(reader, fields[0].image, "12.50")
+
+
+@pytest.fixture(scope="module")
+def field_folder(tmp_path_factory: pytest.TempPathFactory, fields: list[FieldSample]) -> Path:
+    """Fields as a bank's folder: fields/*.png, labels.csv and a digits.csv box per digit."""
+    folder = tmp_path_factory.mktemp("bank")
+    (folder / "fields").mkdir()
+    labels, boxes = ["filename,digit_string"], ["filename,x,y,width,height,digit"]
+    for i, sample in enumerate(fields[:8]):
+        name = f"fields/f{i}.png"
+        Image.fromarray(sample.image).save(folder / name)
+        labels.append(f"{name},{sample.label}")
+        boxes += [
+            f"{name},{x0},{y0},{x1 - x0},{y1 - y0},{d}"
+            for (x0, y0, x1, y1), d in zip(sample.boxes, sample.label, strict=True)
+        ]
+    (folder / "labels.csv").write_text("\n".join(labels) + "\n")
+    (folder / "digits.csv").write_text("\n".join(boxes) + "\n")
+    return folder
+
+
+def cli(*args: str) -> tuple[int, str]:
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["cheques", *args], env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def test_cut_digits_by_boxes_writes_a_folder_eval_images_reads(
+    field_folder: Path, fields: list[FieldSample], tmp_path: Path
+) -> None:
+    code, output = cli("cut-digits", str(field_folder), "--out", str(tmp_path / "d"))
+    assert code == 0, output
+    digits = sum(len(s.label) for s in fields[:8])
+    assert f"{digits} digits of {digits} cut from 8 fields" in " ".join(output.split())
+    rows = read_digit_labels(tmp_path / "d")
+    assert [label for _, label in rows] == [int(d) for s in fields[:8] for d in s.label]
+
+
+def test_cut_digits_by_reader_reports_agreement_with_the_boxes(
+    field_folder: Path, tmp_path: Path
+) -> None:
+    shipped = str(SHIPPED_DIR / "cheques")
+    code, output = cli(
+        "cut-digits",
+        str(field_folder),
+        "--out",
+        str(tmp_path / "r"),
+        "--by",
+        "reader",
+        "--model-dir",
+        shipped,
+        "--limit",
+        "4",
+    )
+    assert code == 0, output
+    found = re.search(r"IoU >= 0.5 with digits.csv: ([\d.]+) %", output)
+    assert found and float(found.group(1)) >= 50.0, output
+    assert len(read_digit_labels(tmp_path / "r")) >= 1
+
+
+def test_cut_digits_by_boxes_without_digits_csv_says_what_to_add(
+    field_folder: Path, tmp_path: Path
+) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(field_folder, bare)
+    (bare / "digits.csv").unlink()
+    code, output = cli("cut-digits", str(bare), "--out", str(tmp_path / "o"))
+    assert code == 2
+    assert "has no digits.csv" in " ".join(output.split()) and "--by reader" in output
+
+
+def test_bad_digit_box_rows_are_listed_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "digits.csv"
+    path.write_text("filename,x,y,width,height,digit\nf.png,1,2,3\nf.png,1,2,3,4,12\n")
+    with pytest.raises(DataCorruptError, match="2 bad row") as caught:
+        read_digit_boxes(path)
+    assert "line 2" in caught.value.message and "line 3" in caught.value.message
