@@ -300,6 +300,13 @@ class Worker:
             "stable_version": stable.version if stable else None,
             "canary_version": canary.version if canary else None,
             "cheques": self.cheque_status(),
+            "cheque_digits": None
+            if self.digits is None
+            else {
+                "watermark": self.digits.watermark,
+                "last_fields": self.last_digits_outcome.fields if self.last_digits_outcome else 0,
+                "last_created": self.last_digits_outcome.created if self.last_digits_outcome else 0,
+            },
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "mnist": mnist_status(self.settings),
             "settings": {

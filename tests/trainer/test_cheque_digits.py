@@ -133,6 +133,8 @@ def test_the_worker_cuts_cheque_digits_before_it_counts_pending_digits(
     assert worker is not None and worker.digits is not None
     assert worker.poll_once() is None
     assert worker.pending().count == len(digit_samples(store)) >= 3 * FIELDS
+    shown = worker.status()["cheque_digits"]
+    assert shown["last_fields"] == FIELDS and shown["last_created"] == len(digit_samples(store))
 
 
 def test_cheque_digits_can_be_turned_off(
