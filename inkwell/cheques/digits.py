@@ -4,7 +4,8 @@ The cheque reader emits one score vector per `FRAME_STRIDE` input columns; forci
 posteriors onto the amount a person confirmed (`decode.align`, a Viterbi over the label's
 states) says which frames carry each digit even when the reading itself was wrong. A digit's
 column range runs between the midpoints of its neighbours' frames; inside it the crop is the
-ink (printed rules removed, 2 % of the ink trimmed at each end so specks do not stretch it).
+ink (printed rules and small separate pieces such as a separator dot removed, 2 % of the ink
+trimmed at each end so specks do not stretch it).
 
 Pure: an image, an amount and a loaded reader in; crops with their boxes out. Storing them as
 digit samples is the trainer's job (`trainer.cheque_digits`).
@@ -18,6 +19,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ from inkwell.errors import DataCorruptError, DataNotFoundError
 INK_TRIM = 0.02  # fraction of a strip's ink mass ignored at each side of the crop
 MIN_INK_PIXELS = 12  # a strip with less ink than this holds no digit worth keeping
 CROP_MARGIN = 2  # paper kept around the ink, px
+MIN_PIECE_SHARE = 0.2  # ink pieces smaller than this share of the largest one are not the digit
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,13 @@ def ink_box(mask: np.ndarray, x0: int, x1: int) -> tuple[int, int, int, int] | N
     strip = mask[:, x0:x1]
     if int(strip.sum()) < MIN_INK_PIXELS:
         return None
+    _count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        strip.astype(np.uint8), connectivity=8
+    )
+    areas = np.asarray(stats)[1:, cv2.CC_STAT_AREA]
+    # separators, specks and a neighbour's stray tail are small pieces beside the digit's strokes
+    keep = 1 + np.flatnonzero(areas >= MIN_PIECE_SHARE * areas.max())
+    strip = np.isin(np.asarray(labels), keep)
     c0, c1 = _trimmed(strip.sum(axis=0).astype(np.float64))
     r0, r1 = _trimmed(strip.sum(axis=1).astype(np.float64))
     return x0 + c0, r0, x0 + c1, r1
