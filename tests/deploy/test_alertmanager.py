@@ -11,6 +11,8 @@ import yaml
 from tests.deploy.helpers import MONITORING, amtool
 from tests.deploy.test_monitoring import all_rules
 
+pytestmark = pytest.mark.integration  # runs amtool
+
 CONFIG = MONITORING / "alertmanager/alertmanager.yml"
 RECEIVER_BY_SEVERITY = {
     "critical": "inkwell-pager",

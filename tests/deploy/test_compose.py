@@ -31,6 +31,9 @@ from tests.deploy.helpers import (
     settings_env_keys,
 )
 
+# Every test reads the file as `docker compose config` resolves it (a process).
+pytestmark = pytest.mark.integration
+
 INKWELL_SERVICES = ("init", "service-stable", "service-canary", "router", "trainer")
 # Compose service -> (settings module, class, the command it must run).
 COMPONENTS: dict[str, tuple[str, str, list[str]]] = {

@@ -36,6 +36,9 @@ from tests.deploy.helpers import (
     yaml_documents,
 )
 
+# Nearly every test reads the overlays as `kubectl kustomize` renders them (a process).
+pytestmark = pytest.mark.integration
+
 # Overlays built on prod: schema-validated and checked on what they add.
 EXTRA_OVERLAYS = ("prod-gpu",)
 KIND_SUFFIX = {

@@ -14,8 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "system-packages"
-PACKAGES = ["prometheus", "chromium", "nginx-light", "postgresql", "wrk"]
-COMMANDS = ["prometheus", "chromium", "nginx", "pg_ctlcluster", "wrk"]
+PACKAGES = ["prometheus", "prometheus-alertmanager", "chromium", "nginx-light", "postgresql", "wrk"]
+COMMANDS = ["prometheus", "amtool", "chromium", "nginx", "pg_ctlcluster", "wrk"]
 
 
 def run_script(path_dir: Path) -> subprocess.CompletedProcess[str]:

@@ -16,12 +16,12 @@ from router import metrics as m
 from router.analysis import build_observation
 from router.metrics import RouterMetrics
 from router.sources import PrometheusSource
-from tests.harness import free_port
-from tests.router.e2e_harness import Process, wait_until
+from tests.harness import Process, free_port, wait_until
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("prometheus") is None, reason="needs Debian's prometheus"
-)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus"),
+]
 
 NAMESPACES = ("inkwell-a", "inkwell-b")
 
@@ -64,7 +64,8 @@ def two_installs(tmp_path: Path) -> Iterator[tuple[dict[str, RouterMetrics], str
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
-        tmp_path,
+        tmp_path / "prometheus.log",
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:
