@@ -40,7 +40,9 @@ COPY inkwell ./inkwell
 COPY service ./service
 COPY trainer ./trainer
 COPY router ./router
-RUN pip install --no-deps . && python -c "import inkwell.cli, service.main, trainer.app, router.app"
+COPY bench ./bench
+COPY inkwell_app ./inkwell_app
+RUN pip install --no-deps . && python -c "import inkwell_app.cli, service.main, trainer.app, router.app"
 
 # ---- runtime: the virtual environment and nothing else, run as a non-root user -----------
 FROM ${PYTHON_IMAGE} AS runtime

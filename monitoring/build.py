@@ -17,6 +17,7 @@ query and rule against a real Prometheus scraping the real components.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,16 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Request series without probes and scrapes: what users and the router actually send.
 USER_ROUTES = 'route!~"/healthz|/readyz|/metrics|/v2/health/.*"'
 SCHEMA_VERSION = 39
+# Every series a panel reads is scoped to the install picked in the `$namespace` variable
+# (Kubernetes namespace; "All" also matches Compose's series, which have no namespace).
+SCOPE = 'namespace=~"$namespace"'
+# A metric name (optionally `level:` prefixed recording rule) not followed by `(` (a function),
+# with its selector if any; string literals are skipped by the alternation's first branch.
+_METRIC = re.compile(
+    r'(?P<string>"[^"]*")'
+    r"|(?<![\w:])(?P<name>(?:[a-z_]+:)?(?:inkwell_[a-z0-9_:]*|process_[a-z_]+|up))"
+    r"(?![\w:(])(?P<selector>\{[^}]*\})?"
+)
 WIDTH = 24
 
 
@@ -62,8 +73,22 @@ class Panel:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+def scoped(expr: str) -> str:
+    """`expr` with the install matcher `SCOPE` added to every series selector."""
+
+    def add(match: re.Match[str]) -> str:
+        if match["string"] is not None:
+            return match["string"]
+        selector = match["selector"]
+        if selector is None or selector == "{}":
+            return f"{match['name']}{{{SCOPE}}}"
+        return f"{match['name']}{{{SCOPE}, {selector[1:]}"
+
+    return _METRIC.sub(add, expr)
+
+
 def _q(expr: str, legend: str = "", *, instant: bool = False) -> Query:
-    return Query(" ".join(expr.split()), legend, instant)
+    return Query(scoped(" ".join(expr.split())), legend, instant)
 
 
 def stat(title: str, *queries: Query, description: str, unit: str = "short", **kw: Any) -> Panel:
@@ -687,7 +712,26 @@ def build(uid: str) -> dict[str, Any]:
                     "hide": 0,
                     "refresh": 1,
                     "regex": "",
-                }
+                },
+                {
+                    "name": "namespace",
+                    "label": "Install (namespace)",
+                    "type": "query",
+                    "datasource": DATASOURCE,
+                    "query": {
+                        "query": "label_values(inkwell_service_ready, namespace)",
+                        "refId": "namespace",
+                    },
+                    "definition": "label_values(inkwell_service_ready, namespace)",
+                    "includeAll": True,
+                    "allValue": ".*",
+                    "multi": False,
+                    "current": {"selected": True, "text": "All", "value": "$__all"},
+                    "hide": 0,
+                    "refresh": 2,
+                    "sort": 1,
+                    "regex": "",
+                },
             ]
         },
         "annotations": {
@@ -697,7 +741,9 @@ def build(uid: str) -> dict[str, Any]:
                     "datasource": DATASOURCE,
                     "enable": True,
                     "iconColor": "orange",
-                    "expr": "sum by (to) (changes(inkwell_rollout_transitions_total[1m])) > 0",
+                    "expr": scoped(
+                        "sum by (to) (changes(inkwell_rollout_transitions_total[1m])) > 0"
+                    ),
                     "titleFormat": "rollout: {{to}}",
                     "step": "60s",
                 }

@@ -21,18 +21,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from inkwell.errors import InkwellError
 from inkwell.heap import freeze_long_lived, thaw
 from inkwell.settings import CANARY, STABLE
-from inkwell.web import WEB_PATHS, WEB_PREFIXES, mount_web
 from inkwell.web.headers import with_security_headers
 from router import admin
+from router.capacity import make_scaler
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.controller import MlflowAliases, RolloutController
 from router.errors import error_response, install_error_handlers
 from router.metrics import RouterMetrics
+from router.pending import PendingPredictions
 from router.proxy import Proxy
 from router.routing import Split
 from router.settings import RouterSettings
 from router.sources import MetricSource, make_source
 from router.state import RolloutState, RolloutStore
+from router.web import WEB_PATHS, WEB_PREFIXES, mount_web
 
 log = logging.getLogger("inkwell.router")
 
@@ -151,6 +153,14 @@ class Runtime:
             key for key in (self.admin_key, tester and tester.get_secret_value()) if key
         )
         await self.proxy.probe_all()
+        if settings.served_store == "database":
+            self.proxy.pending = await asyncio.to_thread(
+                PendingPredictions,
+                settings.resolved_database_url,
+                capacity=settings.served_memory,
+                ttl_s=settings.served_ttl_s,
+            )
+            self._spawn(self._every(settings.served_flush_s, self._flush_pending), "pending")
         if settings.controller:
             self.store = await asyncio.to_thread(RolloutStore, settings.resolved_database_url)
             aliases = self._aliases
@@ -172,6 +182,7 @@ class Runtime:
                 self.metrics,
                 self,
                 on_state=self.apply_state,
+                capacity=await asyncio.to_thread(make_scaler, settings),
             )
             self.apply_state(await self.controller.load())
             self._spawn(self.controller.run(self._stop), "controller")
@@ -207,6 +218,14 @@ class Runtime:
     async def _probe(self) -> None:
         await self.proxy.probe_all()
 
+    async def _flush_pending(self) -> None:
+        if self.proxy.pending is None:
+            return
+        try:
+            await asyncio.to_thread(self.proxy.pending.flush)
+        except Exception as exc:  # the database is away: the buffer keeps the newest rows
+            log.warning("served predictions not written (retrying): %s", exc.__class__.__name__)
+
     async def _refresh_state(self) -> None:
         if self.controller is not None:
             await self.controller.load()
@@ -219,8 +238,14 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, timeout=10)
         await self.proxy.aclose()
+        if self.proxy.pending is not None:
+            with contextlib.suppress(Exception):  # best effort: the database may be gone
+                await asyncio.to_thread(self.proxy.pending.flush)
+            self.proxy.pending.dispose()
         if self.controller is not None:
             await self.controller.source.aclose()
+            if self.controller.capacity is not None:
+                await self.controller.capacity.aclose()
         if self.store is not None:
             self.store.dispose()
 

@@ -126,7 +126,7 @@ def _call(method: str, path: str, url: str | None, key: str | None, body: Any = 
 
 
 def _show(status: dict[str, Any], title: str = "rollout") -> None:
-    from inkwell.cli import console
+    from inkwell.console import console
 
     table = Table(show_header=False, title=title)
     started = status.get("started_at") or 0
@@ -209,7 +209,7 @@ def events_cmd(
     limit: int = 20, url: UrlOpt = None, key: KeyOpt = None, as_json: JsonOpt = False
 ) -> None:
     """Recent rollout transitions (the audit trail), newest first."""
-    from inkwell.cli import console
+    from inkwell.console import console
 
     document = _call("GET", f"/admin/rollout/events?limit={limit}", url, key)
     if as_json:
@@ -231,13 +231,6 @@ def events_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    """Attach `inkwell router`, `inkwell rollout ...` and `inkwell bench router`."""
+    """Attach `inkwell router` and `inkwell rollout ...`."""
     app.command("router")(serve)
     app.add_typer(rollout_app, name="rollout")
-    try:
-        from router.bench import bench_router
-    except ModuleNotFoundError:  # pragma: no cover - the benchmark needs the service package
-        return
-    from inkwell.cli import bench_app
-
-    bench_app.command("router")(bench_router)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 from inkwell.errors import ConflictError, InkwellError
 from inkwell.settings import CANARY, STABLE
 from router.analysis import Result, Sample, Thresholds, Verdict, analyse, build_observation
+from router.capacity import Scaler
 from router.metrics import RouterMetrics
 from router.settings import RouterSettings
 from router.sources import MetricSource
@@ -106,8 +107,10 @@ class RolloutController:
         on_state: Callable[[RolloutState], None] | None = None,
         clock: Callable[[], float] = time.time,
         model_name: str | None = None,
+        capacity: Scaler | None = None,
     ) -> None:
         self.settings = settings
+        self.capacity = capacity  # None: the canary's pods are not the controller's business
         self.model_name = model_name or settings.model_name
         self.store = store
         self.aliases = aliases
@@ -224,6 +227,8 @@ class RolloutController:
         aliases = await self.read_aliases(fresh=True)
         if not candidate(aliases):
             return None
+        if not await self._capacity_for(self.steps[0], 0.0):
+            return None
         now = self.clock()
         new = state.evolve(
             phase=Phase.CANARY,
@@ -295,8 +300,11 @@ class RolloutController:
                 self.metrics.rollout_analyses.labels("inconclusive").inc()
                 log.info("rollout step %.0f %%: %s", state.weight, verdict.reason())
             return None
+        more = state.step_index + 1 < len(self.steps)
+        if more and not await self._capacity_for(self.steps[state.step_index + 1], state.weight):
+            return None  # the step passed; the weight (and the pass count) moves with the pods
         self.metrics.rollout_analyses.labels("pass").inc()
-        if state.step_index + 1 < len(self.steps):
+        if more:
             index = state.step_index + 1
             return await self._transition(
                 state,
@@ -385,6 +393,10 @@ class RolloutController:
             state, state.evolve(phase=Phase.ROLLED_BACK, weight=0.0), actor=self.replica
         )
 
+    async def _capacity_for(self, weight: float, current: float) -> bool:
+        """Whether the canary has the pods for `weight` % (always, without a scaler)."""
+        return self.capacity is None or await self.capacity.ensure(weight, current)
+
     async def _transition(
         self, read: RolloutState, new: RolloutState, *, actor: str
     ) -> RolloutState | None:
@@ -403,6 +415,11 @@ class RolloutController:
                 written.reason,
             )
         self._publish(written)
+        if self.capacity is not None and written.phase in TERMINAL and read.phase not in TERMINAL:
+            try:
+                await self.capacity.release()
+            except Exception:  # the rollout is over either way; the HPA keeps its maximum
+                log.exception("could not put the canary's minimum back")
         return written
 
     # ---- manual actions (admin API) -------------------------------------------------------

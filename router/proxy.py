@@ -37,6 +37,7 @@ from router.feedback import Served, ServedMemory, score
 from router.forward import TIMEOUT, Upstream, UpstreamFailure, make_upstream
 from router.metrics import RouterMetrics
 from router.payload import Peek, answer_problem, peek, prediction_of, version_of
+from router.pending import PendingPredictions
 from router.routing import (
     OVERRIDE_KEY_HEADER,
     USER_HEADER,
@@ -288,6 +289,8 @@ class Proxy:
             clock=clock,
         )
         self.memory = ServedMemory(settings.served_memory)
+        # set at start with served_store=database: predictions wait there for labels instead
+        self.pending: PendingPredictions | None = None
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.max_shadow_in_flight = 64  # beyond this, copies are dropped: shadow never queues
         self.override_keys: tuple[str, ...] = ()  # may send X-Inkwell-Variant (set at start)
@@ -383,7 +386,7 @@ class Proxy:
         if method == "POST" and attempt.document is not None:
             prediction = prediction_of(attempt.document)
             if peeked is not None and peeked.image_key and prediction is not None and not override:
-                self.memory.remember(peeked.image_key, Served(answered, version, prediction))
+                self._remember(peeked.image_key, Served(answered, version, prediction))
         if (
             method == "POST"
             and override is None
@@ -455,10 +458,20 @@ class Proxy:
         found = await self._peek(content_type, body, query, strict=False)
         if not found.image_key or found.label is None:
             return
-        for served, correct in score(self.memory.take(found.image_key), found.label):
+        if self.pending is not None:
+            served_before = await asyncio.to_thread(self.pending.take, found.image_key)
+        else:
+            served_before = self.memory.take(found.image_key)
+        for served, correct in score(served_before, found.label):
             self.metrics.online_predictions.labels(
                 served.variant, served.version, "true" if correct else "false"
             ).inc()
+
+    def _remember(self, key: str, served: Served) -> None:
+        if self.pending is not None:
+            self.pending.remember(key, served)
+        else:
+            self.memory.remember(key, served)
 
     # ---- shadow ------------------------------------------------------------------------------
     def _start_shadow(
@@ -520,7 +533,7 @@ class Proxy:
         agree = "true" if prediction == stable_prediction else "false"
         self.metrics.shadow_comparisons.labels(stable_version, version, agree).inc()
         if image_key:
-            self.memory.remember(image_key, Served(CANARY, version, prediction))
+            self._remember(image_key, Served(CANARY, version, prediction))
 
     async def drain_shadow(self) -> None:
         """Wait for in-flight shadow copies (shutdown and tests)."""

@@ -92,7 +92,24 @@ class RouterSettings(CoreSettings):
 
     # ---- online accuracy -----------------------------------------------------------------
     served_memory: int = Field(
-        default=100_000, ge=1, description="Served images remembered for delayed labels (LRU)."
+        default=100_000,
+        ge=1,
+        description="Served predictions remembered for delayed labels (per install with "
+        "served_store=database, per replica with memory).",
+    )
+    served_store: Literal["database", "memory"] = Field(
+        default="database",
+        description="Where served predictions wait for their label: `database` (the rollout "
+        "database, shared by every replica, so a label scores the prediction whichever "
+        "replica served it) or `memory` (this process only; one replica).",
+    )
+    served_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="A served prediction unlabelled this long is dropped."
+    )
+    served_flush_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often a replica writes the predictions it served to the database.",
     )
 
     # ---- admin ---------------------------------------------------------------------------
@@ -136,6 +153,25 @@ class RouterSettings(CoreSettings):
     state_refresh_s: float = Field(default=0.5, gt=0)
     probe_interval_s: float = Field(
         default=1.0, gt=0, description="How often to ask each service which version it serves."
+    )
+    canary_capacity: Literal["off", "kubernetes"] = Field(
+        default="off",
+        description="Before each step, raise the canary HPA's minReplicas to the step's share "
+        "of the ready pods and wait until the canary has them (`kubernetes`: through the API "
+        "with the pod's service account; needs k8s/components/canary-capacity).",
+    )
+    kubernetes_api_url: str = Field(
+        default="https://kubernetes.default.svc", description="The Kubernetes API server."
+    )
+    kubernetes_namespace: str | None = Field(
+        default=None, description="Namespace of the Deployments (default: the pod's own)."
+    )
+    canary_deployment: str = Field(
+        default="inkwell-service-canary",
+        description="The canary Deployment and its HPA (same name).",
+    )
+    stable_deployment: str = Field(
+        default="inkwell-service-stable", description="The stable Deployment."
     )
     canary_ready_timeout_s: float = Field(
         default=180.0,

@@ -1,4 +1,4 @@
-"""`inkwell service` (run one service process) and `inkwell bench service`."""
+"""`inkwell service`: run one service process."""
 
 from __future__ import annotations
 
@@ -48,8 +48,4 @@ def serve(
 
 def register(app: typer.Typer) -> None:
     """Attach the service commands to the `inkwell` CLI."""
-    from inkwell.cli import bench_app
-    from service.bench import bench_service
-
     app.command("service")(serve)
-    bench_app.command("service")(bench_service)

@@ -164,6 +164,11 @@ def wait_http(
     wait_until(lambda: ok(httpx.get(url, timeout=2.0)), timeout, url, proc, interval=0.3)
 
 
+# `ctypes.util.find_library` runs these the first time some library is imported lazily: not a
+# process the test starts, and whichever test imports first would otherwise be blamed.
+LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump"})
+
+
 @contextmanager
 def watch_spawns() -> Iterator[list[str]]:
     """Record the command of every child process started meanwhile, by any thread.
@@ -175,7 +180,9 @@ def watch_spawns() -> Iterator[list[str]]:
     original = subprocess.Popen._execute_child  # type: ignore[attr-defined]
 
     def execute(popen: subprocess.Popen[bytes], args: Any, *rest: Any, **kwargs: Any) -> Any:
-        started.append(" ".join(map(str, args)) if isinstance(args, list | tuple) else str(args))
+        command = " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
+        if Path(command.split(" ", 1)[0]).name not in LIBRARY_LOOKUPS:
+            started.append(command)
         return original(popen, args, *rest, **kwargs)
 
     subprocess.Popen._execute_child = execute  # type: ignore[attr-defined]

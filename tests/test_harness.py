@@ -76,6 +76,14 @@ def test_watch_spawns_records_every_child_process(tmp_path: Path) -> None:
     assert len(started) == 1 and "pass" in started[0]
 
 
+def test_library_lookups_by_lazy_imports_are_not_counted_as_started_processes() -> None:
+    import ctypes.util
+
+    with watch_spawns() as started:
+        ctypes.util.find_library("definitely-not-a-library-inkwell")
+    assert started == []
+
+
 def test_a_test_that_started_a_process_without_the_mark_fails(
     request: pytest.FixtureRequest,
 ) -> None:

@@ -1,10 +1,8 @@
-"""`inkwell trainer` (the worker + admin API), `inkwell trainer retrain|status`, and
-`inkwell bench continual`."""
+"""`inkwell trainer` (the worker + admin API) and `inkwell trainer retrain|status`."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,7 +34,7 @@ def serve(
         return
     import uvicorn
 
-    from inkwell.cli import console
+    from inkwell.console import console
     from trainer.app import create_app
     from trainer.settings import TrainerSettings
 
@@ -62,7 +60,7 @@ def retrain(
     ] = None,
 ) -> None:
     """Retrain now on the pending samples (in this process, or via a running trainer)."""
-    from inkwell.cli import console
+    from inkwell.console import console
 
     if url is not None:
         import httpx
@@ -104,7 +102,7 @@ def retrain(
 @trainer_app.command()
 def status() -> None:
     """Print the watermark, pending samples, last job and stable/canary versions."""
-    from inkwell.cli import console
+    from inkwell.console import console
     from trainer.pipeline import Retrainer
     from trainer.settings import TrainerSettings
     from trainer.worker import Worker
@@ -113,64 +111,6 @@ def status() -> None:
     console.print_json(json.dumps(Worker(Retrainer(settings), settings).status(), default=str))
 
 
-def bench_continual(
-    stream: Annotated[
-        str, typer.Option(help="split (Split-MNIST), customers (new users), or both.")
-    ] = "both",
-    buffers: Annotated[str, typer.Option(help="Split-MNIST buffer sizes.")] = "200,500,1000",
-    seeds: Annotated[str, typer.Option(help="Split-MNIST seeds.")] = "0,1,2",
-    methods: Annotated[
-        str, typer.Option(help="naive, avalanche_replay, inkwell (comma-separated).")
-    ] = "naive,avalanche_replay,inkwell",
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per Split-MNIST task.")] = 3,
-    users: Annotated[int, typer.Option(min=1, help="New customers (K).")] = 8,
-    samples_per_user: Annotated[int, typer.Option(min=8)] = 64,
-    base_home: Annotated[
-        Path | None,
-        typer.Option(help="An INKWELL_HOME whose stable model to start from (else trains one)."),
-    ] = None,
-    base_epochs: Annotated[int, typer.Option(min=1)] = 8,
-    base_augment: Annotated[
-        str, typer.Option(help="Augmentation of that base model: affine or handwriting.")
-    ] = "affine",
-    style_ceiling: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Also train a model on this many MNIST train digits in each user's style and "
-            "read the user's held-out digits with it: how legible the style is (0 = skip).",
-        ),
-    ] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-    output: Annotated[Path | None, typer.Option(help="Write all numbers as JSON here.")] = None,
-) -> None:
-    """Continual-learning benchmarks: Split-MNIST and a stream of new customers."""
-    from inkwell.cli import check_choice
-    from inkwell.training import AUGMENT_POLICIES
-
-    check_choice(base_augment, AUGMENT_POLICIES, "--base-augment")
-    from trainer.bench import run_bench
-
-    run_bench(
-        stream=stream,
-        buffers=[int(b) for b in buffers.split(",") if b],
-        seeds=[int(s) for s in seeds.split(",") if s],
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
-        epochs=epochs,
-        users=users,
-        samples_per_user=samples_per_user,
-        base_home=base_home,
-        base_epochs=base_epochs,
-        base_augment=base_augment,
-        style_ceiling=style_ceiling,
-        threads=threads,
-        output=output,
-    )
-
-
 def register(app: typer.Typer) -> None:
-    """Attach `inkwell trainer ...` and `inkwell bench continual`."""
-    from inkwell.cli import bench_app
-
+    """Attach `inkwell trainer ...`."""
     app.add_typer(trainer_app, name="trainer")
-    bench_app.command("continual")(bench_continual)

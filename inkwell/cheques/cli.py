@@ -1,6 +1,6 @@
 """`inkwell cheques ...`: synthesise data, train, evaluate and read cheque amounts.
 
-Attached to the main CLI by `register(app)`; also adds `inkwell bench cheques`.
+Attached to the main CLI by `register(app)`; `inkwell bench cheques` lives in `bench.cli`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.table import Table
 
 from inkwell.cheques.locate import LAYOUTS
 from inkwell.cheques.pools import SPLITS
-from inkwell.cli import check_choice
+from inkwell.console import check_choice
 
 if TYPE_CHECKING:
     from inkwell.cheques.reader import ChequeReader
@@ -76,7 +76,7 @@ def synth(
     from inkwell.cheques.layout import generate_cheques, write_cheques
     from inkwell.cheques.pools import load_pool
     from inkwell.cheques.synth import SYNTH_STYLES, generate_fields, synth_config, write_fields
-    from inkwell.cli import console, progress_bar
+    from inkwell.console import console, progress_bar
 
     check_choice(split, SPLITS, "--split")
     check_choice(kind, ("field", "cheque"), "--kind")
@@ -133,7 +133,7 @@ def train(
     """Train the amount recogniser on synthetic fields generated on the fly, in memory."""
     from inkwell.cheques.synth import SYNTH_STYLES
     from inkwell.cheques.train import ChequeTrainConfig, TrainHooks, train_cheque_model
-    from inkwell.cli import console, progress_bar
+    from inkwell.console import console, progress_bar
 
     check_choice(preset, ("full", "tiny"), "--preset")
     check_choice(synth_style, SYNTH_STYLES, "--synth")
@@ -207,7 +207,7 @@ def split(
     from inkwell.cheques.dataset import read_labels
     from inkwell.cheques.finetune import split_rows
     from inkwell.cheques.synth import write_labels
-    from inkwell.cli import console
+    from inkwell.console import console
 
     rows = read_labels(folder, labels)
     train_rows, test_rows = split_rows(rows, test, seed)
@@ -244,7 +244,7 @@ def cut_digits_cmd(
     from inkwell.cheques.dataset import read_labels
     from inkwell.cheques.digits import BOXES_FILE, crop_box, cut_digits, iou, read_digit_boxes
     from inkwell.cheques.reader import to_gray
-    from inkwell.cli import console
+    from inkwell.console import console
 
     check_choice(by, ("boxes", "reader"), "--by")
     fields = read_labels(folder)[:limit]
@@ -327,7 +327,7 @@ def finetune(
     from inkwell.cheques.reader import ChequeReader
     from inkwell.cheques.synth import SYNTH_STYLES
     from inkwell.cheques.train import TrainHooks
-    from inkwell.cli import console, progress_bar
+    from inkwell.console import console, progress_bar
 
     check_choice(synth_style, SYNTH_STYLES, "--synth")
     rows = read_labels(folder, labels)
@@ -402,7 +402,7 @@ def eval_cmd(
     """String accuracy, CER and accuracy at review rates on a labelled folder."""
     from inkwell.cheques.dataset import read_labels
     from inkwell.cheques.evaluate import evaluate_folder
-    from inkwell.cli import console, progress_bar
+    from inkwell.console import console, progress_bar
 
     check_choice(layout, LAYOUTS, "--layout")
     check_choice(decoder, ("greedy", "beam"), "--decoder")
@@ -468,7 +468,7 @@ def read(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Read the courtesy amount of image files."""
-    from inkwell.cli import console
+    from inkwell.console import console
     from inkwell.errors import InkwellError
 
     check_choice(layout, LAYOUTS, "--layout")
@@ -510,52 +510,6 @@ def read(
         raise typer.Exit(code=2)
 
 
-def bench(
-    n: Annotated[int, typer.Option(min=1, help="Synthetic test fields to time.")] = 200,
-    cheques: Annotated[int, typer.Option(min=0, help="Whole synthetic cheques to time.")] = 50,
-    seed: int = 7,
-    model: ModelOpt = "stable",
-    model_dir: ModelDirOpt = None,
-    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 1,
-    data: DataOpt = None,
-) -> None:
-    """Time reading amount fields and whole cheques (decode + locate + model + CTC)."""
-    import io
-
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from inkwell.cheques.bench import time_reads
-    from inkwell.cheques.layout import generate_cheques
-    from inkwell.cheques.pools import load_pool
-    from inkwell.cheques.synth import generate_fields
-    from inkwell.cli import console
-
-    torch.set_num_threads(threads)
-    reader = _reader(model, model_dir)
-    pool = load_pool("test", data)
-
-    def png(image: np.ndarray) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG")
-        return buffer.getvalue()
-
-    fields = [png(s.image) for s in generate_fields(pool, n, seed)]
-    table = Table("input", "n", "median ms", "p90 ms", "max ms", title=f"{threads} thread(s)")
-    timing = time_reads(reader, fields, layout="field")
-    table.add_row("amount field", str(n), *timing.row())
-    if cheques:
-        images = [png(s.image) for s in generate_cheques(pool, cheques, seed)]
-        timing = time_reads(reader, images, layout="cheque")
-        table.add_row("whole cheque", str(cheques), *timing.row())
-    console.print(f"model {reader.name} v{reader.version or '(folder)'}")
-    console.print(table)
-
-
 def register(app: typer.Typer) -> None:
-    """Attach `inkwell cheques` and `inkwell bench cheques` to the main CLI."""
-    from inkwell.cli import bench_app
-
+    """Attach `inkwell cheques` to the main CLI."""
     app.add_typer(cheques_app, name="cheques")
-    bench_app.command("cheques")(bench)

@@ -12,7 +12,7 @@ import pytest
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from inkwell.bench import wrk
+from bench import wrk
 
 needs_wrk = pytest.mark.skipif(wrk.binary() is None, reason=wrk.MISSING)
 STALL_EVERY = 25
@@ -64,6 +64,7 @@ def recorder() -> Iterator[Recorder]:
     server.server_close()
 
 
+@pytest.mark.integration
 @needs_wrk
 def test_wrk_sends_every_body_with_its_headers_and_reports_the_stalled_requests(
     recorder: Recorder,

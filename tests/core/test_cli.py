@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _inkwell(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-c", "from inkwell.cli import main; main()", *args],
+        [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

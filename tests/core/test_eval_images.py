@@ -37,7 +37,7 @@ CHEQUES_DIR = Path(
 def inkwell(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-c", "from inkwell.cli import main; main()", *args],
+        [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -164,12 +164,14 @@ def test_model_dir_without_a_model_is_a_clear_error(scans: Path, tmp_path: Path)
     assert "holds no digit model" in " ".join(result.stdout.split())
 
 
+@pytest.mark.integration
 def test_model_dir_alone_evaluates_on_mnist_test(model_dir: Path, tmp_path: Path) -> None:
     result = inkwell("eval", "--model-dir", str(model_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert accuracy_line(result.stdout) >= 80.0
 
 
+@pytest.mark.integration
 def test_real_cheque_digits_cut_by_their_boxes_are_evaluated(
     model_dir: Path, tmp_path: Path
 ) -> None:

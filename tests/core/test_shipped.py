@@ -33,9 +33,9 @@ def test_shipped_model_is_small_and_its_card_names_data_command_and_sha256(kind:
 
 
 def test_shipped_digit_model_is_the_base_recipe_compose_and_kubernetes_train() -> None:
-    from inkwell.cli import BASE_EPOCHS
     from inkwell.model import ModelConfig
     from inkwell.train import BASE_PEAK_LR
+    from inkwell_app.cli import BASE_EPOCHS
 
     shipped = shipped_model("digits")
     assert shipped is not None

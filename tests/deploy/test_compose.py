@@ -79,7 +79,7 @@ def _settings_class(service: str) -> type[Any]:
 
 def _cli() -> Any:
     """The real `inkwell` command group, with the components' commands attached."""
-    from inkwell.cli import _register_components, app
+    from inkwell_app.cli import _register_components, app
 
     _register_components()
     return typer.main.get_command(app)

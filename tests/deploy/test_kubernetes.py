@@ -40,8 +40,9 @@ from tests.deploy.helpers import (
 pytestmark = pytest.mark.integration
 
 # Overlays built on prod: schema-validated and checked on what they add.
-EXTRA_OVERLAYS = ("prod-gpu",)
+EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity")
 KIND_SUFFIX = {
+    "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
     "CronJob": "cronjob",
     "Deployment": "deployment",
@@ -53,6 +54,8 @@ KIND_SUFFIX = {
     "PersistentVolumeClaim": "pvc",
     "PodDisruptionBudget": "pdb",
     "PrometheusRule": "prometheusrule",
+    "Role": "role",
+    "RoleBinding": "rolebinding",
     "Service": "service",
     "ServiceAccount": "serviceaccount",
     "ServiceMonitor": "servicemonitor",
@@ -620,3 +623,70 @@ def test_gpu_overlay_puts_only_the_trainer_on_a_gpu_node(
     assert container["resources"]["requests"]["cpu"] == "2", "prod's resources are kept"
     for name in prod.keys() - {"inkwell-trainer"}:
         assert gpu[name] == prod[name], f"{name} differs in the GPU overlay"
+
+
+def test_capacity_overlay_gives_only_the_router_a_token_and_just_the_scalers_rights(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    from router.settings import RouterSettings
+
+    docs = resources["prod-capacity"]
+    pods = {w["metadata"]["name"]: w["spec"]["template"]["spec"] for w in _workloads(docs)}
+    router = pods.pop("inkwell-router")
+    assert (router["serviceAccountName"], router["automountServiceAccountToken"]) == (
+        "inkwell-router",
+        True,
+    )
+    assert all(pod["automountServiceAccountToken"] is False for pod in pods.values())
+    (role,) = _by_kind(docs, "Role")
+    rights = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert rights == {
+        ("apps", "deployments", "get"),
+        ("autoscaling", "horizontalpodautoscalers", "get"),
+        ("autoscaling", "horizontalpodautoscalers", "patch"),
+    }
+    (binding,) = _by_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "inkwell-router", "namespace": "inkwell"}
+    ]
+    env = _container_env(router["containers"][0], docs)
+    settings = RouterSettings(canary_capacity=env["INKWELL_ROUTER_CANARY_CAPACITY"])
+    assert settings.canary_capacity == "kubernetes"
+    assert settings.canary_deployment in pods and settings.stable_deployment in pods
+    (hpa,) = [
+        h for h in _by_kind(docs, "HorizontalPodAutoscaler") if "canary" in h["metadata"]["name"]
+    ]
+    assert hpa["metadata"]["name"] == settings.canary_deployment
+
+
+def test_argo_analysis_templates_declare_every_argument_and_condition() -> None:
+    """Structure only: the Argo CRD schemas are not shipped here (docs/deploy.md)."""
+    component = K8S / "components" / "argo-analysis"
+    listed = yaml.safe_load((component / "kustomization.yaml").read_text())["resources"]
+    for name in listed:
+        (template,) = yaml_documents((component / name).read_text())
+        assert template["apiVersion"] == "argoproj.io/v1alpha1"
+        assert template["kind"] == "AnalysisTemplate"
+        declared = {arg["name"] for arg in template["spec"]["args"]}
+        names = [metric["name"] for metric in template["spec"]["metrics"]]
+        assert len(set(names)) == len(names)
+        for metric in template["spec"]["metrics"]:
+            assert set(metric) <= {
+                "name",
+                "interval",
+                "count",
+                "failureLimit",
+                "successCondition",
+                "provider",
+            }, metric["name"]
+            assert "result[0]" in metric["successCondition"], metric["name"]
+            prometheus = metric["provider"]["prometheus"]
+            used = set(re.findall(r"{{args\.([a-z-]+)}}", json.dumps(prometheus)))
+            assert used <= declared and "namespace" in used, metric["name"]

@@ -26,7 +26,7 @@ from tests.harness import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "inkwell-test", "AWS_SECRET_ACCESS_KEY": "inkwell-test-secret"}
-CLI = "from inkwell.cli import main; main()"
+CLI = "from inkwell_app.cli import main; main()"
 REGISTER = """
 from inkwell.model import ModelConfig
 from inkwell.registry import Registry

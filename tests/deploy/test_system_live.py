@@ -45,7 +45,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 UPLOAD_KEY = "live-test-upload-key"
 ADMIN_KEY = "live-test-admin-key"
 # Grafana's built-in variables, as Grafana would expand them for a short time range.
-GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__range": "2m", "$__interval": "5s"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "15s",
+    "$__range": "2m",
+    "$__interval": "5s",
+    "$namespace": ".*",  # "All": Compose series have no namespace
+}
 COMPONENT_JOBS = {
     "inkwell-router": "router",
     "inkwell-service-stable": "stable",
@@ -92,7 +97,7 @@ def _base_env(home: Path, mnist_dir: Path) -> dict[str, str]:
 
 
 def _inkwell(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from inkwell.cli import main; main()", *args]
+    return [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args]
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:

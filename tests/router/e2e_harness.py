@@ -24,7 +24,7 @@ from tests.harness import child_env as base_env
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_KEY = "e2e-admin-key-0123456789"
 SERVICE_KEY = "e2e-upload-key-0123456789"
-CLI = "from inkwell.cli import main; main()"
+CLI = "from inkwell_app.cli import main; main()"
 
 
 # ---- processes -----------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from router.bench import Run, closed_loop, http_post, process
+from bench.common import process
+from bench.router import Run, closed_loop, http_post
 from router.reference import nginx_binary, nginx_config, reference_command
 from tests.harness import free_port
 from tests.router.router_fakes import FakeService, digit_of
@@ -92,7 +93,7 @@ def test_nginx_config_points_at_the_service_and_keeps_upstream_connections(
 
 @pytest.mark.integration
 def test_bench_router_rejects_an_unknown_reference_before_starting_anything() -> None:
-    cli = [sys.executable, "-c", "from inkwell.cli import main; main()"]
+    cli = [sys.executable, "-c", "from inkwell_app.cli import main; main()"]
     result = subprocess.run(
         [*cli, "bench", "router", "--reference", "pipe", "--reference", "envoy"],
         capture_output=True,
@@ -107,7 +108,7 @@ def test_bench_router_rejects_an_unknown_reference_before_starting_anything() ->
 
 @pytest.mark.integration
 def test_bench_router_rejects_an_unknown_body_before_starting_anything() -> None:
-    cli = [sys.executable, "-c", "from inkwell.cli import main; main()"]
+    cli = [sys.executable, "-c", "from inkwell_app.cli import main; main()"]
     result = subprocess.run(
         [*cli, "bench", "router", "--body", "json"], capture_output=True, text=True, timeout=120
     )

@@ -45,7 +45,7 @@ def cli_env(home: Path) -> dict[str, str]:
 
 def inkwell(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from inkwell.cli import main; main()", *args],
+        [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args],
         env=cli_env(home), capture_output=True, text=True, timeout=300, cwd=REPO,
     )  # fmt: skip
 
@@ -75,7 +75,7 @@ def test_rollout_commands_steer_a_running_router(tmp_path):
             key = (tmp_path / "router-admin.key").read_text()
             wait_for_phase(url, key, "canary")
             script = (
-                "from inkwell.cli import main; import sys\n"
+                "from inkwell_app.cli import main; import sys\n"
                 "url = sys.argv[1]\n"
                 "for args in (['rollout', 'pause'], ['rollout', 'status'], "
                 "['rollout', 'rollback', '--reason', 'cli test'], ['rollout', 'events']):\n"

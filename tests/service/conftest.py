@@ -201,7 +201,7 @@ def start_service(
     ) -> LiveService:
         port = free_port()
         log = tmp_path / f"service-{len(started)}.log"
-        code = "from inkwell.cli import main; main()"
+        code = "from inkwell_app.cli import main; main()"
         process = subprocess.Popen(
             [sys.executable, "-c", code, "service", "--variant", variant, "--port", str(port)],
             env=env or service_env(trained_registry),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from inkwell.bench import wrk
-from service.bench import compare_generators, single_image_bodies
+from bench import wrk
+from bench.service import compare_generators, single_image_bodies
 from tests.service.conftest import LiveService, TrainedRegistry
 
 

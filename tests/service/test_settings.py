@@ -43,7 +43,7 @@ def test_unknown_variant_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_cli_registers_service_and_bench_commands() -> None:
-    from inkwell.cli import _register_components, app
+    from inkwell_app.cli import _register_components, app
 
     _register_components()
     runner = CliRunner()

@@ -123,7 +123,7 @@ def test_the_trainer_process_serves_its_admin_api(trainer_home: object) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    code = "import sys; from inkwell.cli import main; sys.argv = sys.argv[1:]; main()"
+    code = "import sys; from inkwell_app.cli import main; sys.argv = sys.argv[1:]; main()"
     process = subprocess.Popen(
         [sys.executable, "-c", code, "inkwell", "trainer", "--port", str(port)],
         env={**os.environ, "PYTHONPATH": str(REPO)},

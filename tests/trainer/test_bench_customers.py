@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.customers import Style, _table, make_style, render_scans, style_ceiling
 from inkwell.model import ModelConfig
 from tests.trainer.conftest import MnistArrays
-from trainer.bench_customers import Style, _table, make_style, render_scans, style_ceiling
 
 PLAIN = Style(slant=0.0, rotation=0.0, thickness=0, elastic=0.0, scale=1.0)
 

@@ -50,7 +50,7 @@ def test_kill_9_while_training_then_restart_redoes_the_work(
     settings = TrainerSettings()
     state = TrainerState(store, settings.model_name)
     code = (
-        "import sys; from inkwell.cli import main; "
+        "import sys; from inkwell_app.cli import main; "
         "sys.argv = ['inkwell', 'trainer', 'retrain']; main()"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

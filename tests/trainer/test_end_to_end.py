@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.customers import make_uploader
 from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import ACCEPTED, SampleStore
 from tests.trainer.conftest import MnistArrays, png_bytes
-from trainer.bench_customers import make_uploader
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
 from trainer.worker import Worker

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inkwell.supervisor import (
+from inkwell_app.supervisor import (
     ProcessSpec,
     RestartPolicy,
     State,
@@ -84,7 +84,7 @@ def test_process_names_must_be_unique() -> None:
 def test_crashed_process_is_restarted_and_the_crash_logged(
     supervisors, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="inkwell.supervisor")
+    caplog.set_level(logging.INFO, logger="inkwell_app.supervisor")
     crasher = ProcessSpec(
         "crasher", python("import sys, time; print('hello'); time.sleep(0.2); sys.exit(3)")
     )
@@ -117,7 +117,7 @@ def test_long_run_forgets_earlier_failures(supervisors) -> None:
 def test_gives_up_after_max_consecutive_failures(
     supervisors, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="inkwell.supervisor")
+    caplog.set_level(logging.INFO, logger="inkwell_app.supervisor")
     policy = RestartPolicy(initial_delay_s=0.02, max_delay_s=0.05, max_failures=3)
     keeper = ProcessSpec("keeper", python("import time; time.sleep(60)"))
     broken = ProcessSpec("broken", python("raise SystemExit(2)"))
@@ -141,7 +141,7 @@ def test_gives_up_after_max_consecutive_failures(
 def test_one_shot_job_runs_once_and_its_failure_stops_nothing(
     supervisors, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="inkwell.supervisor")
+    caplog.set_level(logging.INFO, logger="inkwell_app.supervisor")
     server = ProcessSpec("server", python("import time; time.sleep(60)"))
     job = ProcessSpec("job", python("print('working')"), oneshot=True)
     broken_job = ProcessSpec("broken-job", python("raise SystemExit(4)"), oneshot=True)
@@ -253,7 +253,7 @@ def test_stop_kills_the_whole_process_group_even_when_sigterm_is_ignored(
 
 ORPHANED = """
 import sys, time
-from inkwell.supervisor import ProcessSpec, Supervisor
+from inkwell_app.supervisor import ProcessSpec, Supervisor
 sleeper = ProcessSpec('sleeper', (sys.executable, '-c', 'import time; time.sleep(120)'))
 supervisor = Supervisor([sleeper])
 supervisor.start()

@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from inkwell.errors import ConflictError, InvalidInputError
-from inkwell.up import (
+from inkwell_app.up import (
     COMPONENTS,
     Keys,
     UpSettings,
@@ -129,7 +129,7 @@ def test_a_missing_cheque_model_is_trained_in_the_background_once(settings: UpSe
 def test_base_training_uses_the_recipe_compose_and_kubernetes_train(settings: UpSettings) -> None:
     import inspect
 
-    from inkwell.cli import train
+    from inkwell_app.cli import train
 
     repo = Path(__file__).resolve().parents[2]
     assert settings.base_epochs == inspect.signature(train).parameters["epochs"].default == 4

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from inkwell.errors import InkwellError
 from inkwell.settings import CoreSettings
-from inkwell.web import WEB_DIR, mount_web
+from router.web import WEB_DIR, mount_web
 from tests.e2e.stack import register_digits
 from tests.harness import free_port
 

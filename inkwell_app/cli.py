@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
+from inkwell.console import DataOpt, check_choice, console, progress_bar, progress_step
 from inkwell.errors import InkwellError
 from inkwell.optim import OPTIMIZERS
 
@@ -28,38 +18,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-bench_app = typer.Typer(help="Benchmarks that print numbers.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
-console = Console()
 
 # The base recipe's length: `inkwell train`'s default, so Compose and Kubernetes (whose init
 # jobs run `inkwell train --if-missing`), `inkwell up` and the shipped model all train the same.
 BASE_EPOCHS = 4
-
-DataOpt = Annotated[
-    Path | None, typer.Option("--data", help="MNIST directory (default: INKWELL_DATA_DIR).")
-]
-
-
-def progress_bar() -> Progress:
-    """The rich progress bar every long-running command uses."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
-
-
-def _progress_step(progress: Progress, task: TaskID) -> Callable[[int, float], None]:
-    def update(step: int, loss: float) -> None:
-        progress.update(task, completed=step, info=f"loss {loss:.3f}")
-
-    return update
 
 
 @app.command()
@@ -134,7 +96,7 @@ def train(
     total = 1 if dry_run else steps_per_epoch * epochs
     with progress_bar() as progress:
         task = progress.add_task("training", total=total, info="")
-        on_step = _progress_step(progress, task)
+        on_step = progress_step(progress, task)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             acc = metrics.get("test_accuracy")
@@ -241,98 +203,19 @@ def models(name: Annotated[str | None, typer.Option(help="Registered model name.
     console.print(table)
 
 
-@bench_app.command("optimizers")
-def bench_optimizers(
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per optimizer (same budget).")] = 2,
-    batch_size: int = 128,
-    seed: int = 0,
-    target: Annotated[float, typer.Option(help="Accuracy target for steps/seconds-to.")] = 0.98,
-    eval_every: Annotated[int, typer.Option(help="Evaluate every N steps.")] = 50,
-    train_size: Annotated[int | None, typer.Option(help="Use the first N training images.")] = None,
-    only: Annotated[list[str] | None, typer.Option(help="Subset of optimizers.")] = None,
-    plot: Annotated[Path, typer.Option(help="Where to save the PNG.")] = Path(
-        "docs/img/optimizers.png"
-    ),
-    data: DataOpt = None,
-) -> None:
-    """Train one model per optimizer under the same budget; print a table, save a plot."""
-    for name in only or ():
-        check_choice(name, OPTIMIZERS, "--only")
-    from inkwell.bench.optimizers import plot_runs, run_optimizer
-    from inkwell.data import load_split
-    from inkwell.train import split_tensors
-
-    names = only or list(OPTIMIZERS)
-    x, y = split_tensors(load_split("train", data))
-    if train_size:
-        x, y = x[:train_size], y[:train_size]
-    test = split_tensors(load_split("test", data))
-    runs = []
-    steps = -(-x.shape[0] // batch_size) * epochs
-    with progress_bar() as progress:
-        for name in names:
-            task = progress.add_task(name, total=steps, info="")
-            runs.append(
-                run_optimizer(
-                    name,
-                    (x, y),
-                    test,
-                    epochs=epochs,
-                    batch_size=batch_size,
-                    seed=seed,
-                    eval_every=eval_every,
-                    target=target,
-                    on_step=_progress_step(progress, task),
-                )
-            )
-    table = Table(
-        "optimizer",
-        "peak lr",
-        "final acc %",
-        f"steps to {100 * target:g} %",
-        f"seconds to {100 * target:g} %",
-        "train s",
-        "optimizer state",
-        title=f"{epochs} epoch(s), batch {batch_size}, {x.shape[0]} images, seed {seed}",
-    )
-    for r in runs:
-        table.add_row(
-            r.name,
-            f"{r.lr:g}",
-            f"{100 * r.final_accuracy:.2f}",
-            str(r.steps_to_target) if r.steps_to_target else "not reached",
-            f"{r.seconds_to_target:.1f}" if r.seconds_to_target else "not reached",
-            f"{r.train_seconds:.1f}",
-            f"{r.state_bytes / 1024:.1f} KiB",
-        )
-    console.print(table)
-    console.print(f"plot saved to {plot_runs(runs, plot, target)}")
-
-
-def check_choice(value: str, choices: tuple[str, ...], hint: str) -> None:
-    """A usage error (exit 2) naming the choices when `value` is not one of them."""
-    if value not in choices:
-        raise typer.BadParameter(f"choose one of {', '.join(choices)}", param_hint=hint)
-
-
 def _register_components() -> None:
-    """Attach the component CLIs (service, trainer, router, cheques, up) when present."""
-    import importlib
+    """Attach the component CLIs (service, trainer, router, cheques), `up` and the benchmarks."""
+    # imported here, not at the top: `inkwell_app.up` imports BASE_EPOCHS from this module
+    from bench.cli import bench_app
+    from inkwell.cheques import cli as cheques_cli
+    from inkwell_app import up
+    from router import cli as router_cli
+    from service import cli as service_cli
+    from trainer import cli as trainer_cli
 
-    for module_name in (
-        "service.cli",
-        "trainer.cli",
-        "router.cli",
-        "inkwell.cheques.cli",
-        "inkwell.up",
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue
-            raise
-        module.register(app)
+    app.add_typer(bench_app, name="bench")
+    for component in (service_cli, trainer_cli, router_cli, cheques_cli, up):
+        component.register(app)
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ Makes sure a `stable` digit model (and cheque model, when that package is instal
 seeding an empty registry from the models shipped in the package (seconds, no data needed) and
 training only when there is nothing to seed from, then runs service-stable, service-canary, the
 trainer and the router (with its rollout controller) - and a local Prometheus when the binary is
-found - as supervised subprocesses of this one (`inkwell.supervisor`). Ctrl-C or SIGTERM stops
-them all.
+found - as supervised subprocesses of this one (`inkwell_app.supervisor`). Ctrl-C or SIGTERM
+stops them all.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import typer
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from inkwell.cli import BASE_EPOCHS
 from inkwell.errors import ConflictError, InvalidInputError
 from inkwell.settings import CANARY, STABLE, CoreSettings
-from inkwell.supervisor import ProcessSpec, RestartPolicy, Supervisor
+from inkwell_app.cli import BASE_EPOCHS
+from inkwell_app.supervisor import ProcessSpec, RestartPolicy, Supervisor
 
-log = logging.getLogger("inkwell.up")
+log = logging.getLogger("inkwell_app.up")
 
 SERVICE_STABLE = "service-stable"
 SERVICE_CANARY = "service-canary"
@@ -376,9 +376,9 @@ def seed_shipped_models(settings: UpSettings) -> list[str]:
 
 def ensure_digit_model(settings: UpSettings) -> bool:
     """Train and register the base digit model when the registry has no stable; True if it did."""
-    from inkwell.cli import console
-    from inkwell.cli import train as train_command
+    from inkwell.console import console
     from inkwell.registry import Registry
+    from inkwell_app.cli import train as train_command
 
     registry = Registry(settings)
     found = registry.find_version(settings.model_name, STABLE)
@@ -446,10 +446,10 @@ def stop_signals(stop: threading.Event) -> Iterator[None]:
 def configure_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    from inkwell.cli import console
+    from inkwell.console import console
 
     handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
-    for name in ("inkwell.supervisor", "inkwell.up"):
+    for name in ("inkwell_app.supervisor", "inkwell_app.up"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -459,7 +459,7 @@ def configure_logging(verbose: bool) -> None:
 def print_summary(settings: UpSettings, keys: Keys, supervisor: Supervisor) -> None:
     from rich.table import Table
 
-    from inkwell.cli import console
+    from inkwell.console import console
 
     table = Table(show_header=False, box=None, padding=(0, 2))
     running = {s.name for s in supervisor.status()}
@@ -489,7 +489,7 @@ def print_summary(settings: UpSettings, keys: Keys, supervisor: Supervisor) -> N
 
 def run_up(settings: UpSettings, *, train: bool = True, echo_logs: bool = False) -> int:
     """Bring the system up and supervise it until a stop signal; returns the exit status."""
-    from inkwell.cli import console
+    from inkwell.console import console
 
     prometheus = prometheus_binary(settings)
     names = list(settings.components) + ([PROMETHEUS] if prometheus else [])

@@ -14,26 +14,20 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import numpy as np
 import typer
 from PIL import Image
 
-from inkwell.bench import wrk
-
-HOST = "127.0.0.1"
-CLI = "from inkwell.cli import main; main()"
+from bench import wrk
+from bench.common import CLI, HOST, free_port, process, read_response
 
 
 @dataclass
@@ -82,28 +76,12 @@ def summarise(runs: list[Run]) -> Summary:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def http_post(path: str, body: bytes, content_type: str, user: str) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: {content_type}\r\n"
         f"X-User-Id: {user}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
-
-
-async def _response(reader: asyncio.StreamReader) -> int:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return int(head[9:12])
 
 
 async def closed_loop(
@@ -141,7 +119,7 @@ async def closed_loop(
                 writer.write(payloads[index % len(payloads)])
                 index += concurrency
                 try:
-                    status = await _response(reader)
+                    status, _ = await read_response(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     # the target closed the connection without an answer: a failed request
                     status = 0
@@ -169,37 +147,6 @@ def drive(port: int, payloads: list[bytes], **kwargs: object) -> Run:
     except ImportError:  # pragma: no cover
         return asyncio.run(coroutine)
     return uvloop.run(coroutine)
-
-
-@contextmanager
-def process(
-    name: str, args: list[str], env: dict[str, str], log_dir: Path, ready_url: str
-) -> Iterator[int]:
-    """A child process; yields its pid once `ready_url` answers 200."""
-    log = log_dir / f"{name}.log"
-    with log.open("wb") as out:
-        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if child.poll() is not None:
-                raise RuntimeError(f"{name} exited ({child.returncode}):\n{log.read_text()}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not ready:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield child.pid
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 def png(image: np.ndarray) -> bytes:
@@ -255,7 +202,7 @@ def bench_router(
 
     from rich.table import Table
 
-    from inkwell.cli import console
+    from inkwell.console import console
     from inkwell.data import load_split
     from inkwell.errors import ModelNotFoundError
     from inkwell.registry import Registry

@@ -17,8 +17,6 @@ import asyncio
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +30,12 @@ import numpy as np
 import typer
 from PIL import Image
 
-from inkwell.bench import wrk
+from bench import wrk
+from bench.common import CLI, HOST, free_port, process, read_response
 
 if TYPE_CHECKING:
     import torch
 
-HOST = "127.0.0.1"
 JSON = "application/json"
 
 
@@ -84,12 +82,6 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def http_request(
     path: str, body: bytes, content_type: str, headers: dict[str, str] | None = None
 ) -> bytes:
@@ -133,16 +125,6 @@ def answered_digits(answer: dict[str, Any]) -> list[int]:
     return next(o["data"] for o in answer["outputs"] if o["name"] == "digit")
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    return status, await reader.readexactly(length)
-
-
 async def _closed_loop(
     pid: int,
     port: int,
@@ -178,7 +160,7 @@ async def _closed_loop(
                 if sent >= stop_at:
                     return
                 writer.write(payload)
-                status, body = await _read_response(reader)
+                status, body = await read_response(reader)
                 done = time.perf_counter()
                 if sent < measure_from:
                     continue
@@ -212,39 +194,12 @@ def run_load(
 
 @contextmanager
 def service_process(env: dict[str, str], log: Path) -> Iterator[tuple[int, int]]:
-    """A real `inkwell service` process; yields (pid, port) once /readyz answers."""
-    import httpx
-
+    """A real `inkwell service` process logging to `log`; yields (pid, port) once it is ready."""
     port = free_port()
-    code = "from inkwell.cli import main; main()"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", code, "service", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"service exited ({process.returncode}):\n{log.read_text()}")
-            try:
-                if httpx.get(f"http://{HOST}:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service not ready:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield process.pid, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    args = [sys.executable, "-c", CLI, "service", "--port", str(port)]
+    ready_url = f"http://{HOST}:{port}/readyz"
+    with process(log.stem, args, env, log.parent, ready_url, timeout_s=120) as pid:
+        yield pid, port
 
 
 @dataclass(frozen=True)
@@ -370,7 +325,7 @@ def bench_service(
     import torch
     from rich.table import Table
 
-    from inkwell.cli import console
+    from inkwell.console import console
     from inkwell.data import load_split
     from inkwell.registry import Registry
     from service.model import optimize_for_cpu

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from scipy import ndimage
 
-from inkwell.cli import console
+from inkwell.console import console
 from inkwell.data import load_split
 from inkwell.model import DigitNet, ModelConfig
 from inkwell.preprocessing import preprocess_bytes

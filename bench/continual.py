@@ -11,10 +11,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from inkwell.cli import console
+from bench.split import BenchConfig, SplitResult, run_split_mnist
+from inkwell.console import console
 from inkwell.data import load_split
 from inkwell.train import split_tensors
-from trainer.bench_split import BenchConfig, SplitResult, run_split_mnist
 
 
 def _split_table(results: list[SplitResult]) -> Table:
@@ -115,7 +115,7 @@ def run_bench(
             buffers=buffers, seeds=seeds, methods=methods, epochs=epochs, threads=threads
         )
     if stream in ("customers", "both"):
-        from trainer.bench_customers import run_customers
+        from bench.customers import run_customers
 
         results["customers"] = run_customers(
             users=users,

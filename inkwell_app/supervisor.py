@@ -1,7 +1,7 @@
 """Run a few long-lived processes, keep them healthy, and stop them all cleanly.
 
-No CLI and no knowledge of Inkwell's components here: `inkwell.up` describes each component as a
-`ProcessSpec` and drives a `Supervisor`. Invariants the tests check:
+No CLI and no knowledge of Inkwell's components here: `inkwell_app.up` describes each component
+as a `ProcessSpec` and drives a `Supervisor`. Invariants the tests check:
 
 - every child runs in its own session (process group), so stopping signals the whole group (the
   child's own children included), and a terminal's Ctrl-C reaches only the supervisor, which
@@ -34,7 +34,7 @@ from typing import IO
 
 import httpx
 
-log = logging.getLogger("inkwell.supervisor")
+log = logging.getLogger("inkwell_app.supervisor")
 
 Probe = Callable[[str, float], bool]
 Echo = Callable[[str, str], None]

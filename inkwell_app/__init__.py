@@ -1,0 +1,1 @@
+"""The application layer: the `inkwell` command hub, `inkwell up` and its supervisor."""
