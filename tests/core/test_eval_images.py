@@ -216,3 +216,28 @@ def test_folder_report_has_per_class_accuracy_confusion_and_refusals(
     assert [(c["digit"], c["predicted"], c["count"]) for c in report["most_confused"]][:1] == (
         wrong[:1]
     )
+
+
+@pytest.mark.integration
+def test_eval_images_json_prints_one_report_object(
+    model_dir: Path, scans: Path, tmp_path: Path
+) -> None:
+    args = ("eval", "--model-dir", str(model_dir), "--images", str(scans), "--json")
+    result = inkwell(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)  # nothing but the JSON object on stdout
+    model, _ = load_digit_dir(model_dir)
+    expected = evaluate_digit_folder(model, load_digit_folder(scans)).to_dict()
+    assert report == {"model": str(model_dir), "images": str(scans), **expected}
+    assert report["total"] == 100 and len(report["confusion"]) == 10
+
+
+@pytest.mark.integration
+def test_eval_images_json_with_a_missing_labels_file_is_still_a_clear_error(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    args = ("eval", "--model-dir", str(model_dir), "--images", str(tmp_path / "empty"), "--json")
+    result = inkwell(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "No labels file" in result.stdout + result.stderr
