@@ -12,6 +12,7 @@ import csv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,43 @@ class FolderEvaluation:
     @property
     def accuracy(self) -> float:
         return self.correct / self.total if self.total else 0.0
+
+    def most_confused(self, top: int = 5) -> list[tuple[int, int, int]]:
+        """The `top` largest off-diagonal confusion cells: ``(true, predicted, count)``."""
+        if self.readable is None:
+            return []
+        cells = [
+            (true, predicted, count)
+            for true, row in enumerate(self.readable.confusion)
+            for predicted, count in enumerate(row)
+            if true != predicted and count
+        ]
+        return sorted(cells, key=lambda c: (-c[2], c[0], c[1]))[:top]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report: accuracy, per-class accuracy, confusion matrix and refusals."""
+        readable = self.readable
+        return {
+            "total": self.total,
+            "correct": self.correct,
+            "accuracy": round(self.accuracy, 6),
+            "per_class": (  # None: no image of that digit was read
+                {
+                    str(d): round(a, 6) if sum(readable.confusion[d]) else None
+                    for d, a in enumerate(readable.per_class)
+                }
+                if readable
+                else {}
+            ),
+            "confusion": readable.confusion if readable else [],
+            "most_confused": [
+                {"digit": t, "predicted": p, "count": n} for t, p, n in self.most_confused()
+            ],
+            "refused": [
+                {"filename": name, "digit": label, "code": code}
+                for name, label, code in self.refused
+            ],
+        }
 
 
 def read_digit_labels(folder: Path, labels_file: Path | None = None) -> list[tuple[str, int]]:

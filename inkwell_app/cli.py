@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -141,20 +142,42 @@ def eval_cmd(
             help="Load weights.pt + model.json from a folder (e.g. inkwell/shipped/digits).",
         ),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object (accuracy, per_class, confusion, most_confused, "
+            "refused) instead of tables.",
+        ),
+    ] = False,
 ) -> None:
     """Evaluate a digit model on the 10,000 MNIST test images or on a folder of real digits."""
     from inkwell.data import load_split
+    from inkwell.digit_images import FolderEvaluation
     from inkwell.registry import Registry, load_digit_dir
     from inkwell.train import split_tensors
     from inkwell.training import evaluate
 
     if model_dir is not None:
         net, _meta = load_digit_dir(model_dir)
-        console.print(f"model {model_dir} (folder)")
+        source = str(model_dir)
     else:
         loaded = Registry().load_digit_model(model)
         net = loaded.model
-        console.print(f"model {loaded.info.name} v{loaded.info.version} ({model})")
+        source = f"{loaded.info.name} v{loaded.info.version} ({model})"
+    if as_json:
+        if images is None:
+            result = evaluate(net, *split_tensors(load_split("test", data)))
+            correct = sum(result.confusion[d][d] for d in range(len(result.confusion)))
+            outcome = FolderEvaluation(result.n, correct, [], result)
+        else:
+            from inkwell.digit_images import evaluate_digit_folder, load_digit_folder
+
+            outcome = evaluate_digit_folder(net, load_digit_folder(images))
+        report = {"model": source, "images": str(images) if images else "mnist-test"}
+        typer.echo(json.dumps({**report, **outcome.to_dict()}))
+        return
+    console.print(f"model {source}{' (folder)' if model_dir is not None else ''}")
     if images is None:
         result = evaluate(net, *split_tensors(load_split("test", data)))
         console.print(f"accuracy {100 * result.accuracy:.2f} %")
@@ -167,6 +190,9 @@ def eval_cmd(
             folder = load_digit_folder(images, on_item=lambda i: progress.update(task, completed=i))
         outcome = evaluate_digit_folder(net, folder)
         console.print(f"{outcome.total} images in {images}")
+        confused = ", ".join(f"{t} read as {p} ({n})" for t, p, n in outcome.most_confused(3))
+        if confused:
+            console.print(f"most confused: {confused}")
         console.print(f"accuracy {100 * outcome.accuracy:.2f} %")
         if outcome.refused:
             codes = sorted({code for _, _, code in outcome.refused})

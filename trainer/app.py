@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from inkwell import __version__
 from inkwell.errors import StoreUnavailableError
 from trainer.api import router
+from trainer.cheque_digits import ChequeDigitCutter
 from trainer.cheque_job import ChequeRetrainer
 from trainer.errors import register_error_handlers
 from trainer.pipeline import Retrainer
@@ -47,7 +48,12 @@ async def open_worker(settings: TrainerSettings, app: FastAPI, *, wait: bool) ->
             await asyncio.sleep(settings.database_retry_seconds)
             continue
         cheques = ChequeRetrainer(settings, store=retrainer.store, registry=retrainer.registry)
-        return Worker(retrainer, settings, cheques=cheques)
+        digits = (
+            ChequeDigitCutter(settings, store=retrainer.store, registry=retrainer.registry)
+            if settings.cheque_digits
+            else None
+        )
+        return Worker(retrainer, settings, cheques=cheques, digits=digits)
 
 
 def create_app(

@@ -204,6 +204,20 @@ class TrainerSettings(CoreSettings):
     cheque_synthetic_test_fields: int = Field(
         default=2000, ge=1, description="Synthetic MNIST-test amounts the cheque gate reads."
     )
+    cheque_digits: bool = Field(
+        default=True,
+        description="Cut the digits of accepted reviewed cheque fields into digit samples "
+        "(user = the field's, key cheque:<id>:<position>) before the digit trigger is checked.",
+    )
+    cheque_digits_max_fields: int = Field(
+        default=200, ge=1, description="Most reviewed fields cut into digits per poll."
+    )
+    cheque_digits_min_confidence: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=1.0,
+        description="A cut digit whose aligned frames give it a lower peak posterior is skipped.",
+    )
 
     # ---- admin API -------------------------------------------------------------------------
     admin_api_key: ApiKey | None = Field(

@@ -21,6 +21,7 @@ from typing import Any
 from inkwell.data import resolve_data_dir
 from inkwell.errors import ConflictError, DataNotFoundError, InkwellError, NothingToTrainError
 from inkwell.settings import CoreSettings
+from trainer.cheque_digits import ChequeDigitCutter, CutOutcome
 from trainer.cheque_job import ChequeJobOutcome, ChequeRetrainer
 from trainer.pipeline import Retrainer, RetrainOutcome
 from trainer.settings import TrainerSettings
@@ -107,9 +108,12 @@ class Worker:
         settings: TrainerSettings,
         *,
         cheques: ChequeRetrainer | None = None,
+        digits: ChequeDigitCutter | None = None,
     ) -> None:
         self.retrainer = retrainer
         self.cheques = cheques
+        self.digits = digits
+        self.last_digits_outcome: CutOutcome | None = None
         self.last_cheque_outcome: ChequeJobOutcome | None = None
         self.settings = settings
         self._manual = threading.Event()
@@ -141,6 +145,7 @@ class Worker:
         """Reconcile, then retrain if the trigger (or a manual request) says so."""
         for line in self.retrainer.reconcile():
             log.warning("reconciled %s", line)
+        self.cut_cheque_digits()
         pending = self.pending()
         self.last_poll = datetime.now(UTC)
         self.retrainer.metrics.pending.set(pending.count)
@@ -171,6 +176,20 @@ class Worker:
             outcome.status,
             outcome.seconds,
         )
+        return outcome
+
+    def cut_cheque_digits(self) -> CutOutcome | None:
+        """Turn new reviewed cheque fields into digit samples (before the digit trigger)."""
+        if self.digits is None:
+            return None
+        try:
+            outcome = self.digits.run_once()
+        except InkwellError as exc:  # no stable cheque reader yet, registry down: next poll
+            self.last_error = f"cheque digits {exc.code}: {exc.message}"
+            log.error("cutting cheque digits failed: %s", self.last_error)
+            return None
+        if outcome.fields:
+            self.last_digits_outcome = outcome
         return outcome
 
     def poll_cheques(self) -> ChequeJobOutcome | None:
@@ -281,6 +300,13 @@ class Worker:
             "stable_version": stable.version if stable else None,
             "canary_version": canary.version if canary else None,
             "cheques": self.cheque_status(),
+            "cheque_digits": None
+            if self.digits is None
+            else {
+                "watermark": self.digits.watermark,
+                "last_fields": self.last_digits_outcome.fields if self.last_digits_outcome else 0,
+                "last_created": self.last_digits_outcome.created if self.last_digits_outcome else 0,
+            },
             "last_poll": self.last_poll.isoformat() if self.last_poll else None,
             "mnist": mnist_status(self.settings),
             "settings": {

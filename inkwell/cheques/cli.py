@@ -220,6 +220,75 @@ def split(
     )
 
 
+@cheques_app.command("cut-digits")
+def cut_digits_cmd(
+    folder: Annotated[Path, typer.Argument(help="Folder of fields with labels.csv.")],
+    out: Annotated[Path, typer.Option(help="Folder for the digit PNGs and their labels.csv.")],
+    by: Annotated[
+        str,
+        typer.Option(
+            help="boxes (the folder's digits.csv) or reader (the cheque reader's CTC frames "
+            "forced onto each field's amount, as the trainer cuts reviewed fields)."
+        ),
+    ] = "boxes",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N fields.")] = None,
+    model: ModelOpt = "stable",
+    model_dir: ModelDirOpt = None,
+) -> None:
+    """Cut single digits from labelled amount fields into a folder `inkwell eval --images` reads."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    from inkwell.cheques.dataset import read_labels
+    from inkwell.cheques.digits import BOXES_FILE, crop_box, cut_digits, iou, read_digit_boxes
+    from inkwell.cheques.reader import to_gray
+    from inkwell.console import console
+
+    check_choice(by, ("boxes", "reader"), "--by")
+    fields = read_labels(folder)[:limit]
+    truth = read_digit_boxes(folder / BOXES_FILE) if (folder / BOXES_FILE).is_file() else None
+    if by == "boxes" and truth is None:
+        raise typer.BadParameter(
+            f"{folder} has no {BOXES_FILE} (filename,x,y,width,height,digit) to cut by; add "
+            "it, or cut with --by reader",
+            param_hint="--by",
+        )
+    reader = _reader(model, model_dir) if by == "reader" else None
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, int]] = []
+    overlaps: list[float] = []
+    expected = 0
+    for field in fields:
+        gray = to_gray(field.path.read_bytes())
+        key = field.path.relative_to(folder).as_posix()
+        boxes = truth.get(key, []) if truth is not None else []
+        expected += len(field.label)
+        if reader is None:
+            crops = [(k, digit, crop_box(gray, box)) for k, (box, digit) in enumerate(boxes)]
+        else:
+            cuts = cut_digits(reader, gray, field.label, layout="field")
+            crops = [(c.position, c.digit, c.pixels) for c in cuts]
+            if len(boxes) == len(field.label):
+                overlaps += [iou(c.box, boxes[c.position][0]) for c in cuts]
+        for position, digit, pixels in crops:
+            name = f"{field.path.stem}_{position}.png"
+            Image.fromarray(pixels).save(out / name)
+            rows.append((name, digit))
+    with (out / "labels.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filename", "digit"])
+        writer.writerows(rows)
+    console.print(f"{len(rows)} digits of {expected} cut from {len(fields)} fields into {out}")
+    if overlaps:
+        agree = float(np.mean(np.asarray(overlaps) >= 0.5))
+        console.print(
+            f"IoU >= 0.5 with {BOXES_FILE}: {100 * agree:.1f} % of {len(overlaps)} cut digits "
+            f"(median IoU {float(np.median(overlaps)):.2f})"
+        )
+
+
 @cheques_app.command()
 def finetune(
     folder: Annotated[Path, typer.Argument(help="Folder of reviewed fields (labels.csv).")],

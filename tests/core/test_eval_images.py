@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import subprocess
@@ -194,3 +195,49 @@ def test_real_cheque_digits_cut_by_their_boxes_are_evaluated(
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"200 images in {folder}" in result.stdout
     assert accuracy_line(result.stdout) > 30.0  # far above chance, far below MNIST
+
+
+def test_folder_report_has_per_class_accuracy_confusion_and_refusals(
+    model_dir: Path, scans: Path, tmp_path: Path
+) -> None:
+    rows = [(f"s{i}.png", (scans / f"d{i}.png").read_bytes(), "7") for i in range(20)]
+    folder = write_folder(tmp_path / "sevens", [*rows, ("junk.png", b"not an image", "7")])
+    model, _ = load_digit_dir(model_dir)
+    outcome = evaluate_digit_folder(model, load_digit_folder(folder))
+    report = json.loads(json.dumps(outcome.to_dict()))  # JSON-ready as it is
+    predicted = report["confusion"][7]  # row: the true digit, columns: what was read
+    assert report["total"] == 21 and report["correct"] == predicted[7]
+    assert report["per_class"]["7"] == pytest.approx(predicted[7] / 20)
+    assert report["per_class"]["3"] is None  # no 3 in the folder: no accuracy, not 0 %
+    assert report["refused"] == [{"filename": "junk.png", "digit": 7, "code": "invalid_image"}]
+    wrong = sorted(
+        ((7, p, n) for p, n in enumerate(predicted) if p != 7 and n), key=lambda c: -c[2]
+    )
+    assert [(c["digit"], c["predicted"], c["count"]) for c in report["most_confused"]][:1] == (
+        wrong[:1]
+    )
+
+
+@pytest.mark.integration
+def test_eval_images_json_prints_one_report_object(
+    model_dir: Path, scans: Path, tmp_path: Path
+) -> None:
+    args = ("eval", "--model-dir", str(model_dir), "--images", str(scans), "--json")
+    result = inkwell(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)  # nothing but the JSON object on stdout
+    model, _ = load_digit_dir(model_dir)
+    expected = evaluate_digit_folder(model, load_digit_folder(scans)).to_dict()
+    assert report == {"model": str(model_dir), "images": str(scans), **expected}
+    assert report["total"] == 100 and len(report["confusion"]) == 10
+
+
+@pytest.mark.integration
+def test_eval_images_json_with_a_missing_labels_file_is_still_a_clear_error(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    args = ("eval", "--model-dir", str(model_dir), "--images", str(tmp_path / "empty"), "--json")
+    result = inkwell(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "No labels file" in result.stdout + result.stderr
