@@ -164,9 +164,10 @@ def wait_http(
     wait_until(lambda: ok(httpx.get(url, timeout=2.0)), timeout, url, proc, interval=0.3)
 
 
-# `ctypes.util.find_library` runs these the first time some library is imported lazily: not a
-# process the test starts, and whichever test imports first would otherwise be blamed.
-LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump"})
+# `ctypes.util.find_library` runs these the first time some library is imported lazily, and
+# MLflow (through GitPython) runs `git version` at the first run or registration in a process:
+# not processes the test starts, and whichever test comes first would otherwise be blamed.
+LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump", "git"})
 
 
 @contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,12 @@ def test_library_lookups_by_lazy_imports_are_not_counted_as_started_processes() 
 
     with watch_spawns() as started:
         ctypes.util.find_library("definitely-not-a-library-inkwell")
+    assert started == []
+
+
+def test_mlflow_probing_git_is_not_counted_as_a_started_process() -> None:
+    with watch_spawns() as started:
+        subprocess.run(["git", "version"], capture_output=True, check=False)
     assert started == []
 
 
