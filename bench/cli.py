@@ -89,7 +89,11 @@ def bench_optimizers(
 
 def bench_continual(
     stream: Annotated[
-        str, typer.Option(help="split (Split-MNIST), customers (new users), or both.")
+        str,
+        typer.Option(
+            help="split (Split-MNIST), customers (new users), both, or cheques (a bank's "
+            "reviewed cheque fields, with --data)."
+        ),
     ] = "both",
     buffers: Annotated[str, typer.Option(help="Split-MNIST buffer sizes.")] = "200,500,1000",
     seeds: Annotated[str, typer.Option(help="Split-MNIST seeds.")] = "0,1,2",
@@ -117,8 +121,52 @@ def bench_continual(
     ] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     output: Annotated[Path | None, typer.Option(help="Write all numbers as JSON here.")] = None,
+    data: Annotated[
+        Path,
+        typer.Option(help="Cheque stream: labelled real amount fields (labels.csv, digits.csv)."),
+    ] = Path("../shared/data/orand-car-a"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Cheque stream: report.json, cheques-model/, digits-model/ (keep out of the "
+            "repository: models trained on real cheques are never committed)."
+        ),
+    ] = Path("/tmp/cheque-stream-bench"),
+    batches: Annotated[int, typer.Option(min=1, help="Cheque stream: reviewed batches.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Cheque stream: fields a batch.")] = 100,
+    held_out: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Cheque stream: real fields held out as the test (those of `inkwell cheques "
+            "split --test N --seed S`).",
+        ),
+    ] = 207,
+    seed: Annotated[int, typer.Option(help="Cheque stream: seed of the split.")] = 0,
 ) -> None:
-    """Continual-learning benchmarks: Split-MNIST and a stream of new customers."""
+    """Continual-learning benchmarks: Split-MNIST, new customers, a bank's reviewed cheques."""
+    check_choice(stream, ("split", "customers", "both", "cheques"), "--stream")
+    if stream == "cheques":
+        from bench.cheque_stream import run_cheque_stream
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        try:
+            report = run_cheque_stream(
+                data=data,
+                out=out,
+                batches=batches,
+                batch_size=batch_size,
+                held_out=held_out,
+                seed=seed,
+            )
+        except ValueError as exc:  # the split does not fit the folder
+            raise typer.BadParameter(str(exc), param_hint="--held-out/--batches") from exc
+        if report is not None:
+            console.print(f"report, cheques-model/ and digits-model/ written to {out}")
+        return
     from inkwell.training import AUGMENT_POLICIES
 
     check_choice(base_augment, AUGMENT_POLICIES, "--base-augment")
