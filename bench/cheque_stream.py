@@ -135,7 +135,7 @@ def reader_metrics(reader: ChequeReader, fields: Sequence[LabelledImage]) -> dic
     }
 
 
-Uploader = Callable[[LabelledImage, str], None]
+Uploader = Callable[[LabelledImage, str], str | None]
 
 
 def http_uploader(settings: TrainerSettings) -> tuple[Uploader, Callable[[], None]]:
@@ -152,7 +152,8 @@ def http_uploader(settings: TrainerSettings) -> tuple[Uploader, Callable[[], Non
     client = TestClient(create_app(service))
     client.__enter__()
 
-    def upload(field: LabelledImage, key: str) -> None:
+    def upload(field: LabelledImage, key: str) -> str | None:
+        """None when stored; the error code when the service refuses the field (a 4xx)."""
         response = client.post(
             "/v1/cheques/samples",
             files={"image": (field.path.name, field.path.read_bytes(), "image/jpeg")},
@@ -164,8 +165,11 @@ def http_uploader(settings: TrainerSettings) -> tuple[Uploader, Callable[[], Non
             },
             headers={"X-API-Key": api_key},
         )
+        if 400 <= response.status_code < 500:  # e.g. a faint scan: a client would get this too
+            return str(response.json().get("code", response.status_code))
         if response.status_code not in (200, 201):
             raise RuntimeError(f"upload of {field.path.name} failed: {response.text}")
+        return None
 
     return upload, lambda: client.__exit__(None, None, None)
 
@@ -178,10 +182,12 @@ class ChequeStream:
         batch_size = max(len(b) for b in split.batches)
         self.settings = TrainerSettings(
             home=home,
-            cheque_min_new_fields=batch_size,
+            # the worker is paused while a batch uploads, so "any pending" is "the whole batch",
+            # however many of its fields the service refused
+            cheque_min_new_fields=1,
             min_new_samples=batch_size,
             new_user_min_samples=batch_size,
-            # uploads keep coming for a few seconds: the cheque job goes first, digits after it
+            # the digits cut at the first poll wait this long: the cheque job goes first
             debounce_seconds=10.0,
             poll_seconds=0.5,
         )
@@ -292,7 +298,6 @@ def run_cheque_stream(
         zero["measure_seconds"] = time.perf_counter() - started
         _record(report, zero, out)
         upload, close = http_uploader(stream.settings)
-        stream.worker.start()
         try:
             for b, batch in enumerate(split.batches, start=1):
                 _record(report, _run_batch(stream, upload, b, batch, timeout_s), out)
@@ -311,10 +316,15 @@ def _run_batch(
     """Upload one reviewed batch, wait for the real jobs, promote what passed, measure."""
     last = stream.retrainer.state.last_job()
     digit_before = last.id if last else 0
+    refused: dict[str, str] = {}
     for k, field in enumerate(batch):
-        upload(field, f"bench-{b}-{k}-{field.path.stem}")
+        code = upload(field, f"bench-{b}-{k}-{field.path.stem}")
+        if code is not None:
+            refused[field.path.name] = code
     last_id = max(stream.cheques.pending_ids(), default=stream.cheques.watermark)
+    stream.worker.start()
     cheque, digit_job, to_canary = stream.wait(last_id, digit_before, timeout_s)
+    stream.worker.stop(timeout=600)  # idle now; paused until the next batch is uploaded
     settings = stream.settings
     stream.promote(
         settings.cheque_model_name, cheque.version if cheque.status == "passed" else None
@@ -325,6 +335,7 @@ def _run_batch(
     row = {
         "batch": b,
         "fields_uploaded": sum(len(x) for x in stream.split.batches[:b]),
+        "refused": refused,
         "cheque_job": {
             "version": cheque.version,
             "status": cheque.status,

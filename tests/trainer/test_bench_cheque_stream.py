@@ -18,9 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.cheque_stream import run_cheque_stream, split_stream, write_digit_folder
+from bench.cheque_stream import (
+    http_uploader,
+    run_cheque_stream,
+    split_stream,
+    write_digit_folder,
+)
 from inkwell.cheques.dataset import LabelledImage
 from inkwell.cheques.finetune import split_rows
+from trainer.settings import TrainerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 CHEQUES_DIR = Path(
@@ -165,3 +171,21 @@ def test_cheque_stream_uploads_retrains_promotes_and_leaves_loadable_models(
     )
     assert digits.returncode == 0, digits.stdout + digits.stderr
     assert json.loads(digits.stdout)["accuracy"] == pytest.approx(first["real_digits"])
+
+
+def test_uploader_stores_a_field_and_returns_the_code_of_a_refused_one(tmp_path: Path) -> None:
+    inked = np.full((40, 90), 255, np.uint8)
+    inked[8:32, 10:14] = 0  # a "1"
+    inked[8:32, 30:50] = 0
+    inked[12:28, 34:46] = 255  # a "0"
+    for name, pixels in (("inked", inked), ("blank", np.full((40, 90), 250, np.uint8))):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    upload, close = http_uploader(TrainerSettings(home=tmp_path / "home"))
+    try:
+        stored = upload(LabelledImage(tmp_path / "inked.png", "10"), "key-inked")
+        refused = upload(LabelledImage(tmp_path / "blank.png", "10"), "key-blank")
+    finally:
+        close()
+
+    assert stored is None
+    assert refused == "no_ink"
