@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -32,6 +31,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from inkwell.errors import ConflictError, InvalidInputError
 from inkwell.settings import CANARY, STABLE, CoreSettings
+from inkwell.web.http import key_file
 from inkwell_app.cli import BASE_EPOCHS
 from inkwell_app.supervisor import ProcessSpec, RestartPolicy, Supervisor
 
@@ -140,25 +140,7 @@ class UpSettings(CoreSettings):
 
 def local_key(path: Path) -> str:
     """The key stored in `path`, created (owner-only, atomically) on first use."""
-    if path.exists():
-        key = path.read_text().strip()
-        if key:
-            return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key.encode())
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # atomic, and fails when another process created the key first
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_text().strip()
+    return key_file(path) or ""
 
 
 @dataclass(frozen=True)

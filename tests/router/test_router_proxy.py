@@ -369,7 +369,7 @@ def test_metrics_are_labelled_by_variant_and_version(tmp_path, stable_service, c
 
 @pytest.mark.parametrize(
     ("headers", "code"),
-    [({}, "missing_api_key"), ({"X-API-Key": "wrong"}, "invalid_api_key")],
+    [({}, "api_key_required"), ({"X-API-Key": "wrong"}, "invalid_api_key")],
 )
 def test_admin_calls_without_the_key_get_401(
     tmp_path, stable_service, canary_service, headers, code
