@@ -606,6 +606,18 @@ def test_postgres_backup_dumps_both_databases_nightly_onto_its_claim(
     assert pod["containers"][0]["image"] == image, "pg_dump must match the server's version"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_hung_or_missed_backup_cannot_stop_the_nightly_backups(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Forbid skips a night while a Job still runs: a hung dump must end before the next."""
+    (cron,) = _by_kind(resources[overlay], "CronJob")
+    assert cron["spec"]["schedule"].split()[2:] == ["*", "*", "*"], "nightly"
+    deadline = cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert 0 < deadline < 24 * 3600
+    assert 0 < cron["spec"]["startingDeadlineSeconds"] <= deadline
+
+
 def test_prod_trainer_reads_mnist_from_the_claim_the_mnist_job_fills(
     resources: dict[str, list[dict[str, Any]]],
 ) -> None:
