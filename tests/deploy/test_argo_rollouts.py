@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.custom_resources import argo_errors, reference_errors, schema_errors
+from tests.deploy.custom_resources import argo_errors, schema_errors
 from tests.deploy.helpers import yaml_documents
 from tests.deploy.test_kubernetes import _k8s_tree, kustomize
 
@@ -94,7 +94,7 @@ def test_a_rollout_step_naming_a_missing_template_fails_validation(
     step = next(s for s in rollout["spec"]["strategy"]["canary"]["steps"] if "analysis" in s)
     step["analysis"]["templates"][0]["templateName"] = "inkwell-canary-qualty"
     assert schema_errors(rollout) == [], "the schema cannot see this: the references do"
-    errors = reference_errors(broken)
+    errors = argo_errors(broken)
     assert any("no AnalysisTemplate 'inkwell-canary-qualty'" in e for e in errors), errors
 
 
@@ -106,7 +106,18 @@ def test_a_rollout_step_missing_a_template_argument_fails_validation(
         s for s in _one(broken, "Rollout")["spec"]["strategy"]["canary"]["steps"] if "analysis" in s
     )
     step["analysis"]["args"] = []
-    assert any("needs the arguments ['namespace']" in e for e in reference_errors(broken))
+    assert any("needs the arguments ['namespace']" in e for e in argo_errors(broken))
+
+
+def test_a_rollout_naming_a_missing_or_foreign_service_fails_validation(
+    docs: dict[str, list[dict[str, Any]]],
+) -> None:
+    broken = copy.deepcopy(docs["prod-argo"])
+    _one(broken, "Rollout")["spec"]["strategy"]["canary"]["canaryService"] = "inkwell-canary"
+    assert any("no Service 'inkwell-canary'" in e for e in argo_errors(broken))
+    foreign = copy.deepcopy(docs["prod-argo"])
+    _one(foreign, "Rollout")["spec"]["strategy"]["canary"]["stableService"] = "inkwell-router"
+    assert any("inkwell-router selects other pods" in e for e in argo_errors(foreign))
 
 
 def test_an_analysis_run_with_an_unknown_provider_field_fails_validation(
