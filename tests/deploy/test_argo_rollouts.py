@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,3 +280,102 @@ def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> N
     assert strict["properties"]["steps"]["items"]["additionalProperties"] is False
     assert strict["properties"]["plugins"] == {"type": ["object", "null"], "properties": {}}
     assert strict["properties"]["labels"]["additionalProperties"] == {"type": "string"}
+
+
+# ---- the relabelling, in a real Prometheus -----------------------------------------------
+
+# (Service the endpoint belongs to, the pod's Argo role label) -> kept, and the variant seen.
+ENDPOINTS = {
+    ("inkwell-router", ""): ("", True),
+    ("inkwell-router-pods", ""): ("", False),
+    ("inkwell-service-stable", "stable"): ("stable", True),
+    ("inkwell-service-canary", "canary"): ("canary", True),
+    # Between releases Argo points both Services at stable's pods: each is scraped once.
+    ("inkwell-service-canary", "stable"): ("", False),
+}
+
+
+def _prometheus_relabel_configs(monitor: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ServiceMonitor's relabelings as the prometheus-operator writes them for Prometheus."""
+    names = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return [
+        {names.get(key, key): value for key, value in rule.items()}
+        for rule in monitor["spec"]["endpoints"][0]["relabelings"]
+    ]
+
+
+def test_servicemonitor_labels_each_service_pod_by_its_role_once_in_prometheus(
+    docs: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Every Argo pod runs `--variant stable`; Prometheus must label its series by its role."""
+    import os
+
+    import httpx
+    import yaml
+    from prometheus_client import start_http_server
+
+    from service.metrics import ServiceMetrics
+    from tests.harness import Process, free_port, wait_until
+
+    servers, static = [], []
+    for (service, role), _ in ENDPOINTS.items():
+        metrics = ServiceMetrics("stable")  # sets inkwell_service_ready{variant="stable"}
+        port = free_port()
+        servers.append(start_http_server(port, addr="127.0.0.1", registry=metrics.registry))
+        labels = {"__meta_kubernetes_service_name": service, "pod": f"{service}-{role}"}
+        if role:
+            labels["__meta_kubernetes_pod_label_inkwell_io_variant"] = role
+        static.append({"targets": [f"127.0.0.1:{port}"], "labels": labels})
+    monitor = _one(docs["prod-argo"], "ServiceMonitor")
+    config = {
+        "global": {"scrape_interval": "200ms"},
+        "scrape_configs": [
+            {
+                "job_name": "inkwell",
+                "static_configs": static,
+                "relabel_configs": _prometheus_relabel_configs(monitor),
+            }
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = Process(
+        f"prometheus-{port}",
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+        tmp_path / "prometheus.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        body = httpx.get(f"{url}/api/v1/query", params={"query": expr}).json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    kept = sum(1 for _, keep in ENDPOINTS.values() if keep)
+    try:
+        wait_until(lambda: httpx.get(f"{url}/-/ready").status_code == 200, 60, "prom", proc)
+        wait_until(lambda: len(query("up == 1")) == kept, 30, "kept targets scraped", proc)
+        seen = {r["metric"]["pod"]: r["metric"].get("variant", "") for r in query("up == 1")}
+        assert seen == {
+            f"{service}-{role}": variant
+            for (service, role), (variant, keep) in ENDPOINTS.items()
+            if keep
+        }
+        # The process says `stable`; the pod's role wins, and the process's label is kept aside.
+        ready = {r["metric"]["pod"]: r["metric"] for r in query("inkwell_service_ready")}
+        assert set(ready) == set(seen)
+        canary = ready["inkwell-service-canary-canary"]
+        assert (canary["variant"], canary["exported_variant"]) == ("canary", "stable")
+        assert ready["inkwell-service-stable-stable"]["variant"] == "stable"
+    finally:
+        proc.stop()
+        for server, thread in servers:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
