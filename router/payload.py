@@ -7,19 +7,16 @@ read safely itself: not JSON at all, nested deeper than any request needs, or in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from inkwell import contract
+from inkwell.contract import IMAGE_FIELDS, LABEL_FIELDS, PIXEL_FIELDS, USER_FIELDS
 from inkwell.errors import BadRequestError, InvalidInputError
 
-USER_FIELDS = ("user_id", "user")
-LABEL_FIELDS = ("label",)
-IMAGE_FIELDS = ("image", "file", "upload")
-PIXEL_FIELDS = ("pixels", "image", "images", "inputs", "instances")
 # The deepest request (Open Inference Protocol: body, inputs, input, data as [n][h][w]) is 6.
 MAX_JSON_DEPTH = 32
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
@@ -91,7 +88,8 @@ def parse_multipart(content_type: str, body: bytes) -> list[Part]:
 
 
 def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """The image key of `data` (the contract's hash, shared with every reader)."""
+    return contract.image_key(data)
 
 
 def pixels_key(value: Any) -> str | None:

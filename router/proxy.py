@@ -24,6 +24,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from inkwell import contract
+from inkwell.contract import OVERRIDE_KEY_HEADER, USER_HEADER, VARIANT_HEADER
 from inkwell.errors import (
     BadRequestError,
     InvalidInputError,
@@ -39,9 +41,6 @@ from router.metrics import RouterMetrics
 from router.payload import Peek, answer_problem, peek, prediction_of, version_of
 from router.pending import PendingPredictions
 from router.routing import (
-    OVERRIDE_KEY_HEADER,
-    USER_HEADER,
-    VARIANT_HEADER,
     Split,
     check_override_key,
     choose,
@@ -92,8 +91,8 @@ ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
 USER_HEADER_B = USER_HEADER.encode()
 VARIANT_HEADER_B = VARIANT_HEADER.encode()
 OVERRIDE_KEY_HEADER_B = OVERRIDE_KEY_HEADER.encode()
-ANSWERED_HEADER = b"x-inkwell-variant"
-FALLBACK_HEADER = b"x-inkwell-fallback"
+ANSWERED_HEADER = contract.VARIANT_HEADER.encode()
+FALLBACK_HEADER = contract.FALLBACK_HEADER.encode()
 UNKNOWN_VERSION = "unknown"
 # Bodies above this are read (JSON parsed, multipart split, hashed) in a worker thread: a
 # 16 MB JSON document takes the event loop away from every other request for ~0.1 s.

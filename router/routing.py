@@ -19,9 +19,6 @@ from inkwell.errors import InvalidInputError
 from inkwell.settings import CANARY, STABLE, VARIANTS
 from inkwell.web.http import require_key
 
-USER_HEADER = "x-user-id"
-VARIANT_HEADER = "x-inkwell-variant"
-OVERRIDE_KEY_HEADER = "x-inkwell-override-key"
 MAX_USER_ID = 128
 
 
