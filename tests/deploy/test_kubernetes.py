@@ -356,6 +356,44 @@ def test_services_hpas_pdbs_and_policies_select_real_pods_and_ports(
                     assert any(_matches(peer, labels) for labels, _ in pods), policy
 
 
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against an object's labels."""
+    if not _matches(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-capacity"])
+def test_the_servicemonitor_scrapes_every_pod_through_one_service_only(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    (monitor,) = _by_kind(docs, "ServiceMonitor")
+    scraped = [
+        s
+        for s in _by_kind(docs, "Service")
+        if _selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+    ]
+    assert {s["metadata"]["name"] for s in scraped} >= {"inkwell-router", "inkwell-trainer"}
+    pods = [w["spec"]["template"]["metadata"]["labels"] for w in _workloads(docs)]
+    for labels in pods:
+        through = [
+            s["metadata"]["name"] for s in scraped if _matches(s["spec"]["selector"], labels)
+        ]
+        assert len(through) <= 1, f"pods {labels} are scraped through {through}: rates doubled"
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secret_and_configmap_references_resolve(
     resources: dict[str, list[dict[str, Any]]], overlay: str
