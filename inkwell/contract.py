@@ -3,11 +3,13 @@ reads, the image-key hash, and the service metrics the router and the dashboards
 
 The service, the router, `inkwell up` and `monitoring/build.py` import these names instead of
 spelling the strings again, so renaming one side cannot silently break the other.
+The image-key hash is defined with the answer headers that carry it and re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
+from inkwell.web.headers import image_key as image_key
+from inkwell.web.headers import pixels_key as pixels_key
 
 # ---- headers (lower case: ASGI and httpx give header names in lower case) -------------------
 API_KEY_HEADER = "x-api-key"
@@ -29,8 +31,3 @@ CHEQUE_CONFIDENCE = "inkwell_service_cheque_confidence"  # histogram
 CHEQUE_REVIEWED = "inkwell_service_cheque_reviewed_readings"  # counter
 MODEL_INFO = "inkwell_service_model_info"  # gauge, 1 for the version served
 READY = "inkwell_service_ready"  # gauge, 1 once a model is loaded
-
-
-def image_key(data: bytes) -> str:
-    """The key an image is remembered by between its prediction and its labelled upload."""
-    return hashlib.sha256(data).hexdigest()

@@ -1,8 +1,10 @@
 """Pure reading of request and response bodies: the user id, the image's content hash, the
-label of an upload, and the prediction in a service answer. The service validates requests and
-the router forwards the bytes unchanged; the router refuses (with `strict`) only JSON it cannot
-read safely itself: not JSON at all, nested deeper than any request needs, or integers beyond
-64 bits. Without `strict` nothing here raises on odd input.
+label of an upload, and the prediction in a service answer. Answers are read here only from a
+service that does not send the answer headers (`inkwell.web.headers`): an older version during
+a rollout. The service validates requests and the router forwards the bytes unchanged; the
+router refuses (with `strict`) only JSON it cannot read safely itself: not JSON at all, nested
+deeper than any request needs, or integers beyond 64 bits. Without `strict` nothing here raises
+on odd input.
 """
 
 from __future__ import annotations
@@ -13,13 +15,33 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from inkwell import contract
 from inkwell.contract import IMAGE_FIELDS, LABEL_FIELDS, PIXEL_FIELDS, USER_FIELDS
 from inkwell.errors import BadRequestError, InvalidInputError
+from inkwell.web.headers import (
+    IMAGE_KEY_HEADER,
+    MODEL_VERSION_HEADER,
+    PREDICTION_HEADER,
+    pixels_key,
+)
+from inkwell.web.headers import image_key as sha256
 
 # The deepest request (Open Inference Protocol: body, inputs, input, data as [n][h][w]) is 6.
 MAX_JSON_DEPTH = 32
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+VERSION_B, PREDICTION_B, IMAGE_KEY_B = (
+    name.encode() for name in (MODEL_VERSION_HEADER, PREDICTION_HEADER, IMAGE_KEY_HEADER)
+)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a service's answer headers say: version, prediction, the one image's key."""
+
+    version: str
+    prediction: str | None = None
+    image_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,20 +107,6 @@ def parse_multipart(content_type: str, body: bytes) -> list[Part]:
             )
         )
     return parts
-
-
-def sha256(data: bytes) -> str:
-    """The image key of `data` (the contract's hash, shared with every reader)."""
-    return contract.image_key(data)
-
-
-def pixels_key(value: Any) -> str | None:
-    """Content hash of a JSON pixel array (canonical form), None when it is not one."""
-    if isinstance(value, list) and value:
-        return sha256(json.dumps(value, separators=(",", ":")).encode())
-    if isinstance(value, str) and value:  # base64 image in JSON
-        return sha256(value.encode())
-    return None
 
 
 def _text(value: Any) -> str | None:
@@ -273,3 +281,20 @@ def version_of(document: Any) -> str | None:
     if isinstance(model, dict):
         return version_of(model)
     return None
+
+
+def answered(headers: list[tuple[bytes, bytes]]) -> Answered | None:
+    """The answer headers of a service answer, or None from a service that sends none (then
+    the body is read: `prediction_of`, `version_of`). Empty values count as absent."""
+    version = prediction = key = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == VERSION_B:
+            version = value.decode("latin-1")
+        elif lowered == PREDICTION_B:
+            prediction = value.decode("latin-1")
+        elif lowered == IMAGE_KEY_B:
+            key = value.decode("latin-1")
+    if not version:
+        return None
+    return Answered(version, prediction or None, key or None)
