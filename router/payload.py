@@ -1,6 +1,6 @@
 """Pure reading of request and response bodies: the user id, the image's content hash, the
 label of an upload, and the prediction in a service answer. Answers are read here only from a
-service that does not send the answer headers (`inkwell.web.headers`): an older version during
+service that does not send the answer headers (`inkwell.contract`): an older version during
 a rollout. The service validates requests and the router forwards the bytes unchanged; the
 router refuses (with `strict`) only JSON it cannot read safely itself: not JSON at all, nested
 deeper than any request needs, or integers beyond 64 bits. Without `strict` nothing here raises
@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from inkwell.contract import IMAGE_FIELDS, LABEL_FIELDS, PIXEL_FIELDS, USER_FIELDS
-from inkwell.errors import BadRequestError, InvalidInputError
-from inkwell.web.headers import (
+from inkwell.contract import (
+    IMAGE_FIELDS,
     IMAGE_KEY_HEADER,
+    LABEL_FIELDS,
     MODEL_VERSION_HEADER,
+    PIXEL_FIELDS,
     PREDICTION_HEADER,
+    USER_FIELDS,
     pixels_key,
 )
-from inkwell.web.headers import image_key as sha256
+from inkwell.contract import image_key as sha256
+from inkwell.errors import BadRequestError, InvalidInputError
 
 # The deepest request (Open Inference Protocol: body, inputs, input, data as [n][h][w]) is 6.
 MAX_JSON_DEPTH = 32

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from inkwell.cheques.preprocess import prepare_field
 from inkwell.cheques.reader import to_gray
 from inkwell.cheques.review import parse_amount
+from inkwell.contract import image_key, pixels_key
 from inkwell.errors import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -42,7 +43,6 @@ from inkwell.preprocessing import (
     preprocess_bytes,
     validate_mnist_array,
 )
-from inkwell.web.headers import image_key, pixels_key
 from service.pixel_json import read_image_batch
 
 IMAGE_TYPES = frozenset(
@@ -299,7 +299,7 @@ def _validated(index: int, value: Any) -> np.ndarray:
 
 async def single_image(request: Request, decoding: Decoding) -> tuple[np.ndarray, str | None]:
     """One image from a raw body, a multipart form or JSON pixels → (28, 28) float32, with its
-    content key (`inkwell.web.headers`: the key the router gives a labelled upload)."""
+    content key (`inkwell.contract`: the key the router gives a labelled upload)."""
     kind = media_type(request)
     if kind in RAW_TYPES:
         body = await request.body()

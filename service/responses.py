@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from inkwell.web.headers import answer_headers
+from inkwell.contract import answer_headers
 from service.metrics import ServiceMetrics
 from service.middleware import MODEL_VERSION_KEY
 from service.model import Prediction

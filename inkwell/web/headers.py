@@ -7,23 +7,12 @@ JSON gets the same headers: harmless there, and one rule is easier to check than
 FastAPI's interactive docs load Swagger UI from a CDN with an inline script, so the docs paths
 get every header but the CSP.
 
-The answer headers are the service-to-router contract: a model route's 2xx answer names the
-model version that answered, the prediction, and (for one image) the image's content key, so
-the router remembers predictions for delayed labels without parsing the body (docs/router.md).
+The answer headers a model route adds for the router live in `inkwell.contract`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-# Lower case, as ASGI and the router compare them. Values are ASCII text.
-MODEL_VERSION_HEADER = "x-inkwell-model-version"
-PREDICTION_HEADER = "x-inkwell-prediction"  # a digit, digits joined by "," or a cheque amount
-IMAGE_KEY_HEADER = "x-inkwell-image-key"  # `image_key` or `pixels_key` of the one image
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -70,31 +59,3 @@ class SecurityHeadersMiddleware:
             await self.app(scope, receive, send)
             return
         await self.app(scope, receive, with_security_headers(send, str(scope["path"])))
-
-
-def image_key(data: bytes) -> str:
-    """The content key of an image sent as bytes (raw body or multipart file): its sha256."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def pixels_key(value: Any) -> str | None:
-    """The content key of JSON pixels (their canonical JSON's sha256), None when not pixels.
-
-    The router keys a labelled upload this way too, so both sides must agree byte for byte.
-    """
-    if isinstance(value, list) and value:
-        return image_key(json.dumps(value, separators=(",", ":")).encode())
-    if isinstance(value, str) and value:  # base64 image in JSON
-        return image_key(value.encode())
-    return None
-
-
-def answer_headers(version: str, prediction: str, key: str | None) -> list[tuple[bytes, bytes]]:
-    """The answer headers of one model answer (`key` None: no single image to key)."""
-    headers = [
-        (MODEL_VERSION_HEADER.encode(), version.encode("latin-1", "replace")),
-        (PREDICTION_HEADER.encode(), prediction.encode("latin-1", "replace")),
-    ]
-    if key is not None:
-        headers.append((IMAGE_KEY_HEADER.encode(), key.encode()))
-    return headers

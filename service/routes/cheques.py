@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from inkwell.cheques.reader import ChequeReading
+from inkwell.contract import answer_headers, image_key
 from inkwell.errors import StoreUnavailableError
-from inkwell.web.headers import answer_headers, image_key
 from service import inputs
 from service.context import ServiceContext
 from service.deps import (

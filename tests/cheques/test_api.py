@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inkwell.cheques.reader import ChequeReader
+from inkwell.contract import IMAGE_KEY_HEADER, MODEL_VERSION_HEADER, PREDICTION_HEADER
 from inkwell.registry import Registry
 from inkwell.settings import STABLE, CoreSettings
-from inkwell.web.headers import IMAGE_KEY_HEADER, MODEL_VERSION_HEADER, PREDICTION_HEADER
 from router.payload import peek, prediction_of, version_of
 from service.main import create_app
 from service.settings import ServiceSettings

@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from inkwell.web.headers import answer_headers
+from inkwell.contract import answer_headers
 
 
 @contextmanager

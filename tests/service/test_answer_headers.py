@@ -1,4 +1,4 @@
-"""The answer headers (`inkwell.web.headers`): what the router learns from a prediction without
+"""The answer headers (`inkwell.contract`): what the router learns from a prediction without
 parsing its body must equal what it would read from the body, and the image key must be the key
 the router gives a labelled upload of the same image (else delayed labels never match)."""
 
@@ -9,7 +9,7 @@ import json
 import numpy as np
 from fastapi.testclient import TestClient
 
-from inkwell.web.headers import IMAGE_KEY_HEADER, MODEL_VERSION_HEADER, PREDICTION_HEADER
+from inkwell.contract import IMAGE_KEY_HEADER, MODEL_VERSION_HEADER, PREDICTION_HEADER
 from router.payload import peek, prediction_of, version_of
 from tests.service.conftest import TrainedRegistry, encode
 

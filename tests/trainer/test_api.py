@@ -173,6 +173,7 @@ def test_status_shows_where_mnist_is(client: TestClient, mnist_path: Path) -> No
     assert mnist == {"found": True, "path": str(mnist_path), "message": None}
 
 
+@pytest.mark.integration
 def test_trainer_starts_without_its_database_answers_not_ready_then_recovers_by_itself(
     trainer_home: object, monkeypatch: pytest.MonkeyPatch, postgres_cluster: Cluster
 ) -> None:
