@@ -33,11 +33,12 @@ typecheck: $(STAMP)
 system-packages:
 	scripts/system-packages
 
-# The suite mostly waits on the processes it starts, so three pytest-xdist workers fit 2 cores.
+# The suite mostly waits on the processes it starts, so three pytest-xdist workers fit 2 cores;
+# a file's tests stay on one worker, so a module's fixtures (servers, models) start once.
 TEST_WORKERS ?= 3
 
 test: system-packages $(STAMP) lint typecheck
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -32,8 +31,10 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from inkwell.errors import ConflictError, InvalidInputError
 from inkwell.settings import CANARY, STABLE, CoreSettings
+from inkwell.web.http import key_file
 from inkwell_app.cli import BASE_EPOCHS
 from inkwell_app.supervisor import ProcessSpec, RestartPolicy, Supervisor
+from service.settings import ServiceSettings
 
 log = logging.getLogger("inkwell_app.up")
 
@@ -47,6 +48,7 @@ COMPONENTS = (SERVICE_STABLE, SERVICE_CANARY, TRAINER, ROUTER)
 API_KEY_FILE = "api.key"
 ADMIN_KEY_FILE = "router-admin.key"  # the file the router itself falls back to
 TRAINER_KEY_FILE = "trainer-admin.key"
+SERVICE_KEYS_SETTING = f"{ServiceSettings.model_config['env_prefix']}API_KEYS"
 
 
 class UpSettings(CoreSettings):
@@ -140,25 +142,7 @@ class UpSettings(CoreSettings):
 
 def local_key(path: Path) -> str:
     """The key stored in `path`, created (owner-only, atomically) on first use."""
-    if path.exists():
-        key = path.read_text().strip()
-        if key:
-            return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, key.encode())
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)  # atomic, and fails when another process created the key first
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path.read_text().strip()
+    return key_file(path) or ""
 
 
 @dataclass(frozen=True)
@@ -174,13 +158,20 @@ class Keys:
     trainer_key_source: str
 
 
-def resolve_keys(settings: UpSettings, environ: dict[str, str] | None = None) -> Keys:
-    """Keys the user configured for the components win; otherwise local key files."""
+def resolve_keys(
+    settings: UpSettings,
+    environ: dict[str, str] | None = None,
+    service: ServiceSettings | None = None,
+) -> Keys:
+    """Keys the user configured for the components win; otherwise local key files.
+
+    The upload key comes from the service's own settings (validated as the service will), so
+    `up` and the service agree on what INKWELL_SERVICE_API_KEYS means.
+    """
     env = os.environ if environ is None else environ
-    configured = [k.strip() for k in env.get("INKWELL_SERVICE_API_KEYS", "").split(",")]
-    configured = [k for k in configured if k]
-    if configured:
-        api_key, api_source = configured[0], "INKWELL_SERVICE_API_KEYS"
+    service = ServiceSettings() if service is None else service
+    if service.key_grants:
+        api_key, api_source = service.key_grants[0].key, SERVICE_KEYS_SETTING
     else:
         path = settings.home / API_KEY_FILE
         api_key, api_source = local_key(path), str(path)
@@ -269,8 +260,8 @@ def build_specs(settings: UpSettings, keys: Keys, prometheus: str | None) -> lis
             )
         )
     service_env = {**common}
-    if not os.environ.get("INKWELL_SERVICE_API_KEYS"):
-        service_env["INKWELL_SERVICE_API_KEYS"] = keys.api_key
+    if keys.api_key_source != SERVICE_KEYS_SETTING:  # else the services read the user's own
+        service_env[SERVICE_KEYS_SETTING] = keys.api_key
     for name, variant in ((SERVICE_STABLE, STABLE), (SERVICE_CANARY, CANARY)):
         if name not in settings.components:
             continue

@@ -26,6 +26,10 @@ from typing import Any
 import yaml
 
 MONITORING = Path(__file__).resolve().parent
+# A script, not a package: the checkout's own core, for the metric names the service exports.
+sys.path.insert(0, str(MONITORING.parent))
+from inkwell import contract  # noqa: E402
+
 OUT_DIR = MONITORING / "grafana" / "dashboards"
 RULES_DIR = MONITORING / "prometheus" / "rules"
 PROMETHEUS_RULE = (
@@ -193,7 +197,7 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 stat(
                     "Versions served",
                     _q(
-                        "max by (variant, model_version) (inkwell_service_model_info) == 1",
+                        f"max by (variant, model_version) ({contract.MODEL_INFO}) == 1",
                         "{{variant}} v{{model_version}}",
                         instant=True,
                     ),
@@ -308,7 +312,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 state_timeline(
                     "Served version by variant",
                     _q(
-                        "max by (variant, model_version) (inkwell_service_model_info)",
+                        f"max by (variant, model_version) ({contract.MODEL_INFO})",
                         "{{variant}} v{{model_version}}",
                     ),
                     description="Which registry version each variant served over time.",
@@ -555,7 +559,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Ready and reloads",
-                    _q("max by (variant) (inkwell_service_ready)", "{{variant}} ready"),
+                    _q(f"max by (variant) ({contract.READY})", "{{variant}} ready"),
                     _q(
                         "sum by (variant) "
                         "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
@@ -719,10 +723,10 @@ def build(uid: str) -> dict[str, Any]:
                     "type": "query",
                     "datasource": DATASOURCE,
                     "query": {
-                        "query": "label_values(inkwell_service_ready, namespace)",
+                        "query": f"label_values({contract.READY}, namespace)",
                         "refId": "namespace",
                     },
-                    "definition": "label_values(inkwell_service_ready, namespace)",
+                    "definition": f"label_values({contract.READY}, namespace)",
                     "includeAll": True,
                     "allValue": ".*",
                     "multi": False,

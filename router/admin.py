@@ -8,14 +8,14 @@ with `?model=cheques` the cheque model's own rollout.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from pydantic import BaseModel, Field
 
-from inkwell.errors import AuthError, ConflictError
+from inkwell.errors import ConflictError
+from inkwell.web.http import require_key
 from router.controller import RolloutController
 
 API_KEY_HEADER = "X-API-Key"
@@ -29,23 +29,19 @@ def _runtime(request: Request) -> Any:
     return request.app.state.runtime
 
 
-def require_key(
+def admin_actor(
     request: Request,
     x_api_key: Annotated[str | None, Header(alias=API_KEY_HEADER)] = None,
 ) -> str:
     """The caller's identity for the audit trail, once the admin key checks out."""
     expected = _runtime(request).admin_key
-    if not x_api_key:
-        raise AuthError(
-            f"the admin API needs the {API_KEY_HEADER} header; the key is "
-            "INKWELL_ROUTER_ADMIN_API_KEY, or the file <INKWELL_HOME>/router-admin.key.",
-            code="missing_api_key",
-        )
-    if expected is None or not hmac.compare_digest(x_api_key.encode(), expected.encode()):
-        raise AuthError(
-            f"the {API_KEY_HEADER} header does not match the router's admin key.",
-            code="invalid_api_key",
-        )
+    require_key(
+        x_api_key,
+        [expected] if expected is not None else [],
+        missing=f"the admin API needs the {API_KEY_HEADER} header; the key is "
+        "INKWELL_ROUTER_ADMIN_API_KEY, or the file <INKWELL_HOME>/router-admin.key.",
+        wrong=f"the {API_KEY_HEADER} header does not match the router's admin key.",
+    )
     client = request.client.host if request.client else "unknown"
     return f"admin@{client}"
 
@@ -84,7 +80,7 @@ def target(
     return found
 
 
-Actor = Annotated[str, Depends(require_key)]
+Actor = Annotated[str, Depends(admin_actor)]
 Controller = Annotated[RolloutController, Depends(controller)]
 # The rollout an action steers: `?model=digits` (default) or `?model=cheques`.
 Target = Annotated[RolloutController, Depends(target)]

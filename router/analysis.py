@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from inkwell import contract
 from inkwell.settings import CANARY, STABLE
 from router import metrics as m
 
 # Metric names the analysis reads from the inference service (issue 3's `/metrics`).
-SERVICE_CONFIDENCE = "inkwell_service_prediction_confidence"
+SERVICE_CONFIDENCE = contract.PREDICTION_CONFIDENCE
 
 
 @dataclass(frozen=True)

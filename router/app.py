@@ -22,11 +22,11 @@ from inkwell.errors import InkwellError
 from inkwell.heap import freeze_long_lived, thaw
 from inkwell.settings import CANARY, STABLE
 from inkwell.web.headers import with_security_headers
+from inkwell.web.http import error_response, register_error_handlers
 from router import admin
 from router.capacity import make_scaler
 from router.cheque_rollout import ChequeRolloutController, ChequeServed
 from router.controller import MlflowAliases, RolloutController
-from router.errors import error_response, install_error_handlers
 from router.metrics import RouterMetrics
 from router.pending import PendingPredictions
 from router.proxy import Proxy
@@ -291,7 +291,12 @@ def create_app(
         openapi_url="/router/openapi.json",
     )
     app.state.runtime = runtime
-    install_error_handlers(app)
+    register_error_handlers(
+        app,
+        name="router",
+        routes_hint="See /router/docs for the router's own routes; others go to the service.",
+        docs_hint="See /router/docs for the schema.",
+    )
     app.include_router(admin.router)
     mount_web(app, settings, admin_key=lambda: runtime.admin_key, trainer_url=settings.trainer_url)
 

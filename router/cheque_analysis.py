@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from inkwell import contract
 from inkwell.settings import CANARY, STABLE
 from router import metrics as m
 from router.analysis import (
@@ -33,10 +34,10 @@ from router.analysis import (
 )
 
 # Metric names the cheque analysis reads from the inference services (service/metrics.py).
-CHEQUE_READS = "inkwell_service_cheque_reads"
-CHEQUE_CONFIDENCE = "inkwell_service_cheque_confidence"
+CHEQUE_READS = contract.CHEQUE_READS
+CHEQUE_CONFIDENCE = contract.CHEQUE_CONFIDENCE
 # Readings scored by a later accepted review, by the variant/version that read them.
-CHEQUE_REVIEWED = "inkwell_service_cheque_reviewed_readings"
+CHEQUE_REVIEWED = contract.CHEQUE_REVIEWED
 
 
 @dataclass

@@ -131,7 +131,7 @@ def _call(method: str, path: str, url: str | None, key: str | None, body: Any = 
         raise AuthError(
             "no admin key: set INKWELL_ROUTER_ADMIN_API_KEY or pass --key (a local router "
             "writes one to <INKWELL_HOME>/router-admin.key when it starts).",
-            code="missing_api_key",
+            code="api_key_required",
         )
     try:
         response = httpx.request(

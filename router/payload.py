@@ -1,28 +1,50 @@
 """Pure reading of request and response bodies: the user id, the image's content hash, the
-label of an upload, and the prediction in a service answer. The service validates requests and
-the router forwards the bytes unchanged; the router refuses (with `strict`) only JSON it cannot
-read safely itself: not JSON at all, nested deeper than any request needs, or integers beyond
-64 bits. Without `strict` nothing here raises on odd input.
+label of an upload, and the prediction in a service answer. Answers are read here only from a
+service that does not send the answer headers (`inkwell.contract`): an older version during
+a rollout. The service validates requests and the router forwards the bytes unchanged; the
+router refuses (with `strict`) only JSON it cannot read safely itself: not JSON at all, nested
+deeper than any request needs, or integers beyond 64 bits. Without `strict` nothing here raises
+on odd input.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
+from inkwell.contract import (
+    IMAGE_FIELDS,
+    IMAGE_KEY_HEADER,
+    LABEL_FIELDS,
+    MODEL_VERSION_HEADER,
+    PIXEL_FIELDS,
+    PREDICTION_HEADER,
+    USER_FIELDS,
+    pixels_key,
+)
+from inkwell.contract import image_key as sha256
 from inkwell.errors import BadRequestError, InvalidInputError
 
-USER_FIELDS = ("user_id", "user")
-LABEL_FIELDS = ("label",)
-IMAGE_FIELDS = ("image", "file", "upload")
-PIXEL_FIELDS = ("pixels", "image", "images", "inputs", "instances")
 # The deepest request (Open Inference Protocol: body, inputs, input, data as [n][h][w]) is 6.
 MAX_JSON_DEPTH = 32
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+VERSION_B, PREDICTION_B, IMAGE_KEY_B = (
+    name.encode() for name in (MODEL_VERSION_HEADER, PREDICTION_HEADER, IMAGE_KEY_HEADER)
+)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a service's answer headers say: version, prediction, the one image's key."""
+
+    version: str
+    prediction: str | None = None
+    image_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,19 +110,6 @@ def parse_multipart(content_type: str, body: bytes) -> list[Part]:
             )
         )
     return parts
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def pixels_key(value: Any) -> str | None:
-    """Content hash of a JSON pixel array (canonical form), None when it is not one."""
-    if isinstance(value, list) and value:
-        return sha256(json.dumps(value, separators=(",", ":")).encode())
-    if isinstance(value, str) and value:  # base64 image in JSON
-        return sha256(value.encode())
-    return None
 
 
 def _text(value: Any) -> str | None:
@@ -275,3 +284,20 @@ def version_of(document: Any) -> str | None:
     if isinstance(model, dict):
         return version_of(model)
     return None
+
+
+def answered(headers: list[tuple[bytes, bytes]]) -> Answered | None:
+    """The answer headers of a service answer, or None from a service that sends none (then
+    the body is read: `prediction_of`, `version_of`). Empty values count as absent."""
+    version = prediction = key = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == VERSION_B:
+            version = value.decode("latin-1")
+        elif lowered == PREDICTION_B:
+            prediction = value.decode("latin-1")
+        elif lowered == IMAGE_KEY_B:
+            key = value.decode("latin-1")
+    if not version:
+        return None
+    return Answered(version, prediction or None, key or None)

@@ -24,6 +24,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from inkwell import contract
+from inkwell.contract import OVERRIDE_KEY_HEADER, USER_HEADER, VARIANT_HEADER
 from inkwell.errors import (
     BadRequestError,
     InvalidInputError,
@@ -36,12 +38,9 @@ from router.breaker import BreakerConfig, BreakerState, CircuitBreaker
 from router.feedback import Served, ServedMemory, score
 from router.forward import TIMEOUT, Upstream, UpstreamFailure, make_upstream
 from router.metrics import RouterMetrics
-from router.payload import Peek, answer_problem, peek, prediction_of, version_of
+from router.payload import Peek, answer_problem, answered, peek, prediction_of, version_of
 from router.pending import PendingPredictions
 from router.routing import (
-    OVERRIDE_KEY_HEADER,
-    USER_HEADER,
-    VARIANT_HEADER,
     Split,
     check_override_key,
     choose,
@@ -92,8 +91,8 @@ ANSWER_DROPPED = HOP_BY_HOP | {b"date", b"server"}
 USER_HEADER_B = USER_HEADER.encode()
 VARIANT_HEADER_B = VARIANT_HEADER.encode()
 OVERRIDE_KEY_HEADER_B = OVERRIDE_KEY_HEADER.encode()
-ANSWERED_HEADER = b"x-inkwell-variant"
-FALLBACK_HEADER = b"x-inkwell-fallback"
+ANSWERED_HEADER = contract.VARIANT_HEADER.encode()
+FALLBACK_HEADER = contract.FALLBACK_HEADER.encode()
 UNKNOWN_VERSION = "unknown"
 # Bodies above this are read (JSON parsed, multipart split, hashed) in a worker thread: a
 # 16 MB JSON document takes the event loop away from every other request for ~0.1 s.
@@ -230,7 +229,9 @@ class Attempt:
     content: bytes
     seconds: float
     version: str
-    document: Any = None  # the parsed JSON answer of a model route
+    prediction: str | None = None  # of a 2xx POST answer on a model route
+    image_key: str | None = None
+    keyed: bool = False  # the service sent answer headers: `image_key` is its word, even None
     error: str = ""
 
     @property
@@ -328,12 +329,11 @@ class Proxy:
         user_id = validate_user_id(
             incoming.user or cookie_value(incoming.cookie, self.settings.user_cookie)
         )
-        peeked = (
-            await self._peek(incoming.content_type, body, query, strict=True)
-            if method == "POST"
-            else None
-        )
-        if user_id is None and peeked is not None:
+        # The body is read up front only for a user id the headers did not carry; the image key
+        # comes from the service's answer headers (`_image_key`).
+        peeked: Peek | None = None
+        if user_id is None and method == "POST":
+            peeked = await self._peek(incoming.content_type, body, query, strict=True)
             user_id = validate_user_id(peeked.user_id)
         new_cookie: str | None = None
         if user_id is None and self.settings.assign_user_cookie:
@@ -382,11 +382,12 @@ class Proxy:
             )
 
         version = attempt.version
-        prediction = None
-        if method == "POST" and attempt.document is not None:
-            prediction = prediction_of(attempt.document)
-            if peeked is not None and peeked.image_key and prediction is not None and not override:
-                self._remember(peeked.image_key, Served(answered, version, prediction))
+        prediction = attempt.prediction if method == "POST" else None
+        image_key = None
+        if prediction is not None and override is None:
+            image_key = await self._image_key(attempt, peeked, incoming.content_type, body, query)
+            if image_key:
+                self._remember(image_key, Served(answered, version, prediction))
         if (
             method == "POST"
             and override is None
@@ -402,7 +403,7 @@ class Proxy:
                 body,
                 prediction,
                 version,
-                peeked.image_key if peeked is not None else None,
+                image_key,
             )
         response = self._response(attempt, answered, fallback)
         if new_cookie is not None:
@@ -447,6 +448,22 @@ class Proxy:
         if len(body) <= PEEK_INLINE_BYTES:
             return peek(content_type, body, query, strict=strict)
         return await asyncio.to_thread(peek, content_type, body, query, strict=strict)
+
+    async def _image_key(
+        self,
+        attempt: Attempt,
+        peeked: Peek | None,
+        content_type: str | None,
+        body: bytes,
+        query: str,
+    ) -> str | None:
+        """The answered image's key: the service's header, else (a service without answer
+        headers) the router's own reading of the request body."""
+        if attempt.keyed:
+            return attempt.image_key
+        if peeked is None:
+            peeked = await self._peek(content_type, body, query, strict=False)
+        return peeked.image_key
 
     async def _score_label(
         self, raw_headers: list[tuple[bytes, bytes]], body: bytes, query: str
@@ -525,7 +542,7 @@ class Proxy:
         if attempt.failed or not 200 <= attempt.status < 300:
             self.metrics.shadow_dropped.labels("canary_failed").inc()
             return
-        prediction = prediction_of(attempt.document)
+        prediction = attempt.prediction
         version = attempt.version
         if prediction is None:
             self.metrics.shadow_dropped.labels("no_prediction").inc()
@@ -569,19 +586,30 @@ class Proxy:
         cheques = path.startswith(CHEQUE_PREFIX)
         served = backend.cheque_version if cheques else backend.served_version
         version = served or UNKNOWN_VERSION
-        document = None
+        prediction = image_key = None
+        keyed = False
         if is_model_route(path):
-            if 200 <= status < 300 and content[:1] in (b"{", b"["):
-                document = _json(content)
+            said = answered(headers) if 200 <= status < 300 else None
+            if said is not None:
+                # The service refuses non-finite scores itself (ModelOutputError, a 5xx), so
+                # its headers need no check of the body.
+                version, prediction, image_key = said.version, said.prediction, said.image_key
+                keyed = True
+            elif 200 <= status < 300 and content[:1] in (b"{", b"["):
+                document = _json(content)  # a service without answer headers
                 version = version_of(document) or version
-                problem = answer_problem(document) if method == "POST" else None
-                if problem is not None:
-                    outcome, error = m.INVALID, f"unusable answer: {problem}"
+                if method == "POST":
+                    prediction = prediction_of(document)
+                    problem = answer_problem(document)
+                    if problem is not None:
+                        outcome, error = m.INVALID, f"unusable answer: {problem}"
             observe = (
                 self.metrics.observe_cheque_upstream if cheques else self.metrics.observe_upstream
             )
             observe(backend.variant, version, outcome, mode, seconds)
-        return Attempt(outcome, status, headers, content, seconds, version, document, error)
+        return Attempt(
+            outcome, status, headers, content, seconds, version, prediction, image_key, keyed, error
+        )
 
     # ---- helpers -------------------------------------------------------------------------------
     async def _read_body(self, request: Request, declared: str | None) -> bytes:

@@ -10,18 +10,15 @@ A new canary version reshuffles the order, so the same users are not always firs
 from __future__ import annotations
 
 import hashlib
-import hmac
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from inkwell.errors import AuthError, InvalidInputError
+from inkwell.errors import InvalidInputError
 from inkwell.settings import CANARY, STABLE, VARIANTS
+from inkwell.web.http import require_key
 
-USER_HEADER = "x-user-id"
-VARIANT_HEADER = "x-inkwell-variant"
-OVERRIDE_KEY_HEADER = "x-inkwell-override-key"
 MAX_USER_ID = 128
 
 
@@ -82,19 +79,16 @@ def parse_override(value: str | None) -> str | None:
 
 def check_override_key(presented: str | None, accepted: Sequence[str]) -> None:
     """An override moves traffic the rollout judges: only the admin or tester key may ask."""
-    if not presented:
-        raise AuthError(
-            "X-Inkwell-Variant needs the X-Inkwell-Override-Key header with the router's admin "
-            "key (INKWELL_ROUTER_ADMIN_API_KEY) or tester key (INKWELL_ROUTER_TESTER_API_KEY). "
-            "Leave X-Inkwell-Variant out to let the router choose.",
-            code="missing_override_key",
-        )
-    given = presented.encode()
-    if not any(hmac.compare_digest(given, key.encode()) for key in accepted):
-        raise AuthError(
-            "the X-Inkwell-Override-Key is neither the router's admin key nor its tester key.",
-            code="invalid_override_key",
-        )
+    require_key(
+        presented,
+        accepted,
+        missing="X-Inkwell-Variant needs the X-Inkwell-Override-Key header with the router's "
+        "admin key (INKWELL_ROUTER_ADMIN_API_KEY) or tester key (INKWELL_ROUTER_TESTER_API_KEY). "
+        "Leave X-Inkwell-Variant out to let the router choose.",
+        wrong="the X-Inkwell-Override-Key is neither the router's admin key nor its tester key.",
+        missing_code="missing_override_key",
+        wrong_code="invalid_override_key",
+    )
 
 
 def validate_user_id(user_id: str | None) -> str | None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from inkwell.settings import ApiKey, CoreSettings, check_key
+from inkwell.web.http import key_file
 
 ADMIN_KEY_FILE = "router-admin.key"
 # Comma-separated PromQL label matchers (no braces): name op "value", ...
@@ -290,25 +289,11 @@ class RouterSettings(CoreSettings):
         if self.admin_api_key is not None:
             return self.admin_api_key.get_secret_value()
         path = Path(self.home) / ADMIN_KEY_FILE
-        if path.exists():
-            return _key_from_file(path)
-        if not create:
-            return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(24)
-        tmp = path.with_name(f".{ADMIN_KEY_FILE}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, key.encode())
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # atomic and fails if another process made the key first
-        except FileExistsError:
-            return _key_from_file(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return key
+        if not path.exists():
+            if not create:
+                return None
+            key_file(path)
+        return _key_from_file(path)
 
 
 def _key_from_file(path: Path) -> str | None:

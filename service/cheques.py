@@ -17,41 +17,26 @@ from inkwell.cheques.reader import ChequeReader, ChequeReading
 from inkwell.errors import InkwellError, ModelNotFoundError, ModelNotReadyError
 from inkwell.preprocessing import ImageLimits
 from inkwell.registry import Registry
-from inkwell.settings import STABLE, CoreSettings
-from service.model import RefreshOutcome
+from inkwell.settings import STABLE
+from service.hotswap import AliasFollowingModel
 
 log = logging.getLogger("inkwell.service.cheques")
 
 
-class ChequeModel:
+class ChequeModel(AliasFollowingModel[ChequeReader]):
     """Model contract for cheque amounts: load(), read(), ready, name, version, alias."""
 
-    def __init__(self, settings: CoreSettings, variant: str) -> None:
-        self.settings = settings
-        self.variant = variant
-        self._registry: Registry | None = None
-        self._current: ChequeReader | None = None
-        self._alias: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self._current is not None
+    kind = "cheque model"
+    quiet_when_missing = True
+    log = log
 
     @property
     def name(self) -> str:
+        """The registered cheque model name."""
         return self.settings.cheque_model_name
 
-    @property
-    def version(self) -> str | None:
-        current = self._current
-        return current.version if current is not None else None
-
-    @property
-    def alias(self) -> str | None:
-        """The alias the served version was found under (the variant, or stable)."""
-        return self._alias
-
-    def _resolve(self, registry: Registry) -> tuple[str, str]:
+    def resolve(self, registry: Registry) -> tuple[str, str]:
+        """The variant's alias, else stable's: a digit canary never leaves cheques unserved."""
         aliases = [self.variant] if self.variant == STABLE else [self.variant, STABLE]
         for alias in aliases:
             info = registry.find_version(self.name, alias)
@@ -62,36 +47,9 @@ class ChequeModel:
             "`inkwell cheques train` (the first version becomes stable)."
         )
 
-    def load(self) -> RefreshOutcome:
-        """Resolve the alias; load and swap when it points at a version we do not serve."""
-        registry = self._registry_client()
-        alias, version = self._resolve(registry)
-        current = self._current
-        if current is not None and current.version == version:
-            self._alias = alias
-            return RefreshOutcome(swapped=False, version=version)
-        candidate = ChequeReader.load(version, registry=registry)
-        self._warm_up(candidate)
-        self._current, self._alias = candidate, alias  # the swap: reference assignments
-        log.info("serving %s v%s (alias %s) for cheques", self.name, version, alias)
-        return RefreshOutcome(swapped=True, version=version)
-
-    def refresh(self) -> RefreshOutcome:
-        """`load()` that never raises; the current reader (if any) keeps serving on failure."""
-        try:
-            return self.load()
-        except ModelNotFoundError as exc:
-            log.debug("no cheque model yet: %s", exc.message)
-            return RefreshOutcome(swapped=False, version=self.version, error=exc)
-        except InkwellError as exc:
-            log.warning("cheque model refresh failed, keeping v%s: %s", self.version, exc.message)
-            return RefreshOutcome(swapped=False, version=self.version, error=exc)
-        except Exception as exc:  # a broken artifact must not stop the service
-            log.exception("cheque model refresh failed unexpectedly, keeping v%s", self.version)
-            error = InkwellError(
-                f"Loading the cheque model failed: {exc}", code="model_load_failed"
-            )
-            return RefreshOutcome(swapped=False, version=self.version, error=error)
+    def load_version(self, registry: Registry, version: str) -> ChequeReader:
+        """The version's reader (weights and calibration), loaded but not yet served."""
+        return ChequeReader.load(version, registry=registry)
 
     def read(self, data: bytes, *, layout: str, decoder: str, limits: ImageLimits) -> ChequeReading:
         """Read one image's courtesy amount with the current reader (CPU-bound: call off-loop)."""
@@ -103,13 +61,7 @@ class ChequeModel:
             )
         return reader.read(data, layout=layout, decoder=decoder, limits=limits)
 
-    def _registry_client(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry(self.settings)
-        return self._registry
-
-    @staticmethod
-    def _warm_up(candidate: ChequeReader) -> None:
+    def warm_up(self, candidate: ChequeReader) -> None:
         """One forward pass before the swap, so a broken model never serves a request."""
         logits = candidate.field_logits([np.zeros((candidate.model.config.height, 64), np.float32)])
         if logits[0].shape != (16, 11) or not np.isfinite(logits[0]).all():

@@ -33,9 +33,10 @@ from inkwell.heap import freeze_long_lived, refreeze, thaw
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
 from service.cheques import ChequeModel
+from service.hotswap import RefreshOutcome
 from service.inputs import Decoding
 from service.metrics import ServiceMetrics
-from service.model import DigitModel, RefreshOutcome
+from service.model import DigitModel
 from service.settings import ServiceSettings
 
 log = logging.getLogger("inkwell.service")

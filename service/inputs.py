@@ -26,6 +26,7 @@ from starlette.requests import Request
 from inkwell.cheques.preprocess import prepare_field
 from inkwell.cheques.reader import to_gray
 from inkwell.cheques.review import parse_amount
+from inkwell.contract import image_key, pixels_key
 from inkwell.errors import (
     DeadlineExceededError,
     ImageTooLargeError,
@@ -296,8 +297,9 @@ def _validated(index: int, value: Any) -> np.ndarray:
         raise InvalidImageError(f"Image {index}: {exc.message}") from exc
 
 
-async def single_image(request: Request, decoding: Decoding) -> np.ndarray:
-    """One image from a raw body, a multipart form or JSON pixels → (28, 28) float32."""
+async def single_image(request: Request, decoding: Decoding) -> tuple[np.ndarray, str | None]:
+    """One image from a raw body, a multipart form or JSON pixels → (28, 28) float32, with its
+    content key (`inkwell.contract`: the key the router gives a labelled upload)."""
     kind = media_type(request)
     if kind in RAW_TYPES:
         body = await request.body()
@@ -305,12 +307,15 @@ async def single_image(request: Request, decoding: Decoding) -> np.ndarray:
             raise InvalidInputError(
                 f"The request body is empty. {ACCEPTED_TYPES_HINT}", code="empty_body"
             )
-        return await image_to_mnist(body, decoding)
+        return await image_to_mnist(body, decoding), image_key(body)
     if kind == MULTIPART_TYPE:
         form = await read_form(request, max_files=1)
-        return await image_to_mnist(await form_file(form, "image", "file"), decoding)
+        data = await form_file(form, "image", "file")
+        return await image_to_mnist(data, decoding), image_key(data)
     if kind == JSON_TYPE:
-        return pixels_from_json(await read_json(request))
+        payload = await read_json(request)
+        image = pixels_from_json(payload)
+        return image, pixels_key(payload["pixels"])
     raise MediaTypeError(f"Content-Type {kind!r} is not supported. {ACCEPTED_TYPES_HINT}")
 
 

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 
 from inkwell import __version__
 from inkwell.web.headers import SecurityHeadersMiddleware
+from inkwell.web.http import register_error_handlers
 from service.context import ServiceContext
-from service.errors import register_error_handlers
 from service.middleware import BodyLimitMiddleware, InFlightLimitMiddleware, MetricsMiddleware
 from service.routes import cheque_samples, cheques, digits, health, oip, samples
 from service.settings import ServiceSettings
@@ -39,7 +39,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.context = context
-    register_error_handlers(app)
+    register_error_handlers(
+        app,
+        name="service",
+        routes_hint="See /docs for the service's routes.",
+        docs_hint="See /docs for the schema.",
+    )
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(
         InFlightLimitMiddleware,

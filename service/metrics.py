@@ -30,6 +30,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from inkwell import contract
+
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
@@ -92,7 +94,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.confidence = Histogram(
-            "inkwell_service_prediction_confidence",
+            contract.PREDICTION_CONFIDENCE,
             "Probability of the predicted digit.",
             ("variant", "model_version"),
             buckets=CONFIDENCE_BUCKETS,
@@ -143,14 +145,14 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.model_info = Gauge(
-            "inkwell_service_model_info",
+            contract.MODEL_INFO,
             "1 for the model version being served.",
             ("variant", "model_name", "model_version"),
             registry=self.registry,
             multiprocess_mode="livemax",
         )
         self.ready = Gauge(
-            "inkwell_service_ready",
+            contract.READY,
             "1 when a model is loaded and predictions can be served.",
             ("variant",),
             registry=self.registry,
@@ -167,13 +169,13 @@ class ServiceMetrics:
         for reason in SHED_REASONS:  # from zero, so rate() sees the first burst
             self.shed.labels(variant, reason)
         self.cheque_reads = Counter(
-            "inkwell_service_cheque_reads_total",
+            f"{contract.CHEQUE_READS}_total",
             "Cheque amounts read, by whether they were flagged for human review.",
             ("variant", "model_version", "needs_review"),
             registry=self.registry,
         )
         self.cheque_reviewed = Counter(
-            "inkwell_service_cheque_reviewed_readings",
+            contract.CHEQUE_REVIEWED,
             "Readings later reviewed (an accepted cheque upload naming their reading_id), by the "
             "variant and cheque model version that read them (not this process's) and whether "
             "the amount read was exactly the reviewed one: the cheque canary's online accuracy.",
@@ -181,7 +183,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.cheque_confidence = Histogram(
-            "inkwell_service_cheque_confidence",
+            contract.CHEQUE_CONFIDENCE,
             "Calibrated confidence of each cheque amount read.",
             ("variant", "model_version"),
             buckets=CONFIDENCE_BUCKETS,

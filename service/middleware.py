@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inkwell.errors import OverloadedError, PayloadTooLargeError
-from service.errors import error_body
+from inkwell.web.http import error_body
 from service.metrics import ServiceMetrics
 
 MODEL_VERSION_KEY = "model_version"

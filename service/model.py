@@ -1,9 +1,7 @@
 """The served digit model: loads `inkwell-digits@<alias>`, follows the alias, swaps atomically.
 
 No HTTP here: tensors in, probabilities out. The current model is one immutable `ServedModel`
-snapshot; a swap replaces the reference in one assignment, so a forward pass that already took
-the old snapshot finishes on it and every later one sees the new model. Nothing is swapped until
-the new version has loaded and answered a warm-up pass, and any failure keeps the last good one.
+snapshot, followed and swapped by `service.hotswap` (shared with the cheque model).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from inkwell.errors import InkwellError, ModelNotReadyError, ModelOutputError
 from inkwell.model import DigitNet
 from inkwell.registry import Registry
 from inkwell.settings import CoreSettings
+from service.hotswap import AliasFollowingModel
 
 log = logging.getLogger("inkwell.service.model")
 
@@ -75,60 +74,33 @@ class Prediction:
     served: ServedModel
 
 
-@dataclass(frozen=True)
-class RefreshOutcome:
-    """What one look at the registry did: swapped to a version, kept the current one, or failed."""
-
-    swapped: bool
-    version: str | None
-    error: InkwellError | None = None
-
-
-class DigitModel:
+class DigitModel(AliasFollowingModel[ServedModel]):
     """`inkwell-digits@<variant>` as a model contract: load(), predict(), ready, name, version.
 
     `refresh()` is what the poller calls: it resolves the alias and loads the version only if
     the alias moved; errors are returned, not raised, so the last good model keeps serving.
     """
 
-    def __init__(self, settings: CoreSettings, variant: str, *, optimize: bool = True) -> None:
-        self.settings = settings
-        self.variant = variant
-        self.optimize = optimize
-        self._registry: Registry | None = None
-        self._current: ServedModel | None = None
+    log = log
 
-    # ---- the model contract -------------------------------------------------------------
-    @property
-    def ready(self) -> bool:
-        return self._current is not None
+    def __init__(self, settings: CoreSettings, variant: str, *, optimize: bool = True) -> None:
+        super().__init__(settings, variant)
+        self.optimize = optimize
 
     @property
     def name(self) -> str:
+        """The registered digit model name."""
         return self.settings.model_name
 
-    @property
-    def version(self) -> str | None:
-        current = self._current
-        return current.version if current is not None else None
+    def resolve(self, registry: Registry) -> tuple[str, str]:
+        """The variant's own alias: a digit model never falls back to another."""
+        return self.variant, registry.get_version(self.name, self.variant).version
 
-    @property
-    def current(self) -> ServedModel | None:
-        return self._current
-
-    def load(self) -> RefreshOutcome:
-        """Resolve the alias and, if it points at a version we do not serve, load and swap.
-
-        Raises the registry's error (ModelNotFoundError, RegistryUnavailableError) on failure.
-        """
-        registry = self._registry_client()
-        info = registry.get_version(self.name, self.variant)
-        current = self._current
-        if current is not None and current.version == info.version:
-            return RefreshOutcome(swapped=False, version=current.version)
-        loaded = registry.load_digit_model(info.version, name=self.name)
+    def load_version(self, registry: Registry, version: str) -> ServedModel:
+        """The version's network with the forward pass it will serve (optimised when it can)."""
+        loaded = registry.load_digit_model(version, name=self.name)
         forward, optimized = self._forward_for(loaded.model)
-        candidate = ServedModel(
+        return ServedModel(
             model=loaded.model,
             forward=forward,
             optimized=optimized,
@@ -138,25 +110,6 @@ class DigitModel:
             run_id=loaded.info.run_id,
             meta=loaded.meta,
         )
-        self._warm_up(candidate)
-        self._current = candidate  # the atomic swap: one reference assignment
-        previous = current.version if current is not None else None
-        log.info(
-            "serving %s v%s as %s (was %s)", self.name, candidate.version, self.variant, previous
-        )
-        return RefreshOutcome(swapped=True, version=candidate.version)
-
-    def refresh(self) -> RefreshOutcome:
-        """`load()` that never raises: on failure the current model (if any) keeps serving."""
-        try:
-            return self.load()
-        except InkwellError as exc:
-            log.warning("model refresh failed, keeping v%s: %s", self.version, exc.message)
-            return RefreshOutcome(swapped=False, version=self.version, error=exc)
-        except Exception as exc:  # a broken artifact or an MLflow bug must not stop serving
-            log.exception("model refresh failed unexpectedly, keeping v%s", self.version)
-            error = InkwellError(f"Loading the model failed: {exc}", code="model_load_failed")
-            return RefreshOutcome(swapped=False, version=self.version, error=error)
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray) -> Prediction:
@@ -188,14 +141,8 @@ class DigitModel:
             log.exception("could not optimise the model for CPU; serving it eagerly")
             return model, False
 
-    def _registry_client(self) -> Registry:
-        if self._registry is None:
-            self._registry = Registry(self.settings)
-        return self._registry
-
-    @staticmethod
     @torch.inference_mode()
-    def _warm_up(candidate: ServedModel) -> None:
+    def warm_up(self, candidate: ServedModel) -> None:
         """One forward pass before the swap, so a broken model never serves a request."""
         out = candidate.forward(torch.zeros(2, 1, 28, 28))
         if out.shape != (2, 10) or not torch.isfinite(out).all():

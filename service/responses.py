@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from inkwell.contract import answer_headers
 from service.metrics import ServiceMetrics
 from service.middleware import MODEL_VERSION_KEY
 from service.model import Prediction
@@ -38,16 +39,26 @@ def orjson_response(content: dict[str, Any], status_code: int = 200) -> Response
     return Response(orjson.dumps(content), status_code=status_code, media_type=JSON_TYPE)
 
 
+def with_answer_headers(
+    response: Response, version: str, prediction: str, key: str | None = None
+) -> Response:
+    """`response` carrying the answer headers, so the router need not parse its body."""
+    response.raw_headers.extend(answer_headers(version, prediction, key))
+    return response
+
+
 def _digit(probabilities: list[float], digit: int) -> dict[str, Any]:
     """One image's answer, shaped like `DigitPrediction` (the OpenAPI response model)."""
     return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities}
 
 
-def single(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> Response:
-    """The body of `PredictionPublic` for one image."""
+def single(
+    request: Request, metrics: ServiceMetrics, prediction: Prediction, key: str | None = None
+) -> Response:
+    """The body of `PredictionPublic` for one image; `key` is the image's content key."""
     digit = record(request, metrics, prediction)[0]
     served = prediction.served
-    return orjson_response(
+    response = orjson_response(
         {
             **_digit(prediction.probabilities[0].tolist(), digit),
             "model_name": served.name,
@@ -55,6 +66,7 @@ def single(request: Request, metrics: ServiceMetrics, prediction: Prediction) ->
             "variant": served.variant,
         }
     )
+    return with_answer_headers(response, served.version, str(digit), key)
 
 
 def batch(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> Response:
@@ -62,7 +74,7 @@ def batch(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> 
     digits = record(request, metrics, prediction)
     served = prediction.served
     rows = prediction.probabilities.tolist()  # Python floats: the float32 values, exactly
-    return orjson_response(
+    response = orjson_response(
         {
             "model_name": served.name,
             "model_version": served.version,
@@ -70,3 +82,4 @@ def batch(request: Request, metrics: ServiceMetrics, prediction: Prediction) -> 
             "predictions": [_digit(p, d) for p, d in zip(rows, digits, strict=True)],
         }
     )
+    return with_answer_headers(response, served.version, ",".join(map(str, digits)))

@@ -201,16 +201,11 @@ class ServiceSettings(CoreSettings):
 
     def grant_for(self, key: str | None) -> KeyGrant | None:
         """The configured key `key` is (constant-time compare), or None."""
-        import secrets
+        from inkwell.web.http import matching_key
 
-        if not key:
-            return None
-        candidate = key.encode()
-        found = None
-        for grant in self.key_grants:  # no early exit: the time does not tell which key matched
-            if secrets.compare_digest(candidate, grant.key.encode()):
-                found = grant
-        return found
+        grants = self.key_grants
+        index = matching_key(key, [grant.key for grant in grants])
+        return None if index is None else grants[index]
 
     def accepts_key(self, key: str | None) -> bool:
         """Whether `key` is one of the configured API keys."""

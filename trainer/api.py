@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from inkwell.errors import AuthError, InkwellError, RetryLaterError
+from inkwell.errors import InkwellError, RetryLaterError
+from inkwell.web.http import require_key
 from trainer.worker import Worker
 
 router = APIRouter()
@@ -51,10 +51,14 @@ def require_api_key(worker: WorkerDep, x_api_key: Annotated[str | None, Header()
             "Manual retraining over HTTP is disabled: set INKWELL_TRAINER_ADMIN_API_KEY on the "
             "trainer, or run `inkwell trainer retrain` on its machine."
         )
-    if x_api_key is None or not hmac.compare_digest(
-        x_api_key.encode(), expected.get_secret_value().encode()
-    ):
-        raise AuthError("Missing or wrong X-API-Key header; send the trainer's admin API key.")
+    require_key(
+        x_api_key,
+        [expected.get_secret_value()],
+        missing="Missing X-API-Key header; send the trainer's admin API key "
+        "(INKWELL_TRAINER_ADMIN_API_KEY).",
+        wrong="Wrong X-API-Key header; send the trainer's admin API key "
+        "(INKWELL_TRAINER_ADMIN_API_KEY).",
+    )
 
 
 @router.post("/v1/retrain", status_code=202, dependencies=[Depends(require_api_key)])

@@ -20,10 +20,10 @@ from starlette.concurrency import run_in_threadpool
 
 from inkwell import __version__
 from inkwell.errors import StoreUnavailableError
+from inkwell.web.http import register_error_handlers
 from trainer.api import router
 from trainer.cheque_digits import ChequeDigitCutter
 from trainer.cheque_job import ChequeRetrainer
-from trainer.errors import register_error_handlers
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
 from trainer.worker import Worker, prepare
@@ -103,6 +103,10 @@ def create_app(
     app.state.worker = worker
     app.state.not_ready = None if worker else "The trainer is starting."
     app.state.database_retry_s = math.ceil(settings.database_retry_seconds)
-    register_error_handlers(app)
+    register_error_handlers(
+        app,
+        name="trainer",
+        routes_hint="The trainer serves /v1/retrain, /v1/status, /metrics, /healthz and /readyz.",
+    )
     app.include_router(router)
     return app

@@ -6,6 +6,8 @@ a dropped cheque). Nothing may frame the page (clickjacking the rollout buttons)
 JSON gets the same headers: harmless there, and one rule is easier to check than two.
 FastAPI's interactive docs load Swagger UI from a CDN with an inline script, so the docs paths
 get every header but the CSP.
+
+The answer headers a model route adds for the router live in `inkwell.contract`.
 """
 
 from __future__ import annotations

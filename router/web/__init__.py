@@ -9,7 +9,6 @@ registry's versions with their aliases and gate tags, and the trainer's status.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +18,9 @@ from fastapi import APIRouter, FastAPI, Header
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from inkwell.errors import AuthError, NotFoundError
+from inkwell.errors import NotFoundError
 from inkwell.settings import CoreSettings
+from inkwell.web.http import require_key
 
 WEB_DIR = Path(__file__).resolve().parent
 ASSETS = {
@@ -109,14 +109,13 @@ def mount_web(
         x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     ) -> dict[str, Any]:
         expected = admin_key()
-        if not x_api_key or expected is None:
-            raise AuthError(
-                "the overview needs the admin key in the X-API-Key header (the router's "
-                "INKWELL_ROUTER_ADMIN_API_KEY, or <INKWELL_HOME>/router-admin.key).",
-                code="missing_api_key",
-            )
-        if not hmac.compare_digest(x_api_key.encode(), expected.encode()):
-            raise AuthError("the X-API-Key is not the admin key.", code="invalid_api_key")
+        require_key(
+            x_api_key,
+            [expected] if expected is not None else [],
+            missing="the overview needs the admin key in the X-API-Key header (the router's "
+            "INKWELL_ROUTER_ADMIN_API_KEY, or <INKWELL_HOME>/router-admin.key).",
+            wrong="the X-API-Key is not the admin key.",
+        )
         return {
             "models": await run_in_threadpool(registry_overview, settings),
             "trainer": await trainer_status(trainer_url),

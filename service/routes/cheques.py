@@ -6,10 +6,11 @@ import functools
 import logging
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 
 from inkwell.cheques.reader import ChequeReading
+from inkwell.contract import answer_headers, image_key
 from inkwell.errors import StoreUnavailableError
 from service import inputs
 from service.context import ServiceContext
@@ -56,6 +57,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 )
 async def read_cheque(
     request: Request,
+    response: Response,
     cheques: ChequeModelDep,
     settings: SettingsDep,
     decoding: DecodingDep,
@@ -75,6 +77,8 @@ async def read_cheque(
     version = reading.model_version or "none"
     metrics.observe_cheque(version, reading.confidence, reading.needs_review)
     reading_id = await record_reading(context, reading, data, settings.variant, cheques.alias)
+    for name, value in answer_headers(version, reading.amount, image_key(data)):
+        response.headers.append(name.decode(), value.decode("latin-1"))
     return ChequeReadingPublic(
         amount=reading.amount,
         confidence=reading.confidence,

@@ -60,9 +60,9 @@ BATCH_BODY = {
 @router.post("/predict", response_model=PredictionPublic, openapi_extra=IMAGE_BODY)
 async def predict_digit(request: Request, context: PredictContextDep) -> Response:
     """Read the digit in one image (photo, scan or 28x28 pixels)."""
-    image = await inputs.single_image(request, context.decoding)
+    image, key = await inputs.single_image(request, context.decoding)
     prediction = await context.batcher.infer(image[None])
-    return responses.single(request, context.metrics, prediction)
+    return responses.single(request, context.metrics, prediction, key)
 
 
 @router.post("/predict/batch", response_model=BatchPredictionPublic, openapi_extra=BATCH_BODY)

@@ -9,7 +9,7 @@ from inkwell.errors import ModelNotFoundError
 from service import oip
 from service.deps import ModelDep, PredictContextDep
 from service.model import DigitModel, ServedModel
-from service.responses import json_response, record
+from service.responses import json_response, record, with_answer_headers
 from service.routes.health import not_ready
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -130,5 +130,6 @@ async def infer(
     if version is not None and prediction.served.version != version:
         # the alias moved while this request waited; answer with what was asked or not at all
         served_model(context.model, name, version)
-    record(request, context.metrics, prediction)
-    return json_response(oip.infer_response(parsed, outputs, prediction))
+    digits = record(request, context.metrics, prediction)
+    response = json_response(oip.infer_response(parsed, outputs, prediction))
+    return with_answer_headers(response, prediction.served.version, ",".join(map(str, digits)))

@@ -15,8 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inkwell.cheques.reader import ChequeReader
+from inkwell.contract import IMAGE_KEY_HEADER, MODEL_VERSION_HEADER, PREDICTION_HEADER
 from inkwell.registry import Registry
 from inkwell.settings import STABLE, CoreSettings
+from router.payload import peek, prediction_of, version_of
 from service.main import create_app
 from service.settings import ServiceSettings
 from tests.cheques.helpers import TINY, always_five, field_image
@@ -84,6 +86,17 @@ def test_reads_a_multipart_upload(client: TestClient) -> None:
     response = client.post(READ, files=files)
     assert response.status_code == 200, response.text
     assert response.json()["amount"] == "5"
+
+
+def test_read_answer_headers_name_version_amount_and_image_key(client: TestClient) -> None:
+    """The router learns the reading from these headers without parsing the JSON body."""
+    image = png(field_image())
+    response = client.post(READ, content=image, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers[MODEL_VERSION_HEADER] == "1" == version_of(body)
+    assert response.headers[PREDICTION_HEADER] == "5" == prediction_of(body)
+    assert response.headers[IMAGE_KEY_HEADER] == peek("image/png", image).image_key
 
 
 def test_non_image_bytes_are_a_422(client: TestClient) -> None:

@@ -341,6 +341,7 @@ def test_stats_count_by_user_state_and_length(client: TestClient) -> None:
     branch = user()
     for amount in ("100", "2500", "3500"):
         assert upload(client, unique_image(), amount, branch).status_code == 201
+    assert upload(client, unique_image(), "12 dollars", branch).status_code == 422
     stats = client.get(f"{SAMPLES}/stats", headers=HEADERS).json()
     assert stats["by_user"][branch] == 3
     assert stats["by_length"]["3"] >= 1 and stats["by_length"]["4"] >= 2

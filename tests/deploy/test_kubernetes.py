@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.custom_resources import argo_errors, schema_errors
 from tests.deploy.helpers import (
     DASHBOARDS_DIR,
     K8S,
@@ -40,7 +41,7 @@ from tests.deploy.helpers import (
 pytestmark = pytest.mark.integration
 
 # Overlays built on prod: schema-validated and checked on what they add.
-EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity")
+EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo")
 KIND_SUFFIX = {
     "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
@@ -55,6 +56,7 @@ KIND_SUFFIX = {
     "PodDisruptionBudget": "pdb",
     "PrometheusRule": "prometheusrule",
     "Role": "role",
+    "Rollout": "rollout",
     "RoleBinding": "rolebinding",
     "Service": "service",
     "ServiceAccount": "serviceaccount",
@@ -70,6 +72,8 @@ DEPRECATED_KUSTOMIZE_FIELDS = {
     "imageTags",
 }
 CRD_GROUP = "monitoring.coreos.com/"
+# Custom resources validated against the strict schemas shipped in k8s/schemas instead.
+SHIPPED_CRD_GROUP = "argoproj.io/"
 # Container command -> settings class that reads its environment.
 SETTINGS = {
     "service": ("service.settings", "ServiceSettings"),
@@ -154,13 +158,18 @@ def test_overlay_passes_strict_schema_validation(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = (result.stdout + result.stderr).splitlines()
-    unchecked = [line for line in output if line.startswith("WARN") and CRD_GROUP not in line]
+    unchecked = [
+        line
+        for line in output
+        if line.startswith("WARN") and CRD_GROUP not in line and SHIPPED_CRD_GROUP not in line
+    ]
     assert not unchecked, "resources without a schema:\n" + "\n".join(unchecked)
     passed = [line for line in output if "passed for resource" in line]
-    crds = sum(
-        1 for d in yaml_documents(rendered[overlay]) if d["apiVersion"].startswith(CRD_GROUP)
-    )
-    assert len(passed) + crds == len(yaml_documents(rendered[overlay]))
+    docs = yaml_documents(rendered[overlay])
+    crds = sum(1 for d in docs if d["apiVersion"].startswith(CRD_GROUP))
+    shipped = [d for d in docs if d["apiVersion"].startswith(SHIPPED_CRD_GROUP)]
+    assert argo_errors(docs) == []
+    assert len(passed) + crds + len(shipped) == len(docs)
 
 
 @pytest.mark.integration
@@ -196,8 +205,17 @@ def test_kustomizations_use_only_current_fields() -> None:
 
 
 def test_each_resource_file_holds_one_resource_named_app_kind_with_a_header() -> None:
+    # kustomize transformer configurations are not resources.
+    configurations = {
+        kustomization.parent / name
+        for kustomization in K8S.rglob("kustomization.yaml")
+        for name in yaml.safe_load(kustomization.read_text()).get("configurations", [])
+    }
     for path in sorted(K8S.rglob("*.yaml")):
         if path.name == "kustomization.yaml" or path.stem.endswith("-patch"):
+            continue
+        if path in configurations:
+            assert path.read_text().startswith("#"), f"{path.relative_to(REPO)}: say what for"
             continue
         text = path.read_text()
         assert text.startswith("#"), f"{path.relative_to(REPO)} must open with what it is for"
@@ -336,6 +354,44 @@ def test_services_hpas_pdbs_and_policies_select_real_pods_and_ports(
                 peer = source.get("podSelector", {}).get("matchLabels")
                 if peer:
                     assert any(_matches(peer, labels) for labels, _ in pods), policy
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against an object's labels."""
+    if not _matches(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-capacity"])
+def test_the_servicemonitor_scrapes_every_pod_through_one_service_only(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    (monitor,) = _by_kind(docs, "ServiceMonitor")
+    scraped = [
+        s
+        for s in _by_kind(docs, "Service")
+        if _selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+    ]
+    assert {s["metadata"]["name"] for s in scraped} >= {"inkwell-router", "inkwell-trainer"}
+    pods = [w["spec"]["template"]["metadata"]["labels"] for w in _workloads(docs)]
+    for labels in pods:
+        through = [
+            s["metadata"]["name"] for s in scraped if _matches(s["spec"]["selector"], labels)
+        ]
+        assert len(through) <= 1, f"pods {labels} are scraped through {through}: rates doubled"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -588,6 +644,18 @@ def test_postgres_backup_dumps_both_databases_nightly_onto_its_claim(
     assert pod["containers"][0]["image"] == image, "pg_dump must match the server's version"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_hung_or_missed_backup_cannot_stop_the_nightly_backups(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Forbid skips a night while a Job still runs: a hung dump must end before the next."""
+    (cron,) = _by_kind(resources[overlay], "CronJob")
+    assert cron["spec"]["schedule"].split()[2:] == ["*", "*", "*"], "nightly"
+    deadline = cron["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+    assert 0 < deadline < 24 * 3600
+    assert 0 < cron["spec"]["startingDeadlineSeconds"] <= deadline
+
+
 def test_prod_trainer_reads_mnist_from_the_claim_the_mnist_job_fills(
     resources: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -667,11 +735,12 @@ def test_capacity_overlay_gives_only_the_router_a_token_and_just_the_scalers_rig
 
 
 def test_argo_analysis_templates_declare_every_argument_and_condition() -> None:
-    """Structure only: the Argo CRD schemas are not shipped here (docs/deploy.md)."""
+    """Beyond the shipped CRD schema: every argument declared, conditions on the result."""
     component = K8S / "components" / "argo-analysis"
     listed = yaml.safe_load((component / "kustomization.yaml").read_text())["resources"]
     for name in listed:
         (template,) = yaml_documents((component / name).read_text())
+        assert schema_errors(template) == []
         assert template["apiVersion"] == "argoproj.io/v1alpha1"
         assert template["kind"] == "AnalysisTemplate"
         declared = {arg["name"] for arg in template["spec"]["args"]}

@@ -19,6 +19,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from inkwell.contract import answer_headers
+
 
 @contextmanager
 def serve_in_thread(app, port: int | None = None, **options: object) -> Iterator[str]:
@@ -66,6 +68,23 @@ class FakeService:
     uploads: list[bytes] = field(default_factory=list)
     cheque_version: str | None = None
     cheque_mode: str = "ok"  # ok | error (cheque reads only)
+    # body: an older service, the answer only in the JSON body | headers: the answer headers
+    # too, like today's service | headers-only: a body without the answer, so only a router
+    # reading the headers can learn it
+    answer: str = "body"
+
+    def answered(
+        self, body: dict[str, object], prediction: str, image: bytes, version: str | None = None
+    ) -> JSONResponse:
+        """`body` as JSON, with the answer headers unless this fake is an older service."""
+        if self.answer == "headers-only":
+            body = {"note": "the answer is in the headers"}
+        response = JSONResponse(body)
+        if self.answer != "body":
+            key = hashlib.sha256(image).hexdigest()
+            answer = answer_headers(version or self.version, prediction, key)
+            response.raw_headers.extend(answer)
+        return response
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -90,30 +109,36 @@ class FakeService:
                 )
             if self.mode == "wrong":
                 digit = (digit + 1) % 10
-            return JSONResponse(
+            return self.answered(
                 {
                     "digit": digit,
                     "confidence": 0.9,
                     "model_name": "inkwell-digits",
                     "model_version": self.version,
                     "variant": self.variant,
-                }
+                },
+                str(digit),
+                body,
             )
 
         @app.post("/v1/cheques/read")
         async def read_cheque(request: Request) -> JSONResponse:
-            await request.body()
+            image = await request.body()
             if self.cheque_mode == "error":
                 return JSONResponse({"code": "boom", "message": "reader broke"}, status_code=500)
-            return JSONResponse(
+            version = self.cheque_version or self.version
+            return self.answered(
                 {
                     "amount": "5",
                     "confidence": 0.9,
                     "needs_review": False,
                     "model_name": "inkwell-cheques",
-                    "model_version": self.cheque_version or self.version,
+                    "model_version": version,
                     "variant": self.variant,
-                }
+                },
+                "5",
+                image,
+                version,
             )
 
         @app.post("/v1/samples")

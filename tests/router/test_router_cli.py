@@ -99,7 +99,7 @@ def test_rollout_commands_steer_a_running_router(tmp_path):
 def test_rollout_without_a_key_or_router_says_how_to_fix_it(tmp_path):
     no_key = inkwell(tmp_path, "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}")
     assert no_key.returncode == 2
-    assert "missing_api_key" in no_key.stdout and "INKWELL_ROUTER_ADMIN_API_KEY" in no_key.stdout
+    assert "api_key_required" in no_key.stdout and "INKWELL_ROUTER_ADMIN_API_KEY" in no_key.stdout
     no_router = inkwell(
         tmp_path, "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}", "--key", "k"
     )

@@ -268,7 +268,21 @@ def test_shadow_mode_never_changes_responses(
         assert (agree, disagree) == (0, 30)
 
 
-def test_shadow_agreement_is_measured(tmp_path, stable_service, canary_service):
+# (stable, canary): both older services (the router reads the bodies), both today's (it reads
+# only the answer headers), and a rollout from an older stable to today's canary (both ways)
+ANSWER_PAIRS = [
+    ("body", "body"),
+    ("headers-only", "headers-only"),
+    ("body", "headers-only"),
+    ("headers-only", "body"),
+]
+
+
+@pytest.mark.parametrize(("stable_answer", "canary_answer"), ANSWER_PAIRS)
+def test_shadow_agreement_is_measured(
+    tmp_path, stable_service, canary_service, stable_answer, canary_answer
+):
+    stable_service[0].answer, canary_service[0].answer = stable_answer, canary_answer
     with router(
         tmp_path, stable_service[1], canary_service[1], canary_weight=0, shadow=True
     ) as client:
@@ -287,17 +301,21 @@ def test_shadow_agreement_is_measured(tmp_path, stable_service, canary_service):
         )
 
 
+@pytest.mark.parametrize("answer", ["body", "headers", "headers-only"])
 def test_delayed_labels_score_the_variant_that_answered(
-    tmp_path, stable_service, canary_service, both_clients
+    tmp_path, stable_service, canary_service, both_clients, answer
 ):
+    """Today's services name version, prediction and image key in answer headers (the router
+    never parses their bodies: `headers-only`); an older one's JSON body is read instead."""
     canary, _ = canary_service
     canary.mode = "wrong"
+    stable_service[0].answer = canary.answer = answer
     users = {v: users_on(v, 50, 4) for v in ("stable", "canary")}
     with router(tmp_path, stable_service[1], canary_service[1], canary_weight=50) as client:
         for i in range(8):
             variant = "canary" if i % 2 else "stable"
             response = predict(client, image(i), **{"X-User-Id": users[variant][i // 2]})
-            assert response.json()["variant"] == variant
+            assert response.headers["x-inkwell-variant"] == variant
         for i in range(8):
             upload = client.post(
                 "/v1/samples",
@@ -369,7 +387,7 @@ def test_metrics_are_labelled_by_variant_and_version(tmp_path, stable_service, c
 
 @pytest.mark.parametrize(
     ("headers", "code"),
-    [({}, "missing_api_key"), ({"X-API-Key": "wrong"}, "invalid_api_key")],
+    [({}, "api_key_required"), ({"X-API-Key": "wrong"}, "invalid_api_key")],
 )
 def test_admin_calls_without_the_key_get_401(
     tmp_path, stable_service, canary_service, headers, code
@@ -474,6 +492,25 @@ def test_cheque_requests_are_counted_by_cheque_version_apart_from_digit_requests
         assert metric(client, latency, variant="canary", model_version="2") == 2
         digits = "inkwell_router_upstream_requests_total"
         assert metric(client, digits, variant="canary") == 0  # no digit request was made
+
+
+@pytest.mark.parametrize("answer", ["body", "headers-only"])
+def test_cheque_reads_are_shadow_compared_by_amount(
+    tmp_path, stable_service, canary_service, answer
+):
+    stable_service[0].cheque_version, canary_service[0].cheque_version = "1", "2"
+    stable_service[0].answer = canary_service[0].answer = answer
+    with router(
+        tmp_path, stable_service[1], canary_service[1], canary_weight=0, shadow=True
+    ) as client:
+        for user in ("user-1", "user-2", "user-3"):
+            assert read_cheque(client, user).headers["x-inkwell-variant"] == "stable"
+        deadline = time.monotonic() + 5
+        comparisons = "inkwell_router_shadow_comparisons_total"
+        while metric(client, comparisons) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(client, comparisons, stable_version="1", canary_version="2") == 3
+        assert metric(client, comparisons, agree="true") == 3
 
 
 def test_without_a_cheque_rollout_cheque_reads_follow_the_digit_split(

@@ -50,13 +50,16 @@ def test_status_shows_watermark_pending_and_versions(client: TestClient) -> None
     assert status["running"] is False and status["canary_version"] is None
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [({}, "api_key_required"), ({"X-API-Key": "wrong"}, "invalid_api_key")],
+)
 def test_retrain_without_the_right_key_is_unauthorized(
-    client: TestClient, headers: dict[str, str]
+    client: TestClient, headers: dict[str, str], code: str
 ) -> None:
     response = client.post("/v1/retrain", headers=headers)
     assert response.status_code == 401
-    assert response.json()["code"] == "unauthorized" and "X-API-Key" in response.json()["message"]
+    assert response.json()["code"] == code and "X-API-Key" in response.json()["message"]
 
 
 def test_retrain_is_disabled_without_a_configured_key(
@@ -170,6 +173,7 @@ def test_status_shows_where_mnist_is(client: TestClient, mnist_path: Path) -> No
     assert mnist == {"found": True, "path": str(mnist_path), "message": None}
 
 
+@pytest.mark.integration
 def test_trainer_starts_without_its_database_answers_not_ready_then_recovers_by_itself(
     trainer_home: object, monkeypatch: pytest.MonkeyPatch, postgres_cluster: Cluster
 ) -> None:

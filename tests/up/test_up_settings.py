@@ -161,15 +161,25 @@ def test_local_keys_are_made_once_and_readable_by_the_owner_only(tmp_path: Path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_configured_keys_win_over_key_files(settings: UpSettings) -> None:
+def test_configured_keys_win_over_key_files(
+    settings: UpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "INKWELL_SERVICE_API_KEYS", " upload-key-0123456789:alice , k2-0123456789abcdef"
+    )
     env = {
-        "INKWELL_SERVICE_API_KEYS": " k1 , k2",
         "INKWELL_ROUTER_ADMIN_API_KEY": "boss",
         "INKWELL_TRAINER_ADMIN_API_KEY": "trainer-boss",
     }
     keys = resolve_keys(settings, env)
-    assert (keys.api_key, keys.admin_key, keys.trainer_key) == ("k1", "boss", "trainer-boss")
+    # the key itself, as a client sends it: the service's settings split off the user scope
+    assert keys.api_key == "upload-key-0123456789"
+    assert (keys.admin_key, keys.trainer_key) == ("boss", "trainer-boss")
+    assert keys.api_key_source == "INKWELL_SERVICE_API_KEYS"
     assert not (settings.home / "api.key").exists()
+    specs = {spec.name: spec for spec in build_specs(settings, keys, prometheus=None)}
+    assert "INKWELL_SERVICE_API_KEYS" not in specs["service-stable"].env  # the user's own stays
+    monkeypatch.delenv("INKWELL_SERVICE_API_KEYS")
     generated = resolve_keys(settings, {})
     assert generated.api_key == (settings.home / "api.key").read_text()
     # the router reads the same file when it runs without INKWELL_ROUTER_ADMIN_API_KEY
