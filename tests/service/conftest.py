@@ -106,6 +106,15 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) 
     )
 
 
+@pytest.fixture
+def restore_aliases(trained_registry: TrainedRegistry) -> Iterator[None]:
+    """Put stable and canary back on v1 and v2 after a test that moves them."""
+    yield
+    registry = trained_registry.registry()
+    registry.set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
+    registry.set_alias("inkwell-digits", CANARY, trained_registry.v2.version)
+
+
 def encode(array: np.ndarray, fmt: str = "PNG", mode: str = "L") -> bytes:
     """Encode a uint8 image (H, W) or (H, W, C) in `fmt`."""
     buffer = io.BytesIO()

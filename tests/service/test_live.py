@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,14 +31,6 @@ from tests.service.conftest import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def restore_aliases(trained_registry: TrainedRegistry) -> Iterator[None]:
-    yield
-    registry = trained_registry.registry()
-    registry.set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
-    registry.set_alias("inkwell-digits", CANARY, trained_registry.v2.version)
 
 
 def predict(client: httpx.Client, url: str, image: bytes) -> httpx.Response:

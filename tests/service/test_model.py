@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,14 +13,6 @@ from inkwell.settings import CANARY, STABLE
 from service.model import DigitModel
 from tests.outage import Mode, failing_server
 from tests.service.conftest import TrainedRegistry
-
-
-@pytest.fixture
-def restore_aliases(trained_registry: TrainedRegistry) -> Iterator[None]:
-    yield
-    registry = trained_registry.registry()
-    registry.set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
-    registry.set_alias("inkwell-digits", CANARY, trained_registry.v2.version)
 
 
 def test_load_serves_the_alias_version(trained_registry: TrainedRegistry) -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import psutil
 import pytest
 
-from inkwell.settings import CANARY, STABLE
+from inkwell.settings import STABLE
 from tests.harness import wait_until
 from tests.service.conftest import LiveService, TrainedRegistry, service_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def restore_aliases(trained_registry: TrainedRegistry) -> Iterator[None]:
-    yield
-    registry = trained_registry.registry()
-    registry.set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
-    registry.set_alias("inkwell-digits", CANARY, trained_registry.v2.version)
 
 
 def scrape(url: str) -> dict[str, float]:
