@@ -7,7 +7,13 @@ comes every 10-20 s. Freezing the heap once start-up is done (`gc.freeze()`) mov
 objects to a permanent generation that collections skip, so a full collection only walks what
 was created since: tens of milliseconds at most. Frozen objects are still freed by reference
 counting; only reference cycles among them are not, so whatever replaces a large part of that
-heap (a model swap: an eager `nn.Module` sits in a cycle) calls `refreeze()` to let them go.
+heap (a model swap: an eager `nn.Module` sits in a cycle) refreezes to let them go.
+
+The freeze is process-wide (there is one permanent generation), so it nests: an app started in
+a process whose heap is already frozen (a test session, or another app in the same process)
+leaves that freeze to its owner. It neither freezes nor unfreezes; its own objects stay with
+the collector, which frees them as usual. Otherwise the app's stop would unfreeze its host's
+heap, and every later start in that process would walk all of it again.
 """
 
 from __future__ import annotations
@@ -15,19 +21,36 @@ from __future__ import annotations
 import gc
 
 
-def freeze_long_lived() -> int:
-    """Collect once, then freeze every surviving object; returns how many are frozen."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
+class StartupFreeze:
+    """One app's freeze of its start-up heap: `freeze()` once started, `thaw()` when stopping."""
 
+    def __init__(self) -> None:
+        self.owner = False  # whether this app froze the heap (False: not frozen, or nested)
 
-def refreeze() -> int:
-    """Unfreeze, collect what became garbage since (an old model's cycles), and freeze again."""
-    gc.unfreeze()
-    return freeze_long_lived()
+    def freeze(self) -> int:
+        """Collect once, then freeze every surviving object, unless the heap is already frozen
+        by someone else; returns how many objects are frozen."""
+        if not self.owner and gc.get_freeze_count():
+            return gc.get_freeze_count()
+        gc.collect()
+        gc.freeze()
+        self.owner = True
+        return gc.get_freeze_count()
 
+    def refreeze(self) -> int:
+        """Unfreeze, collect what became garbage since (an old model's cycles), freeze again.
 
-def thaw() -> None:
-    """Give frozen objects back to the collector (an app stopping inside a longer process)."""
-    gc.unfreeze()
+        Nested (the heap frozen by someone else) there is nothing to do: this app's objects were
+        never frozen, so the collector frees an old model's cycles by itself."""
+        if self.owner:
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+        return gc.get_freeze_count()
+
+    def thaw(self) -> None:
+        """Give the objects this app froze back to the collector (an app stopping inside a longer
+        process); a nested app leaves its host's freeze alone."""
+        if self.owner:
+            self.owner = False
+            gc.unfreeze()

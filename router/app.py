@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from inkwell.errors import InkwellError
-from inkwell.heap import freeze_long_lived, thaw
+from inkwell.heap import StartupFreeze
 from inkwell.settings import CANARY, STABLE
 from inkwell.web.headers import with_security_headers
 from inkwell.web.http import error_response, register_error_handlers
@@ -272,15 +272,17 @@ def create_app(
     settings = settings or RouterSettings()
     runtime = Runtime(settings, source=source, aliases=aliases, cheque_aliases=cheque_aliases)
 
+    heap = StartupFreeze()
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        freeze_long_lived()  # full collections skip the start-up heap; see inkwell.heap
+        heap.freeze()  # full collections skip the start-up heap; see inkwell.heap
         try:
             yield
         finally:
             await runtime.stop()
-            thaw()
+            heap.thaw()
 
     app = FastAPI(
         title="Inkwell router",

@@ -29,7 +29,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 
 from inkwell.errors import StoreFullError, StoreUnavailableError
-from inkwell.heap import freeze_long_lived, refreeze, thaw
+from inkwell.heap import StartupFreeze
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
 from service.cheques import ChequeModel
@@ -83,6 +83,7 @@ class ServiceContext:
         self._store_full = False  # the last failure was a full disk (507, not 503)
         self._poller: asyncio.Task[None] | None = None
         self._started = False
+        self._heap = StartupFreeze()  # see inkwell.heap
 
     def _fail_fast(self) -> StoreUnavailableError:
         wait = max(1.0, self._store_down_until - time.monotonic())
@@ -159,7 +160,7 @@ class ServiceContext:
         await self.refresh_cheque_model()
         await self.batcher.start()
         # Last: everything loaded so far lives as long as the process; see inkwell.heap.
-        freeze_long_lived()
+        self._heap.freeze()
         self._started = True
         self._poller = asyncio.create_task(self._poll(), name="inkwell-alias-poller")
 
@@ -173,7 +174,7 @@ class ServiceContext:
             self._store.engine.dispose()
         if self._started:
             self._started = False
-            thaw()
+            self._heap.thaw()
         self.metrics.worker_exited()
 
     def seed_shipped(self) -> None:
@@ -212,7 +213,7 @@ class ServiceContext:
     def _refreeze_after_start(self) -> None:
         # A swap after start-up: the new model joins the frozen heap, the old one's cycles go.
         if self._started:
-            refreeze()
+            self._heap.refreeze()
 
     async def _poll(self) -> None:
         while True:

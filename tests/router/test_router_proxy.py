@@ -415,17 +415,13 @@ def test_admin_calls_without_the_key_get_401(
 
 
 def test_started_router_freezes_its_startup_heap_so_full_collections_skip_it(
-    tmp_path, stable_service, canary_service
+    tmp_path, stable_service, canary_service, unfrozen_heap
 ):
-    gc.unfreeze()  # whatever other tests in this process did
-    try:
-        with router(tmp_path, stable_service[1], canary_service[1]) as client:
-            assert predict(client, image(0)).status_code == 200
-            frozen = gc.get_freeze_count()
-            assert frozen > 50_000 and len(gc.get_objects()) < frozen / 5
-        assert gc.get_freeze_count() == 0  # stopping gives the heap back
-    finally:
-        gc.unfreeze()
+    with router(tmp_path, stable_service[1], canary_service[1]) as client:
+        assert predict(client, image(0)).status_code == 200
+        frozen = gc.get_freeze_count()
+        assert frozen > 50_000 and len(gc.get_objects()) < frozen / 5
+    assert gc.get_freeze_count() == 0  # stopping gives the heap back
 
 
 def test_readiness_shows_the_cheque_version_each_service_reads_with(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 
 from inkwell.settings import CANARY, STABLE
@@ -15,16 +13,8 @@ from service.main import create_app
 from tests.service.conftest import TrainedRegistry
 
 
-@pytest.fixture
-def unfrozen() -> Iterator[None]:
-    """Start and end with nothing frozen, whatever other tests in this process did."""
-    gc.unfreeze()
-    yield
-    gc.unfreeze()
-
-
 def test_started_service_freezes_its_startup_heap_so_full_collections_skip_it(
-    trained_registry: TrainedRegistry, unfrozen: None
+    trained_registry: TrainedRegistry, unfrozen_heap: None
 ) -> None:
     app = create_app(trained_registry.settings(poll_interval_s=60))
     with TestClient(app):
@@ -35,7 +25,7 @@ def test_started_service_freezes_its_startup_heap_so_full_collections_skip_it(
 
 
 def test_model_swap_after_start_frees_the_old_models_frozen_cycles(
-    trained_registry: TrainedRegistry, unfrozen: None
+    trained_registry: TrainedRegistry, unfrozen_heap: None
 ) -> None:
     app = create_app(trained_registry.settings(poll_interval_s=60))
     context: ServiceContext = app.state.context
