@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,11 +48,31 @@ def mnist_dir() -> Path:
     return found
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite store with its schema migrated once (creating one takes ~1 s: dozens of
+    migrations). Homes get a copy (`copy_mlflow_db`); what a registry holds is the test's."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def copy_mlflow_db(template: Path, home: Path) -> Path:
+    """Make `home` (if needed) with an empty, migrated MLflow store where the default settings
+    look for it (`<home>/mlflow.db`); returns `home`."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, home / "mlflow.db")
+    return home
+
+
 @pytest.fixture
-def inkwell_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path) -> Path:
-    """A fresh INKWELL_HOME (registry, artifacts, sample store) for one test."""
-    home = tmp_path / "inkwell-home"
-    home.mkdir()
+def inkwell_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_dir: Path, empty_mlflow_db: Path
+) -> Path:
+    """A fresh INKWELL_HOME (empty registry, artifacts, sample store) for one test."""
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path / "inkwell-home")
     monkeypatch.setenv("INKWELL_HOME", str(home))
     monkeypatch.setenv("INKWELL_DATA_DIR", str(mnist_dir))
     for name in ("INKWELL_TRACKING_URI", "MLFLOW_TRACKING_URI", "INKWELL_DATABASE_URL"):

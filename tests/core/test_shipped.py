@@ -15,6 +15,7 @@ import pytest
 from inkwell.registry import META_FILE, WEIGHTS_FILE, Registry
 from inkwell.settings import STABLE, CoreSettings
 from inkwell.shipped import SHIPPED_DIR, seed_registry, sha256_of, shipped_model
+from tests.conftest import copy_mlflow_db
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_BYTES = {"digits": 300_000, "cheques": 8_000_000}
@@ -77,13 +78,14 @@ def test_empty_registry_is_seeded_with_stable_v1_of_each_shipped_model(tmp_path:
 
 @pytest.mark.slow
 def test_seeded_digit_model_reads_mnist_test_as_its_card_says(
-    tmp_path: Path, mnist_dir: Path
+    tmp_path: Path, mnist_dir: Path, empty_mlflow_db: Path
 ) -> None:
     from inkwell.data import load_split
     from inkwell.train import split_tensors
     from inkwell.training import evaluate
 
-    settings = CoreSettings(home=tmp_path / "home", allow_download=False)
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path / "home")  # an empty registry
+    settings = CoreSettings(home=home, allow_download=False)
     seed_registry(settings, kinds=("digits",))
     loaded = Registry(settings).load_digit_model(STABLE)
     accuracy = evaluate(loaded.model, *split_tensors(load_split("test", mnist_dir))).accuracy
@@ -91,12 +93,13 @@ def test_seeded_digit_model_reads_mnist_test_as_its_card_says(
     assert abs(accuracy - float(loaded.meta["test_accuracy"])) < 1e-4
 
 
-def test_registry_that_has_a_version_is_left_alone(tmp_path: Path) -> None:
+def test_registry_that_has_a_version_is_left_alone(tmp_path: Path, empty_mlflow_db: Path) -> None:
     import torch
 
     from inkwell.model import DigitNet, ModelConfig
 
-    settings = CoreSettings(home=tmp_path / "home", allow_download=False)
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path / "home")  # an empty registry
+    settings = CoreSettings(home=home, allow_download=False)
     registry = Registry(settings)
     with registry.start_run("own") as run:
         registry.register_digit_model(DigitNet(ModelConfig(width=4)), run.info.run_id)
@@ -107,8 +110,11 @@ def test_registry_that_has_a_version_is_left_alone(tmp_path: Path) -> None:
     assert torch.is_tensor(registry.load_digit_model("1").model.head[1].weight)
 
 
-def test_nothing_is_seeded_when_the_package_ships_no_model(tmp_path: Path) -> None:
-    settings = CoreSettings(home=tmp_path / "home", allow_download=False)
+def test_nothing_is_seeded_when_the_package_ships_no_model(
+    tmp_path: Path, empty_mlflow_db: Path
+) -> None:
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path / "home")  # an empty registry
+    settings = CoreSettings(home=home, allow_download=False)
     assert seed_registry(settings, root=tmp_path / "empty-package") == []
     assert Registry(settings).list_versions("inkwell-digits") == []
 
@@ -158,8 +164,9 @@ def test_processes_starting_together_register_each_model_once(tmp_path: Path) ->
     assert sum(int(out.strip().splitlines()[-1]) for out, _ in outputs) == 2
 
 
-def test_seeded_meta_records_source_and_sha256(tmp_path: Path) -> None:
-    settings = CoreSettings(home=tmp_path / "home", allow_download=False)
+def test_seeded_meta_records_source_and_sha256(tmp_path: Path, empty_mlflow_db: Path) -> None:
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path / "home")  # an empty registry
+    settings = CoreSettings(home=home, allow_download=False)
     seed_registry(settings, kinds=("digits",))
     registry = Registry(settings)
     folder = registry.download(registry.get_version("inkwell-digits", STABLE), tmp_path / "dl")

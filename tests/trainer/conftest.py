@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from inkwell.registry import Registry
 from inkwell.settings import STABLE
 from inkwell.store import SampleStore
 from inkwell.training import TrainConfig, fit, images_to_tensor
+from tests.conftest import copy_mlflow_db
 from tests.harness import png
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,24 +62,13 @@ def tiny_base(mnist: MnistArrays) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.fixture(scope="session")
-def empty_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow sqlite store with its schema migrated once (creating one takes seconds)."""
-    from mlflow.tracking import MlflowClient
-
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def trainer_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mnist_path: Path, empty_mlflow_db: Path
 ) -> Path:
     """A fresh INKWELL_HOME with fast trainer settings (a few HPO trials, lenient timing)."""
     home = tmp_path / "home"
-    home.mkdir()
-    shutil.copyfile(empty_mlflow_db, home / "mlflow.db")
+    copy_mlflow_db(empty_mlflow_db, home)
     for name in list(os.environ):
         if name.startswith("INKWELL_") or name == "MLFLOW_TRACKING_URI":
             monkeypatch.delenv(name, raising=False)

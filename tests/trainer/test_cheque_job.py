@@ -26,6 +26,7 @@ from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.store import ChequeSample
 from service.main import create_app
 from service.settings import ServiceSettings
+from tests.conftest import copy_mlflow_db
 from trainer.cheque_job import ChequeJobPlan, ChequeRetrainer, held_out
 from trainer.pipeline import Retrainer
 from trainer.settings import TrainerSettings
@@ -43,8 +44,9 @@ def _png(gray: np.ndarray) -> bytes:
 
 
 @pytest.fixture
-def home(tmp_path: Path, mnist_dir: Path) -> Path:
+def home(tmp_path: Path, mnist_dir: Path, empty_mlflow_db: Path) -> Path:
     """A home whose registry holds the shipped cheque reader as v1 `stable`."""
+    copy_mlflow_db(empty_mlflow_db, tmp_path)
     registry = Registry(CoreSettings(home=tmp_path, data_dir=mnist_dir))
     reader = ChequeReader.from_dir(SHIPPED)
     with registry.start_run("shipped-cheques") as run, tempfile.TemporaryDirectory() as tmp:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import copy_mlflow_db
 from tests.e2e.stack import ARTIFACTS, Stack, register_digits, shipped_digit_weights
 
 
@@ -19,10 +20,11 @@ def base_weights() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def stack_home(tmp_path: Path, base_weights: dict[str, torch.Tensor]) -> Path:
+def stack_home(
+    tmp_path: Path, base_weights: dict[str, torch.Tensor], empty_mlflow_db: Path
+) -> Path:
     """A fresh INKWELL_HOME whose registry has version 1 of the digit model as `stable`."""
-    home = tmp_path / "home"
-    home.mkdir()
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path / "home")
     register_digits(home, base_weights, ("stable",), note="shipped weights")
     return home
 
