@@ -1,13 +1,11 @@
 """The whole system as the tests run it: `inkwell up` as a real subprocess on free ports, with a
-temporary INKWELL_HOME holding a really trained digit model (the shipped one, or a small one
-trained in seconds) and the shipped cheque reader that `inkwell up` seeds, and clients that talk
-to it over HTTP only.
+temporary INKWELL_HOME holding the shipped digit model and the shipped cheque reader that
+`inkwell up` seeds, and clients that talk to it over HTTP only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import signal
@@ -27,50 +25,11 @@ from tests.harness import Process, child_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
-CACHE = ARTIFACTS / "cache"
 API_KEY = "e2e-client-key-0123456789"
 ADMIN_KEY = "e2e-admin-key-0123456789"
-TINY_WIDTH = 8
 
 
 # ---- models ---------------------------------------------------------------------------------
-
-
-def trained_digit_weights(
-    mnist: Path, *, width: int = TINY_WIDTH, n: int = 12_000, epochs: int = 1
-) -> dict[str, torch.Tensor]:
-    """A DigitNet really trained on the first `n` MNIST training images.
-
-    Cached under test-artifacts/cache, keyed by the data's md5 and the recipe, so only the first
-    run of the suite pays the training time.
-    """
-    from inkwell.data import load_split
-    from inkwell.model import DigitNet, ModelConfig
-    from inkwell.train import split_tensors
-    from inkwell.training import TrainConfig, fit, seed_everything
-
-    split = load_split("train", mnist)
-    config = ModelConfig(width=width)
-    recipe = f"{sorted(config.to_dict().items())}-n{n}-e{epochs}-{sorted(split.md5.items())}"
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-    path = CACHE / f"digits-{key}.pt"
-    if path.exists():
-        return dict(torch.load(path, map_location="cpu", weights_only=True))
-    seed_everything(0)
-    model = DigitNet(config)
-    x, y = split_tensors(split)
-    fit(model, (x[:n], y[:n]), TrainConfig(epochs=epochs, batch_size=64, seed=0))
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-    return state
-
-
-def tiny_digit_weights(mnist: Path) -> dict[str, torch.Tensor]:
-    """Width 8, 12,000 images, one epoch: about 95 % on MNIST test, trained in seconds."""
-    return trained_digit_weights(mnist)
 
 
 def shipped_digit_weights() -> dict[str, torch.Tensor]:

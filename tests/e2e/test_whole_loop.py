@@ -31,7 +31,7 @@ from tests.e2e.stack import (
     Stack,
     register_digits,
     registry_aliases,
-    trained_digit_weights,
+    shipped_digit_weights,
 )
 from tests.harness import png, wait_until
 
@@ -65,7 +65,7 @@ E2E_SETTINGS = {
 
 def felt_pen(image: np.ndarray) -> np.ndarray:
     """The new customer's style: a broad pen (strokes three pixels wide), slanted (shear 0.6)
-    and the whole digit turned 15 degrees. A ~98 % MNIST model reads it ~80 % right."""
+    and the whole digit turned 15 degrees. The shipped model reads it ~83 % right."""
     ink = np.pad(image.astype(np.float32) / 255.0, 10)
     centre = np.array(ink.shape) / 2
     turn = np.deg2rad(15)
@@ -214,9 +214,9 @@ def digits(mnist_dir: Path) -> Digits:
 def loop_stack(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("loop") / "home"
     home.mkdir()
-    # the production architecture, one epoch on all of MNIST (~98 %): a realistic stable model
-    base = trained_digit_weights(mnist_dir, width=16, n=60_000, epochs=1)
-    register_digits(home, base, ("stable",))
+    # the shipped base model (the production recipe, 99.4 % on MNIST test): the stable model a
+    # real install starts from. It reads the felt pen ~83 % right (98.8 % on plain digits).
+    register_digits(home, shipped_digit_weights(), ("stable",), note="shipped")
     stack = Stack(
         home=home,
         mnist=mnist_dir,
