@@ -80,6 +80,32 @@ def inkwell_home(
     return home
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files holding slow tests first, then files with more tests first; a file's own tests keep
+    their order.
+
+    Under `make test` (`--dist loadfile`) a file is one unit of work. pytest-xdist's own order
+    (most tests first) handed out the long files with few tests (the end-to-end loop, the
+    router's rollouts, fuzzing, `inkwell up`) last, so one worker finished them alone while the
+    others idled. Started first, the short files fill in around them; pyproject.toml passes
+    `--no-loadscope-reorder` so xdist keeps this order.
+    """
+    counts: dict[Path, int] = {}
+    slow: dict[Path, int] = {}
+    for item in items:
+        counts[item.path] = counts.get(item.path, 0) + 1
+        if item.get_closest_marker("slow"):
+            slow[item.path] = slow.get(item.path, 0) + 1
+
+    def order(path: Path) -> tuple[float, int]:
+        # all-slow files (end-to-end runs, fuzzing) are the longest; then the share of slow tests
+        share = slow.get(path, 0) / counts[path]
+        return (-share, -counts[path]) if share else (1.0, -counts[path])
+
+    first = {path: index for index, path in enumerate(counts)}
+    items.sort(key=lambda item: (*order(item.path), first[item.path]))
+
+
 # A test that failed once and passed on its rerun would leave no trace of why in CI's log
 # (`-ra` lists only the name). Keep the first failure's text and print it at the end.
 _RERUN_FAILURES: list[str] = []
