@@ -18,15 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from inkwell.data import load_split
 from inkwell.digit_images import evaluate_digit_folder, load_digit_folder
-from inkwell.model import DigitNet, ModelConfig
-from inkwell.registry import load_digit_dir, save_digit_model
-from inkwell.train import split_tensors
-from inkwell.training import TrainConfig, fit
+from inkwell.registry import load_digit_dir
+from inkwell.shipped import SHIPPED_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 CHEQUES_DIR = Path(
@@ -53,15 +50,9 @@ def accuracy_line(stdout: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    torch.set_num_threads(1)  # a few hundred steps; more threads only contend on a busy machine
-    torch.manual_seed(0)
-    x, y = split_tensors(load_split("train", mnist_dir))
-    model = DigitNet(ModelConfig(width=8))
-    fit(model, (x[:4000], y[:4000]), TrainConfig(epochs=10, seed=0, max_steps=200, augment=False))
-    folder = tmp_path_factory.mktemp("digits-model")
-    save_digit_model(model.eval(), folder, {"note": "test"})
-    return folder
+def model_dir() -> Path:
+    """The shipped digit model's folder (weights.pt + model.json), as `inkwell train` saves one."""
+    return SHIPPED_DIR / "digits"
 
 
 def as_scan(digit: np.ndarray) -> bytes:
