@@ -147,7 +147,7 @@ def _freeze_test_heap() -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def frozen_test_heap() -> Iterator[None]:
+def frozen_test_heap() -> None:
     """Freeze the test process's start-up heap (torch, MLflow, every collected test module) once.
 
     An app started in-process (router, service) collects and freezes its heap when started
@@ -157,9 +157,8 @@ def frozen_test_heap() -> Iterator[None]:
     the collector as usual. `unfrozen_heap` gives a test the unfrozen process apps see in
     production.
     """
+    # Left frozen at the end: the process exits, and pytest's last collection stays cheap too.
     _freeze_test_heap()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture
