@@ -223,6 +223,7 @@ class ChequeRetrainer:
             steps=plan.steps,
             batch_size=s.cheque_batch_size,
             lr=s.cheque_lr,
+            distill_weight=s.cheque_distill_weight,
             seed=plan.seed,
             review_rate=s.cheque_review_rate,
             eval_every=0,
@@ -307,6 +308,9 @@ class ChequeRetrainer:
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "real_fraction": cfg.real_fraction,
+            "distill_weight": cfg.distill_weight,
+            "distill_temperature": cfg.distill_temperature,
+            "freeze_norm_stats": cfg.freeze_norm_stats,
         }
         tags = {
             JOB_TAG: plan.job_id,

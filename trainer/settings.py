@@ -189,6 +189,12 @@ class TrainerSettings(CoreSettings):
     )
     cheque_batch_size: int = Field(default=32, ge=2, description="Fields per cheque batch.")
     cheque_lr: float = Field(default=5e-4, gt=0, description="Cheque fine-tuning peak LR.")
+    cheque_distill_weight: float = Field(
+        default=10.0,
+        ge=0,
+        description="Weight of the distillation to stable on the replayed synthetic fields "
+        "(learning without forgetting); 0 turns it off.",
+    )
     cheque_replay_max: int = Field(
         default=2000, ge=1, description="Most reviewed fields one cheque job trains on (newest)."
     )
