@@ -32,7 +32,7 @@ from inkwell.cheques.pools import DigitPool
 from inkwell.cheques.preprocess import prepare_field
 from inkwell.cheques.reader import ChequeReader, to_gray
 from inkwell.cheques.stream import FieldBatch, FieldStream, collate
-from inkwell.cheques.synth import synth_config
+from inkwell.cheques.synth import SYNTH_STYLES, synth_config
 from inkwell.cheques.train import (
     ChequeTrainConfig,
     TrainHooks,
@@ -44,6 +44,7 @@ from inkwell.cheques.train import (
 from inkwell.errors import InvalidInputError, NoInkError
 
 RealField = tuple[np.ndarray, str]  # gray image (1 = white) and its digit string
+REPLAY_STYLES = (*SYNTH_STYLES, "both")
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,18 @@ def real_batches(fields: Sequence[RealField], batch_size: int = 64) -> list[Fiel
     return [collate(prepared[i : i + batch_size]) for i in range(0, len(prepared), batch_size)]
 
 
+def replay_styles(style: str) -> tuple[str, ...]:
+    """The synthetic styles a fine-tuning batch replays: one of `SYNTH_STYLES`, or `both`
+    (half classic, half real: the two styles the shipped reader was trained on in turn)."""
+    if style == "both":
+        return SYNTH_STYLES
+    if style not in SYNTH_STYLES:
+        raise InvalidInputError(
+            f"unknown replay style {style!r}; use one of {', '.join(REPLAY_STYLES)}"
+        )
+    return (style,)
+
+
 class MixedStream:
     """Endless batches: `real_fraction` augmented real fields + synthetic replay fields."""
 
@@ -192,15 +205,22 @@ class MixedStream:
         self.n_real = max(1, round(cfg.batch_size * cfg.real_fraction))
         self.n_synth = cfg.batch_size - self.n_real
         self.rng = np.random.default_rng([cfg.seed, 31])
-        self.synth: Iterator[FieldBatch] | None = None
-        if self.n_synth > 0:
-            stream = FieldStream(
-                pool,
-                seed=cfg.seed + 20_000,
-                batch_size=self.n_synth,
-                cfg=synth_config(cfg.synth_style, blank_rate=0.02),
+        styles = replay_styles(cfg.synth_style)
+        # the replayed rows split between the styles (the first style takes the remainder)
+        shares = [self.n_synth // len(styles)] * len(styles)
+        shares[0] += self.n_synth - sum(shares)
+        self.synth: list[Iterator[FieldBatch]] = [
+            iter(
+                FieldStream(
+                    pool,
+                    seed=cfg.seed + 20_000 + k,
+                    batch_size=share,
+                    cfg=synth_config(style, blank_rate=0.02),
+                )
             )
-            self.synth = iter(stream)
+            for k, (style, share) in enumerate(zip(styles, shares, strict=True))
+            if share > 0
+        ]
 
     def __iter__(self) -> Iterator[FieldBatch]:
         return self
@@ -214,8 +234,8 @@ class MixedStream:
             except NoInkError:
                 continue
         real_rows = len(prepared)
-        if self.synth is not None:
-            synth = next(self.synth)
+        for stream in self.synth:
+            synth = next(stream)
             # unpad the synthetic batch back to fields so one collate pads them all together
             for row, width in enumerate(synth.widths.tolist()):
                 prepared.append((synth.inputs[row, 0, :, :width].numpy(), synth.labels[row]))

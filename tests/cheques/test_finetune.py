@@ -15,6 +15,7 @@ from inkwell.cheques.finetune import (
     ReplayDistillation,
     augment_real,
     finetune_reader,
+    replay_styles,
     split_rows,
 )
 from inkwell.cheques.model import CRNN
@@ -170,3 +171,18 @@ def test_frozen_norm_statistics_stay_put_while_the_weights_learn(train_pool: Dig
 def test_a_negative_distillation_weight_is_refused() -> None:
     with pytest.raises(InvalidInputError, match="distill_weight must be >= 0"):
         FinetuneConfig(distill_weight=-1.0)
+
+
+def test_replay_of_both_styles_splits_the_synthetic_rows(train_pool: DigitPool) -> None:
+    real = [(gray, "4242") for gray, _ in _fields(train_pool, 3, seed=2)]
+    cfg = FinetuneConfig(batch_size=9, real_fraction=0.34, synth_style="both")
+    stream = MixedStream(real, train_pool, cfg)
+    assert [next(s).inputs.shape[0] for s in stream.synth] == [3, 3]  # classic, real
+    batch = next(stream)
+    assert batch.replay is not None and batch.replay.tolist() == [False] * 3 + [True] * 6
+    assert replay_styles("both") == ("classic", "real") and replay_styles("real") == ("real",)
+
+
+def test_an_unknown_replay_style_is_refused_with_the_choices() -> None:
+    with pytest.raises(InvalidInputError, match="classic, real, both"):
+        replay_styles("photos")
