@@ -124,6 +124,17 @@ class CoreSettings(BaseSettings):
         "SQLite: how long to wait for a lock held by another process).",
     )
 
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets `field` (its shared alias, else prefix + name)."""
+        info = cls.model_fields[field]
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+            return alias.choices[0]
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
     @field_validator("mnist_mirrors", mode="before")
     @classmethod
     def _split_mirrors(cls, value: object) -> object:

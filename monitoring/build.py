@@ -26,9 +26,13 @@ from typing import Any
 import yaml
 
 MONITORING = Path(__file__).resolve().parent
-# A script, not a package: the checkout's own core, for the metric names the service exports.
+# A script, not a package: the checkout's own core and components, for the metric names they
+# export (`inkwell.contract` and each component's metrics module), never copied here.
 sys.path.insert(0, str(MONITORING.parent))
 from inkwell import contract  # noqa: E402
+from router import metrics as router_metrics  # noqa: E402
+from service import metrics as service_metrics  # noqa: E402
+from trainer import metrics as trainer_metrics  # noqa: E402
 
 OUT_DIR = MONITORING / "grafana" / "dashboards"
 RULES_DIR = MONITORING / "prometheus" / "rules"
@@ -174,7 +178,11 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
             [
                 stat(
                     "Rollout phase",
-                    _q("max by (phase) (inkwell_rollout_phase) == 1", "{{phase}}", instant=True),
+                    _q(
+                        f"max by (phase) ({router_metrics.ROLLOUT_PHASE}) == 1",
+                        "{{phase}}",
+                        instant=True,
+                    ),
                     description="The rollout controller's state: idle, canary (stepping), "
                     "paused, promoting, rolling_back, promoted, rolled_back.",
                     text_mode="name",
@@ -182,14 +190,14 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 stat(
                     "Canary weight",
-                    _q("max(inkwell_router_canary_weight)", "weight"),
+                    _q(f"max({router_metrics.CANARY_WEIGHT})", "weight"),
                     description="Percent of users the router sends to the canary.",
                     unit="percent",
                     core=True,
                 ),
                 stat(
                     "Rollout step",
-                    _q("max(inkwell_rollout_step)", "step"),
+                    _q(f"max({router_metrics.ROLLOUT_STEP})", "step"),
                     description="Index of the current step in INKWELL_ROUTER_ROLLOUT_STEPS "
                     "(-1: no rollout).",
                     core=True,
@@ -207,13 +215,13 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 state_timeline(
                     "Rollout phase over time",
-                    _q("max by (phase) (inkwell_rollout_phase)", "{{phase}}"),
+                    _q(f"max by (phase) ({router_metrics.ROLLOUT_PHASE})", "{{phase}}"),
                     description="1 while the controller is in the phase.",
                     core=True,
                 ),
                 timeseries(
                     "Canary weight over time",
-                    _q("max(inkwell_router_canary_weight)", "canary weight"),
+                    _q(f"max({router_metrics.CANARY_WEIGHT})", "canary weight"),
                     description="Steps up at each passed analysis; drops to 0 on rollback.",
                     unit="percent",
                     core=True,
@@ -274,11 +282,12 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 timeseries(
                     "Fallbacks to stable and breaker",
                     _q(
-                        "sum by (reason) (rate(inkwell_router_fallbacks_total[$__rate_interval]))",
+                        "sum by (reason) "
+                        f"(rate({router_metrics.FALLBACKS}_total[$__rate_interval]))",
                         "fallback: {{reason}}",
                     ),
                     _q(
-                        "max by (variant) (inkwell_router_circuit_open)",
+                        f"max by (variant) ({router_metrics.CIRCUIT_OPEN})",
                         "breaker open: {{variant}}",
                     ),
                     description="Canary failures answered by stable, and whether the circuit "
@@ -288,12 +297,12 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                     "Analyses and transitions",
                     _q(
                         "sum by (result) "
-                        "(increase(inkwell_rollout_analyses_total[$__rate_interval]))",
+                        f"(increase({router_metrics.ROLLOUT_ANALYSES}_total[$__rate_interval]))",
                         "analysis {{result}}",
                     ),
                     _q(
                         "sum by (to) "
-                        "(increase(inkwell_rollout_transitions_total[$__rate_interval]))",
+                        f"(increase({router_metrics.ROLLOUT_TRANSITIONS}_total[$__rate_interval]))",
                         "to {{to}}",
                     ),
                     description="Canary analyses by result, and phase changes.",
@@ -323,7 +332,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                     "Model reloads",
                     _q(
                         "sum by (variant, model_version) "
-                        "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
+                        f"(increase({service_metrics.MODEL_RELOADS}_total[$__rate_interval]))",
                         "{{variant}} v{{model_version}}",
                     ),
                     description="Hot swaps after the alias moved (the first load included).",
@@ -332,7 +341,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 timeseries(
                     "Promotions and rollbacks",
                     _q(
-                        "sum by (to) (increase(inkwell_rollout_transitions_total"
+                        f"sum by (to) (increase({router_metrics.ROLLOUT_TRANSITIONS}_total"
                         '{to=~"promoted|rolled_back"}[$__rate_interval]))',
                         "{{to}}",
                     ),
@@ -346,7 +355,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 bars(
                     "Gate results",
                     _q(
-                        "sum by (outcome) (increase(inkwell_trainer_retrains_total[$__range]))",
+                        f"sum by (outcome) (increase({trainer_metrics.RETRAINS}_total[$__range]))",
                         "{{outcome}}",
                         instant=True,
                     ),
@@ -356,7 +365,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Candidate accuracy (forgetting)",
-                    _q("max by (dataset) (inkwell_trainer_candidate_accuracy)", "{{dataset}}"),
+                    _q(f"max by (dataset) ({trainer_metrics.CANDIDATE_ACCURACY})", "{{dataset}}"),
                     description="The last candidate's accuracy: mnist_test is the original task "
                     "(a fall is forgetting; the gate allows INKWELL_TRAINER_GATE_MAX_OLD_DROP_PP), "
                     "holdout is the new users' held-out samples.",
@@ -365,12 +374,12 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 stat(
                     "Last candidate version",
-                    _q("max(inkwell_trainer_last_candidate_version)", "version"),
+                    _q(f"max({trainer_metrics.LAST_VERSION})", "version"),
                     description="Registry version of the last candidate, passed or rejected.",
                 ),
                 stat(
                     "Retrain running",
-                    _q("max(inkwell_trainer_retrain_running)", "running"),
+                    _q(f"max({trainer_metrics.RUNNING})", "running"),
                     description="1 while a retrain runs (one at a time).",
                     core=True,
                 ),
@@ -378,7 +387,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                     "Retrains by outcome",
                     _q(
                         "sum by (outcome) "
-                        "(increase(inkwell_trainer_retrains_total[$__rate_interval]))",
+                        f"(increase({trainer_metrics.RETRAINS}_total[$__rate_interval]))",
                         "{{outcome}}",
                     ),
                     description="When retrains finished, by outcome.",
@@ -388,7 +397,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                     *(
                         _q(
                             f"histogram_quantile({q}, sum by (le) "
-                            "(increase(inkwell_trainer_retrain_seconds_bucket[1h])))",
+                            f"(increase({trainer_metrics.RETRAIN_SECONDS}_bucket[1h])))",
                             f"p{round(q * 100)}",
                         )
                         for q in (0.5, 0.95)
@@ -398,8 +407,8 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Replay buffer and watermark",
-                    _q("max(inkwell_trainer_buffer_size)", "buffer items"),
-                    _q("max(inkwell_trainer_watermark)", "watermark (sample id)"),
+                    _q(f"max({trainer_metrics.BUFFER_SIZE})", "buffer items"),
+                    _q(f"max({trainer_metrics.WATERMARK})", "watermark (sample id)"),
                     description="Replay-buffer size after the last retrain, and the highest "
                     "sample id trained on.",
                 ),
@@ -418,7 +427,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Labelled uploads",
                     _q(
                         "sum by (created) "
-                        "(rate(inkwell_service_samples_accepted_total[$__rate_interval]))",
+                        f"(rate({service_metrics.SAMPLES_ACCEPTED}_total[$__rate_interval]))",
                         "created={{created}}",
                     ),
                     description="Samples stored per second; created=false are duplicates or "
@@ -430,7 +439,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Rejected uploads by reason",
                     _q(
                         "sum by (reason) "
-                        "(increase(inkwell_service_samples_rejected_total[$__range]))",
+                        f"(increase({service_metrics.SAMPLES_REJECTED}_total[$__range]))",
                         "{{reason}}",
                         instant=True,
                     ),
@@ -440,7 +449,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Quarantined by reason",
                     _q(
                         "sum by (reason) "
-                        "(increase(inkwell_trainer_quarantined_samples_total[$__range]))",
+                        f"(increase({trainer_metrics.QUARANTINED}_total[$__range]))",
                         "{{reason}}",
                         instant=True,
                     ),
@@ -460,9 +469,9 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Pending and trained samples",
-                    _q("max(inkwell_trainer_pending_samples)", "pending"),
+                    _q(f"max({trainer_metrics.PENDING})", "pending"),
                     _q(
-                        "sum(increase(inkwell_trainer_trained_samples_total[$__rate_interval]))",
+                        f"sum(increase({trainer_metrics.TRAINED}_total[$__rate_interval]))",
                         "trained",
                     ),
                     description="Accepted uploads waiting for the next retrain, and new samples "
@@ -473,7 +482,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Predictions by digit",
                     _q(
                         "sum by (digit) "
-                        "(rate(inkwell_service_predictions_total[$__rate_interval]))",
+                        f"(rate({service_metrics.PREDICTIONS}_total[$__rate_interval]))",
                         "{{digit}}",
                     ),
                     description="What the models answer; a shift can mean drift in the input.",
@@ -495,7 +504,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     "Requests by variant and route",
                     _q(
                         "sum by (variant, route) "
-                        f"(rate(inkwell_service_requests_total{{{USER_ROUTES}}}[$__rate_interval]))",
+                        f"(rate({service_metrics.REQUESTS}_total{{{USER_ROUTES}}}[$__rate_interval]))",
                         "{{variant}} {{route}}",
                     ),
                     description="Requests per second each service answered (probes excluded).",
@@ -507,7 +516,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     *(
                         _q(
                             f"histogram_quantile({q}, sum by (variant, le) "
-                            "(rate(inkwell_service_request_duration_seconds_bucket"
+                            f"(rate({service_metrics.REQUEST_DURATION}_bucket"
                             f"{{{USER_ROUTES}}}[$__rate_interval])))",
                             f"{{{{variant}}}} p{round(q * 100)}",
                         )
@@ -528,12 +537,12 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     "Router overhead (p50)",
                     _q(
                         "histogram_quantile(0.5, sum by (le) "
-                        "(rate(inkwell_router_request_latency_seconds_bucket[$__rate_interval])))",
+                        f"(rate({router_metrics.REQUEST_LATENCY}_bucket[$__rate_interval])))",
                         "through the router",
                     ),
                     _q(
                         "histogram_quantile(0.5, sum by (le) "
-                        "(rate(inkwell_router_upstream_latency_seconds_bucket[$__rate_interval])))",
+                        f"(rate({router_metrics.UPSTREAM_LATENCY}_bucket[$__rate_interval])))",
                         "service (as the router sees it)",
                     ),
                     description="Median client latency through the router against the median "
@@ -550,7 +559,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     _q("variant:inkwell_service_batch_size:mean5m", "{{variant}} mean"),
                     _q(
                         "histogram_quantile(0.95, sum by (variant, le) "
-                        "(rate(inkwell_service_batch_size_bucket[$__rate_interval])))",
+                        f"(rate({service_metrics.BATCH_SIZE}_bucket[$__rate_interval])))",
                         "{{variant}} p95",
                     ),
                     description="Images per forward pass: above 1 means concurrent requests "
@@ -562,12 +571,12 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     _q(f"max by (variant) ({contract.READY})", "{{variant}} ready"),
                     _q(
                         "sum by (variant) "
-                        "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
+                        f"(increase({service_metrics.MODEL_RELOADS}_total[$__rate_interval]))",
                         "{{variant}} reloads",
                     ),
                     _q(
                         "sum by (variant, reason) "
-                        "(increase(inkwell_service_model_load_failures_total[$__rate_interval]))",
+                        f"(increase({service_metrics.MODEL_LOAD_FAILURES}_total[$__rate_interval]))",
                         "{{variant}} load failure: {{reason}}",
                     ),
                     description="Whether each variant has a model (1), its reloads and failed "
@@ -746,7 +755,7 @@ def build(uid: str) -> dict[str, Any]:
                     "enable": True,
                     "iconColor": "orange",
                     "expr": scoped(
-                        "sum by (to) (changes(inkwell_rollout_transitions_total[1m])) > 0"
+                        f"sum by (to) (changes({router_metrics.ROLLOUT_TRANSITIONS}_total[1m])) > 0"
                     ),
                     "titleFormat": "rollout: {{to}}",
                     "step": "60s",

@@ -36,6 +36,7 @@ from inkwell.cheques.train import validation_batches, validation_metrics
 from inkwell.registry import Registry, VersionInfo
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import ACCEPTED, ChequeSample, SampleStore
+from trainer import tracking
 from trainer.files import atomic_write
 from trainer.settings import TrainerSettings
 
@@ -320,18 +321,18 @@ class ChequeRetrainer:
             "source": "cheque-retrain",
         }
         with self.registry.start_run(f"cheque-retrain-{plan.job_id}", tags=tags) as run:
-            Registry.log_params(params)
-            Registry.log_metrics(
-                {
+            tracking.log_cheque_job(
+                self.registry,
+                params=params,
+                metrics={
                     **verdict.metrics,
                     "temperature": tuned.calibration.temperature,
                     "review_threshold": tuned.calibration.review_threshold,
                     **tuned.calibration_report.to_metrics("holdout_calibrated"),
                     "train_seconds": tuned.seconds,
-                }
-            )
-            Registry.log_dict(
-                {"plan": json.loads(plan.to_json()), "gate": meta["gate"]}, "job.json"
+                },
+                plan_json=plan.to_json(),
+                gate=meta["gate"],
             )
             with tempfile.TemporaryDirectory() as tmp:
                 files = tuned.reader.save(Path(tmp))

@@ -50,7 +50,9 @@ SynthOpt = Annotated[
 ]
 
 
-def _reader(model: str, model_dir: Path | None) -> ChequeReader:
+def load_reader(model: str, model_dir: Path | None) -> ChequeReader:
+    """The cheque reader a command names: `--model-dir` (a saved folder) wins over `--model`
+    (a registry version or alias)."""
     from inkwell.cheques.reader import ChequeReader
 
     if model_dir is not None:
@@ -255,7 +257,7 @@ def cut_digits_cmd(
             "it, or cut with --by reader",
             param_hint="--by",
         )
-    reader = _reader(model, model_dir) if by == "reader" else None
+    reader = load_reader(model, model_dir) if by == "reader" else None
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, int]] = []
     overlaps: list[float] = []
@@ -419,7 +421,7 @@ def eval_cmd(
     check_choice(layout, LAYOUTS, "--layout")
     check_choice(decoder, ("greedy", "beam"), "--decoder")
     rates = _parse_rates(review)
-    reader = _reader(model, model_dir)
+    reader = load_reader(model, model_dir)
     total = len(read_labels(folder, labels))
     with progress_bar() as progress:
         task = progress.add_task("reading", total=total, info="")
@@ -485,7 +487,7 @@ def read(
 
     check_choice(layout, LAYOUTS, "--layout")
     check_choice(decoder, ("greedy", "beam"), "--decoder")
-    reader = _reader(model, model_dir)
+    reader = load_reader(model, model_dir)
     failed = 0
     for path in files:
         if not path.is_file():

@@ -98,16 +98,17 @@ def test_a_job_killed_after_registering_is_completed_on_restart(
     settings = TrainerSettings()
     crashed = Retrainer(settings, store=store)
     job, plan = crashed.compute_job("test")
+    assert plan.candidate is not None
     # the process dies right after creating the version, before tagging it complete
     registry = Registry(settings)
-    candidate = DigitNet(ModelConfig.from_dict(plan["model_config"]))
-    candidate.load_state_dict(torch.load(plan["weights"], weights_only=True))
+    candidate = DigitNet(ModelConfig.from_dict(plan.candidate.model_config))
+    candidate.load_state_dict(torch.load(plan.candidate.weights, weights_only=True))
     half = registry.register_digit_model(
         candidate,
-        plan["run_id"],
-        meta=plan["meta"],
-        tags={**plan["tags"], "complete": "false"},
-        extra_files={BUFFER_FILE: Path(plan["buffer"])},
+        plan.run_id,
+        meta=plan.candidate.meta,
+        tags={**plan.candidate.tags, "complete": "false"},
+        extra_files={BUFFER_FILE: plan.candidate.buffer},
     )
     assert crashed.state.watermark() == 0
 
@@ -118,7 +119,7 @@ def test_a_job_killed_after_registering_is_completed_on_restart(
     assert info.tags["complete"] == "true"
     versions = registry.list_versions(settings.model_name)
     assert [v.version for v in versions] == [half.version, registered_base]  # no duplicate
-    if plan["passed"]:
+    if plan.passed:
         assert registry.get_version(settings.model_name, CANARY).version == half.version
     assert crashed.state.watermark() == max(ids)
     assert crashed.state.job(job.id).status == "done"
@@ -158,8 +159,8 @@ def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_p
     ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
     settings = TrainerSettings()
     job, plan = Retrainer(settings, store=store).compute_job("test")
-    assert Path(plan["weights"]).is_file()
-    assert not list(Path(plan["weights"]).parent.glob("*.tmp"))  # renamed into place
+    assert plan.candidate is not None and plan.candidate.weights.is_file()
+    assert not list(plan.candidate.weights.parent.glob("*.tmp"))  # renamed into place
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
