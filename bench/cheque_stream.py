@@ -352,7 +352,7 @@ def _run_batch(
         else {
             "version": digit_job.version,
             "status": digit_job.outcome or digit_job.status,
-            "reasons": list((digit_job.plan or {}).get("reasons", [])),
+            "reasons": json.loads(digit_job.plan).get("reasons", []) if digit_job.plan else [],
             "error": digit_job.error,
         },
         **stream.measure(),
