@@ -316,7 +316,7 @@ def finetune(
             help="Synthetic replay style: classic, real, or both (half each: the two styles "
             "the shipped reader learnt in turn).",
         ),
-    ] = "both",
+    ] = "real",
     distill_weight: Annotated[
         float,
         typer.Option(min=0.0, help="Distillation to the parent on the replayed rows (0: off)."),
