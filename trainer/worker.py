@@ -85,12 +85,16 @@ def mnist_status(settings: CoreSettings) -> dict[str, Any]:
 
 
 def prepare(settings: TrainerSettings) -> None:
-    """Seed an empty registry from the shipped digit model; say what retraining still needs."""
+    """Seed an empty registry from the shipped models; say what retraining still needs.
+
+    The trainer seeds both kinds: behind an MLflow with authentication it is the only writer
+    (the services read only, docs/deploy.md), so it cannot leave the cheque reader to them.
+    """
     if settings.seed_shipped:
         from inkwell.shipped import seed_registry
 
         try:
-            for info in seed_registry(settings, kinds=("digits",)):
+            for info in seed_registry(settings, kinds=("digits", "cheques")):
                 log.info("seeded %s v%s from the shipped model", info.name, info.version)
         except Exception as exc:  # an unreachable registry: the worker's polls report it
             log.warning("could not seed the registry from the shipped models: %s", exc)
