@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from trainer.validation import REASONS
 
+PUBLISH_FAILURES = ("registry_unavailable", "disk_full")
+
 
 class TrainerMetrics:
     """`inkwell_trainer_*` metrics on their own registry (one per worker)."""
@@ -23,6 +25,13 @@ class TrainerMetrics:
         self.quarantined = Counter(
             "inkwell_trainer_quarantined_samples_total",
             "Samples quarantined by data validation or a rejected candidate, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "inkwell_trainer_publish_failures_total",
+            "Publishes that gave up, by reason (registry_unavailable: MLflow down or failing; "
+            "disk_full: no space left writing artifacts). The job stays computed.",
             ["reason"],
             registry=r,
         )
@@ -62,6 +71,8 @@ class TrainerMetrics:
             self.quarantined.labels(reason=reason)
         for outcome in ("passed", "rejected", "failed", "skipped"):
             self.retrains.labels(outcome=outcome)
+        for reason in PUBLISH_FAILURES:
+            self.publish_failures.labels(reason=reason)
 
     def render(self) -> bytes:
         """Text exposition format."""

@@ -147,8 +147,13 @@ class Worker:
 
     def poll_once(self) -> RetrainOutcome | None:
         """Reconcile, then retrain if the trigger (or a manual request) says so."""
-        for line in self.retrainer.reconcile():
-            log.warning("reconciled %s", line)
+        try:
+            for line in self.retrainer.reconcile():
+                log.warning("reconciled %s", line)
+        except InkwellError as exc:  # MLflow down, a full disk: the job waits, say why
+            self.last_error = f"{exc.code}: {exc.message}"
+            log.error("publishing a computed job failed: %s", self.last_error)
+            return None  # no new job while that one holds the slot (it would read "conflict")
         self.cut_cheque_digits()
         pending = self.pending()
         self.last_poll = datetime.now(UTC)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from inkwell.errors import RegistryUnavailableError
+from inkwell.errors import DiskFullError, RegistryUnavailableError
 from inkwell.model import DigitNet, ModelConfig
 from inkwell.registry import Registry
 from inkwell.settings import CANARY
@@ -24,6 +26,7 @@ from tests.trainer.conftest import REPO, MnistArrays, upload
 from trainer.pipeline import BUFFER_FILE, WEIGHTS_FILE, Retrainer, save_weights
 from trainer.settings import TrainerSettings
 from trainer.state import TrainerState
+from trainer.worker import Worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -184,6 +187,54 @@ def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_p
     assert registry.get_version(settings.model_name, versions[0]).tags["complete"] == "true"
     assert broken.state.watermark() == max(ids)
     assert broken.state.job(job.id).status == "done"
+
+
+def test_a_full_disk_while_publishing_reads_as_disk_full_not_as_mlflow_down(
+    registered_base: str,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
+    settings = TrainerSettings(publish_attempts=3, publish_backoff_seconds=0.1)
+    job, _ = Retrainer(settings, store=store).compute_job("test")
+
+    # The filesystem edge: every file copied into the (embedded) MLflow artifact store fails as
+    # a full disk does; MLflow itself runs unchanged.
+    real_copyfile = shutil.copyfile
+    writes: list[str] = []
+
+    def full_artifact_store(src: str, dst: str, *args: object, **kwargs: object) -> object:
+        if Path(dst).resolve().is_relative_to(settings.artifact_root.resolve()):
+            writes.append(str(dst))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_copyfile(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "copyfile", full_artifact_store)
+    retrainer = Retrainer(settings, store=store)
+    worker = Worker(retrainer, settings)
+    worker.poll_once()  # the worker's reconcile publishes the computed job
+
+    assert worker.last_error is not None and worker.last_error.startswith("disk_full: ")
+    assert "No space left on device" in worker.last_error
+    assert "MLflow" not in worker.last_error.split("(")[0]  # not "MLflow unavailable"
+    assert len(writes) == 1  # no pointless retries against a full disk
+    assert retrainer.state.job(job.id).status == "computed"
+    assert retrainer.state.watermark() == 0
+    failures = retrainer.metrics.publish_failures
+    assert failures.labels(reason="disk_full")._value.get() == 1
+    assert failures.labels(reason="registry_unavailable")._value.get() == 0
+    with pytest.raises(DiskFullError, match="stays computed"):
+        Retrainer(settings, store=store).reconcile()
+
+    monkeypatch.setattr(shutil, "copyfile", real_copyfile)  # space freed
+    notes = Retrainer(settings, store=store).reconcile()
+    registry = Registry(settings)
+    versions = [v.version for v in registry.list_versions(settings.model_name)]
+    assert versions == [str(int(registered_base) + 1), registered_base]  # registered once
+    assert notes and f"version {versions[0]}" in notes[0]
+    assert retrainer.state.watermark() == max(ids)
 
 
 _FULL_DISK = """
