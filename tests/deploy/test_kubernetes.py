@@ -41,7 +41,7 @@ from tests.deploy.helpers import (
 pytestmark = pytest.mark.integration
 
 # Overlays built on prod: schema-validated and checked on what they add.
-EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo")
+EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo", "ingress-nginx")
 KIND_SUFFIX = {
     "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
@@ -487,6 +487,18 @@ def test_shared_configmap_keys_are_all_read_by_some_component(
         component = next((c for p, c in PREFIXES.items() if key.startswith(p)), None)
         known = core if component is None else settings_env_keys(_settings_class(component))
         assert key in known, f"inkwell-config sets {key}, which no settings class reads"
+
+
+def test_the_ingress_controller_closes_clients_that_trickle_their_headers(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    # uvicorn has no header-read timeout (docs/reliability.md): the edge must have a short one
+    (config,) = resources["ingress-nginx"]
+    assert config["kind"] == "ConfigMap"
+    assert config["metadata"] == {**config["metadata"], "name": "ingress-nginx-controller"}
+    assert config["metadata"]["namespace"] == "ingress-nginx"
+    assert 0 < int(config["data"]["client-header-timeout"]) <= 10  # ingress-nginx default: 60
+    assert 0 < int(config["data"]["client-body-timeout"]) <= 60
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
