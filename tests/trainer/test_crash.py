@@ -25,7 +25,7 @@ from tests.outage import failing_server
 from tests.trainer.conftest import REPO, MnistArrays, upload
 from trainer.pipeline import BUFFER_FILE, WEIGHTS_FILE, Retrainer, save_weights
 from trainer.settings import TrainerSettings
-from trainer.state import TrainerState
+from trainer.state import JobView, TrainerState
 from trainer.worker import Worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -151,17 +151,47 @@ def test_one_job_learns_at_most_max_samples_per_job_and_the_rest_stay_pending(
     assert tags["watermark"] == str(ids[23])
 
 
+def _computed_job(
+    settings: TrainerSettings,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[int], JobView]:
+    """32 uploads and a job computed from them (trained and gated, not published)."""
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
+    job, _ = Retrainer(settings, store=store).compute_job("test")
+    computed = Retrainer(settings, store=store).state.job(job.id)
+    assert computed is not None and computed.status == "computed"
+    return ids, computed
+
+
+def _publishes_once_when_healthy_again(
+    settings: TrainerSettings, store: SampleStore, base: str, ids: list[int]
+) -> None:
+    """The next poll publishes the waiting job: one new version, complete, watermark moved."""
+    retrainer = Retrainer(settings, store=store)
+    notes = retrainer.reconcile()
+    registry = Registry(settings)
+    versions = [v.version for v in registry.list_versions(settings.model_name)]
+    assert versions == [str(int(base) + 1), base]  # registered once
+    assert notes and f"version {versions[0]}" in notes[0]
+    assert registry.get_version(settings.model_name, versions[0]).tags["complete"] == "true"
+    assert retrainer.state.watermark() == max(ids)
+    job = retrainer.state.last_job()
+    assert job is not None and job.status == "done"
+
+
 def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_publishes_once(
     registered_base: str,
     store: SampleStore,
     mnist: MnistArrays,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
-    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
     settings = TrainerSettings()
-    job, plan = Retrainer(settings, store=store).compute_job("test")
-    assert Path(plan["weights"]).is_file()
+    ids, job = _computed_job(settings, store, mnist, monkeypatch)
+    plan = job.plan
+    assert plan is not None and Path(plan["weights"]).is_file()
     assert not list(Path(plan["weights"]).parent.glob("*.tmp"))  # renamed into place
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -178,15 +208,7 @@ def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_p
         assert broken.state.job(job.id).status == "computed"
         assert broken.state.watermark() == 0
 
-    notes = Retrainer(settings, store=store).reconcile()
-
-    registry = Registry(settings)
-    versions = [v.version for v in registry.list_versions(settings.model_name)]
-    assert versions == [str(int(registered_base) + 1), registered_base]  # registered once
-    assert notes and f"version {versions[0]}" in notes[0]
-    assert registry.get_version(settings.model_name, versions[0]).tags["complete"] == "true"
-    assert broken.state.watermark() == max(ids)
-    assert broken.state.job(job.id).status == "done"
+    _publishes_once_when_healthy_again(settings, store, registered_base, ids)
 
 
 def test_a_full_disk_while_publishing_reads_as_disk_full_not_as_mlflow_down(
@@ -195,10 +217,8 @@ def test_a_full_disk_while_publishing_reads_as_disk_full_not_as_mlflow_down(
     mnist: MnistArrays,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
-    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
     settings = TrainerSettings(publish_attempts=3, publish_backoff_seconds=0.1)
-    job, _ = Retrainer(settings, store=store).compute_job("test")
+    ids, job = _computed_job(settings, store, mnist, monkeypatch)
 
     # The filesystem edge: every file copied into the (embedded) MLflow artifact store fails as
     # a full disk does; MLflow itself runs unchanged.
@@ -229,12 +249,7 @@ def test_a_full_disk_while_publishing_reads_as_disk_full_not_as_mlflow_down(
         Retrainer(settings, store=store).reconcile()
 
     monkeypatch.setattr(shutil, "copyfile", real_copyfile)  # space freed
-    notes = Retrainer(settings, store=store).reconcile()
-    registry = Registry(settings)
-    versions = [v.version for v in registry.list_versions(settings.model_name)]
-    assert versions == [str(int(registered_base) + 1), registered_base]  # registered once
-    assert notes and f"version {versions[0]}" in notes[0]
-    assert retrainer.state.watermark() == max(ids)
+    _publishes_once_when_healthy_again(settings, store, registered_base, ids)
 
 
 _FULL_DISK = """
