@@ -191,6 +191,17 @@ def test_the_init_step_refuses_to_run_without_every_password(
     assert "INKWELL_MLFLOW_ROUTER_PASSWORD" in result.output
 
 
+def test_the_server_refuses_to_start_without_its_csrf_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    register(app)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    monkeypatch.delenv("MLFLOW_FLASK_SERVER_SECRET_KEY", raising=False)
+    result = CliRunner().invoke(app, ["mlflow", "server", "--port", "5000"])
+    assert result.exit_code == 2
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in result.output
+
+
 def test_the_auth_config_keeps_a_percent_in_the_store_password() -> None:
     import configparser
 

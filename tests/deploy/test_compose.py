@@ -171,6 +171,25 @@ def test_the_example_mlflow_passwords_are_refused_at_start(
     assert "MLFLOW_TRACKING_PASSWORD" in str(refused.value)
 
 
+@pytest.mark.parametrize("service", ["mlflow", "mlflow-users"])
+def test_the_example_mlflow_admin_secrets_are_refused_at_start(
+    service: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from inkwell.settings import RegistryAccessSettings
+
+    result = compose_config()
+    assert result.returncode == 0, result.stderr
+    env = environment(json.loads(result.stdout)["services"][service])
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("change-me")
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(ValidationError, match="placeholder") as refused:
+        RegistryAccessSettings()
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in str(refused.value)
+
+
 def test_each_component_runs_as_its_own_mlflow_user_and_only_the_trainer_seeds(
     compose: dict[str, Any],
 ) -> None:

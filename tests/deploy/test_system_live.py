@@ -72,6 +72,7 @@ class LiveSystem:
     init_outputs: list[str]
     ports: dict[str, int]
     processes: Processes
+    mlflow_login: tuple[str, str]  # the read-only service user's
 
     def query(self, expr: str) -> dict[str, Any]:
         answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
@@ -324,8 +325,16 @@ def _start_live(
     processes.wait_http("trainer", f"http://127.0.0.1:{ports['trainer']}/healthz", timeout=180)
     router = f"http://127.0.0.1:{ports['router']}"
     processes.wait_http("router", f"{router}/readyz", timeout=180)
+    service_login = mlflow_login(compose, "service-stable")
     system = LiveSystem(
-        prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
+        prom_url,
+        router,
+        mlflow_url,
+        work / "mlflow-artifacts",
+        init_outputs,
+        ports,
+        processes,
+        (service_login["MLFLOW_TRACKING_USERNAME"], service_login["MLFLOW_TRACKING_PASSWORD"]),
     )
     _wait_for_canary_in_rollout(router)
     _send_traffic(system, mnist_dir)
@@ -384,8 +393,12 @@ def test_init_job_registers_the_base_model_once_through_the_artifact_proxy(
 
 def test_mlflow_accepts_the_compose_host_name_and_refuses_others(live: LiveSystem) -> None:
     search = f"{live.mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert httpx.get(search, headers={"Host": "mlflow:5000"}).status_code == 200
-    assert httpx.get(search, headers={"Host": "attacker.example:5000"}).status_code == 403
+    login = live.mlflow_login
+    assert httpx.get(search, headers={"Host": "mlflow:5000"}, auth=login).status_code == 200
+    assert (
+        httpx.get(search, headers={"Host": "attacker.example:5000"}, auth=login).status_code == 403
+    )
+    assert httpx.get(search, headers={"Host": "mlflow:5000"}).status_code == 401  # no login
 
 
 def test_prometheus_scrapes_every_component_under_its_shipped_job_name(
