@@ -128,6 +128,27 @@ def test_example_env_file_sets_every_required_variable() -> None:
     assert compose_config().returncode == 0
 
 
+def _example_env(service: str) -> dict[str, str]:
+    """The service's environment with the example .env copied without replacing its values."""
+    result = compose_config()
+    assert result.returncode == 0, result.stderr
+    return environment(json.loads(result.stdout)["services"][service])
+
+
+def _refusal(
+    settings_cls: type[Any], env: dict[str, str], clean_env: pytest.MonkeyPatch, service: str
+) -> str:
+    """Read `settings_cls` from `env` as the process would at start; the refusal's text."""
+    from pydantic import ValidationError
+
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    extra = {"variant": "stable"} if service.startswith("service") else {}
+    with pytest.raises(ValidationError, match="placeholder") as refused:
+        settings_cls(**extra)
+    return str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("service", "variable"),
     [
@@ -139,55 +160,31 @@ def test_example_env_file_sets_every_required_variable() -> None:
 def test_the_example_placeholder_keys_are_refused_at_start(
     service: str, variable: str, clean_env: pytest.MonkeyPatch
 ) -> None:
-    from pydantic import ValidationError
-
-    result = compose_config()  # the example .env copied without replacing its values
-    assert result.returncode == 0, result.stderr
-    env = environment(json.loads(result.stdout)["services"][service])
+    env = _example_env(service)
     assert env[variable].startswith("change-me")
-    for key, value in env.items():
-        clean_env.setenv(key, value)
-    extra = {"variant": "stable"} if service.startswith("service") else {}
-    with pytest.raises(ValidationError, match="placeholder"):
-        _settings_class(service)(**extra)
+    _refusal(_settings_class(service), env, clean_env, service)
 
 
 @pytest.mark.parametrize("service", ["service-stable", "router", "trainer"])
 def test_the_example_mlflow_passwords_are_refused_at_start(
     service: str, clean_env: pytest.MonkeyPatch
 ) -> None:
-    from pydantic import ValidationError
-
-    result = compose_config()
-    assert result.returncode == 0, result.stderr
-    env = environment(json.loads(result.stdout)["services"][service])
-    for key, value in env.items():
-        # every other key real, so only the MLflow password can be what is refused
-        real = "x" * 32 if "API_KEY" in key else value
-        clean_env.setenv(key, real)
-    extra = {"variant": "stable"} if service.startswith("service") else {}
-    with pytest.raises(ValidationError, match="placeholder") as refused:
-        _settings_class(service)(**extra)
-    assert "MLFLOW_TRACKING_PASSWORD" in str(refused.value)
+    # every other key real, so only the MLflow password can be what is refused
+    env = {k: "x" * 32 if "API_KEY" in k else v for k, v in _example_env(service).items()}
+    refused = _refusal(_settings_class(service), env, clean_env, service)
+    assert "MLFLOW_TRACKING_PASSWORD" in refused
 
 
 @pytest.mark.parametrize("service", ["mlflow", "mlflow-users"])
 def test_the_example_mlflow_admin_secrets_are_refused_at_start(
     service: str, clean_env: pytest.MonkeyPatch
 ) -> None:
-    from pydantic import ValidationError
-
     from inkwell.settings import RegistryAccessSettings
 
-    result = compose_config()
-    assert result.returncode == 0, result.stderr
-    env = environment(json.loads(result.stdout)["services"][service])
+    env = _example_env(service)
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("change-me")
-    for key, value in env.items():
-        clean_env.setenv(key, value)
-    with pytest.raises(ValidationError, match="placeholder") as refused:
-        RegistryAccessSettings()
-    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in str(refused.value)
+    refused = _refusal(RegistryAccessSettings, env, clean_env, service)
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in refused
 
 
 def test_each_component_runs_as_its_own_mlflow_user_and_only_the_trainer_seeds(
