@@ -393,12 +393,11 @@ def test_init_job_registers_the_base_model_once_through_the_artifact_proxy(
 
 def test_mlflow_accepts_the_compose_host_name_and_refuses_others(live: LiveSystem) -> None:
     search = f"{live.mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
-    login = live.mlflow_login
-    assert httpx.get(search, headers={"Host": "mlflow:5000"}, auth=login).status_code == 200
-    assert (
-        httpx.get(search, headers={"Host": "attacker.example:5000"}, auth=login).status_code == 403
-    )
-    assert httpx.get(search, headers={"Host": "mlflow:5000"}).status_code == 401  # no login
+    # checking a password (PBKDF2) on a machine busy retraining takes a while
+    client = httpx.Client(auth=live.mlflow_login, timeout=30)
+    assert client.get(search, headers={"Host": "mlflow:5000"}).status_code == 200
+    assert client.get(search, headers={"Host": "attacker.example:5000"}).status_code == 403
+    assert httpx.get(search, headers={"Host": "mlflow:5000"}, timeout=30).status_code == 401
 
 
 def test_prometheus_scrapes_every_component_under_its_shipped_job_name(
