@@ -16,6 +16,9 @@ RUNNING = "inkwell_trainer_retrain_running"
 LAST_VERSION = "inkwell_trainer_last_candidate_version"
 BUFFER_SIZE = "inkwell_trainer_buffer_size"
 CANDIDATE_ACCURACY = "inkwell_trainer_candidate_accuracy"
+PUBLISH_FAILURE_COUNT = "inkwell_trainer_publish_failures"
+
+PUBLISH_FAILURES = ("registry_unavailable", "disk_full")
 
 
 class TrainerMetrics:
@@ -37,6 +40,13 @@ class TrainerMetrics:
         self.quarantined = Counter(
             QUARANTINED,
             "Samples quarantined by data validation or a rejected candidate, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            PUBLISH_FAILURE_COUNT,
+            "Publishes that gave up, by reason (registry_unavailable: MLflow down or failing; "
+            "disk_full: no space left writing artifacts). The job stays computed.",
             ["reason"],
             registry=r,
         )
@@ -66,6 +76,8 @@ class TrainerMetrics:
             self.quarantined.labels(reason=reason)
         for outcome in ("passed", "rejected", "failed", "skipped"):
             self.retrains.labels(outcome=outcome)
+        for reason in PUBLISH_FAILURES:
+            self.publish_failures.labels(reason=reason)
 
     def render(self) -> bytes:
         """Text exposition format."""

@@ -25,6 +25,7 @@ records is `trainer.tracking`; this module orders them and owns the side effects
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -42,6 +43,7 @@ from inkwell.data import load_split
 from inkwell.errors import (
     ConflictError,
     DataError,
+    DiskFullError,
     InkwellError,
     NothingToTrainError,
     RegistryUnavailableError,
@@ -540,7 +542,19 @@ class Retrainer:
                         exc, RegistryUnavailableError
                     ):
                         raise  # a lost lease or a broken plan: retrying cannot help
+                    full = disk_full_error(exc)
+                    if full is not None:  # retrying at once cannot free space
+                        self.metrics.publish_failures.labels(reason="disk_full").inc()
+                        log.error("job %s: publishing failed, disk full: %s", job.id, full)
+                        raise DiskFullError(
+                            f"No space left on device while publishing retrain job {job.id} "
+                            f"({full}). The job stays computed and is published at the next "
+                            "poll once space is freed: free space under INKWELL_HOME "
+                            f"({s.home}: the trainer's state and the embedded MLflow "
+                            "artifacts) or on the MLflow server's artifact store."
+                        ) from exc
                     if attempt == s.publish_attempts:
+                        self.metrics.publish_failures.labels(reason="registry_unavailable").inc()
                         raise RegistryUnavailableError(
                             f"Publishing retrain job {job.id} failed {attempt} times ({exc}); "
                             "the job stays computed and is published at the next poll. Check "
@@ -688,6 +702,18 @@ class Retrainer:
         if not process_alive(job.host, job.pid):
             return True
         return lease_expired(job, self.settings.lease_seconds)
+
+
+def disk_full_error(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT `OSError` behind `exc` (MLflow wraps some), if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def save_weights(model: DigitNet, path: Path) -> Path:

@@ -41,7 +41,7 @@ from tests.deploy.helpers import (
 pytestmark = pytest.mark.integration
 
 # Overlays built on prod: schema-validated and checked on what they add.
-EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo")
+EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo", "ingress-nginx")
 KIND_SUFFIX = {
     "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
@@ -80,11 +80,20 @@ SETTINGS = {
     "router": ("router.settings", "RouterSettings"),
     "trainer": ("trainer.settings", "TrainerSettings"),
     "train": ("inkwell.settings", "CoreSettings"),
+    "mlflow": ("inkwell.settings", "RegistryAccessSettings"),
+}
+# The MLflow user each `inkwell` command runs as (docs/deploy.md): only the services read only.
+MLFLOW_USERS = {
+    "service": "inkwell-service",
+    "router": "inkwell-router",
+    "trainer": "inkwell-trainer",
+    "train": "inkwell-trainer",
 }
 PREFIXES = {
     "INKWELL_SERVICE_": "service",
     "INKWELL_ROUTER_": "router",
     "INKWELL_TRAINER_": "trainer",
+    "INKWELL_MLFLOW_": "mlflow",
 }
 
 
@@ -250,6 +259,7 @@ def test_workloads_use_stable_canary_names(
         "inkwell-mlflow",
         "inkwell-minio",
         "inkwell-minio-bucket",
+        "inkwell-mlflow-users",
         "inkwell-postgres",
         "inkwell-postgres-backup",
     } | ({"inkwell-mnist"} if overlay == "prod" else set())
@@ -479,6 +489,18 @@ def test_shared_configmap_keys_are_all_read_by_some_component(
         assert key in known, f"inkwell-config sets {key}, which no settings class reads"
 
 
+def test_the_ingress_controller_closes_clients_that_trickle_their_headers(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    # uvicorn has no header-read timeout (docs/reliability.md): the edge must have a short one
+    (config,) = resources["ingress-nginx"]
+    assert config["kind"] == "ConfigMap"
+    assert config["metadata"] == {**config["metadata"], "name": "ingress-nginx-controller"}
+    assert config["metadata"]["namespace"] == "ingress-nginx"
+    assert 0 < int(config["data"]["client-header-timeout"]) <= 10  # ingress-nginx default: 60
+    assert 0 < int(config["data"]["client-body-timeout"]) <= 60
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_container_environment_validates_in_its_settings_class(
     resources: dict[str, list[dict[str, Any]]],
@@ -510,6 +532,11 @@ def test_each_container_environment_validates_in_its_settings_class(
                     {"variant": args[args.index("--variant") + 1]} if "--variant" in args else {}
                 )
                 settings = settings_cls(**extra)
+            checked += 1
+            if args[1] == "mlflow":  # the server itself, and its users job
+                if args[2] == "init-users":
+                    assert settings.resolved_tracking_uri == "http://inkwell-mlflow:5000"
+                continue
             assert settings.resolved_tracking_uri == "http://inkwell-mlflow:5000"
             assert settings.resolved_database_url.startswith(
                 "postgresql+psycopg://inkwell:"
@@ -520,8 +547,33 @@ def test_each_container_environment_validates_in_its_settings_class(
                 assert [p["containerPort"] for p in container["ports"]] == [port]
                 annotations = workload["spec"]["template"]["metadata"]["annotations"]
                 assert annotations["prometheus.io/port"] == str(port)
-            checked += 1
     assert checked >= 1
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "prod-argo"])
+def test_each_component_runs_as_its_own_mlflow_user_and_the_server_requires_one(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    seen = set()
+    for workload in [*_workloads(docs), *_by_kind(docs, "Rollout")]:  # prod-argo's services
+        for container in _containers(workload):
+            args = container.get("args", [])
+            if args[:1] != ["inkwell"]:
+                continue
+            env = _container_env(container, docs)
+            if args[1] == "mlflow":
+                assert args[2] in ("server", "init-users")
+                assert len(env["MLFLOW_AUTH_ADMIN_PASSWORD"]) >= 16
+                continue
+            assert env["MLFLOW_TRACKING_USERNAME"] == MLFLOW_USERS[args[1]], container["name"]
+            assert len(env["MLFLOW_TRACKING_PASSWORD"]) >= 16
+            if args[1] == "service":  # read-only: the trainer seeds the shipped models
+                assert env["INKWELL_SEED_SHIPPED"] == "false"
+            seen.add(args[1])
+    assert seen == set(MLFLOW_USERS)
+    server = next(w for w in _workloads(docs) if w["metadata"]["name"] == "inkwell-mlflow")
+    assert next(_containers(server))["args"][:3] == ["inkwell", "mlflow", "server"]
 
 
 # ---- monitoring ConfigMaps ----------------------------------------------------------------
