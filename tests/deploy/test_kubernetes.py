@@ -752,10 +752,14 @@ def test_argo_analysis_templates_declare_every_argument_and_condition() -> None:
                 "interval",
                 "count",
                 "failureLimit",
+                "consecutiveErrorLimit",
                 "successCondition",
                 "provider",
             }, metric["name"]
-            assert "result[0]" in metric["successCondition"], metric["name"]
-            prometheus = metric["provider"]["prometheus"]
-            used = set(re.findall(r"{{args\.([a-z-]+)}}", json.dumps(prometheus)))
+            (kind,) = metric["provider"]
+            # A query's result is a vector, a web call's the value at its jsonPath.
+            result = {"prometheus": "result[0]", "web": "result"}[kind]
+            assert result in metric["successCondition"], metric["name"]
+            text = json.dumps(metric)
+            used = set(re.findall(r"{{args\.([a-z-]+)}}", text))
             assert used <= declared and "namespace" in used, metric["name"]
