@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -380,8 +381,8 @@ def test_the_servicemonitor_scrapes_each_pod_once_labelled_by_its_role(
         assert re.fullmatch(label["regex"], pod_variant)
 
 
-def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> None:
-    """k8s/schemas/build.py's strictness, on a CRD-shaped schema."""
+def _schemas_build() -> ModuleType:
+    """k8s/schemas/build.py, imported from its path (a script, not a package)."""
     import importlib.util
 
     from tests.deploy.helpers import K8S
@@ -390,6 +391,12 @@ def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> N
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
+    return build
+
+
+def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> None:
+    """k8s/schemas/build.py's strictness, on a CRD-shaped schema."""
+    build = _schemas_build()
     crd = {
         "type": "object",
         "properties": {
@@ -403,6 +410,19 @@ def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> N
     assert strict["properties"]["steps"]["items"]["additionalProperties"] is False
     assert strict["properties"]["plugins"] == {"type": ["object", "null"], "properties": {}}
     assert strict["properties"]["labels"]["additionalProperties"] == {"type": "string"}
+
+
+def test_schema_build_drops_pydantic_annotations_but_not_fields_of_those_names() -> None:
+    """The prometheus-operator schemas come from pydantic models: their `title`s and `default`s
+    go, a field called `title` stays."""
+    build = _schemas_build()
+    model = {
+        "title": "Rule",
+        "properties": {"title": {"type": "string", "title": "Title", "default": ""}},
+    }
+    assert build.without(model, build.PYDANTIC_ONLY) == {
+        "properties": {"title": {"type": "string"}}
+    }
 
 
 # ---- the relabelling, in a real Prometheus -----------------------------------------------
