@@ -38,6 +38,8 @@ from router.state import PHASES, RolloutState, RolloutStore
 from router.web import WEB_PATHS, WEB_PREFIXES, mount_web
 
 log = logging.getLogger("inkwell.router")
+# How long a router without the controller waits at start for the stored canary weight.
+WEIGHT_WAIT_S = 3.0
 
 # Paths the router answers itself; everything else is proxied to the services.
 OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *WEB_PATHS})
@@ -102,6 +104,7 @@ class Runtime:
         # through the database), else the static INKWELL_ROUTER_CANARY_WEIGHT.
         self._manual_weight: float | None = None
         self._weight_readable = True
+        self._weight_checked = asyncio.Event()  # set once the first look at the store ended
         self._canary_version: str | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,6 +179,12 @@ class Runtime:
     async def _refresh_manual_weight(self) -> None:
         """Follow the weight another replica (or an earlier run) stored; while the database is
         away the last known weight stays, with one warning per outage."""
+        try:
+            await self._read_manual_weight()
+        finally:
+            self._weight_checked.set()
+
+    async def _read_manual_weight(self) -> None:
         try:
             store = await self._weight_store()
             weight = await asyncio.to_thread(store.manual_weight, self.settings.model_name)
@@ -286,10 +295,13 @@ class Runtime:
             self._spawn(self._every(settings.state_refresh_s, self._refresh_state), "state")
         else:
             self.metrics.canary_weight.set(settings.canary_weight)
-            await self._refresh_manual_weight()
             self._spawn(
                 self._every(settings.state_refresh_s, self._refresh_manual_weight), "weight"
             )
+            # Route by the stored weight from the first request on, but never hold the start
+            # for a database that is down (the loop keeps trying; until then, the setting).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._weight_checked.wait(), timeout=WEIGHT_WAIT_S)
         self._spawn(self._every(settings.probe_interval_s, self._probe), "probe")
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:

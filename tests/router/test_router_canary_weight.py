@@ -14,6 +14,7 @@ from router import metrics as m
 from router.app import create_app
 from router.settings import RouterSettings
 from router.state import Event, RolloutStore
+from tests.harness import free_port
 from tests.router.router_fakes import FakeService, serve_in_thread
 from tests.router.test_router_controller import FakeAliases, FakeSource
 from tests.router.test_router_proxy import ADMIN_KEY, image, metric, predict, router
@@ -130,3 +131,25 @@ def test_weight_is_refused_while_the_rollout_controller_owns_it(tmp_path):
     assert answer.json()["code"] == "controller_enabled"
     assert "INKWELL_ROUTER_CONTROLLER=false" in answer.json()["message"]
     assert status["source"] == "controller"
+
+
+def test_with_its_database_down_the_router_starts_on_the_setting_and_refuses_to_store(
+    tmp_path, stable_service, canary_service
+):
+    dead = f"postgresql+psycopg://inkwell:unused@127.0.0.1:{free_port()}/inkwell"
+    started = time.monotonic()
+    with router(
+        tmp_path,
+        stable_service[1],
+        canary_service[1],
+        canary_weight=5,
+        database_url=dead,
+        served_store="memory",
+    ) as client:
+        assert time.monotonic() - started < 15
+        assert client.get(PATH, headers=ADMIN).json()["source"] == "settings"
+        answer = set_weight(client, 50)
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["retry-after"] == "5"
+        assert "cannot be stored for every replica" in answer.json()["message"]
+        assert client.get(PATH, headers=ADMIN).json()["weight"] == 5.0
