@@ -49,6 +49,13 @@ class ServiceSettings(CoreSettings):
     variant: Variant = Field(
         default="stable", description="Which alias of the digit model this process serves."
     )
+    model_version: str | None = Field(
+        default=None,
+        pattern=r"^[1-9][0-9]*$",
+        description="Serve exactly this registry version of the digit model instead of "
+        "following the variant's alias (pod-level canaries, reproducible rollbacks). The "
+        "service refuses to start when the registry has no such version.",
+    )
     host: str = "127.0.0.1"
     workers: int = Field(
         default=1,

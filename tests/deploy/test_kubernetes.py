@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.custom_resources import argo_errors, schema_errors
+from tests.deploy.custom_resources import SHIPPED_GROUPS, custom_resource_errors, schema_errors
 from tests.deploy.helpers import (
     DASHBOARDS_DIR,
     K8S,
@@ -43,6 +43,7 @@ pytestmark = pytest.mark.integration
 # Overlays built on prod: schema-validated and checked on what they add.
 EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo", "ingress-nginx")
 KIND_SUFFIX = {
+    "AlertmanagerConfig": "alertmanagerconfig",
     "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
     "CronJob": "cronjob",
@@ -71,9 +72,6 @@ DEPRECATED_KUSTOMIZE_FIELDS = {
     "vars",
     "imageTags",
 }
-CRD_GROUP = "monitoring.coreos.com/"
-# Custom resources validated against the strict schemas shipped in k8s/schemas instead.
-SHIPPED_CRD_GROUP = "argoproj.io/"
 # Container command -> settings class that reads its environment.
 SETTINGS = {
     "service": ("service.settings", "ServiceSettings"),
@@ -167,18 +165,18 @@ def test_overlay_passes_strict_schema_validation(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = (result.stdout + result.stderr).splitlines()
+    # Custom resources are validated against the strict schemas shipped in k8s/schemas instead.
     unchecked = [
         line
         for line in output
-        if line.startswith("WARN") and CRD_GROUP not in line and SHIPPED_CRD_GROUP not in line
+        if line.startswith("WARN") and not any(group in line for group in SHIPPED_GROUPS)
     ]
     assert not unchecked, "resources without a schema:\n" + "\n".join(unchecked)
     passed = [line for line in output if "passed for resource" in line]
     docs = yaml_documents(rendered[overlay])
-    crds = sum(1 for d in docs if d["apiVersion"].startswith(CRD_GROUP))
-    shipped = [d for d in docs if d["apiVersion"].startswith(SHIPPED_CRD_GROUP)]
-    assert argo_errors(docs) == []
-    assert len(passed) + crds + len(shipped) == len(docs)
+    shipped = [d for d in docs if d["apiVersion"].startswith(SHIPPED_GROUPS)]
+    assert custom_resource_errors(docs) == []
+    assert len(passed) + len(shipped) == len(docs)
 
 
 @pytest.mark.integration
@@ -191,6 +189,18 @@ def test_schema_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
         [validate, "--strict", "-"], input=yaml.safe_dump(service), capture_output=True, text=True
     )
     assert result.returncode != 0
+
+
+def test_operator_resources_with_an_unknown_field_fail_their_shipped_schema(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    """ServiceMonitor, PrometheusRule and AlertmanagerConfig are checked as strictly as the
+    built-in kinds (schemas in k8s/schemas/monitoring.coreos.com)."""
+    for kind in ("ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"):
+        (doc,) = _by_kind(resources["prod"], kind)
+        assert schema_errors(doc) == [], kind
+        broken = {**doc, "spec": {**doc["spec"], "selectr": {}}}
+        assert any("'selectr' was unexpected" in e for e in schema_errors(broken)), kind
 
 
 @pytest.mark.integration
@@ -804,10 +814,14 @@ def test_argo_analysis_templates_declare_every_argument_and_condition() -> None:
                 "interval",
                 "count",
                 "failureLimit",
+                "consecutiveErrorLimit",
                 "successCondition",
                 "provider",
             }, metric["name"]
-            assert "result[0]" in metric["successCondition"], metric["name"]
-            prometheus = metric["provider"]["prometheus"]
-            used = set(re.findall(r"{{args\.([a-z-]+)}}", json.dumps(prometheus)))
+            (kind,) = metric["provider"]
+            # A query's result is a vector, a web call's the value at its jsonPath.
+            result = {"prometheus": "result[0]", "web": "result"}[kind]
+            assert result in metric["successCondition"], metric["name"]
+            text = json.dumps(metric)
+            used = set(re.findall(r"{{args\.([a-z-]+)}}", text))
             assert used <= declared and "namespace" in used, metric["name"]
