@@ -285,6 +285,17 @@ class Registry:
         except ModelNotFoundError:
             return None
 
+    def lineage(self, info: VersionInfo) -> list[str]:
+        """The version and its ancestors via `parent_version` tags, newest first (the last one
+        is the base its lineage started from)."""
+        chain: list[str] = []
+        current: VersionInfo | None = info
+        while current is not None and current.version not in chain:
+            chain.append(current.version)
+            parent = current.tags.get("parent_version", "")
+            current = self.find_version(info.name, parent) if parent.isdigit() else None
+        return chain
+
     def list_versions(self, name: str) -> list[VersionInfo]:
         """All versions of `name`, newest first (none when the model is not registered).
 

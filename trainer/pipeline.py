@@ -147,17 +147,7 @@ class Retrainer:
 
     def lineage(self, info: VersionInfo) -> list[str]:
         """The version and its ancestors via `parent_version` tags, newest first."""
-        chain: list[str] = []
-        current: VersionInfo | None = info
-        while current is not None and current.version not in chain:
-            chain.append(current.version)
-            parent = current.tags.get("parent_version", "")
-            current = (
-                self.registry.find_version(self.settings.model_name, parent)
-                if parent.isdigit()
-                else None
-            )
-        return chain
+        return self.registry.lineage(info)
 
     def buffer_for(self, info: VersionInfo) -> ReplayBuffer:
         """The replay buffer recorded with a version (or, for the base model, built from MNIST)."""

@@ -207,6 +207,17 @@ class TrainerSettings(CoreSettings):
     cheque_max_synthetic_drop_pp: float = Field(
         default=0.5, ge=0, description="Drop allowed on the synthetic MNIST-test amounts (pp)."
     )
+    cheque_max_base_synthetic_drop_pp: float | None = Field(
+        default=0.5,
+        ge=0,
+        description="Synthetic MNIST-test drop allowed vs the lineage's base version (pp), so "
+        "forgetting cannot add up over jobs; unset: off.",
+    )
+    cheque_distill_from: Literal["base", "stable"] = Field(
+        default="base",
+        description="Whose reading the replayed synthetic fields are distilled to: the lineage's "
+        "base version (drift cannot add up over jobs) or stable.",
+    )
     cheque_synthetic_test_fields: int = Field(
         default=2000, ge=1, description="Synthetic MNIST-test amounts the cheque gate reads."
     )

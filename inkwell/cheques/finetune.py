@@ -293,9 +293,11 @@ def finetune_reader(
     cfg: FinetuneConfig,
     *,
     hooks: TrainHooks | None = None,
+    teacher: ChequeReader | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a copy of `reader` on `train` with synthetic replay from `pool`; recalibrate
-    on `calibration_fields` (real reviewed fields kept out of training)."""
+    on `calibration_fields` (real reviewed fields kept out of training). The replayed rows are
+    distilled to `teacher` (default: `reader` itself; the trainer passes its lineage's base)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -304,9 +306,10 @@ def finetune_reader(
     model.load_state_dict(reader.model.state_dict())
     val = real_batches(calibration_fields)
     loop_cfg = replace(cfg.train_config(), bf16=False)
-    teacher = type(reader.model)(reader.model.config)
-    teacher.load_state_dict(reader.model.state_dict())
-    loss_fn = ReplayDistillation(teacher, cfg.distill_weight, cfg.distill_temperature)
+    source = (teacher or reader).model
+    frozen = type(source)(source.config)
+    frozen.load_state_dict(source.state_dict())
+    loss_fn = ReplayDistillation(frozen, cfg.distill_weight, cfg.distill_temperature)
     fit = fit_recogniser(
         model, MixedStream(train, pool, cfg), loop_cfg, val=val, hooks=hooks, loss_fn=loss_fn
     )
@@ -317,6 +320,7 @@ def finetune_reader(
         "finetune": {
             **asdict(cfg),
             "parent_version": reader.version,
+            "distilled_to": (teacher or reader).version,
             "real_fields": len(train),
             "calibration_fields": len(calibration_fields),
         },
