@@ -114,9 +114,8 @@ def stat(title: str, *queries: Query, description: str, unit: str = "short", **k
         "justifyMode": "auto",
         "orientation": "auto",
     }
-    return Panel(
-        "stat", title, queries, description, unit, width=6, height=4, options=options, **kw
-    )
+    kw = {"width": 6, "height": 4, **kw}
+    return Panel("stat", title, queries, description, unit, options=options, **kw)
 
 
 def timeseries(
@@ -313,6 +312,96 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                     description="Canary analyses by result, and phase changes.",
                 ),
             ],
+        ),
+        ("Cheque rollout", cheque_rollout_panels()),
+    ]
+
+
+def cheque_rollout_panels() -> list[Panel]:
+    """The cheque reader's own rollout: `/v1/cheques/*` split by cheque model version."""
+    upstream = f"{router_metrics.CHEQUE_UPSTREAM_REQUESTS}_total"
+    reads = f"{contract.CHEQUE_READS}_total"
+    confidence = contract.CHEQUE_CONFIDENCE
+    return [
+        stat(
+            "Cheque rollout phase",
+            _q(
+                f"max by (phase) ({router_metrics.CHEQUE_ROLLOUT_PHASE}) == 1",
+                "{{phase}}",
+                instant=True,
+            ),
+            description="The controller's state for the inkwell-cheques canary (absent while "
+            "the cheque rollout is off).",
+            text_mode="name",
+            width=6,
+        ),
+        stat(
+            "Cheque canary weight",
+            _q(f"max({router_metrics.CHEQUE_CANARY_WEIGHT})", "weight"),
+            description="Percent of users whose cheque reads the cheque canary answers.",
+            unit="percent",
+            width=6,
+        ),
+        stat(
+            "Cheque versions served",
+            _q(
+                f"max by (variant, model_version) ({service_metrics.CHEQUE_MODEL_INFO}) == 1",
+                "{{variant}} v{{model_version}}",
+                instant=True,
+            ),
+            description="The inkwell-cheques version each variant serves right now.",
+            text_mode="name",
+            width=12,
+        ),
+        timeseries(
+            "Cheque error rate by variant",
+            _q(
+                f'sum by (variant) (rate({upstream}{{mode="live", '
+                f'outcome!~"ok|client_error"}}[$__rate_interval])) / sum by (variant) '
+                f'(rate({upstream}{{mode="live"}}[$__rate_interval]))',
+                "{{variant}}",
+            ),
+            description="Share of live cheque reads the router sent to each variant that failed "
+            "(5xx, timeout, refused).",
+            unit="percentunit",
+        ),
+        timeseries(
+            "Cheque p95 latency by variant",
+            _q(
+                "histogram_quantile(0.95, sum by (variant, le) "
+                f"(rate({router_metrics.CHEQUE_UPSTREAM_LATENCY}_bucket[$__rate_interval])))",
+                "{{variant}}",
+            ),
+            description="95th percentile of the cheque-read latency the router measured.",
+            unit="s",
+        ),
+        timeseries(
+            "Cheque needs-review rate by variant",
+            _q(
+                f'sum by (variant) (rate({reads}{{needs_review="true"}}[$__rate_interval])) '
+                f"/ sum by (variant) (rate({reads}[$__rate_interval]))",
+                "{{variant}}",
+            ),
+            description="Share of amounts each variant flagged for human review.",
+            unit="percentunit",
+        ),
+        timeseries(
+            "Cheque mean confidence by variant",
+            _q(
+                f"sum by (variant) (rate({confidence}_sum[$__rate_interval])) "
+                f"/ sum by (variant) (rate({confidence}_count[$__rate_interval]))",
+                "{{variant}}",
+            ),
+            description="Mean calibrated confidence of the amounts each variant read.",
+            unit="percentunit",
+        ),
+        timeseries(
+            "Cheque online exact-amount accuracy (reviews, 1 h)",
+            _q("variant:inkwell_service_cheque_exact_amounts:ratio_rate1h", "{{variant}}"),
+            description="Of the readings a later accepted review scored, the share read "
+            "exactly right (delayed labels), by the variant that read them.",
+            unit="percentunit",
+            width=24,
         ),
     ]
 
