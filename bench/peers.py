@@ -99,7 +99,7 @@ class DigitAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         self.model = torch.jit.load(os.environ["PEER_MODEL"]).eval()
 
-    def decode_request(self, request: dict) -> torch.Tensor:
+    def decode_request(self, request):  # unannotated: LitServe then hands over the form
         return to_tensor(request["file"].file.read())
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -112,7 +112,7 @@ class DigitAPI(ls.LitAPI):
     def unbatch(self, output: torch.Tensor) -> list[int]:
         return output.tolist()
 
-    def encode_response(self, output: int) -> dict[str, int]:
+    def encode_response(self, output):
         return {{"prediction": int(output)}}
 
 
@@ -149,9 +149,17 @@ class Digits:
 MLFLOW_LOGGER = (
     '"""Log the digit model as an MLflow pyfunc that reads PNG bytes."""\n'
     + _IMPORTS
-    + "import mlflow\nimport pandas as pd\n"
+    + "import base64\n\nimport mlflow\nimport pandas as pd\n"
     + _TO_TENSOR
     + """
+
+def flatten(values):
+    for value in values:
+        if isinstance(value, (list, tuple, np.ndarray, pd.Series)):
+            yield from flatten(value)
+        else:
+            yield value
+
 
 class DigitModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
@@ -165,14 +173,23 @@ class DigitModel(mlflow.pyfunc.PythonModel):
             column = list(next(iter(model_input.values())))
         else:
             column = list(model_input)
-        x = torch.stack([to_tensor(bytes(data)) for data in column])
+        # The V2 JSON request carries each PNG as a base64 string (MLServer may nest them).
+        x = torch.stack([to_tensor(base64.b64decode(d)) for d in flatten(column)])
         with torch.inference_mode():
             return self.model(x).argmax(dim=1).numpy()
 
 
 if __name__ == "__main__":
+    # The signature tells MLServer's runtime to decode the request as a DataFrame.
+    signature = mlflow.models.ModelSignature(
+        inputs=mlflow.types.Schema([mlflow.types.ColSpec("string", "image")]),
+        outputs=mlflow.types.Schema([mlflow.types.TensorSpec(np.dtype("int64"), (-1,))]),
+    )
     mlflow.pyfunc.save_model(
-        path=sys.argv[1], python_model=DigitModel(), artifacts={"model": sys.argv[2]}
+        path=sys.argv[1],
+        python_model=DigitModel(),
+        artifacts={"model": sys.argv[2]},
+        signature=signature,
     )
 """
 )
@@ -189,7 +206,9 @@ def mlserver_settings(
             "grpc_port": grpc_port,
             "metrics_port": metrics_port,
             "metrics_endpoint": None,
-            "parallel_workers": 1,
+            # Inference in the server process, as every other contender here (one process);
+            # MLServer 1.7's worker pool also fails to start under uvloop 0.22+.
+            "parallel_workers": 0,
         },
         "model-settings.json": {
             "name": "digits",
@@ -219,7 +238,6 @@ class Peer:
                         "name": "image",
                         "shape": [1],
                         "datatype": "BYTES",
-                        "parameters": {"content_type": "base64"},
                         "data": [base64.b64encode(image_png).decode()],
                     }
                 ]
@@ -307,36 +325,45 @@ def _distribution_key(name: str) -> str:
 
 
 def torch_closure() -> list[importlib.metadata.Distribution]:
-    """This interpreter's torch distribution and every distribution it needs at run time."""
-    from packaging.markers import Marker
+    """This interpreter's torch distribution and every distribution it needs at run time.
+
+    Extras count: torch asks for `cuda-toolkit[cufile,...]`, whose libraries its CUDA build
+    links against even on a CPU-only machine.
+    """
     from packaging.requirements import Requirement
 
     seen: dict[str, importlib.metadata.Distribution] = {}
-    todo = ["torch"]
+    extras_seen: dict[str, set[str]] = {}
+    todo: list[tuple[str, frozenset[str]]] = [("torch", frozenset())]
     while todo:
-        name = todo.pop()
-        if _distribution_key(name) in seen:
+        name, extras = todo.pop()
+        key = _distribution_key(name)
+        wanted = {"", *extras}
+        if key in seen and wanted <= extras_seen[key]:
             continue
-        dist = importlib.metadata.distribution(name)
-        seen[_distribution_key(name)] = dist
+        dist = seen.get(key) or importlib.metadata.distribution(name)
+        seen[key] = dist
+        extras_seen.setdefault(key, set()).update(wanted)
         for line in dist.requires or []:
             requirement = Requirement(line)
-            marker: Marker | None = requirement.marker
-            if marker is None or marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": extra}) for extra in wanted):
+                todo.append((requirement.name, frozenset(requirement.extras)))
     return list(seen.values())
 
 
 def torch_layer(cache: Path) -> Path:
     """A folder with this interpreter's torch and its dependencies (hard links where possible)."""
+    closure = torch_closure()
     version = importlib.metadata.version("torch")
     layer = cache / f"_torch-{version}"
+    content = {"torch": version, "distributions": sorted(d.metadata["Name"] for d in closure)}
     done = layer / STAMP
-    if done.is_file():
+    if done.is_file() and json.loads(done.read_text()) == content:
         return layer
     partial = cache / f".partial-torch-{version}-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    for dist in torch_closure():
+    for dist in closure:
         for file in dist.files or []:
             source = Path(str(dist.locate_file(file))).resolve()
             if not source.is_file() or ".." in file.parts or "__pycache__" in file.parts:
@@ -347,7 +374,7 @@ def torch_layer(cache: Path) -> Path:
                 os.link(source, target)
             except OSError:  # another file system: copy
                 shutil.copy2(source, target)
-    (partial / STAMP).write_text(json.dumps({"torch": version}))
+    (partial / STAMP).write_text(json.dumps(content))
     shutil.rmtree(layer, ignore_errors=True)
     partial.rename(layer)
     return layer
@@ -567,7 +594,7 @@ def table(runs: list[PeerRun], title: str) -> Table:
     for run in runs:
         result = run.result
         if result is None:
-            reason = (run.unavailable or "not measured").splitlines()[0][:120]
+            reason = short_reason(run.unavailable or "not measured")
             out.add_row(run.title, run.version, f"[red]unavailable: {reason}[/red]")
             continue
         out.add_row(
@@ -581,6 +608,16 @@ def table(runs: list[PeerRun], title: str) -> Table:
             f"{100 * result.correct / max(result.requests, 1):.1f}",
         )
     return out
+
+
+def short_reason(text: str) -> str:
+    """A reason's first line and, when there is one, the last exception line of its log."""
+    lines = text.splitlines() or [""]
+    errors = [line.strip() for line in lines[1:] if _EXCEPTION.match(line.strip())]
+    return " ".join([lines[0], *errors[-1:]])[:160]
+
+
+_EXCEPTION = re.compile(r"^[A-Za-z_.]*(Error|Exception|Exit|Interrupt)\b")
 
 
 def ratio_line(report: dict[str, Any]) -> str:
@@ -650,6 +687,13 @@ def compare_peers(
                 progress(f"[red]{peer.title} unavailable[/red]: {exc}")
                 continue
             requests = [peer.request(data, i) for i, data in enumerate(pngs)]
+            try:
+                probe(servers[name][1], peer.predict_path, requests[0])
+            except PeerUnavailable as exc:
+                run.unavailable = str(exc)
+                progress(f"[red]{peer.title} unavailable[/red]: {exc}")
+                del servers[name]
+                continue
             loads[name] = [
                 (http_request(peer.predict_path, r.body, r.content_type, r.headers), [label])
                 for r, label in zip(requests, labels, strict=True)
@@ -657,13 +701,14 @@ def compare_peers(
             answers[name] = answer_digits
         by_name = {run.name: run for run in runs}
         for round_index in range(rounds):
-            for name, server in servers.items():
+            for name, server in list(servers.items()):
+                run = by_name[name]
                 progress(
-                    f"round {round_index + 1}/{rounds} [bold]{by_name[name].title}[/bold]: "
+                    f"round {round_index + 1}/{rounds} [bold]{run.title}[/bold]: "
                     f"{concurrency} clients, {duration:g} s ..."
                 )
-                by_name[name].rounds.append(
-                    run_load(
+                try:
+                    result = run_load(
                         server,
                         loads[name],
                         concurrency=concurrency,
@@ -673,8 +718,37 @@ def compare_peers(
                         images_per_request=1,
                         answer=answers[name],
                     )
-                )
+                except (OSError, EOFError, ValueError, KeyError) as exc:
+                    # Connection reset, a truncated or unreadable answer: out of the race.
+                    if name == INKWELL:
+                        raise
+                    run.rounds.clear()
+                    run.unavailable = f"failed under load: {type(exc).__name__}: {exc}"
+                    progress(f"[red]{run.title} {run.unavailable}[/red]")
+                    del servers[name]
+                    continue
+                run.rounds.append(result)
     return runs
+
+
+def probe(port: int, path: str, request: wrk.WrkRequest) -> list[int]:
+    """One request before the load: a peer that cannot answer it is out, with its answer."""
+    import httpx
+
+    url = f"http://{HOST}:{port}{path}"
+    headers = {"Content-Type": request.content_type, **request.headers}
+    try:
+        answer = httpx.post(url, content=request.body, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        raise PeerUnavailable(f"no answer to a first request: {exc!r}") from exc
+    if answer.status_code != 200:
+        raise PeerUnavailable(
+            f"answered {answer.status_code} to a first request: {answer.text[-600:]}"
+        )
+    try:
+        return answer_digits(answer.content)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise PeerUnavailable(f"answered without a digit: {answer.text[:400]}") from exc
 
 
 def _multipart_parts(data: bytes, index: int) -> tuple[bytes, str]:

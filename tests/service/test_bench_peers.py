@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import sys
+import time
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from rich.console import Console
 
+from bench.common import stop_tree
 from bench.peers import (
     INKWELL,
     PEERS,
@@ -24,6 +28,7 @@ from bench.peers import (
     mlserver_settings,
     ratio_line,
     server_files,
+    short_reason,
     summary,
     table,
     torch_closure,
@@ -90,7 +95,7 @@ def test_peer_requests_carry_the_same_png_bytes() -> None:
     data = png(np.eye(28, dtype=np.uint8) * 255)
     body = json.loads(PEERS["mlserver"].request(data, 0).body)
     assert base64.b64decode(body["inputs"][0]["data"][0]) == data
-    assert body["inputs"][0]["parameters"]["content_type"] == "base64"
+    assert body["inputs"][0]["datatype"] == "BYTES"
     for name, field_name in (("textbook", "file"), ("litserve", "file"), ("bentoml", "files")):
         request = PEERS[name].request(data, 3)
         head = f"Content-Type: {request.content_type}\r\n\r\n".encode()
@@ -192,3 +197,33 @@ def test_textbook_fastapi_peer_serves_the_registered_model_under_load(
     assert result.cpu_ms_per_request > 0
     row = summary(runs)["contenders"][0]
     assert row["req_per_s"] > 0 and row["version"] != "?"
+
+
+def test_short_reason_keeps_the_first_line_and_the_last_exception() -> None:
+    log = "peer-x exited (1):\nTraceback (most recent call last):\n  File 'a.py'\n"
+    log += "ImportError: libcufile"
+    assert short_reason(log) == "peer-x exited (1): ImportError: libcufile"
+    assert short_reason("pip install failed") == "pip install failed"
+
+
+@pytest.mark.integration
+def test_stopping_a_bench_process_stops_the_children_it_left_behind(tmp_path: Path) -> None:
+    # A parent that dies on SIGTERM and leaves its child running, as LitServe's server does.
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    log = tmp_path / "parent.log"
+    with log.open("wb") as out:
+        parent = subprocess.Popen([sys.executable, "-c", script], stdout=out)
+    deadline = time.monotonic() + 30
+    while not log.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = psutil.Process(int(log.read_text()))
+    stop_tree(parent)
+    assert parent.returncode is not None
+    with pytest.raises(psutil.NoSuchProcess):
+        child.wait(timeout=5)
+        child.status()
