@@ -402,6 +402,8 @@ def bench_service(
 
         for name in peer or ():
             check_choice(name, tuple(PEERS), "--peer")
+    elif peer or json_out:
+        raise typer.BadParameter("--peer and --json go with --peers", param_hint="--peers")
     if not 1 <= batch_images <= 512:
         raise typer.BadParameter("1 to 512", param_hint="--batch-images")
     batch_sets: dict[str, list[tuple[bytes, list[int]]]] = {"v1 JSON": [], "v2 binary FP32": []}
