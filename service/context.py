@@ -63,6 +63,9 @@ class ServiceContext:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.upload_limiter = settings.upload_limiter()
+        self.upload_quota = settings.upload_quota(
+            lambda key, day, quota: self.open_store().take_daily_quota(key, day, quota)
+        )
         self.metrics = ServiceMetrics(settings.variant)
         self.model = DigitModel(
             settings,
