@@ -4,7 +4,8 @@
 #   inkwell router                            (port 8000, rollout controller inside)
 #   inkwell trainer                           (port 8003, admin + metrics)
 #   inkwell train                             (one-shot: train and register the base model)
-#   mlflow server ...                         (port 5000, the tracking server + registry)
+#   inkwell mlflow server ...                 (port 5000, the tracking server + registry, with auth)
+#   inkwell mlflow init-users                 (one-shot: MLflow's users and grants)
 # Build: docker build -t inkwell:dev .   (CPU-only PyTorch: no CUDA libraries in the image)
 # Checked by tests/deploy/test_dockerfile.py (stages, user, health check, copied paths, pins).
 

@@ -290,6 +290,7 @@ def run_cheque_stream(
         stream = ChequeStream(data, out, split, home)
         report["settings"] = {
             "cheque_steps": stream.settings.cheque_steps,
+            "cheque_distill_weight": stream.settings.cheque_distill_weight,
             "cheque_holdout_fraction": stream.settings.cheque_holdout_fraction,
             "cheque_synthetic_test_fields": stream.settings.cheque_synthetic_test_fields,
         }
@@ -351,6 +352,7 @@ def _run_batch(
         else {
             "version": digit_job.version,
             "status": digit_job.outcome or digit_job.status,
+            "reasons": json.loads(digit_job.plan).get("reasons", []) if digit_job.plan else [],
             "error": digit_job.error,
         },
         **stream.measure(),

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from bench.router import bench_router
 from bench.service import bench_service
-from inkwell.cheques.cli import ModelDirOpt, ModelOpt, _reader
+from inkwell.cheques.cli import ModelDirOpt, ModelOpt, load_reader
 from inkwell.console import DataOpt, check_choice, console, progress_bar, progress_step
 from inkwell.optim import OPTIMIZERS
 
@@ -211,7 +211,7 @@ def bench_cheques(
     from inkwell.cheques.synth import generate_fields
 
     torch.set_num_threads(threads)
-    reader = _reader(model, model_dir)
+    reader = load_reader(model, model_dir)
     pool = load_pool("test", data)
 
     def png(image: np.ndarray) -> bytes:

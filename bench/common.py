@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import subprocess
 import time
@@ -63,9 +64,32 @@ def process(
             time.sleep(0.3)
         yield child.pid
     finally:
-        child.terminate()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        stop_tree(child)
+
+
+def stop_tree(child: subprocess.Popen[bytes]) -> None:
+    """Stop a child and every process it started.
+
+    Some servers (LitServe's uvicorn and inference processes) outlive their parent's SIGTERM and
+    would keep the port and the CPU, so the ones still running afterwards are stopped too.
+    """
+    import psutil
+
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    child.terminate()
+    try:
+        child.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    alive = [p for p in descendants if p.is_running()]
+    for leftover in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.terminate()
+    _, still = psutil.wait_procs(alive, timeout=10)
+    for leftover in still:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            leftover.kill()

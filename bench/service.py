@@ -147,7 +147,9 @@ async def _closed_loop(
     warmup: float,
     name: str,
     images_per_request: int,
+    answer: Callable[[bytes], list[int]] | None = None,
 ) -> LoadResult:
+    read_digits = answer or (lambda body: answered_digits(json.loads(body)))
     result = LoadResult(name, 0, 0, duration, images_per_request=images_per_request)
     start = time.perf_counter()
     measure_from = start + warmup
@@ -184,7 +186,7 @@ async def _closed_loop(
                 result.latencies_ms.append((done - sent) * 1000)
                 if not labels:
                     continue
-                digits = answered_digits(json.loads(body))
+                digits = read_digits(body)
                 result.correct += sum(int(d == y) for d, y in zip(digits, labels, strict=True))
         finally:
             writer.close()
@@ -341,12 +343,30 @@ def bench_service(
             "--workers 2, to compare them in the same interleaved rounds).",
         ),
     ] = None,
+    peers: Annotated[
+        bool,
+        typer.Option(
+            "--peers",
+            help="Instead: Inkwell's micro-batched service and other serving stacks (each in "
+            "its own venv under ~/.cache/inkwell/peers) on the same weights, PNG digits and "
+            "load, in turns.",
+        ),
+    ] = False,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With --peers: only these (repeat): textbook, litserve, mlserver, bentoml."
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="With --peers: also write the numbers here.")
+    ] = None,
 ) -> None:
     """Single-image req/s and p50/p95/p99 (micro-batched vs naive), batch route vs bare model."""
     import torch
     from rich.table import Table
 
-    from inkwell.console import console
+    from inkwell.console import check_choice, console
     from inkwell.data import load_split
     from inkwell.registry import Registry
     from service.model import optimize_for_cpu
@@ -377,6 +397,13 @@ def bench_service(
         )
         for img, label in zip(images, labels, strict=True)
     ]
+    if peers:
+        from bench.peers import PEERS
+
+        for name in peer or ():
+            check_choice(name, tuple(PEERS), "--peer")
+    elif peer or json_out:
+        raise typer.BadParameter("--peer and --json go with --peers", param_hint="--peers")
     if not 1 <= batch_images <= 512:
         raise typer.BadParameter("1 to 512", param_hint="--batch-images")
     batch_sets: dict[str, list[tuple[bytes, list[int]]]] = {"v1 JSON": [], "v2 binary FP32": []}
@@ -414,6 +441,24 @@ def bench_service(
         }
     )
     worker_counts = workers or [1]
+    if peers:
+        run_peers(
+            base_env,
+            loaded.model,
+            images,
+            labels,
+            peer or [],
+            workers=worker_counts[0],
+            max_size=max_size,
+            max_wait_ms=max_wait_ms,
+            rounds=rounds,
+            concurrency=concurrency,
+            duration=duration,
+            warmup=warmup,
+            torch_threads=settings.torch_threads,
+            json_out=json_out,
+        )
+        return
     configs: dict[str, dict[str, str]] = {
         f"micro-batched (max {max_size}, wait {max_wait_ms:g} ms)"
         + (f", {count} worker(s)" if worker_counts != [1] else ""): {
@@ -554,3 +599,80 @@ def bench_service(
             generators_table.add_row(body_name, str(level), generator, *stats.cells())
         console.print(generators_table)
     console.print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+def run_peers(
+    base_env: dict[str, str],
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: list[int],
+    names: list[str],
+    *,
+    workers: int,
+    max_size: int,
+    max_wait_ms: float,
+    rounds: int,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    torch_threads: int,
+    json_out: Path | None,
+) -> None:
+    """`--peers`: Inkwell's micro-batched service and the peers in turns; table and JSON."""
+    from bench.peers import PEERS, compare_peers, ratio_line, summary, table
+    from inkwell.console import console
+
+    env = {
+        **base_env,
+        "INKWELL_SERVICE_MICROBATCH_MAX_SIZE": str(max_size),
+        "INKWELL_SERVICE_MICROBATCH_MAX_WAIT_MS": str(max_wait_ms),
+        "INKWELL_SERVICE_WORKERS": str(workers),
+    }
+    load_before = os.getloadavg()
+    with (
+        tempfile.TemporaryDirectory(prefix="inkwell-bench-peers-") as tmp,
+        service_process(env, Path(tmp) / "service.log") as inkwell,
+    ):
+        runs = compare_peers(
+            inkwell,
+            model,
+            images,
+            labels,
+            names or list(PEERS),
+            Path(tmp),
+            rounds=rounds,
+            concurrency=concurrency,
+            duration=duration,
+            warmup=warmup,
+            torch_threads=torch_threads,
+            progress=console.print,
+        )
+    load_after = os.getloadavg()
+    report = summary(runs)
+    report.update(
+        command=" ".join(["inkwell", "bench", "service", *sys.argv[3:]]),
+        cpus=os.cpu_count(),
+        load_average_before=[round(v, 2) for v in load_before],
+        load_average_after=[round(v, 2) for v in load_after],
+        rounds=rounds,
+        duration_s=duration,
+        concurrency=concurrency,
+        torch_threads=torch_threads,
+        inkwell_workers=workers,
+    )
+    title = (
+        f"single-image PNG requests, {concurrency} clients, {rounds} x {duration:g} s each, "
+        f"in turns; {torch_threads} torch thread(s) everywhere"
+    )
+    console.print(table(runs, title))
+    console.print(ratio_line(report))
+    for run in runs:
+        if run.unavailable:
+            console.print(f"[red]{run.title} unavailable:[/red] {run.unavailable}")
+    console.print(
+        f"load average (1, 5, 15 min) before {report['load_average_before']}, "
+        f"after {report['load_average_after']}"
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"numbers written to {json_out}")

@@ -124,6 +124,13 @@ class RegistryUnavailableError(InkwellError):
     status_code = 503
 
 
+class DiskFullError(InkwellError):
+    """A local disk ran out of space (ENOSPC) while writing: not a registry outage."""
+
+    code = "disk_full"
+    status_code = 507
+
+
 class NothingToTrainError(ConflictError):
     """A retrain was requested but no accepted samples are waiting."""
 

@@ -285,6 +285,17 @@ class Registry:
         except ModelNotFoundError:
             return None
 
+    def lineage(self, info: VersionInfo) -> list[str]:
+        """The version and its ancestors via `parent_version` tags, newest first (the last one
+        is the base its lineage started from)."""
+        chain: list[str] = []
+        current: VersionInfo | None = info
+        while current is not None and current.version not in chain:
+            chain.append(current.version)
+            parent = current.tags.get("parent_version", "")
+            current = self.find_version(info.name, parent) if parent.isdigit() else None
+        return chain
+
     def list_versions(self, name: str) -> list[VersionInfo]:
         """All versions of `name`, newest first (none when the model is not registered).
 
@@ -349,3 +360,138 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             model, meta = load_digit_dir(self.download(info, Path(tmp)))
         return LoadedDigitModel(model=model, info=info, meta=meta)
+
+
+# ---- access control on an MLflow server with `--app-name basic-auth` ---------------------------
+READ = "READ"
+EDIT = "EDIT"
+MANAGE = "MANAGE"
+EXPERIMENT = "experiment"
+REGISTERED_MODEL = "registered_model"
+
+
+@dataclass(frozen=True)
+class RegistryUser:
+    """One MLflow user and what it may do: `experiments`/`models` are READ, EDIT or MANAGE."""
+
+    username: str
+    password: str
+    experiments: str
+    models: str
+
+
+class RegistryAdmin:
+    """The admin side of MLflow's basic-auth app: users, grants, the resources they protect.
+
+    Takes its credentials explicitly (never from `MLFLOW_TRACKING_*`), so a process can
+    provision users while its own registry client runs as someone else.
+    """
+
+    def __init__(self, tracking_uri: str, username: str, password: str) -> None:
+        from mlflow.utils.rest_utils import MlflowHostCreds
+
+        if not tracking_uri.startswith(("http://", "https://")):
+            raise ValueError(
+                f"MLflow users live on a tracking server, not in {tracking_uri!r}: set "
+                "INKWELL_TRACKING_URI to the server's http(s) URL."
+            )
+        self.tracking_uri = tracking_uri
+        self._creds = MlflowHostCreds(tracking_uri, username=username, password=password)
+
+    def _call(
+        self, method: str, endpoint: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        args: dict[str, Any] = {"params": body} if method == "GET" else {"json": body}
+        try:
+            response = http_request(self._creds, endpoint, method, max_retries=2, **args)
+        except Exception as exc:
+            if isinstance(exc, MlflowException):
+                raise
+            raise RegistryUnavailableError(
+                f"MLflow at {self.tracking_uri} is unreachable ({exc})."
+            ) from exc
+        verify_rest_response(response, endpoint)
+        return dict(response.json()) if response.content else {}
+
+    def _exists(self, method: str, endpoint: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        try:
+            return self._call(method, endpoint, body)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+
+    def ensure_experiment(self, name: str) -> str:
+        """The experiment's id, creating it when missing."""
+        found = self._exists(
+            "GET", "/api/2.0/mlflow/experiments/get-by-name", {"experiment_name": name}
+        )
+        if found is not None:
+            return str(found["experiment"]["experiment_id"])
+        created = self._call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})
+        return str(created["experiment_id"])
+
+    def ensure_registered_model(self, name: str) -> None:
+        """Create the registered model when missing (grants need it to exist)."""
+        if self._exists("GET", "/api/2.0/mlflow/registered-models/get", {"name": name}) is None:
+            self._call("POST", "/api/2.0/mlflow/registered-models/create", {"name": name})
+
+    def ensure_user(self, username: str, password: str) -> bool:
+        """Create the user, or set its password to `password`; True when it was created."""
+        if self._exists("GET", "/api/2.0/mlflow/users/get", {"username": username}) is None:
+            self._call(
+                "POST", "/api/2.0/mlflow/users/create", {"username": username, "password": password}
+            )
+            return True
+        self._call(
+            "PATCH",
+            "/api/2.0/mlflow/users/update-password",
+            {"username": username, "password": password},
+        )
+        return False
+
+    def grant(self, username: str, resource_type: str, resource_id: str, permission: str) -> None:
+        """Give `username` exactly `permission` on one resource (replacing an earlier grant)."""
+        body = {"username": username, "resource_type": resource_type, "resource_id": resource_id}
+        try:
+            self._call(
+                "POST",
+                "/api/3.0/mlflow/users/permissions/grant",
+                {**body, "permission": permission},
+            )
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            self._call("POST", "/api/3.0/mlflow/users/permissions/revoke", body)
+            self._call(
+                "POST",
+                "/api/3.0/mlflow/users/permissions/grant",
+                {**body, "permission": permission},
+            )
+
+    def provision(
+        self, users: list[RegistryUser], experiments: list[str], models: list[str]
+    ) -> list[str]:
+        """Make the server hold exactly these users and grants; safe to run again (one line each).
+
+        Creates the experiments and registered models first: MLflow grants name an existing
+        experiment id or model name.
+        """
+        ids = [self.ensure_experiment(name) for name in experiments]
+        for name in models:
+            self.ensure_registered_model(name)
+        lines = []
+        for user in users:
+            created = self.ensure_user(user.username, user.password)
+            for experiment_id in ids:
+                self.grant(user.username, EXPERIMENT, experiment_id, user.experiments)
+            for name in models:
+                self.grant(user.username, REGISTERED_MODEL, name, user.models)
+            lines.append(
+                f"{user.username}: {'created' if created else 'password set'}; "
+                f"{user.experiments} on experiments {', '.join(experiments)}; "
+                f"{user.models} on models {', '.join(models)}"
+            )
+        return lines

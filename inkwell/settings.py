@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STABLE = "stable"
@@ -100,6 +107,19 @@ class CoreSettings(BaseSettings):
         validation_alias=_shared("TRACKING_URI"),
         description="MLflow tracking URI; default sqlite:///<home>/mlflow.db.",
     )
+    # MLflow's own variables: its client sends them as HTTP basic auth to a server run with
+    # `--app-name basic-auth` (docs/deploy.md). Read here only so a placeholder or a short
+    # password stops the process at start instead of failing every registry call later.
+    tracking_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_USERNAME"),
+        description="MLflow user this process acts as (HTTP basic auth).",
+    )
+    tracking_password: ApiKey | None = Field(
+        default=None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_PASSWORD"),
+        description="That user's password (at least 16 characters, no placeholder).",
+    )
     experiment: str = Field(default="inkwell", validation_alias=_shared("EXPERIMENT"))
     model_name: str = Field(default="inkwell-digits", validation_alias=_shared("MODEL_NAME"))
     cheque_model_name: str = Field(
@@ -123,6 +143,27 @@ class CoreSettings(BaseSettings):
         description="Cancel one statement after this long (PostgreSQL statement_timeout; "
         "SQLite: how long to wait for a lock held by another process).",
     )
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets `field` (its shared alias, else prefix + name)."""
+        info = cls.model_fields[field]
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+            return alias.choices[0]
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @model_validator(mode="after")
+    def _tracking_credentials_in_pairs(self) -> CoreSettings:
+        if (self.tracking_username is None) != (self.tracking_password is None):
+            missing = "PASSWORD" if self.tracking_password is None else "USERNAME"
+            raise ValueError(
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD go together: set "
+                f"MLFLOW_TRACKING_{missing} as well, or neither for a server without auth."
+            )
+        return self
 
     @field_validator("mnist_mirrors", mode="before")
     @classmethod
@@ -150,3 +191,47 @@ class CoreSettings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The sample-store URL, defaulting to a sqlite file under `home`."""
         return self.database_url or f"sqlite:///{self.home / 'inkwell.db'}"
+
+
+class RegistryAccessSettings(CoreSettings):
+    """`inkwell mlflow server` and `inkwell mlflow init-users`: MLflow's users and passwords.
+
+    The admin credentials are MLflow's own variables, so the server (which creates the admin
+    on its first start) and the init step read the same Secret. Each component then runs as
+    one of three users: the trainer (EDIT), the router's rollout controller (MANAGE on the
+    registered models only: it moves and removes aliases) and the services (READ).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="INKWELL_MLFLOW_",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
+    )
+
+    admin_username: str = Field(
+        default="admin", validation_alias=AliasChoices("MLFLOW_AUTH_ADMIN_USERNAME")
+    )
+    admin_password: ApiKey | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_AUTH_ADMIN_PASSWORD")
+    )
+    # MLflow's own variable: the server signs its CSRF tokens with it; every replica needs the
+    # same one.
+    flask_secret_key: ApiKey | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_FLASK_SERVER_SECRET_KEY")
+    )
+    auth_database_uri: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of MLflow's user store; default sqlite:///<home>/mlflow-auth.db.",
+    )
+    trainer_username: str = "inkwell-trainer"
+    trainer_password: ApiKey | None = None
+    router_username: str = "inkwell-router"
+    router_password: ApiKey | None = None
+    service_username: str = "inkwell-service"
+    service_password: ApiKey | None = None
+
+    @property
+    def resolved_auth_database_uri(self) -> str:
+        """Where MLflow keeps users and grants, defaulting to a sqlite file under `home`."""
+        return self.auth_database_uri or f"sqlite:///{self.home / 'mlflow-auth.db'}"

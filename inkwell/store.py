@@ -33,6 +33,7 @@ from sqlalchemy import (
     UniqueConstraint,
     case,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -160,6 +161,19 @@ class ChequeSample(Base):
     reason: Mapped[str | None] = mapped_column(String(256), nullable=True)
     trained_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class KeyUsage(Base):
+    """Uploads counted against an API key's daily quota, shared by every service process."""
+
+    __tablename__ = "key_usage"
+
+    key_id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # days since the epoch, UTC
+    used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+KEY_USAGE_DAYS_KEPT = 7
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,36 @@ class SampleStore:
                 yield session
         except UNAVAILABLE as exc:
             raise self._unavailable(exc) from exc
+
+    def take_daily_quota(self, key_id: str, day: int, quota: int) -> bool:
+        """Count one upload of `key_id` on `day` if it has fewer than `quota` there; False when
+        the quota is used up. Atomic in the database, so every process shares one count."""
+        for _ in range(2):  # a concurrent first upload of the day can win the insert
+            with self.session() as session:
+                result = session.execute(
+                    update(KeyUsage)
+                    .where(KeyUsage.key_id == key_id, KeyUsage.day == day, KeyUsage.used < quota)
+                    .values(used=KeyUsage.used + 1)
+                )
+                if getattr(result, "rowcount", 0):
+                    return True
+                if session.get(KeyUsage, (key_id, day)) is not None:
+                    return False  # the row exists and is full
+                if quota < 1:
+                    return False
+                try:
+                    with session.begin_nested():
+                        session.add(KeyUsage(key_id=key_id, day=day, used=1))
+                        session.flush()
+                except IntegrityError:
+                    continue
+                session.execute(
+                    delete(KeyUsage).where(
+                        KeyUsage.key_id == key_id, KeyUsage.day < day - KEY_USAGE_DAYS_KEPT
+                    )
+                )
+                return True
+        return False
 
     def add(
         self,

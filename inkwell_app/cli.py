@@ -230,17 +230,17 @@ def models(name: Annotated[str | None, typer.Option(help="Registered model name.
 
 
 def _register_components() -> None:
-    """Attach the component CLIs (service, trainer, router, cheques), `up` and the benchmarks."""
+    """Attach the component CLIs (service, trainer, router, cheques), `up`, `mlflow` and `bench`."""
     # imported here, not at the top: `inkwell_app.up` imports BASE_EPOCHS from this module
     from bench.cli import bench_app
     from inkwell.cheques import cli as cheques_cli
-    from inkwell_app import up
+    from inkwell_app import mlflow_cli, up
     from router import cli as router_cli
     from service import cli as service_cli
     from trainer import cli as trainer_cli
 
     app.add_typer(bench_app, name="bench")
-    for component in (service_cli, trainer_cli, router_cli, cheques_cli, up):
+    for component in (service_cli, trainer_cli, router_cli, cheques_cli, up, mlflow_cli):
         component.register(app)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -34,7 +33,9 @@ from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell.web.http import key_file
 from inkwell_app.cli import BASE_EPOCHS
 from inkwell_app.supervisor import ProcessSpec, RestartPolicy, Supervisor
+from router.settings import RouterSettings
 from service.settings import ServiceSettings
+from trainer.settings import TrainerSettings
 
 log = logging.getLogger("inkwell_app.up")
 
@@ -48,7 +49,9 @@ COMPONENTS = (SERVICE_STABLE, SERVICE_CANARY, TRAINER, ROUTER)
 API_KEY_FILE = "api.key"
 ADMIN_KEY_FILE = "router-admin.key"  # the file the router itself falls back to
 TRAINER_KEY_FILE = "trainer-admin.key"
-SERVICE_KEYS_SETTING = f"{ServiceSettings.model_config['env_prefix']}API_KEYS"
+SERVICE_KEYS_SETTING = ServiceSettings.env_name("api_keys")
+ROUTER_KEY_SETTING = RouterSettings.env_name("admin_api_key")
+TRAINER_KEY_SETTING = TrainerSettings.env_name("admin_api_key")
 
 
 class UpSettings(CoreSettings):
@@ -160,34 +163,37 @@ class Keys:
 
 def resolve_keys(
     settings: UpSettings,
-    environ: dict[str, str] | None = None,
+    *,
     service: ServiceSettings | None = None,
+    router: RouterSettings | None = None,
+    trainer: TrainerSettings | None = None,
 ) -> Keys:
     """Keys the user configured for the components win; otherwise local key files.
 
-    The upload key comes from the service's own settings (validated as the service will), so
-    `up` and the service agree on what INKWELL_SERVICE_API_KEYS means.
+    Each key is read through its component's own settings (validated as the component will),
+    so `up` and the components agree on what INKWELL_SERVICE_API_KEYS,
+    INKWELL_ROUTER_ADMIN_API_KEY and INKWELL_TRAINER_ADMIN_API_KEY mean, and a weak key is
+    refused before anything starts.
     """
-    env = os.environ if environ is None else environ
     service = ServiceSettings() if service is None else service
+    router = RouterSettings() if router is None else router
+    trainer = TrainerSettings() if trainer is None else trainer
     if service.key_grants:
         api_key, api_source = service.key_grants[0].key, SERVICE_KEYS_SETTING
     else:
         path = settings.home / API_KEY_FILE
         api_key, api_source = local_key(path), str(path)
-    admin = env.get("INKWELL_ROUTER_ADMIN_API_KEY", "").strip()
-    if admin:
-        admin_source = "INKWELL_ROUTER_ADMIN_API_KEY"
+    if router.admin_api_key is not None:
+        admin, admin_source = router.admin_api_key.get_secret_value(), ROUTER_KEY_SETTING
     else:
         path = settings.home / ADMIN_KEY_FILE
         admin, admin_source = local_key(path), str(path)
-    trainer = env.get("INKWELL_TRAINER_ADMIN_API_KEY", "").strip()
-    if trainer:
-        trainer_source = "INKWELL_TRAINER_ADMIN_API_KEY"
+    if trainer.admin_api_key is not None:
+        trainer_key, trainer_source = trainer.admin_api_key.get_secret_value(), TRAINER_KEY_SETTING
     else:
         path = settings.home / TRAINER_KEY_FILE
-        trainer, trainer_source = local_key(path), str(path)
-    return Keys(api_key, admin, api_source, admin_source, trainer, trainer_source)
+        trainer_key, trainer_source = local_key(path), str(path)
+    return Keys(api_key, admin, api_source, admin_source, trainer_key, trainer_source)
 
 
 # ---- process specs -------------------------------------------------------------------------
@@ -237,7 +243,7 @@ def build_specs(settings: UpSettings, keys: Keys, prometheus: str | None) -> lis
     """Every process `up` runs, in start order (Prometheus first, the router last)."""
     specs: list[ProcessSpec] = []
     url = {name: settings.url(port) for name, port in settings.ports.items()}
-    common = {"INKWELL_HOME": str(settings.home)}
+    common = {CoreSettings.env_name("home"): str(settings.home)}
     timeout = settings.start_timeout_s
     if prometheus is not None:
         folder = settings.home / "prometheus"
@@ -283,11 +289,11 @@ def build_specs(settings: UpSettings, keys: Keys, prometheus: str | None) -> lis
     if TRAINER in settings.components:
         trainer_env = {
             **common,
-            "INKWELL_TRAINER_HOST": settings.host,
-            "INKWELL_TRAINER_PORT": str(settings.trainer_port),
+            TrainerSettings.env_name("host"): settings.host,
+            TrainerSettings.env_name("port"): str(settings.trainer_port),
         }
-        if not os.environ.get("INKWELL_TRAINER_ADMIN_API_KEY"):
-            trainer_env["INKWELL_TRAINER_ADMIN_API_KEY"] = keys.trainer_key
+        if keys.trainer_key_source != TRAINER_KEY_SETTING:  # else the trainer reads the user's
+            trainer_env[TRAINER_KEY_SETTING] = keys.trainer_key
         specs.append(
             ProcessSpec(
                 name=TRAINER,
@@ -298,17 +304,18 @@ def build_specs(settings: UpSettings, keys: Keys, prometheus: str | None) -> lis
             )
         )
     if ROUTER in settings.components:
+        router = RouterSettings.env_name
         router_env = {
             **common,
-            "INKWELL_ROUTER_HOST": settings.host,
-            "INKWELL_ROUTER_PORT": str(settings.router_port),
-            "INKWELL_ROUTER_STABLE_URL": url[SERVICE_STABLE],
-            "INKWELL_ROUTER_CANARY_URL": url[SERVICE_CANARY],
-            "INKWELL_ROUTER_TRAINER_URL": url[TRAINER],
-            "INKWELL_ROUTER_ADMIN_API_KEY": keys.admin_key,
+            router("host"): settings.host,
+            router("port"): str(settings.router_port),
+            router("stable_url"): url[SERVICE_STABLE],
+            router("canary_url"): url[SERVICE_CANARY],
+            router("trainer_url"): url[TRAINER],
+            ROUTER_KEY_SETTING: keys.admin_key,
         }
         if prometheus is not None:
-            router_env["INKWELL_ROUTER_PROMETHEUS_URL"] = url[PROMETHEUS]
+            router_env[router("prometheus_url")] = url[PROMETHEUS]
         specs.append(
             ProcessSpec(
                 name=ROUTER,

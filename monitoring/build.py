@@ -5,6 +5,9 @@
   provisioning; the Kubernetes ConfigMap made by monitoring/kustomization.yaml).
 - k8s/components/prometheus-operator/inkwell-prometheusrule.yaml: the PrometheusRule, a copy
   of monitoring/prometheus/rules/*.yml (the one source of the rules) in the operator's format.
+- k8s/components/prometheus-operator/inkwell-alertmanagerconfig.yaml: the AlertmanagerConfig,
+  the routes of monitoring/alertmanager/alertmanager.yml with the receivers' URLs read from the
+  Secret inkwell-secrets.
 
 After editing this file or a rules file, regenerate and commit the results:
 
@@ -26,15 +29,21 @@ from typing import Any
 import yaml
 
 MONITORING = Path(__file__).resolve().parent
-# A script, not a package: the checkout's own core, for the metric names the service exports.
+# A script, not a package: the checkout's own core and components, for the metric names they
+# export (`inkwell.contract` and each component's metrics module), never copied here.
 sys.path.insert(0, str(MONITORING.parent))
 from inkwell import contract  # noqa: E402
+from router import metrics as router_metrics  # noqa: E402
+from service import metrics as service_metrics  # noqa: E402
+from trainer import metrics as trainer_metrics  # noqa: E402
 
 OUT_DIR = MONITORING / "grafana" / "dashboards"
 RULES_DIR = MONITORING / "prometheus" / "rules"
 PROMETHEUS_RULE = (
     MONITORING.parent / "k8s" / "components" / "prometheus-operator" / "inkwell-prometheusrule.yaml"
 )
+ALERTMANAGER_FILE = MONITORING / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_CONFIG = PROMETHEUS_RULE.parent / "inkwell-alertmanagerconfig.yaml"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Request series without probes and scrapes: what users and the router actually send.
 USER_ROUTES = 'route!~"/healthz|/readyz|/metrics|/v2/health/.*"'
@@ -105,9 +114,8 @@ def stat(title: str, *queries: Query, description: str, unit: str = "short", **k
         "justifyMode": "auto",
         "orientation": "auto",
     }
-    return Panel(
-        "stat", title, queries, description, unit, width=6, height=4, options=options, **kw
-    )
+    kw = {"width": 6, "height": 4, **kw}
+    return Panel("stat", title, queries, description, unit, options=options, **kw)
 
 
 def timeseries(
@@ -174,7 +182,11 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
             [
                 stat(
                     "Rollout phase",
-                    _q("max by (phase) (inkwell_rollout_phase) == 1", "{{phase}}", instant=True),
+                    _q(
+                        f"max by (phase) ({router_metrics.ROLLOUT_PHASE}) == 1",
+                        "{{phase}}",
+                        instant=True,
+                    ),
                     description="The rollout controller's state: idle, canary (stepping), "
                     "paused, promoting, rolling_back, promoted, rolled_back.",
                     text_mode="name",
@@ -182,14 +194,14 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 stat(
                     "Canary weight",
-                    _q("max(inkwell_router_canary_weight)", "weight"),
+                    _q(f"max({router_metrics.CANARY_WEIGHT})", "weight"),
                     description="Percent of users the router sends to the canary.",
                     unit="percent",
                     core=True,
                 ),
                 stat(
                     "Rollout step",
-                    _q("max(inkwell_rollout_step)", "step"),
+                    _q(f"max({router_metrics.ROLLOUT_STEP})", "step"),
                     description="Index of the current step in INKWELL_ROUTER_ROLLOUT_STEPS "
                     "(-1: no rollout).",
                     core=True,
@@ -207,13 +219,13 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 state_timeline(
                     "Rollout phase over time",
-                    _q("max by (phase) (inkwell_rollout_phase)", "{{phase}}"),
+                    _q(f"max by (phase) ({router_metrics.ROLLOUT_PHASE})", "{{phase}}"),
                     description="1 while the controller is in the phase.",
                     core=True,
                 ),
                 timeseries(
                     "Canary weight over time",
-                    _q("max(inkwell_router_canary_weight)", "canary weight"),
+                    _q(f"max({router_metrics.CANARY_WEIGHT})", "canary weight"),
                     description="Steps up at each passed analysis; drops to 0 on rollback.",
                     unit="percent",
                     core=True,
@@ -274,11 +286,12 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                 timeseries(
                     "Fallbacks to stable and breaker",
                     _q(
-                        "sum by (reason) (rate(inkwell_router_fallbacks_total[$__rate_interval]))",
+                        "sum by (reason) "
+                        f"(rate({router_metrics.FALLBACKS}_total[$__rate_interval]))",
                         "fallback: {{reason}}",
                     ),
                     _q(
-                        "max by (variant) (inkwell_router_circuit_open)",
+                        f"max by (variant) ({router_metrics.CIRCUIT_OPEN})",
                         "breaker open: {{variant}}",
                     ),
                     description="Canary failures answered by stable, and whether the circuit "
@@ -288,17 +301,107 @@ def rollout_panels() -> list[tuple[str, list[Panel]]]:
                     "Analyses and transitions",
                     _q(
                         "sum by (result) "
-                        "(increase(inkwell_rollout_analyses_total[$__rate_interval]))",
+                        f"(increase({router_metrics.ROLLOUT_ANALYSES}_total[$__rate_interval]))",
                         "analysis {{result}}",
                     ),
                     _q(
                         "sum by (to) "
-                        "(increase(inkwell_rollout_transitions_total[$__rate_interval]))",
+                        f"(increase({router_metrics.ROLLOUT_TRANSITIONS}_total[$__rate_interval]))",
                         "to {{to}}",
                     ),
                     description="Canary analyses by result, and phase changes.",
                 ),
             ],
+        ),
+        ("Cheque rollout", cheque_rollout_panels()),
+    ]
+
+
+def cheque_rollout_panels() -> list[Panel]:
+    """The cheque reader's own rollout: `/v1/cheques/*` split by cheque model version."""
+    upstream = f"{router_metrics.CHEQUE_UPSTREAM_REQUESTS}_total"
+    reads = f"{contract.CHEQUE_READS}_total"
+    confidence = contract.CHEQUE_CONFIDENCE
+    return [
+        stat(
+            "Cheque rollout phase",
+            _q(
+                f"max by (phase) ({router_metrics.CHEQUE_ROLLOUT_PHASE}) == 1",
+                "{{phase}}",
+                instant=True,
+            ),
+            description="The controller's state for the inkwell-cheques canary (absent while "
+            "the cheque rollout is off).",
+            text_mode="name",
+            width=6,
+        ),
+        stat(
+            "Cheque canary weight",
+            _q(f"max({router_metrics.CHEQUE_CANARY_WEIGHT})", "weight"),
+            description="Percent of users whose cheque reads the cheque canary answers.",
+            unit="percent",
+            width=6,
+        ),
+        stat(
+            "Cheque versions served",
+            _q(
+                f"max by (variant, model_version) ({service_metrics.CHEQUE_MODEL_INFO}) == 1",
+                "{{variant}} v{{model_version}}",
+                instant=True,
+            ),
+            description="The inkwell-cheques version each variant serves right now.",
+            text_mode="name",
+            width=12,
+        ),
+        timeseries(
+            "Cheque error rate by variant",
+            _q(
+                f'sum by (variant) (rate({upstream}{{mode="live", '
+                f'outcome!~"ok|client_error"}}[$__rate_interval])) / sum by (variant) '
+                f'(rate({upstream}{{mode="live"}}[$__rate_interval]))',
+                "{{variant}}",
+            ),
+            description="Share of live cheque reads the router sent to each variant that failed "
+            "(5xx, timeout, refused).",
+            unit="percentunit",
+        ),
+        timeseries(
+            "Cheque p95 latency by variant",
+            _q(
+                "histogram_quantile(0.95, sum by (variant, le) "
+                f"(rate({router_metrics.CHEQUE_UPSTREAM_LATENCY}_bucket[$__rate_interval])))",
+                "{{variant}}",
+            ),
+            description="95th percentile of the cheque-read latency the router measured.",
+            unit="s",
+        ),
+        timeseries(
+            "Cheque needs-review rate by variant",
+            _q(
+                f'sum by (variant) (rate({reads}{{needs_review="true"}}[$__rate_interval])) '
+                f"/ sum by (variant) (rate({reads}[$__rate_interval]))",
+                "{{variant}}",
+            ),
+            description="Share of amounts each variant flagged for human review.",
+            unit="percentunit",
+        ),
+        timeseries(
+            "Cheque mean confidence by variant",
+            _q(
+                f"sum by (variant) (rate({confidence}_sum[$__rate_interval])) "
+                f"/ sum by (variant) (rate({confidence}_count[$__rate_interval]))",
+                "{{variant}}",
+            ),
+            description="Mean calibrated confidence of the amounts each variant read.",
+            unit="percentunit",
+        ),
+        timeseries(
+            "Cheque online exact-amount accuracy (reviews, 1 h)",
+            _q("variant:inkwell_service_cheque_exact_amounts:ratio_rate1h", "{{variant}}"),
+            description="Of the readings a later accepted review scored, the share read "
+            "exactly right (delayed labels), by the variant that read them.",
+            unit="percentunit",
+            width=24,
         ),
     ]
 
@@ -323,7 +426,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                     "Model reloads",
                     _q(
                         "sum by (variant, model_version) "
-                        "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
+                        f"(increase({service_metrics.MODEL_RELOADS}_total[$__rate_interval]))",
                         "{{variant}} v{{model_version}}",
                     ),
                     description="Hot swaps after the alias moved (the first load included).",
@@ -332,7 +435,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 timeseries(
                     "Promotions and rollbacks",
                     _q(
-                        "sum by (to) (increase(inkwell_rollout_transitions_total"
+                        f"sum by (to) (increase({router_metrics.ROLLOUT_TRANSITIONS}_total"
                         '{to=~"promoted|rolled_back"}[$__rate_interval]))',
                         "{{to}}",
                     ),
@@ -346,7 +449,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 bars(
                     "Gate results",
                     _q(
-                        "sum by (outcome) (increase(inkwell_trainer_retrains_total[$__range]))",
+                        f"sum by (outcome) (increase({trainer_metrics.RETRAINS}_total[$__range]))",
                         "{{outcome}}",
                         instant=True,
                     ),
@@ -356,7 +459,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Candidate accuracy (forgetting)",
-                    _q("max by (dataset) (inkwell_trainer_candidate_accuracy)", "{{dataset}}"),
+                    _q(f"max by (dataset) ({trainer_metrics.CANDIDATE_ACCURACY})", "{{dataset}}"),
                     description="The last candidate's accuracy: mnist_test is the original task "
                     "(a fall is forgetting; the gate allows INKWELL_TRAINER_GATE_MAX_OLD_DROP_PP), "
                     "holdout is the new users' held-out samples.",
@@ -365,12 +468,12 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 stat(
                     "Last candidate version",
-                    _q("max(inkwell_trainer_last_candidate_version)", "version"),
+                    _q(f"max({trainer_metrics.LAST_VERSION})", "version"),
                     description="Registry version of the last candidate, passed or rejected.",
                 ),
                 stat(
                     "Retrain running",
-                    _q("max(inkwell_trainer_retrain_running)", "running"),
+                    _q(f"max({trainer_metrics.RUNNING})", "running"),
                     description="1 while a retrain runs (one at a time).",
                     core=True,
                 ),
@@ -378,7 +481,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                     "Retrains by outcome",
                     _q(
                         "sum by (outcome) "
-                        "(increase(inkwell_trainer_retrains_total[$__rate_interval]))",
+                        f"(increase({trainer_metrics.RETRAINS}_total[$__rate_interval]))",
                         "{{outcome}}",
                     ),
                     description="When retrains finished, by outcome.",
@@ -388,7 +491,7 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                     *(
                         _q(
                             f"histogram_quantile({q}, sum by (le) "
-                            "(increase(inkwell_trainer_retrain_seconds_bucket[1h])))",
+                            f"(increase({trainer_metrics.RETRAIN_SECONDS}_bucket[1h])))",
                             f"p{round(q * 100)}",
                         )
                         for q in (0.5, 0.95)
@@ -398,8 +501,8 @@ def model_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Replay buffer and watermark",
-                    _q("max(inkwell_trainer_buffer_size)", "buffer items"),
-                    _q("max(inkwell_trainer_watermark)", "watermark (sample id)"),
+                    _q(f"max({trainer_metrics.BUFFER_SIZE})", "buffer items"),
+                    _q(f"max({trainer_metrics.WATERMARK})", "watermark (sample id)"),
                     description="Replay-buffer size after the last retrain, and the highest "
                     "sample id trained on.",
                 ),
@@ -418,7 +521,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Labelled uploads",
                     _q(
                         "sum by (created) "
-                        "(rate(inkwell_service_samples_accepted_total[$__rate_interval]))",
+                        f"(rate({service_metrics.SAMPLES_ACCEPTED}_total[$__rate_interval]))",
                         "created={{created}}",
                     ),
                     description="Samples stored per second; created=false are duplicates or "
@@ -430,7 +533,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Rejected uploads by reason",
                     _q(
                         "sum by (reason) "
-                        "(increase(inkwell_service_samples_rejected_total[$__range]))",
+                        f"(increase({service_metrics.SAMPLES_REJECTED}_total[$__range]))",
                         "{{reason}}",
                         instant=True,
                     ),
@@ -440,7 +543,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Quarantined by reason",
                     _q(
                         "sum by (reason) "
-                        "(increase(inkwell_trainer_quarantined_samples_total[$__range]))",
+                        f"(increase({trainer_metrics.QUARANTINED}_total[$__range]))",
                         "{{reason}}",
                         instant=True,
                     ),
@@ -460,9 +563,9 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                 ),
                 timeseries(
                     "Pending and trained samples",
-                    _q("max(inkwell_trainer_pending_samples)", "pending"),
+                    _q(f"max({trainer_metrics.PENDING})", "pending"),
                     _q(
-                        "sum(increase(inkwell_trainer_trained_samples_total[$__rate_interval]))",
+                        f"sum(increase({trainer_metrics.TRAINED}_total[$__rate_interval]))",
                         "trained",
                     ),
                     description="Accepted uploads waiting for the next retrain, and new samples "
@@ -473,7 +576,7 @@ def data_panels() -> list[tuple[str, list[Panel]]]:
                     "Predictions by digit",
                     _q(
                         "sum by (digit) "
-                        "(rate(inkwell_service_predictions_total[$__rate_interval]))",
+                        f"(rate({service_metrics.PREDICTIONS}_total[$__rate_interval]))",
                         "{{digit}}",
                     ),
                     description="What the models answer; a shift can mean drift in the input.",
@@ -495,7 +598,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     "Requests by variant and route",
                     _q(
                         "sum by (variant, route) "
-                        f"(rate(inkwell_service_requests_total{{{USER_ROUTES}}}[$__rate_interval]))",
+                        f"(rate({service_metrics.REQUESTS}_total{{{USER_ROUTES}}}[$__rate_interval]))",
                         "{{variant}} {{route}}",
                     ),
                     description="Requests per second each service answered (probes excluded).",
@@ -507,7 +610,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     *(
                         _q(
                             f"histogram_quantile({q}, sum by (variant, le) "
-                            "(rate(inkwell_service_request_duration_seconds_bucket"
+                            f"(rate({service_metrics.REQUEST_DURATION}_bucket"
                             f"{{{USER_ROUTES}}}[$__rate_interval])))",
                             f"{{{{variant}}}} p{round(q * 100)}",
                         )
@@ -528,12 +631,12 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     "Router overhead (p50)",
                     _q(
                         "histogram_quantile(0.5, sum by (le) "
-                        "(rate(inkwell_router_request_latency_seconds_bucket[$__rate_interval])))",
+                        f"(rate({router_metrics.REQUEST_LATENCY}_bucket[$__rate_interval])))",
                         "through the router",
                     ),
                     _q(
                         "histogram_quantile(0.5, sum by (le) "
-                        "(rate(inkwell_router_upstream_latency_seconds_bucket[$__rate_interval])))",
+                        f"(rate({router_metrics.UPSTREAM_LATENCY}_bucket[$__rate_interval])))",
                         "service (as the router sees it)",
                     ),
                     description="Median client latency through the router against the median "
@@ -550,7 +653,7 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     _q("variant:inkwell_service_batch_size:mean5m", "{{variant}} mean"),
                     _q(
                         "histogram_quantile(0.95, sum by (variant, le) "
-                        "(rate(inkwell_service_batch_size_bucket[$__rate_interval])))",
+                        f"(rate({service_metrics.BATCH_SIZE}_bucket[$__rate_interval])))",
                         "{{variant}} p95",
                     ),
                     description="Images per forward pass: above 1 means concurrent requests "
@@ -562,12 +665,12 @@ def serving_panels() -> list[tuple[str, list[Panel]]]:
                     _q(f"max by (variant) ({contract.READY})", "{{variant}} ready"),
                     _q(
                         "sum by (variant) "
-                        "(increase(inkwell_service_model_reloads_total[$__rate_interval]))",
+                        f"(increase({service_metrics.MODEL_RELOADS}_total[$__rate_interval]))",
                         "{{variant}} reloads",
                     ),
                     _q(
                         "sum by (variant, reason) "
-                        "(increase(inkwell_service_model_load_failures_total[$__rate_interval]))",
+                        f"(increase({service_metrics.MODEL_LOAD_FAILURES}_total[$__rate_interval]))",
                         "{{variant}} load failure: {{reason}}",
                     ),
                     description="Whether each variant has a model (1), its reloads and failed "
@@ -746,7 +849,7 @@ def build(uid: str) -> dict[str, Any]:
                     "enable": True,
                     "iconColor": "orange",
                     "expr": scoped(
-                        "sum by (to) (changes(inkwell_rollout_transitions_total[1m])) > 0"
+                        f"sum by (to) (changes({router_metrics.ROLLOUT_TRANSITIONS}_total[1m])) > 0"
                     ),
                     "titleFormat": "rollout: {{to}}",
                     "step": "60s",
@@ -781,6 +884,18 @@ PROMETHEUS_RULE_HEADER = """\
 """
 
 
+# The operator's resources: `release` must match the selectors of the operator's Prometheus and
+# Alertmanager (kube-prometheus-stack: the Helm release name).
+OPERATOR_METADATA = {
+    "name": "inkwell",
+    "labels": {
+        "app.kubernetes.io/name": "inkwell",
+        "app.kubernetes.io/component": "monitoring",
+        "release": "kube-prometheus-stack",
+    },
+}
+
+
 class _BlockDumper(yaml.SafeDumper):
     """Writes multi-line strings (PromQL) as literal blocks, as a person would."""
 
@@ -806,24 +921,121 @@ def render_prometheus_rule() -> str:
     manifest = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {
-            "name": "inkwell",
-            "labels": {
-                "app.kubernetes.io/name": "inkwell",
-                "app.kubernetes.io/component": "monitoring",
-                "release": "kube-prometheus-stack",
-            },
-        },
+        "metadata": OPERATOR_METADATA,
         "spec": {"groups": rule_groups()},
     }
     body = yaml.dump(manifest, Dumper=_BlockDumper, sort_keys=False, width=100)
     return PROMETHEUS_RULE_HEADER + body
 
 
+ALERTMANAGER_HEADER = """\
+# Inkwell's Alertmanager routes for the prometheus-operator: an AlertmanagerConfig the operator
+# merges into the Alertmanager it runs (kube-prometheus-stack). GENERATED by
+# `python monitoring/build.py` from monitoring/alertmanager/alertmanager.yml, the one source of
+# the routes (Compose loads that file as it is): edit it, never this file (tests/deploy fails
+# when they differ). The operator scopes these routes to alerts of this namespace. Each
+# receiver's webhook URL is read from the Secret inkwell-secrets (keys alert-*-webhook-url in
+# k8s/overlays/prod/secrets.env), never written here. Needs: an Alertmanager whose
+# alertmanagerConfigSelector matches the `release` label (kube-prometheus-stack:
+# alertmanager.alertmanagerSpec.alertmanagerConfigSelector) and the operator's CRDs.
+"""
+# The Secret holding the receivers' URLs: the one kustomize generates for prod.
+RECEIVER_SECRET = "inkwell-secrets"
+# `name="value"` with =, !=, =~ or !~; the value a double-quoted string (escapes allowed).
+_MATCHER = re.compile(r'^\s*([a-zA-Z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*$')
+# Alertmanager's route fields and the AlertmanagerConfig's names for them.
+ROUTE_FIELDS = {
+    "receiver": "receiver",
+    "group_by": "groupBy",
+    "group_wait": "groupWait",
+    "group_interval": "groupInterval",
+    "repeat_interval": "repeatInterval",
+    "continue": "continue",
+}
+
+
+def crd_matcher(text: str) -> dict[str, str]:
+    """Alertmanager's `name="value"` matcher as the AlertmanagerConfig's {name, value,
+    matchType}; equality, the default, is left implicit (kustomize writes a bare `=`, which
+    YAML 1.1 readers take for a tag, not a string)."""
+    found = _MATCHER.match(text)
+    if found is None:
+        raise ValueError(f"not a matcher this build understands: {text!r}")
+    name, kind, value = found.groups()
+    matcher = {"name": name, "value": value}
+    if kind != "=":
+        matcher["matchType"] = kind
+    return matcher
+
+
+def crd_route(route: dict[str, Any]) -> dict[str, Any]:
+    """One route (and its children) in the AlertmanagerConfig's spelling."""
+    unknown = set(route) - {*ROUTE_FIELDS, "matchers", "routes"}
+    if unknown:
+        raise ValueError(f"route fields this build does not translate: {sorted(unknown)}")
+    out: dict[str, Any] = {ROUTE_FIELDS[k]: v for k, v in route.items() if k in ROUTE_FIELDS}
+    if "matchers" in route:
+        out["matchers"] = [crd_matcher(m) for m in route["matchers"]]
+    if "routes" in route:
+        out["routes"] = [crd_route(child) for child in route["routes"]]
+    return out
+
+
+def receiver_secret_key(url: str, receivers: list[dict[str, Any]]) -> str:
+    """The Secret key of a webhook URL: named after the first receiver that uses it, so two
+    receivers sending to one URL read one key (alert-pager-webhook-url, ...)."""
+    for receiver in receivers:
+        if any(hook["url"] == url for hook in receiver.get("webhook_configs", [])):
+            return f"alert-{receiver['name'].removeprefix('inkwell-')}-webhook-url"
+    raise ValueError(f"no receiver sends to {url}")
+
+
+def crd_receiver(receiver: dict[str, Any], receivers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A receiver whose webhook URLs come from RECEIVER_SECRET."""
+    unknown = set(receiver) - {"name", "webhook_configs"}
+    if unknown:
+        raise ValueError(f"receiver fields this build does not translate: {sorted(unknown)}")
+    hooks = []
+    for hook in receiver.get("webhook_configs", []):
+        key = receiver_secret_key(hook["url"], receivers)
+        out: dict[str, Any] = {"urlSecret": {"name": RECEIVER_SECRET, "key": key}}
+        if "send_resolved" in hook:
+            out["sendResolved"] = hook["send_resolved"]
+        hooks.append(out)
+    return {"name": receiver["name"], "webhookConfigs": hooks}
+
+
+def render_alertmanager_config() -> str:
+    """The AlertmanagerConfig with the routes, inhibitions and receivers of alertmanager.yml."""
+    config = yaml.safe_load(ALERTMANAGER_FILE.read_text())
+    receivers = config["receivers"]
+    inhibit = [
+        {
+            "sourceMatch": [crd_matcher(m) for m in rule["source_matchers"]],
+            "targetMatch": [crd_matcher(m) for m in rule["target_matchers"]],
+            "equal": rule["equal"],
+        }
+        for rule in config.get("inhibit_rules", [])
+    ]
+    manifest = {
+        "apiVersion": "monitoring.coreos.com/v1alpha1",
+        "kind": "AlertmanagerConfig",
+        "metadata": OPERATOR_METADATA,
+        "spec": {
+            "route": crd_route(config["route"]),
+            "inhibitRules": inhibit,
+            "receivers": [crd_receiver(r, receivers) for r in receivers],
+        },
+    }
+    body = yaml.dump(manifest, Dumper=_BlockDumper, sort_keys=False, width=100)
+    return ALERTMANAGER_HEADER + body
+
+
 def outputs() -> dict[Path, str]:
     """Every derived file and the content it must have."""
     files = {OUT_DIR / f"{uid}.json": render(uid) for uid in DASHBOARDS}
     files[PROMETHEUS_RULE] = render_prometheus_rule()
+    files[ALERTMANAGER_CONFIG] = render_alertmanager_config()
     return files
 
 

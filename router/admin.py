@@ -25,6 +25,22 @@ class RollbackRequest(BaseModel):
     reason: str = Field(default="rolled back manually", max_length=2000)
 
 
+class CanaryWeight(BaseModel):
+    weight: float = Field(
+        ge=0, le=100, description="Percent of users the canary answers (0-100), e.g. 5, 20, 50."
+    )
+
+
+class CanaryWeightPublic(CanaryWeight):
+    previous: float | None = Field(
+        default=None, description="The weight before this change (PUT only)."
+    )
+    source: Literal["admin", "settings", "controller"] = Field(
+        description="Who sets it now: the admin API, INKWELL_ROUTER_CANARY_WEIGHT, or the "
+        "rollout controller."
+    )
+
+
 def _runtime(request: Request) -> Any:
     return request.app.state.runtime
 
@@ -134,3 +150,28 @@ async def resume(actor: Actor, rollout: Target) -> dict[str, Any]:
     """Continue the rollout; the current step's interval starts again."""
     await rollout.resume(actor)
     return rollout.status()
+
+
+def _weight_now(request: Request) -> CanaryWeightPublic:
+    runtime = _runtime(request)
+    if runtime.controller is not None:
+        return CanaryWeightPublic(weight=runtime.split().weight, source="controller")
+    source: Literal["admin", "settings"] = "settings" if runtime.manual_weight is None else "admin"
+    return CanaryWeightPublic(weight=runtime.static_weight, source=source)
+
+
+@router.get("/canary/weight")
+async def canary_weight(_: Actor, request: Request) -> CanaryWeightPublic:
+    """The percent of users the canary answers now, and who sets it."""
+    return _weight_now(request)
+
+
+@router.put("/canary/weight")
+async def set_canary_weight(
+    actor: Actor, body: CanaryWeight, request: Request
+) -> CanaryWeightPublic:
+    """Set the canary's share of users when the rollout controller is off (an Argo Rollouts
+    step, or an operator): stored for every replica and kept across restarts; 409 while the
+    controller runs, since it owns the weight then."""
+    previous = await _runtime(request).set_canary_weight(body.weight, actor)
+    return _weight_now(request).model_copy(update={"previous": previous})

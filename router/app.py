@@ -15,10 +15,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inkwell.errors import InkwellError
+from inkwell.errors import ConflictError, InkwellError, StoreUnavailableError
 from inkwell.heap import StartupFreeze
 from inkwell.settings import CANARY, STABLE
 from inkwell.web.headers import with_security_headers
@@ -37,6 +38,8 @@ from router.state import PHASES, RolloutState, RolloutStore
 from router.web import WEB_PATHS, WEB_PREFIXES, mount_web
 
 log = logging.getLogger("inkwell.router")
+# How long a router without the controller waits at start for the stored canary weight.
+WEIGHT_WAIT_S = 3.0
 
 # Paths the router answers itself; everything else is proxied to the services.
 OWN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", *WEB_PATHS})
@@ -97,6 +100,11 @@ class Runtime:
         self._aliases = aliases
         self._cheque_aliases = cheque_aliases
         self._split = Split(shadow=settings.shadow, shadow_fraction=settings.shadow_fraction)
+        # Without the controller: the weight set through the admin API (shared by the replicas
+        # through the database), else the static INKWELL_ROUTER_CANARY_WEIGHT.
+        self._manual_weight: float | None = None
+        self._weight_readable = True
+        self._weight_checked = asyncio.Event()  # set once the first look at the store ended
         self._canary_version: str | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -107,12 +115,90 @@ class Runtime:
         if self.controller is not None:
             return self._split
         return Split(
-            weight=self.settings.canary_weight,
+            weight=self.static_weight,
             canary_version=self.proxy.canary.served_version,
             stable_version=self.proxy.stable.served_version,
             shadow=self.settings.shadow,
             shadow_fraction=self.settings.shadow_fraction,
         )
+
+    @property
+    def manual_weight(self) -> float | None:
+        """The weight set through the admin API, None while none was."""
+        return self._manual_weight
+
+    @property
+    def static_weight(self) -> float:
+        """The controller-less split's canary weight: the admin API's, else the settings'."""
+        manual = self._manual_weight
+        return self.settings.canary_weight if manual is None else manual
+
+    async def set_canary_weight(self, weight: float, actor: str) -> float:
+        """Set the controller-less split for every replica; returns the weight it replaced."""
+        if self.controller is not None:
+            raise ConflictError(
+                "the rollout controller sets the canary weight in this router; use "
+                "/admin/rollout/pause, promote or rollback, or run the router with "
+                "INKWELL_ROUTER_CONTROLLER=false to set the weight from outside (Argo Rollouts).",
+                code="controller_enabled",
+            )
+        store = await self._weight_store()
+        previous = self.static_weight
+        try:
+            await asyncio.to_thread(
+                store.set_manual_weight, self.settings.model_name, weight, actor=actor
+            )
+        except SQLAlchemyError as exc:
+            raise self._weight_store_down(exc) from exc
+        self._apply_manual_weight(weight)
+        log.info("canary weight set to %g %% by %s (was %g %%)", weight, actor, previous)
+        return previous
+
+    async def _weight_store(self) -> RolloutStore:
+        if self.store is None:
+            try:
+                self.store = await asyncio.to_thread(
+                    RolloutStore, self.settings.resolved_database_url
+                )
+            except (SQLAlchemyError, OSError) as exc:
+                raise self._weight_store_down(exc) from exc
+        return self.store
+
+    @staticmethod
+    def _weight_store_down(exc: Exception) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            "the router's database is unreachable, so the canary weight cannot be stored for "
+            f"every replica ({exc.__class__.__name__}); retry when it is back.",
+            retry_after_s=5,
+        )
+
+    def _apply_manual_weight(self, weight: float | None) -> None:
+        self._manual_weight = weight
+        self.metrics.canary_weight.set(self.static_weight)
+
+    async def _refresh_manual_weight(self) -> None:
+        """Follow the weight another replica (or an earlier run) stored; while the database is
+        away the last known weight stays, with one warning per outage."""
+        try:
+            await self._read_manual_weight()
+        finally:
+            self._weight_checked.set()
+
+    async def _read_manual_weight(self) -> None:
+        try:
+            store = await self._weight_store()
+            weight = await asyncio.to_thread(store.manual_weight, self.settings.model_name)
+        except (StoreUnavailableError, SQLAlchemyError) as exc:
+            if self._weight_readable:
+                log.warning(
+                    "canary weight not refreshed, keeping %g %%: %s", self.static_weight, exc
+                )
+            self._weight_readable = False
+            return
+        self._weight_readable = True
+        if weight is not None and weight != self._manual_weight:
+            log.info("canary weight is now %g %% (set through the admin API)", weight)
+        self._apply_manual_weight(weight)
 
     def apply_state(self, state: RolloutState) -> None:
         """Route by a (new) rollout state; a new canary version starts with a closed breaker."""
@@ -207,6 +293,15 @@ class Runtime:
                 self.apply_cheque_state(await self.cheque_controller.load())
                 self._spawn(self.cheque_controller.run(self._stop), "cheque-controller")
             self._spawn(self._every(settings.state_refresh_s, self._refresh_state), "state")
+        else:
+            self.metrics.canary_weight.set(settings.canary_weight)
+            self._spawn(
+                self._every(settings.state_refresh_s, self._refresh_manual_weight), "weight"
+            )
+            # Route by the stored weight from the first request on, but never hold the start
+            # for a database that is down (the loop keeps trying; until then, the setting).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._weight_checked.wait(), timeout=WEIGHT_WAIT_S)
         self._spawn(self._every(settings.probe_interval_s, self._probe), "probe")
 
     def _spawn(self, coroutine: Awaitable[None], name: str) -> None:

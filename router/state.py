@@ -78,6 +78,24 @@ class RolloutEvent(Base):
     analysis: Mapped[str] = mapped_column(Text, default="")
 
 
+class CanaryWeightRow(Base):
+    """The split an admin (or an Argo step) set while the rollout controller is off.
+
+    Its own table, not the rollout row: that row's weight is the controller's, and a router
+    switched between the two modes must not read one as the other."""
+
+    __tablename__ = "canary_weight"
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    weight: Mapped[float] = mapped_column(Float)
+    actor: Mapped[str] = mapped_column(String(128))
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+# `from_phase`/`to_phase` of the audit events that record a manual weight change.
+MANUAL = "manual"
+
+
 @dataclass(frozen=True)
 class RolloutState:
     """A consistent read of the rollout row (times are wall-clock epoch seconds)."""
@@ -215,6 +233,50 @@ class RolloutStore:
                     )
                 )
         return new.evolve(version=read.version + 1, updated_at=now)
+
+    def manual_weight(self, model_name: str) -> float | None:
+        """The weight last set through the admin API, None when none was."""
+        with self._session() as session:
+            row = session.get(CanaryWeightRow, model_name)
+            return row.weight if row is not None else None
+
+    def set_manual_weight(self, model_name: str, weight: float, *, actor: str) -> float | None:
+        """Store `weight` for every replica (and restarts); returns the weight it replaced.
+
+        The change is also an audit event, so `/admin/rollout/events` shows who moved it."""
+        try:
+            return self._set_manual_weight(model_name, weight, actor)
+        except IntegrityError:  # another replica inserted the first row meanwhile
+            return self._set_manual_weight(model_name, weight, actor)
+
+    def _set_manual_weight(self, model_name: str, weight: float, actor: str) -> float | None:
+        now = time.time()
+        with self._session() as session:
+            row = session.get(CanaryWeightRow, model_name, with_for_update=True)
+            previous = row.weight if row is not None else None
+            if row is None:
+                row = CanaryWeightRow(
+                    model_name=model_name, weight=weight, actor=actor, updated_at=now
+                )
+                session.add(row)
+            else:
+                row.weight, row.actor, row.updated_at = weight, actor, now
+            was = "unset" if previous is None else f"{previous:g} %"
+            session.add(
+                RolloutEvent(
+                    model_name=model_name,
+                    rollout_id=0,
+                    at=now,
+                    from_phase=MANUAL,
+                    to_phase=MANUAL,
+                    weight=weight,
+                    canary_version=None,
+                    actor=actor,
+                    reason=f"canary weight set to {weight:g} % (was {was})",
+                    analysis="",
+                )
+            )
+        return previous
 
     def events(self, model_name: str, limit: int = 50) -> list[Event]:
         """The most recent transitions, newest first."""

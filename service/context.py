@@ -2,7 +2,8 @@
 
 Construction does no I/O; `start()` sets torch threads, tries to open the sample store, seeds an
 empty registry from the models shipped in the package (`INKWELL_SEED_SHIPPED`), tries the first
-model load (the service still starts, not ready, when MLflow or the alias is missing),
+model load (the service still starts, not ready, when MLflow or the alias is missing; a
+pinned INKWELL_SERVICE_MODEL_VERSION the registry lacks stops it with a message instead),
 starts the micro-batcher, freezes the start-up heap out of the garbage collector's way
 (inkwell.heap) and starts the alias poller; `stop()` undoes it in reverse.
 
@@ -28,7 +29,7 @@ import cv2
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from inkwell.errors import StoreFullError, StoreUnavailableError
+from inkwell.errors import ModelNotFoundError, StoreFullError, StoreUnavailableError
 from inkwell.heap import StartupFreeze
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
@@ -62,8 +63,16 @@ class ServiceContext:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.upload_limiter = settings.upload_limiter()
+        self.upload_quota = settings.upload_quota(
+            lambda key, day, quota: self.open_store().take_daily_quota(key, day, quota)
+        )
         self.metrics = ServiceMetrics(settings.variant)
-        self.model = DigitModel(settings, settings.variant, optimize=settings.optimize_model)
+        self.model = DigitModel(
+            settings,
+            settings.variant,
+            optimize=settings.optimize_model,
+            pinned_version=settings.model_version,
+        )
         self.batcher = MicroBatcher(
             self.model.predict,
             max_size=settings.microbatch_max_size,
@@ -156,7 +165,8 @@ class ServiceContext:
             await run_in_threadpool(self.open_store)
         if self.settings.seed_shipped:
             await run_in_threadpool(self.seed_shipped)
-        await self.refresh_model()
+        outcome = await self.refresh_model()
+        self._refuse_missing_pin(outcome)
         await self.refresh_cheque_model()
         await self.batcher.start()
         # Last: everything loaded so far lives as long as the process; see inkwell.heap.
@@ -176,6 +186,18 @@ class ServiceContext:
             self._started = False
             self._heap.thaw()
         self.metrics.worker_exited()
+
+    def _refuse_missing_pin(self, outcome: RefreshOutcome) -> None:
+        """A pinned version the registry does not have is a deployment mistake: stop now, not
+        wait unready. (An unreachable registry is not: the poller keeps trying.)"""
+        pinned = self.settings.model_version
+        if pinned is None or not isinstance(outcome.error, ModelNotFoundError):
+            return
+        raise ModelNotFoundError(
+            f"INKWELL_SERVICE_MODEL_VERSION={pinned}, but the registry has no version "
+            f"{pinned} of {self.model.name!r}. Pick a registered version (`inkwell models`), "
+            f"or unset it to follow the alias {self.settings.variant!r}."
+        )
 
     def seed_shipped(self) -> None:
         """Register the shipped models the registry lacks; a failure only leaves it unready."""

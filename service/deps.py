@@ -6,6 +6,7 @@ which for these non-blocking look-ups costs more than the whole prediction.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -127,6 +128,8 @@ async def admit_upload(context: ContextDep, x_api_key: ApiKeyHeader = None) -> K
     if grant is None:  # pragma: no cover - check_api_key refused it
         raise AuthError("The X-API-Key is not valid.", code="invalid_api_key")
     context.upload_limiter.admit(grant.key)
+    if context.upload_quota is not None:  # counted in the database: off the event loop
+        await asyncio.to_thread(context.upload_quota.admit, grant.key)
     return grant
 
 

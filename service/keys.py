@@ -4,8 +4,9 @@ A configured key is `KEY` (unbound: any user id) or `KEY:SCOPE`, where SCOPE is 
 prefixes ending in `*`, separated by `|` (`key:alice|bob`, `key:branch-12-*`). Binding keys
 stops one key posing as many users to slip past the per-user poisoning checks.
 
-Rate limits are a token bucket and a daily quota per key, held in this process's memory: with
-N replicas a key gets up to N times the configured rate (the Ingress limits the total).
+The rate limit is a token bucket per key in this process's memory: with N processes a key gets
+up to N times the configured rate (the Ingress limits the total). The daily quota is counted in
+the sample database (`SharedDailyQuota`), so it holds across every worker and replica.
 """
 
 from __future__ import annotations
@@ -77,51 +78,63 @@ def check_user(grant: KeyGrant, user_id: str) -> None:
 class _Bucket:
     tokens: float
     updated: float
-    day: int
-    used_today: int = 0
 
 
 @dataclass
 class KeyRateLimiter:
-    """A token bucket (`rate_per_s`, `burst`) and a daily quota per key; 0 turns either off."""
+    """A token bucket (`rate_per_s`, `burst`) per key; a rate of 0 turns it off."""
 
     rate_per_s: float
     burst: int
-    daily_quota: int = 0
     clock: Callable[[], float] = time.time
     buckets: dict[str, _Bucket] = field(default_factory=dict)
 
     def admit(self, key: str) -> None:
         """Take one request from `key`'s allowance, or raise RateLimitedError (429)."""
-        if self.rate_per_s <= 0 and self.daily_quota <= 0:
+        if self.rate_per_s <= 0:
             return
         now = self.clock()
-        day = int(now // SECONDS_PER_DAY)
         name = key_id(key)
         bucket = self.buckets.get(name)
         if bucket is None:
-            bucket = self.buckets[name] = _Bucket(tokens=float(self.burst), updated=now, day=day)
-        if bucket.day != day:
-            bucket.day, bucket.used_today = day, 0
-        if self.daily_quota > 0 and bucket.used_today >= self.daily_quota:
-            wait = (day + 1) * SECONDS_PER_DAY - now
+            bucket = self.buckets[name] = _Bucket(tokens=float(self.burst), updated=now)
+        elapsed = max(0.0, now - bucket.updated)
+        bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate_per_s)
+        bucket.updated = now
+        if bucket.tokens < 1.0:
+            wait = (1.0 - bucket.tokens) / self.rate_per_s
             raise RateLimitedError(
-                f"This API key has used its quota of {self.daily_quota:,} uploads today (UTC). "
-                f"Retry after {math.ceil(wait)} s, or ask for a higher quota.",
+                f"This API key sends uploads faster than {self.rate_per_s:g} per second "
+                f"(bursts of {self.burst}). Retry after {math.ceil(wait)} s, and pace "
+                "the uploads.",
                 retry_after_s=math.ceil(wait),
+            )
+        bucket.tokens -= 1.0
+
+
+# (key id, day since the epoch, quota) -> whether one more upload was counted
+QuotaCounter = Callable[[str, int, int], bool]
+
+
+@dataclass
+class SharedDailyQuota:
+    """Uploads per key per UTC day, counted by `take` in a store every process shares (the
+    sample database's `take_daily_quota`), so N workers or replicas never give N quotas."""
+
+    quota: int
+    take: QuotaCounter
+    clock: Callable[[], float] = time.time
+
+    def admit(self, key: str) -> None:
+        """Count one upload of `key` today, or raise RateLimitedError (429) until midnight UTC.
+        Blocking (a database round trip): call it off the event loop."""
+        now = self.clock()
+        day = int(now // SECONDS_PER_DAY)
+        if not self.take(key_id(key), day, self.quota):
+            wait = math.ceil((day + 1) * SECONDS_PER_DAY - now)
+            raise RateLimitedError(
+                f"This API key has used its quota of {self.quota:,} uploads today (UTC). "
+                f"Retry after {wait} s, or ask for a higher quota.",
+                retry_after_s=wait,
                 code="quota_exceeded",
             )
-        if self.rate_per_s > 0:
-            elapsed = max(0.0, now - bucket.updated)
-            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate_per_s)
-            bucket.updated = now
-            if bucket.tokens < 1.0:
-                wait = (1.0 - bucket.tokens) / self.rate_per_s
-                raise RateLimitedError(
-                    f"This API key sends uploads faster than {self.rate_per_s:g} per second "
-                    f"(bursts of {self.burst}). Retry after {math.ceil(wait)} s, and pace "
-                    "the uploads.",
-                    retry_after_s=math.ceil(wait),
-                )
-            bucket.tokens -= 1.0
-        bucket.used_today += 1

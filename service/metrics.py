@@ -32,6 +32,20 @@ from prometheus_client import (
 
 from inkwell import contract
 
+# Metric names (counters without the `_total` they are exposed with); the names other
+# components read are in `inkwell.contract`, monitoring/build.py reads these too.
+REQUESTS = "inkwell_service_requests"
+REQUEST_DURATION = "inkwell_service_request_duration_seconds"
+PREDICTIONS = "inkwell_service_predictions"
+BATCH_SIZE = "inkwell_service_batch_size"
+SAMPLES_ACCEPTED = "inkwell_service_samples_accepted"
+SAMPLES_REJECTED = "inkwell_service_samples_rejected"
+CHEQUE_SAMPLES = "inkwell_service_cheque_samples"
+CHEQUE_SAMPLES_REJECTED = "inkwell_service_cheque_samples_rejected"
+MODEL_RELOADS = "inkwell_service_model_reloads"
+MODEL_LOAD_FAILURES = "inkwell_service_model_load_failures"
+REQUESTS_SHED = "inkwell_service_requests_shed"
+CHEQUE_MODEL_INFO = "inkwell_service_cheque_model_info"
 LATENCY_BUCKETS = (
     0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )  # fmt: skip
@@ -75,20 +89,20 @@ class ServiceMetrics:
             PlatformCollector(registry=self.registry)
         labels = ("route", "method", "status", "variant", "model_version")
         self.requests = Counter(
-            "inkwell_service_requests_total",
+            REQUESTS,
             "HTTP requests by route, status, variant and model version.",
             labels,
             registry=self.registry,
         )
         self.latency = Histogram(
-            "inkwell_service_request_duration_seconds",
+            REQUEST_DURATION,
             "HTTP request latency by route, status, variant and model version.",
             labels,
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.predictions = Counter(
-            "inkwell_service_predictions_total",
+            PREDICTIONS,
             "Predicted digits.",
             ("digit", "variant", "model_version"),
             registry=self.registry,
@@ -101,45 +115,45 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.batch_size = Histogram(
-            "inkwell_service_batch_size",
+            BATCH_SIZE,
             "Images per model forward pass (micro-batching at work).",
             ("variant",),
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.samples_accepted = Counter(
-            "inkwell_service_samples_accepted_total",
+            SAMPLES_ACCEPTED,
             "Labelled samples stored (created=false: duplicate or idempotent replay).",
             ("variant", "created"),
             registry=self.registry,
         )
         self.samples_rejected = Counter(
-            "inkwell_service_samples_rejected_total",
+            SAMPLES_REJECTED,
             "Labelled sample uploads rejected, by reason (the error code).",
             ("variant", "reason"),
             registry=self.registry,
         )
         self.cheque_samples = Counter(
-            "inkwell_service_cheque_samples_total",
+            CHEQUE_SAMPLES,
             "Reviewed cheque fields by outcome: accepted, quarantined, or repeat (duplicate or "
             "idempotent replay).",
             ("variant", "outcome"),
             registry=self.registry,
         )
         self.cheque_samples_rejected = Counter(
-            "inkwell_service_cheque_samples_rejected_total",
+            CHEQUE_SAMPLES_REJECTED,
             "Reviewed cheque uploads rejected, by reason (the error code).",
             ("variant", "reason"),
             registry=self.registry,
         )
         self.reloads = Counter(
-            "inkwell_service_model_reloads_total",
+            MODEL_RELOADS,
             "Models loaded and swapped in (the first load included).",
             ("variant", "model_version"),
             registry=self.registry,
         )
         self.load_failures = Counter(
-            "inkwell_service_model_load_failures_total",
+            MODEL_LOAD_FAILURES,
             "Failed attempts to resolve or load the model, by reason.",
             ("variant", "reason"),
             registry=self.registry,
@@ -160,7 +174,7 @@ class ServiceMetrics:
         )
         self.ready.labels(variant).set(0)
         self.shed = Counter(
-            "inkwell_service_requests_shed_total",
+            REQUESTS_SHED,
             "Requests refused with 503 to stay responsive, by reason: in_flight (over "
             "MAX_IN_FLIGHT), queue_full (over MAX_QUEUED_IMAGES), deadline (queued too long).",
             ("variant", "reason"),
@@ -190,7 +204,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.cheque_model_info = Gauge(
-            "inkwell_service_cheque_model_info",
+            CHEQUE_MODEL_INFO,
             "1 for the cheque model version being served.",
             ("variant", "model_name", "model_version"),
             registry=self.registry,

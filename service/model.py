@@ -75,7 +75,8 @@ class Prediction:
 
 
 class DigitModel(AliasFollowingModel[ServedModel]):
-    """`inkwell-digits@<variant>` as a model contract: load(), predict(), ready, name, version.
+    """`inkwell-digits@<variant>` (or one pinned version) as a model contract: load(),
+    predict(), ready, name, version.
 
     `refresh()` is what the poller calls: it resolves the alias and loads the version only if
     the alias moved; errors are returned, not raised, so the last good model keeps serving.
@@ -83,9 +84,17 @@ class DigitModel(AliasFollowingModel[ServedModel]):
 
     log = log
 
-    def __init__(self, settings: CoreSettings, variant: str, *, optimize: bool = True) -> None:
+    def __init__(
+        self,
+        settings: CoreSettings,
+        variant: str,
+        *,
+        optimize: bool = True,
+        pinned_version: str | None = None,
+    ) -> None:
         super().__init__(settings, variant)
         self.optimize = optimize
+        self.pinned_version = pinned_version
 
     @property
     def name(self) -> str:
@@ -93,7 +102,10 @@ class DigitModel(AliasFollowingModel[ServedModel]):
         return self.settings.model_name
 
     def resolve(self, registry: Registry) -> tuple[str, str]:
-        """The variant's own alias: a digit model never falls back to another."""
+        """The pinned version when there is one, else the variant's own alias (a digit model
+        never falls back to another alias)."""
+        if self.pinned_version is not None:
+            return self.variant, registry.get_version(self.name, self.pinned_version).version
         return self.variant, registry.get_version(self.name, self.variant).version
 
     def load_version(self, registry: Registry, version: str) -> ServedModel:

@@ -12,7 +12,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from inkwell.cheques.review import ChequeSampleRules
 from inkwell.preprocessing import ImageLimits
 from inkwell.settings import CANARY, STABLE, CoreSettings, check_key
-from service.keys import KeyGrant, KeyRateLimiter, split_scope
+from service.keys import KeyGrant, KeyRateLimiter, QuotaCounter, SharedDailyQuota, split_scope
 
 Variant = Literal["stable", "canary"]  # the values of inkwell.settings.VARIANTS
 DEFAULT_PORTS = {STABLE: 8001, CANARY: 8002}
@@ -48,6 +48,13 @@ class ServiceSettings(CoreSettings):
 
     variant: Variant = Field(
         default="stable", description="Which alias of the digit model this process serves."
+    )
+    model_version: str | None = Field(
+        default=None,
+        pattern=r"^[1-9][0-9]*$",
+        description="Serve exactly this registry version of the digit model instead of "
+        "following the variant's alias (pod-level canaries, reproducible rollbacks). The "
+        "service refuses to start when the registry has no such version.",
     )
     host: str = "127.0.0.1"
     workers: int = Field(
@@ -116,7 +123,10 @@ class ServiceSettings(CoreSettings):
         default=200, ge=1, description="Uploads one key may send at once before the rate applies."
     )
     upload_daily_quota: int = Field(
-        default=0, ge=0, description="Uploads one key may send per UTC day (0: no quota)."
+        default=0,
+        ge=0,
+        description="Uploads one key may send per UTC day, counted in the sample database "
+        "(shared by every worker and replica; 0: no quota).",
     )
     predict_requires_key: bool = Field(
         default=False, description="Predictions are open by default; true makes them keyed."
@@ -212,9 +222,11 @@ class ServiceSettings(CoreSettings):
         return self.grant_for(key) is not None
 
     def upload_limiter(self) -> KeyRateLimiter:
-        """A fresh per-key limiter for uploads, from the settings above."""
-        return KeyRateLimiter(
-            rate_per_s=self.upload_rate_per_s,
-            burst=self.upload_burst,
-            daily_quota=self.upload_daily_quota,
-        )
+        """A fresh per-key rate limiter for uploads, from the settings above."""
+        return KeyRateLimiter(rate_per_s=self.upload_rate_per_s, burst=self.upload_burst)
+
+    def upload_quota(self, take: QuotaCounter) -> SharedDailyQuota | None:
+        """The daily upload quota per key, counted by `take` (None when there is no quota)."""
+        if self.upload_daily_quota <= 0:
+            return None
+        return SharedDailyQuota(self.upload_daily_quota, take)

@@ -36,6 +36,7 @@ from inkwell.cheques.train import validation_batches, validation_metrics
 from inkwell.registry import Registry, VersionInfo
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import ACCEPTED, ChequeSample, SampleStore
+from trainer import tracking
 from trainer.files import atomic_write
 from trainer.settings import TrainerSettings
 
@@ -114,7 +115,7 @@ class ChequeRetrainer:
         self.lock = threading.Lock()
         self._pools: dict[str, DigitPool] = {}
         self._synthetic_test: list[FieldBatch] | None = None
-        self._stable_synthetic: dict[str, float] = {}  # stable version → synthetic accuracy
+        self._synthetic: dict[str, float] = {}  # version → synthetic test accuracy
 
     # ---- persisted state ---------------------------------------------------------------------
     @property
@@ -223,24 +224,44 @@ class ChequeRetrainer:
             steps=plan.steps,
             batch_size=s.cheque_batch_size,
             lr=s.cheque_lr,
+            distill_weight=s.cheque_distill_weight,
             seed=plan.seed,
             review_rate=s.cheque_review_rate,
             eval_every=0,
             threads=s.threads,
         )
 
+    def synthetic_accuracy(self, reader: ChequeReader) -> float:
+        """A registered reader's accuracy on the synthetic test (once per version)."""
+        version = reader.version
+        if version is not None and version in self._synthetic:
+            return self._synthetic[version]
+        accuracy = validation_metrics(reader.model, self.synthetic_test())["val_string_accuracy"]
+        if version is not None:
+            self._synthetic[version] = accuracy
+        return accuracy
+
+    def base_of(self, stable: ChequeReader) -> ChequeReader:
+        """The version stable's lineage started from (`parent_version` tags), loaded."""
+        if stable.info is None:
+            return stable
+        root = self.registry.lineage(stable.info)[-1]
+        return stable if root == stable.version else ChequeReader.load(root, registry=self.registry)
+
     def gate(
-        self, stable: ChequeReader, candidate: ChequeReader, holdout: list[FieldBatch], n: int
+        self,
+        stable: ChequeReader,
+        candidate: ChequeReader,
+        holdout: list[FieldBatch],
+        n: int,
+        *,
+        base: ChequeReader | None = None,
     ) -> ChequeGate:
-        """Candidate ≥ stable on held-out reviewed exact amounts; synthetic drop within limit."""
+        """Candidate ≥ stable on held-out reviewed exact amounts; synthetic drop within limit,
+        against stable and against the lineage's `base` (forgetting must not add up)."""
         s = self.settings
         reasons: list[str] = []
-        version = stable.version or "?"
-        if version not in self._stable_synthetic:
-            self._stable_synthetic[version] = validation_metrics(
-                stable.model, self.synthetic_test()
-            )["val_string_accuracy"]
-        stable_synth = self._stable_synthetic[version]
+        stable_synth = self.synthetic_accuracy(stable)
         cand_synth = validation_metrics(candidate.model, self.synthetic_test())[
             "val_string_accuracy"
         ]
@@ -269,6 +290,17 @@ class ChequeRetrainer:
                 f"synthetic test accuracy dropped {drop_pp:.2f} pp "
                 f"(limit {s.cheque_max_synthetic_drop_pp} pp)"
             )
+        limit = s.cheque_max_base_synthetic_drop_pp
+        if base is not None and limit is not None:
+            base_synth = self.synthetic_accuracy(base)
+            base_drop = 100 * (base_synth - cand_synth)
+            metrics["base_synthetic_accuracy"] = base_synth
+            metrics["base_synthetic_drop_pp"] = base_drop
+            if base_drop > limit:
+                reasons.append(
+                    f"synthetic test accuracy is {base_drop:.2f} pp below the base version "
+                    f"v{base.version}'s ({100 * base_synth:.2f} %), limit {limit} pp"
+                )
         return ChequeGate(not reasons, reasons, metrics)
 
     def _published(self, job_id: str) -> VersionInfo | None:
@@ -284,10 +316,17 @@ class ChequeRetrainer:
         holdout_fields = self._fields(plan.holdout_ids)
         holdout = real_batches(holdout_fields)
         cfg = self._finetune_config(plan)
+        base = self.base_of(stable)
+        teacher = base if self.settings.cheque_distill_from == "base" else stable
         tuned = finetune_reader(
-            stable, self._fields(plan.train_ids), holdout_fields, self._pool("train"), cfg
+            stable,
+            self._fields(plan.train_ids),
+            holdout_fields,
+            self._pool("train"),
+            cfg,
+            teacher=teacher,
         )
-        verdict = self.gate(stable, tuned.reader, holdout, len(holdout_fields))
+        verdict = self.gate(stable, tuned.reader, holdout, len(holdout_fields), base=base)
         status = "passed" if verdict.passed else "rejected"
         existing = self._published(plan.job_id)
         if existing is not None:  # registered before a crash: never twice
@@ -307,6 +346,9 @@ class ChequeRetrainer:
             "batch_size": cfg.batch_size,
             "lr": cfg.lr,
             "real_fraction": cfg.real_fraction,
+            "distill_weight": cfg.distill_weight,
+            "distill_temperature": cfg.distill_temperature,
+            "freeze_norm_stats": cfg.freeze_norm_stats,
         }
         tags = {
             JOB_TAG: plan.job_id,
@@ -316,18 +358,18 @@ class ChequeRetrainer:
             "source": "cheque-retrain",
         }
         with self.registry.start_run(f"cheque-retrain-{plan.job_id}", tags=tags) as run:
-            Registry.log_params(params)
-            Registry.log_metrics(
-                {
+            tracking.log_cheque_job(
+                self.registry,
+                params=params,
+                metrics={
                     **verdict.metrics,
                     "temperature": tuned.calibration.temperature,
                     "review_threshold": tuned.calibration.review_threshold,
                     **tuned.calibration_report.to_metrics("holdout_calibrated"),
                     "train_seconds": tuned.seconds,
-                }
-            )
-            Registry.log_dict(
-                {"plan": json.loads(plan.to_json()), "gate": meta["gate"]}, "job.json"
+                },
+                plan_json=plan.to_json(),
+                gate=meta["gate"],
             )
             with tempfile.TemporaryDirectory() as tmp:
                 files = tuned.reader.save(Path(tmp))

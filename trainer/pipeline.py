@@ -4,33 +4,34 @@ Order of side effects, chosen so that `kill -9` at any moment is harmless:
 1. a `running` job row is inserted (at most one active job per model);
 2. everything is computed: validation verdicts, HPO, the candidate, its evaluations, the gate
    decision and the candidate's replay buffer; weights and buffer are written to the job's
-   folder and the whole plan is stored in the job row (`computed`);
+   folder and the whole plan (`trainer.plan.JobPlan`) is stored in the job row (`computed`);
 3. the version is registered with all its tags and `complete=false`, then tagged
    `complete=true`, then (only if the gate passed) given the alias `canary`;
 4. one database transaction marks the samples trained/quarantined, advances the watermark and
    closes the job.
 A restart (`reconcile`) closes a `running` job whose owner is gone (nothing was published, its
 samples are still pending, so the work is redone) and finishes a `computed` one from its plan
-(registering it if step 3 never happened, completing the tags and alias otherwise). An owner is
-gone when its lease ran out (see `trainer.state`) or, on the same host, its process no longer
-exists. Files the plan names are written to a temporary file, fsynced and renamed before the job
-is marked `computed`, so a computed job never points at a torn file. Publishing retries when
-MLflow fails, and each attempt first looks the job's version up by its `inkwell.job_id` tag, so
-a version is never registered twice.
+(registering it if step 3 never happened, completing the tags and alias otherwise); a computed
+job whose plan cannot be read is closed the same way as a running one, so it is planned again.
+An owner is gone when its lease ran out (see `trainer.state`) or, on the same host, its process
+no longer exists. Files the plan names are written to a temporary file, fsynced and renamed
+before the job is marked `computed`, so a computed job never points at a torn file. Publishing
+retries when MLflow fails, and each attempt first looks the job's version up by its
+`inkwell.job_id` tag, so a version is never registered twice.
+
+The computing itself is `trainer.stages` (pure functions on tensors); what the job's MLflow run
+records is `trainer.tracking`; this module orders them and owns the side effects.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import errno
 import logging
-import math
 import os
 import shutil
 import socket
 import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from inkwell.data import load_split
 from inkwell.errors import (
     ConflictError,
     DataError,
+    DiskFullError,
     InkwellError,
     NothingToTrainError,
     RegistryUnavailableError,
@@ -51,13 +53,31 @@ from inkwell.registry import LoadedDigitModel, Registry, VersionInfo
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import Sample, SampleStore
 from inkwell.train import peak_rss_bytes, split_tensors
-from inkwell.training import Batch, EvalResult, TrainConfig, evaluate, fit
+from inkwell.training import Batch, EvalResult, evaluate
+from trainer import tracking
 from trainer.buffer import BufferItems, ReplayBuffer, make_buffer, mnist_key
 from trainer.files import atomic_write
-from trainer.gate import GateDecision, GateThresholds, decide
-from trainer.hpo import TrialParams, TrialResult, search
+from trainer.gate import GateThresholds
+from trainer.hpo import TrialParams, TrialResult
 from trainer.metrics import TrainerMetrics
+from trainer.plan import ALL_QUARANTINED, CandidatePlan, JobPlan, UnreadablePlanError
 from trainer.settings import TrainerSettings
+from trainer.stages import (
+    REFERENCE_SIZE,
+    Evaluation,
+    HpoBudget,
+    Learner,
+    LearnerConfig,
+    Parts,
+    Tuned,
+    Validated,
+    candidate_memory,
+    evaluate_candidate,
+    per_user,
+    tensors,
+    tune,
+    validate_samples,
+)
 from trainer.state import (
     COMPUTED,
     INTERRUPTED,
@@ -67,26 +87,13 @@ from trainer.state import (
     lease_expired,
     process_alive,
 )
-from trainer.strategy import EWC, ReplayConfig, ReplayStrategy
-from trainer.validation import (
-    Candidate,
-    DigitReference,
-    ValidationReport,
-    ValidationRules,
-    disagreement_rates,
-    pixel_hash,
-    pixels_to_array,
-    validate,
-)
+from trainer.validation import ValidationRules
 
 BUFFER_FILE = "replay_buffer.npz"
 WEIGHTS_FILE = "candidate.pt"
 log = logging.getLogger("inkwell.trainer")
 GATE_REJECTED = "gate_rejected"
-ALL_QUARANTINED = "quarantined"  # a job whose every new sample was quarantined
-REFERENCE_SIZE = 2000
 OLD_VALIDATION_SIZE = 1000
-PER_USER_EVAL = 200
 
 
 @dataclass
@@ -105,34 +112,6 @@ class RetrainOutcome:
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _split_of(sample_id: int, seed: int, holdout: float, validation: float) -> str:
-    """Deterministic train/val/holdout assignment: the same sample always lands in the same part."""
-    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < holdout:
-        return "holdout"
-    if u < holdout + validation:
-        return "val"
-    return "train"
-
-
-def _tensors(samples: list[Sample]) -> Batch:
-    if not samples:
-        return torch.empty(0, 1, 28, 28), torch.empty(0, dtype=torch.long)
-    images = np.stack([pixels_to_array(s.pixels) for s in samples])
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return x, torch.tensor([s.label for s in samples], dtype=torch.long)
-
-
-def _items(samples: list[Sample]) -> BufferItems:
-    if not samples:
-        return BufferItems.empty()
-    images = np.stack([pixels_to_array(s.pixels) for s in samples])
-    return BufferItems(
-        images, np.array([s.label for s in samples]), np.array([s.id for s in samples])
-    )
 
 
 class Retrainer:
@@ -168,17 +147,7 @@ class Retrainer:
 
     def lineage(self, info: VersionInfo) -> list[str]:
         """The version and its ancestors via `parent_version` tags, newest first."""
-        chain: list[str] = []
-        current: VersionInfo | None = info
-        while current is not None and current.version not in chain:
-            chain.append(current.version)
-            parent = current.tags.get("parent_version", "")
-            current = (
-                self.registry.find_version(self.settings.model_name, parent)
-                if parent.isdigit()
-                else None
-            )
-        return chain
+        return self.registry.lineage(info)
 
     def buffer_for(self, info: VersionInfo) -> ReplayBuffer:
         """The replay buffer recorded with a version (or, for the base model, built from MNIST)."""
@@ -233,7 +202,7 @@ class Retrainer:
         job, plan = self.compute_job(trigger)
         return self._publish(self.state.job(job.id) or job, plan)
 
-    def compute_job(self, trigger: str) -> tuple[JobView, dict[str, Any]]:
+    def compute_job(self, trigger: str) -> tuple[JobView, JobPlan]:
         """Steps 1-2: start a job and compute everything; returns it `computed` (not published)."""
         started = time.perf_counter()
         self.reconcile()
@@ -258,14 +227,11 @@ class Retrainer:
         try:
             with (
                 self.state.heartbeat(job.id),
-                self.registry.start_run(
-                    f"retrain-{job.id}",
-                    tags={"inkwell.kind": "retrain", "inkwell.job_id": str(job.id)},
-                ) as run,
+                tracking.retrain_run(self.registry, job.id) as run_id,
             ):
-                self.state.set_phase(job.id, "validating", run_id=run.info.run_id)
-                plan = self._compute(job, stable, lineage, samples, run.info.run_id, started)
-                self.state.mark_computed(job.id, plan)
+                self.state.set_phase(job.id, "validating", run_id=run_id)
+                plan = self._compute(job, stable, lineage, samples, run_id, started)
+                self.state.mark_computed(job.id, plan.to_json())
         except BaseException as exc:
             current = self.state.job(job.id)
             ours = current is not None and current.owner == self.state.owner
@@ -283,173 +249,105 @@ class Retrainer:
         samples: list[Sample],
         run_id: str,
         started: float,
-    ) -> dict[str, Any]:
+    ) -> JobPlan:
+        """Run the stages in order, record them, write the candidate's files; the job's plan."""
         s = self.settings
-        registry = self.registry
         buffer = self.buffer_for(stable.info)
-        # -- validation
-        t0 = time.perf_counter()
-        reference_items = buffer.items.take(np.arange(min(len(buffer), REFERENCE_SIZE)))
-        reference = DigitReference(stable.model, reference_items.images)
+        reference = buffer.items.take(np.arange(min(len(buffer), REFERENCE_SIZE))).images
         history = self.state.lineage_samples(lineage)
-        history_rates = disagreement_rates(
-            stable.model,
-            [h.user_id for h in history],
-            np.array([h.label for h in history], dtype=np.int64),
-            np.stack([pixels_to_array(h.pixels) for h in history])
-            if history
-            else np.zeros((0, 28, 28), np.uint8),
-        )
-        report = validate(
-            [Candidate(x.id, x.user_id, x.label, x.image, x.pixels) for x in samples],
+        validated = validate_samples(
             stable.model,
             reference,
-            ValidationRules(
-                min_ink_pixels=s.min_ink_pixels,
-                max_ink_fraction=s.max_ink_fraction,
-                ood_distance_factor=s.ood_distance_factor,
-                ood_max_entropy=s.ood_max_entropy,
-                label_conflict_confidence=s.label_conflict_confidence,
-                user_disagreement_floor=s.user_disagreement_floor,
-                user_disagreement_factor=s.user_disagreement_factor,
-                user_disagreement_min_samples=s.user_disagreement_min_samples,
-            ),
-            known_pixel_hashes={pixel_hash(h.pixels) for h in history},
-            other_users_rates=history_rates,
+            samples,
+            history,
+            self._rules(),
+            seed=s.seed,
+            holdout=s.holdout_fraction,
+            validation=s.validation_fraction,
         )
-        validation_seconds = time.perf_counter() - t0
-        accepted = [x for x in samples if x.id in set(report.accepted)]
-        parts: dict[str, list[Sample]] = defaultdict(list)
-        for sample in accepted:
-            parts[_split_of(sample.id, s.seed, s.holdout_fraction, s.validation_fraction)].append(
-                sample
-            )
-        registry.log_params(
-            {
-                "trigger": job.trigger,
-                "parent_version": stable.info.version,
-                "samples.new": len(samples),
-                "samples.accepted": len(accepted),
-                "samples.train": len(parts["train"]),
-                "samples.val": len(parts["val"]),
-                "samples.holdout": len(parts["holdout"]),
-                "watermark": max(x.id for x in samples),
-                "replay_ratio": s.replay_ratio,
-                "distill_weight": s.distill_weight,
-                "ewc_lambda": s.ewc_lambda,
-                "augment_policy": s.augment_policy,
-                "buffer.policy": buffer.policy,
-                "buffer.capacity": buffer.max_size,
-                "hpo.trials": s.hpo_trials,
-                "hpo.seconds": s.hpo_seconds,
-                "gate.max_old_drop_pp": s.gate_max_old_drop_pp,
-                "gate.max_new_drop_pp": s.gate_max_new_drop_pp,
-                "gate.max_class_drop_pp": s.gate_max_class_drop_pp,
-            }
+        tracking.log_validation(
+            self.registry,
+            s,
+            trigger=job.trigger,
+            parent_version=stable.info.version,
+            new_samples=len(samples),
+            watermark=max(x.id for x in samples),
+            buffer=buffer,
+            validated=validated,
         )
-        counts = report.counts()
-        registry.log_metrics(
-            {
-                **{f"quarantined_{k}": float(v) for k, v in counts.items()},
-                "quarantined_total": float(len(report.quarantined)),
-                "validation_seconds": validation_seconds,
-                "ood_threshold": report.ood_threshold,
-            }
-        )
-        registry.log_dict(
-            {
-                "quarantined": {str(k): v for k, v in report.quarantined.items()},
-                "counts": counts,
-                "user_disagreement": report.user_disagreement,
-                "baseline_disagreement": report.baseline_disagreement,
-                "history_users": history_rates,
-            },
-            "validation.json",
-        )
-        if not accepted:
+        if not validated.accepted:
             # nothing left to learn from: a candidate would be the stable model again
-            registry.set_tags(
-                {"parent_version": stable.info.version, "validation_status": ALL_QUARANTINED}
-            )
-            return self._quarantine_plan(job, stable, run_id, samples, report, started)
-        # -- train (HPO, then the candidate)
+            tracking.log_all_quarantined(self.registry, stable.info.version)
+            return self._quarantine_plan(job, stable, run_id, samples, validated, started)
         self.state.set_phase(job.id, "tuning")
-        train = _tensors(parts["train"] + ([] if s.hpo_trials > 1 else parts["val"]))
-        val = _tensors(parts["val"])
-        x_old, y_old = self.mnist("train")
-        pick = torch.randperm(len(y_old), generator=torch.Generator().manual_seed(s.seed + 1))
-        old_val = (x_old[pick[:OLD_VALIDATION_SIZE]], y_old[pick[:OLD_VALIDATION_SIZE]])
-        candidate, best, hpo_record = self._train_candidate(
-            stable.model, buffer, train, val, old_val, parts, job
-        )
-        # -- evaluate and gate
+        candidate, tuned = self._train(job.id, stable.model, buffer, validated.parts)
         self.state.set_phase(job.id, "gating")
-        test = self.mnist("test")
-        holdout = _tensors(parts["holdout"])
-        ev: dict[str, EvalResult] = {
-            "stable_old": evaluate(stable.model, *test),
-            "candidate_old": evaluate(candidate, *test),
-            "stable_new": evaluate(stable.model, *holdout),
-            "candidate_new": evaluate(candidate, *holdout),
-        }
-        decision = decide(
-            **ev,
-            thresholds=GateThresholds(
-                max_old_drop_pp=s.gate_max_old_drop_pp,
-                max_new_drop_pp=s.gate_max_new_drop_pp,
-                max_class_drop_pp=s.gate_max_class_drop_pp,
-                min_holdout=s.gate_min_holdout,
-                max_drift_pp=s.gate_max_drift_pp,
-            ),
-            base_old_accuracy=self._base_accuracy(lineage, stable, ev["stable_old"]),
+        parts = validated.parts
+        evaluation = evaluate_candidate(
+            stable.model,
+            candidate,
+            test=self.mnist("test"),
+            holdout=tensors(parts.holdout),
+            new_train=tensors(parts.train + parts.val),
+            users=per_user(history),
+            thresholds=self._thresholds(),
+            base_old_accuracy=lambda stable_old: self._base_accuracy(lineage, stable, stable_old),
         )
-        transfer = self._transfer(stable.model, candidate, history, ev)
-        new_train = _tensors(parts["train"] + parts["val"])
-        metrics: dict[str, float] = {
-            **ev["candidate_old"].to_metrics("test"),
-            "stable_test_accuracy": ev["stable_old"].accuracy,
-            "holdout_accuracy": ev["candidate_new"].accuracy,
-            "stable_holdout_accuracy": ev["stable_new"].accuracy,
-            "new_train_accuracy": evaluate(candidate, *new_train).accuracy,
-            **transfer,
-        }
-        # -- the candidate's memory: the stable buffer plus every accepted new sample
-        candidate_buffer = copy.deepcopy(buffer)
-        candidate_buffer.update(_items(accepted))
-        buffer_stats = candidate_buffer.stats()
-        folder = self.settings.state_dir / "jobs" / str(job.id)
+        memory = candidate_memory(buffer, validated.accepted)
+        buffer_stats = memory.stats()
+        folder = self._job_folder(job.id)
         save_weights(candidate, folder / WEIGHTS_FILE)
-        candidate_buffer.save(folder / BUFFER_FILE)
-        wall = time.perf_counter() - started
-        metrics.update(
-            {
-                "buffer_size": float(buffer_stats["size"]),
-                "buffer_from_users": float(buffer_stats["from_users"]),
-                "buffer_seen": float(buffer_stats["seen"]),
-                "compute_seconds": wall,
-                "peak_rss_bytes": float(peak_rss_bytes()),
-            }
-        )
-        registry.log_metrics(metrics)
-        registry.log_dict(decision.to_dict(), "gate.json")
-        registry.log_dict(buffer_stats, "buffer_stats.json")
-        registry.log_dict(hpo_record, "hpo.json")
-        registry.log_dict(
-            {
+        memory.save(folder / BUFFER_FILE)
+        metrics = {
+            **evaluation.metrics,
+            "buffer_size": float(buffer_stats["size"]),
+            "buffer_from_users": float(buffer_stats["from_users"]),
+            "buffer_seen": float(buffer_stats["seen"]),
+            "compute_seconds": time.perf_counter() - started,
+            "peak_rss_bytes": float(peak_rss_bytes()),
+        }
+        tracking.log_candidate(
+            self.registry,
+            parent_version=stable.info.version,
+            metrics=metrics,
+            decision=evaluation.decision,
+            buffer_stats=buffer_stats,
+            hpo=tuned.record,
+            samples={
                 "watermark": max(x.id for x in samples),
-                "train": [x.id for x in parts["train"]],
-                "val": [x.id for x in parts["val"]],
-                "holdout": [x.id for x in parts["holdout"]],
-                "quarantined": {str(k): v for k, v in report.quarantined.items()},
+                **parts.ids(),
+                "quarantined": {str(k): v for k, v in validated.report.quarantined.items()},
             },
-            "samples.json",
-        )
-        registry.set_tags(
-            {"parent_version": stable.info.version, "validation_status": decision.status}
         )
         return self._plan(
-            job, stable, run_id, samples, report, parts, decision, best, buffer_stats, metrics
+            job, stable, run_id, samples, validated, evaluation, tuned.best, buffer_stats, metrics
         )
+
+    def _rules(self) -> ValidationRules:
+        s = self.settings
+        return ValidationRules(
+            min_ink_pixels=s.min_ink_pixels,
+            max_ink_fraction=s.max_ink_fraction,
+            ood_distance_factor=s.ood_distance_factor,
+            ood_max_entropy=s.ood_max_entropy,
+            label_conflict_confidence=s.label_conflict_confidence,
+            user_disagreement_floor=s.user_disagreement_floor,
+            user_disagreement_factor=s.user_disagreement_factor,
+            user_disagreement_min_samples=s.user_disagreement_min_samples,
+        )
+
+    def _thresholds(self) -> GateThresholds:
+        s = self.settings
+        return GateThresholds(
+            max_old_drop_pp=s.gate_max_old_drop_pp,
+            max_new_drop_pp=s.gate_max_new_drop_pp,
+            max_class_drop_pp=s.gate_max_class_drop_pp,
+            min_holdout=s.gate_min_holdout,
+            max_drift_pp=s.gate_max_drift_pp,
+        )
+
+    def _job_folder(self, job_id: int) -> Path:
+        return self.settings.state_dir / "jobs" / str(job_id)
 
     def _base_accuracy(
         self, lineage: list[str], stable: LoadedDigitModel, stable_old: EvalResult
@@ -463,133 +361,49 @@ class Retrainer:
             self._base_accuracies[root] = evaluate(model, *self.mnist("test")).accuracy
         return self._base_accuracies[root]
 
-    def _train_candidate(
-        self,
-        stable_model: DigitNet,
-        buffer: ReplayBuffer,
-        train: Batch,
-        val: Batch,
-        old_val: Batch,
-        parts: dict[str, list[Sample]],
-        job: JobView,
-    ) -> tuple[DigitNet, TrialParams, dict[str, Any]]:
+    def _train(
+        self, job_id: int, stable_model: DigitNet, buffer: ReplayBuffer, parts: Parts
+    ) -> tuple[DigitNet, Tuned]:
+        """Tune on train (scored on val and old MNIST), then refit the winner on train + val."""
         s = self.settings
-        teacher = copy.deepcopy(stable_model).eval()
-        ewc = None
-        if s.ewc_lambda > 0:
-            ewc = EWC(teacher, buffer.sample(512, torch.Generator().manual_seed(s.seed)).tensors())
-
-        def train_with(params: TrialParams, data: Batch) -> DigitNet:
-            model = copy.deepcopy(stable_model)
-            strategy = ReplayStrategy(
-                buffer,
-                ReplayConfig(
-                    replay_ratio=s.replay_ratio,
-                    distill_weight=s.distill_weight,
-                    temperature=s.distill_temperature,
-                    ewc_lambda=s.ewc_lambda,
-                ),
-                teacher=teacher,
-                ewc=ewc,
-            )
-            n = max(1, data[0].shape[0])
-            steps_per_epoch = math.ceil(n / s.batch_size)
-            epochs = max(s.epochs, math.ceil(s.min_steps / steps_per_epoch))
-            cfg = TrainConfig(
-                optimizer=params.optimizer,
-                lr=params.lr,
-                epochs=epochs,
+        train = tensors(parts.train + (() if s.hpo_trials > 1 else parts.val))
+        val = tensors(parts.val)
+        x_old, y_old = self.mnist("train")
+        pick = torch.randperm(len(y_old), generator=torch.Generator().manual_seed(s.seed + 1))
+        old_val = (x_old[pick[:OLD_VALIDATION_SIZE]], y_old[pick[:OLD_VALIDATION_SIZE]])
+        learner = Learner.of(
+            stable_model,
+            buffer,
+            LearnerConfig(
+                replay_ratio=s.replay_ratio,
+                distill_weight=s.distill_weight,
+                distill_temperature=s.distill_temperature,
+                ewc_lambda=s.ewc_lambda,
                 batch_size=s.batch_size,
+                epochs=s.epochs,
+                min_steps=s.min_steps,
                 seed=s.seed,
-                weight_decay=0.0,
-                augment=True,
                 augment_policy=s.augment_policy,
-            )
-            if data[0].shape[0]:
-                fit(
-                    model,
-                    data,
-                    cfg,
-                    hooks=strategy.hooks(),
-                    batch_source=strategy.batch_source,
-                    eval_every_epoch=False,
-                )
-            return model.eval()
-
-        def objective(params: TrialParams) -> TrialResult:
-            t0 = time.perf_counter()
-            model = train_with(params, train)
-            old = evaluate(model, *old_val).accuracy
-            new = evaluate(model, *val).accuracy if val[1].numel() else None
-            score = old if new is None else 0.5 * (old + new)
-            trial_metrics = {"old_val_accuracy": old, "seconds": time.perf_counter() - t0}
-            if new is not None:
-                trial_metrics["new_val_accuracy"] = new
-            return TrialResult(score, trial_metrics, model)
-
-        def log_trial(number: int, params: TrialParams, result: TrialResult) -> None:
-            with self.registry.start_run(
-                f"retrain-{job.id}-trial-{number}",
-                nested=True,
-                tags={"inkwell.kind": "hpo-trial", "inkwell.job_id": str(job.id)},
-            ):
-                self.registry.log_params({"optimizer": params.optimizer, "lr": params.lr})
-                self.registry.log_metrics({"score": result.score, **result.metrics})
-
-        default = TrialParams(s.default_optimizer, s.default_lr)
-        if s.hpo_trials <= 1:
-            result = objective(default)
-            log_trial(0, default, result)
-            single = {
-                "trials": [{**asdict(default), "score": result.score}],
-                "best": asdict(default),
-            }
-            return result.artifact, default, single
-        found = search(
-            objective,
-            optimizers=s.optimizers,
-            default=default,
+            ),
+        )
+        budget = HpoBudget(
+            default=TrialParams(s.default_optimizer, s.default_lr),
+            optimizers=tuple(s.optimizers),
             trials=s.hpo_trials,
             seconds=s.hpo_seconds,
             seed=s.seed,
-            on_trial=log_trial,
         )
-        self.registry.log_params({"optimizer": found.best.optimizer, "lr": found.best.lr})
-        self.registry.log_metrics({"hpo_seconds": found.seconds, "hpo_trials": len(found.trials)})
-        record: dict[str, Any] = {
-            "trials": [{**asdict(p), "score": score} for p, score in found.trials],
-            "best": asdict(found.best),
-            "seconds": found.seconds,
-        }
-        self.state.set_phase(job.id, "training")
-        # refit the winner on train + val so no accepted training sample is wasted
-        full = _tensors(parts["train"] + parts["val"])
-        return train_with(found.best, full), found.best, record
 
-    def _transfer(
-        self,
-        stable_model: DigitNet,
-        candidate: DigitNet,
-        history: list[Sample],
-        ev: dict[str, EvalResult],
-    ) -> dict[str, float]:
-        """Backward transfer and forgetting over old tasks: MNIST and each earlier user."""
-        by_user: dict[str, list[Sample]] = defaultdict(list)
-        for sample in history:
-            if len(by_user[sample.user_id]) < PER_USER_EVAL:
-                by_user[sample.user_id].append(sample)
-        pairs = [(ev["stable_old"].accuracy, ev["candidate_old"].accuracy)]
-        for user_samples in by_user.values():
-            data = _tensors(user_samples)
-            pairs.append(
-                (evaluate(stable_model, *data).accuracy, evaluate(candidate, *data).accuracy)
-            )
-        deltas = [after - before for before, after in pairs]
-        return {
-            "backward_transfer": float(np.mean(deltas)),
-            "forgetting": float(np.mean([max(0.0, -d) for d in deltas])),
-            "old_users": float(len(by_user)),
-        }
+        def on_trial(number: int, params: TrialParams, result: TrialResult) -> None:
+            tracking.log_trial(self.registry, job_id, number, params, result)
+
+        tuned = tune(learner, train, val, old_val, budget, on_trial)
+        if tuned.model is not None:  # one trial, already trained on train + val
+            return tuned.model, tuned
+        tracking.log_search(self.registry, tuned)
+        self.state.set_phase(job_id, "training")
+        # refit the winner on train + val so no accepted training sample is wasted
+        return learner.train(tuned.best, tensors(parts.train + parts.val)), tuned
 
     def _plan(
         self,
@@ -597,27 +411,27 @@ class Retrainer:
         stable: LoadedDigitModel,
         run_id: str,
         samples: list[Sample],
-        report: ValidationReport,
-        parts: dict[str, list[Sample]],
-        decision: GateDecision,
+        validated: Validated,
+        evaluation: Evaluation,
         best: TrialParams,
         buffer_stats: dict[str, Any],
         metrics: dict[str, float],
-    ) -> dict[str, Any]:
+    ) -> JobPlan:
         """Everything needed to publish and commit the job without recomputing anything."""
+        report, parts, decision = validated.report, validated.parts, evaluation.decision
         watermark = max(x.id for x in samples)
-        trained = [x.id for part in ("train", "val", "holdout") for x in parts[part]]
+        trained = [x.id for x in parts.train + parts.val + parts.holdout]
         counts = report.counts()
         tags = {
             **decision.tags(),
             "parent_version": stable.info.version,
             "watermark": str(watermark),
-            "inkwell.job_id": str(job.id),
+            tracking.JOB_ID_TAG: str(job.id),
             "trigger": job.trigger,
             "optimizer": best.optimizer,
             "lr": f"{best.lr:.6g}",
-            "samples.trained": str(len(parts["train"]) + len(parts["val"])),
-            "samples.holdout": str(len(parts["holdout"])),
+            "samples.trained": str(len(parts.train) + len(parts.val)),
+            "samples.holdout": str(len(parts.holdout)),
             "samples.quarantined": str(len(report.quarantined)),
             **{f"quarantine.{k}": str(v) for k, v in counts.items() if v},
             **{f"buffer.{k}": str(v) for k, v in buffer_stats.items() if k != "per_class"},
@@ -628,38 +442,40 @@ class Retrainer:
             "compute_seconds": f"{metrics['compute_seconds']:.1f}",
             "peak_rss_bytes": str(int(metrics["peak_rss_bytes"])),
         }
-        quarantined = {str(k): v for k, v in report.quarantined.items()}
+        quarantined = dict(report.quarantined)
         if not decision.passed:
             for sample_id in trained:
-                quarantined[str(sample_id)] = GATE_REJECTED
-        folder = self.settings.state_dir / "jobs" / str(job.id)
-        return {
-            "job_id": job.id,
-            "run_id": run_id,
-            "parent_version": stable.info.version,
-            "model_config": stable.model.config.to_dict(),
-            "weights": str(folder / WEIGHTS_FILE),
-            "buffer": str(folder / BUFFER_FILE),
-            "passed": decision.passed,
-            "reasons": decision.reasons,
-            "tags": tags,
-            "meta": {
-                "parent_version": stable.info.version,
-                "watermark": watermark,
-                "sample_ids": {p: [x.id for x in parts[p]] for p in ("train", "val", "holdout")},
-                "quarantined": {str(k): v for k, v in report.quarantined.items()},
-                "gate": decision.to_dict(),
-                "buffer": buffer_stats,
-                "optimizer": best.optimizer,
-                "lr": best.lr,
-                "test_accuracy": metrics["test_accuracy"],
-            },
-            "trained": trained if decision.passed else [],
-            "quarantined": quarantined,
-            "watermark": watermark,
-            "counts": counts,
-            "metrics": metrics,
-        }
+                quarantined[sample_id] = GATE_REJECTED
+        folder = self._job_folder(job.id)
+        return JobPlan(
+            job_id=job.id,
+            run_id=run_id,
+            parent_version=stable.info.version,
+            passed=decision.passed,
+            reasons=tuple(decision.reasons),
+            trained=tuple(trained) if decision.passed else (),
+            quarantined=quarantined,
+            watermark=watermark,
+            counts=counts,
+            metrics=metrics,
+            candidate=CandidatePlan(
+                model_config=stable.model.config.to_dict(),
+                weights=folder / WEIGHTS_FILE,
+                buffer=folder / BUFFER_FILE,
+                tags=tags,
+                meta={
+                    "parent_version": stable.info.version,
+                    "watermark": watermark,
+                    "sample_ids": parts.ids(),
+                    "quarantined": {str(k): v for k, v in report.quarantined.items()},
+                    "gate": decision.to_dict(),
+                    "buffer": buffer_stats,
+                    "optimizer": best.optimizer,
+                    "lr": best.lr,
+                    "test_accuracy": metrics["test_accuracy"],
+                },
+            ),
+        )
 
     def _quarantine_plan(
         self,
@@ -667,56 +483,68 @@ class Retrainer:
         stable: LoadedDigitModel,
         run_id: str,
         samples: list[Sample],
-        report: ValidationReport,
+        validated: Validated,
         started: float,
-    ) -> dict[str, Any]:
+    ) -> JobPlan:
         """The plan of a job whose every new sample was quarantined: no candidate, no version."""
-        counts = report.counts()
-        return {
-            "job_id": job.id,
-            "run_id": run_id,
-            "parent_version": stable.info.version,
-            "no_candidate": True,
-            "passed": False,
-            "reasons": [
+        counts = validated.report.counts()
+        return JobPlan(
+            job_id=job.id,
+            run_id=run_id,
+            parent_version=stable.info.version,
+            passed=False,
+            reasons=(
                 f"all {len(samples)} new samples were quarantined "
                 f"({', '.join(f'{k}: {v}' for k, v in counts.items() if v)}); "
-                "nothing was trained and no version registered"
-            ],
-            "trained": [],
-            "quarantined": {str(k): v for k, v in report.quarantined.items()},
-            "watermark": max(x.id for x in samples),
-            "counts": counts,
-            "metrics": {"compute_seconds": time.perf_counter() - started},
-        }
+                "nothing was trained and no version registered",
+            ),
+            trained=(),
+            quarantined=dict(validated.report.quarantined),
+            watermark=max(x.id for x in samples),
+            counts=counts,
+            metrics={"compute_seconds": time.perf_counter() - started},
+            candidate=None,
+        )
 
     # ---- publishing ------------------------------------------------------------------------
     def _find_published(self, job_id: int) -> VersionInfo | None:
         """The version a job registered, if any; a registry error raises (never 'none')."""
         for info in self.registry.list_versions(self.settings.model_name):
-            if info.tags.get("inkwell.job_id") == str(job_id) and "complete" in info.tags:
+            if info.tags.get(tracking.JOB_ID_TAG) == str(job_id) and "complete" in info.tags:
                 return info
         return None
 
-    def _publish(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
+    def _publish(self, job: JobView, plan: JobPlan) -> RetrainOutcome:
         """Register (if not yet), complete, alias and commit a computed job. Idempotent.
 
         MLflow failures are retried with a growing pause; when every attempt fails the job
         stays `computed` and the worker's next poll (`reconcile`) publishes it.
         """
-        if plan.get("no_candidate"):
+        if plan.candidate is None:
             return self._commit_quarantined(job, plan)
         s = self.settings
         with self.state.heartbeat(job.id):
             for attempt in range(1, s.publish_attempts + 1):
                 try:
-                    return self._publish_once(job, plan)
+                    return self._publish_once(job, plan, plan.candidate)
                 except Exception as exc:  # MLflow down, slow or answering 5xx
                     if isinstance(exc, InkwellError) and not isinstance(
                         exc, RegistryUnavailableError
                     ):
                         raise  # a lost lease or a broken plan: retrying cannot help
+                    full = disk_full_error(exc)
+                    if full is not None:  # retrying at once cannot free space
+                        self.metrics.publish_failures.labels(reason="disk_full").inc()
+                        log.error("job %s: publishing failed, disk full: %s", job.id, full)
+                        raise DiskFullError(
+                            f"No space left on device while publishing retrain job {job.id} "
+                            f"({full}). The job stays computed and is published at the next "
+                            "poll once space is freed: free space under INKWELL_HOME "
+                            f"({s.home}: the trainer's state and the embedded MLflow "
+                            "artifacts) or on the MLflow server's artifact store."
+                        ) from exc
                     if attempt == s.publish_attempts:
+                        self.metrics.publish_failures.labels(reason="registry_unavailable").inc()
                         raise RegistryUnavailableError(
                             f"Publishing retrain job {job.id} failed {attempt} times ({exc}); "
                             "the job stays computed and is published at the next poll. Check "
@@ -734,92 +562,93 @@ class Retrainer:
                     time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def _publish_once(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
+    def _publish_once(
+        self, job: JobView, plan: JobPlan, candidate: CandidatePlan
+    ) -> RetrainOutcome:
         self.state.set_phase(job.id, "registering")
         name = self.settings.model_name
         info = self._find_published(job.id)
         if info is None:
-            model = DigitNet(ModelConfig.from_dict(plan["model_config"]))
+            model = DigitNet(ModelConfig.from_dict(candidate.model_config))
             model.load_state_dict(
-                torch.load(plan["weights"], map_location="cpu", weights_only=True)
+                torch.load(candidate.weights, map_location="cpu", weights_only=True)
             )
             info = self.registry.register_digit_model(
                 model,
-                plan["run_id"],
-                meta=plan["meta"],
-                tags={**plan["tags"], "complete": "false"},
-                extra_files={BUFFER_FILE: Path(plan["buffer"])},
+                plan.run_id,
+                meta=candidate.meta,
+                tags={**candidate.tags, "complete": "false"},
+                extra_files={BUFFER_FILE: candidate.buffer},
             )
         self.registry.set_version_tags(name, info.version, {"complete": "true"})
-        if plan["passed"]:
+        if plan.passed:
             self.registry.set_alias(name, CANARY, info.version)
         cache = self.settings.state_dir / "buffers" / f"{name}-v{info.version}.npz"
-        atomic_write(cache, Path(plan["buffer"]).read_bytes())
+        atomic_write(cache, candidate.buffer.read_bytes())
         self.state.commit_job(
             job.id,
             version=info.version,
-            outcome="passed" if plan["passed"] else "rejected",
-            trained=plan["trained"],
-            quarantined={int(k): v for k, v in plan["quarantined"].items()},
-            watermark=int(plan["watermark"]),
+            outcome=plan.outcome,
+            trained=list(plan.trained),
+            quarantined=dict(plan.quarantined),
+            watermark=plan.watermark,
         )
-        shutil.rmtree(Path(plan["weights"]).parent, ignore_errors=True)
-        status = "passed" if plan["passed"] else "rejected"
-        self._count(plan, status, info.version)
+        shutil.rmtree(candidate.weights.parent, ignore_errors=True)
+        self._count(plan, info.version)
         return RetrainOutcome(
             job_id=job.id,
-            status=status,
+            status=plan.outcome,
             version=info.version,
-            parent_version=plan["parent_version"],
-            run_id=plan["run_id"],
-            seconds=float(plan["metrics"].get("compute_seconds", 0.0)),
-            quarantined={k: int(v) for k, v in plan["counts"].items() if v},
-            reasons=list(plan["reasons"]),
-            metrics={k: float(v) for k, v in plan["metrics"].items()},
+            parent_version=plan.parent_version,
+            run_id=plan.run_id,
+            seconds=plan.metrics.get("compute_seconds", 0.0),
+            quarantined={k: v for k, v in plan.counts.items() if v},
+            reasons=list(plan.reasons),
+            metrics=dict(plan.metrics),
         )
 
-    def _commit_quarantined(self, job: JobView, plan: dict[str, Any]) -> RetrainOutcome:
+    def _commit_quarantined(self, job: JobView, plan: JobPlan) -> RetrainOutcome:
         self.state.commit_job(
             job.id,
             version=None,
             outcome=ALL_QUARANTINED,
             trained=[],
-            quarantined={int(k): v for k, v in plan["quarantined"].items()},
-            watermark=int(plan["watermark"]),
+            quarantined=dict(plan.quarantined),
+            watermark=plan.watermark,
         )
-        self._count(plan, ALL_QUARANTINED, None)
-        log.warning("retrain job %s: %s", job.id, plan["reasons"][0])
+        self._count(plan, None)
+        log.warning("retrain job %s: %s", job.id, plan.reasons[0])
         return RetrainOutcome(
             job_id=job.id,
             status=ALL_QUARANTINED,
             version=None,
-            parent_version=plan["parent_version"],
-            run_id=plan["run_id"],
-            seconds=float(plan["metrics"]["compute_seconds"]),
-            quarantined={k: int(v) for k, v in plan["counts"].items() if v},
-            reasons=list(plan["reasons"]),
+            parent_version=plan.parent_version,
+            run_id=plan.run_id,
+            seconds=plan.metrics["compute_seconds"],
+            quarantined={k: v for k, v in plan.counts.items() if v},
+            reasons=list(plan.reasons),
         )
 
-    def _count(self, plan: dict[str, Any], status: str, version: str | None) -> None:
+    def _count(self, plan: JobPlan, version: str | None) -> None:
         """Metrics of a committed job; without a version (all quarantined) only the counts."""
         m = self.metrics
-        m.retrains.labels(outcome=status).inc()
-        for reason, count in plan["counts"].items():
+        m.retrains.labels(outcome=plan.outcome).inc()
+        for reason, count in plan.counts.items():
             if count:
                 m.quarantined.labels(reason=reason).inc(count)
         m.watermark.set(self.state.watermark())
         if version is None:
             return
-        if status == "rejected":
+        if not plan.passed:
             m.quarantined.labels(reason=GATE_REJECTED).inc(
-                sum(1 for r in plan["quarantined"].values() if r == GATE_REJECTED)
+                sum(1 for r in plan.quarantined.values() if r == GATE_REJECTED)
             )
-        m.trained.inc(len(plan["trained"]))
-        m.seconds.observe(float(plan["metrics"].get("compute_seconds", 0.0)))
+        m.trained.inc(len(plan.trained))
+        m.seconds.observe(plan.metrics.get("compute_seconds", 0.0))
         m.last_version.set(float(version))
-        m.buffer_size.set(float(plan["metrics"].get("buffer_size", 0.0)))
-        m.old_accuracy.labels(dataset="mnist_test").set(plan["metrics"]["test_accuracy"])
-        m.old_accuracy.labels(dataset="holdout").set(plan["metrics"]["holdout_accuracy"])
+        m.buffer_size.set(plan.metrics.get("buffer_size", 0.0))
+        m.old_accuracy.labels(dataset="mnist_test").set(plan.metrics["test_accuracy"])
+        m.old_accuracy.labels(dataset="holdout").set(plan.metrics["holdout_accuracy"])
 
     # ---- crash recovery --------------------------------------------------------------------
     def reconcile(self) -> list[str]:
@@ -829,23 +658,30 @@ class Retrainer:
         if job is None or not self._owner_gone(job) or not self.state.claim(job):
             return done
         if job.status == RUNNING:
-            self.state.end_job(job.id, INTERRUPTED, error=f"owner {job.owner} gone mid-retrain")
-            self._close_run(job.run_id, "KILLED")
-            self.metrics.retrains.labels(outcome="failed").inc()
+            self._abandon(job, f"owner {job.owner} gone mid-retrain")
             done.append(f"job {job.id}: interrupted in phase {job.phase}; samples still pending")
-        elif job.status == COMPUTED and job.plan is not None:
-            outcome = self._publish(job, job.plan)
-            self._close_run(job.run_id, "FINISHED")
+        elif job.status == COMPUTED:
+            try:
+                plan = JobPlan.from_json(job.plan or "")
+            except UnreadablePlanError as exc:
+                # nothing of it was committed: its samples are still pending, so closing it
+                # lets the next retrain plan them again (a version it may already have
+                # registered is left as it is; the next job registers its own)
+                self._abandon(job, f"its computed plan cannot be read: {exc}")
+                shutil.rmtree(self._job_folder(job.id), ignore_errors=True)
+                log.error("retrain job %s: plan unreadable (%s); re-planning", job.id, exc)
+                done.append(f"job {job.id}: plan unreadable ({exc}); samples still pending")
+                return done
+            outcome = self._publish(job, plan)
+            tracking.close_run(self.registry, job.run_id, "FINISHED")
             done.append(f"job {job.id}: finished as version {outcome.version} ({outcome.status})")
         return done
 
-    def _close_run(self, run_id: str | None, status: str) -> None:
-        """Close a dead owner's MLflow run; with MLflow down it stays open (cosmetic only)."""
-        try:
-            if run_id and self.registry.run_status(run_id) == "RUNNING":
-                self.registry.terminate_run(run_id, status)
-        except Exception as exc:
-            log.warning("could not close MLflow run %s: %s", run_id, exc)
+    def _abandon(self, job: JobView, why: str) -> None:
+        """Close a claimed job unpublished: its samples stay pending for the next retrain."""
+        self.state.end_job(job.id, INTERRUPTED, error=why)
+        tracking.close_run(self.registry, job.run_id, "KILLED")
+        self.metrics.retrains.labels(outcome="failed").inc()
 
     def _owner_gone(self, job: JobView) -> bool:
         """Whether an active job may be taken over: nobody is working on it any more."""
@@ -856,6 +692,18 @@ class Retrainer:
         if not process_alive(job.host, job.pid):
             return True
         return lease_expired(job, self.settings.lease_seconds)
+
+
+def disk_full_error(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT `OSError` behind `exc` (MLflow wraps some), if that is what it is."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def save_weights(model: DigitNet, path: Path) -> Path:

@@ -189,6 +189,12 @@ class TrainerSettings(CoreSettings):
     )
     cheque_batch_size: int = Field(default=32, ge=2, description="Fields per cheque batch.")
     cheque_lr: float = Field(default=5e-4, gt=0, description="Cheque fine-tuning peak LR.")
+    cheque_distill_weight: float = Field(
+        default=10.0,
+        ge=0,
+        description="Weight of the distillation to stable on the replayed synthetic fields "
+        "(learning without forgetting); 0 turns it off.",
+    )
     cheque_replay_max: int = Field(
         default=2000, ge=1, description="Most reviewed fields one cheque job trains on (newest)."
     )
@@ -200,6 +206,17 @@ class TrainerSettings(CoreSettings):
     )
     cheque_max_synthetic_drop_pp: float = Field(
         default=0.5, ge=0, description="Drop allowed on the synthetic MNIST-test amounts (pp)."
+    )
+    cheque_max_base_synthetic_drop_pp: float | None = Field(
+        default=0.5,
+        ge=0,
+        description="Synthetic MNIST-test drop allowed vs the lineage's base version (pp), so "
+        "forgetting cannot add up over jobs; unset: off.",
+    )
+    cheque_distill_from: Literal["base", "stable"] = Field(
+        default="base",
+        description="Whose reading the replayed synthetic fields are distilled to: the lineage's "
+        "base version (drift cannot add up over jobs) or stable.",
     )
     cheque_synthetic_test_fields: int = Field(
         default=2000, ge=1, description="Synthetic MNIST-test amounts the cheque gate reads."

@@ -19,7 +19,6 @@ later write of the old owner is fenced by the same owner check and fails.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -126,7 +125,7 @@ class JobView:
     run_id: str | None
     version: str | None
     outcome: str | None
-    plan: dict[str, Any] | None
+    plan: str | None  # the computed job's plan as stored (JSON; `trainer.plan` reads it)
     error: str | None
     host: str
     pid: int
@@ -146,7 +145,7 @@ class JobView:
             run_id=row.run_id,
             version=row.version,
             outcome=row.outcome,
-            plan=json.loads(row.plan) if row.plan else None,
+            plan=row.plan,
             error=row.error,
             host=row.host,
             pid=row.pid,
@@ -339,11 +338,10 @@ class TrainerState:
             stop.set()
             thread.join()
 
-    def mark_computed(self, job_id: int, plan: Mapping[str, Any]) -> None:
-        """Persist the full plan; from here a restart can finish the job without recomputing."""
-        if not self._owned_update(
-            job_id, phase="computed", status=COMPUTED, plan=json.dumps(plan, default=str)
-        ):
+    def mark_computed(self, job_id: int, plan: str) -> None:
+        """Persist the full plan (JSON text); from here a restart can finish the job without
+        recomputing."""
+        if not self._owned_update(job_id, phase="computed", status=COMPUTED, plan=plan):
             raise ConflictError(
                 f"Retrain job {job_id} was taken over by another worker (its lease expired); "
                 "this worker's result is discarded. Raise INKWELL_TRAINER_LEASE_SECONDS if the "

@@ -85,12 +85,16 @@ def mnist_status(settings: CoreSettings) -> dict[str, Any]:
 
 
 def prepare(settings: TrainerSettings) -> None:
-    """Seed an empty registry from the shipped digit model; say what retraining still needs."""
+    """Seed an empty registry from the shipped models; say what retraining still needs.
+
+    The trainer seeds both kinds: behind an MLflow with authentication it is the only writer
+    (the services read only, docs/deploy.md), so it cannot leave the cheque reader to them.
+    """
     if settings.seed_shipped:
         from inkwell.shipped import seed_registry
 
         try:
-            for info in seed_registry(settings, kinds=("digits",)):
+            for info in seed_registry(settings, kinds=("digits", "cheques")):
                 log.info("seeded %s v%s from the shipped model", info.name, info.version)
         except Exception as exc:  # an unreachable registry: the worker's polls report it
             log.warning("could not seed the registry from the shipped models: %s", exc)
@@ -143,8 +147,13 @@ class Worker:
 
     def poll_once(self) -> RetrainOutcome | None:
         """Reconcile, then retrain if the trigger (or a manual request) says so."""
-        for line in self.retrainer.reconcile():
-            log.warning("reconciled %s", line)
+        try:
+            for line in self.retrainer.reconcile():
+                log.warning("reconciled %s", line)
+        except InkwellError as exc:  # MLflow down, a full disk: the job waits, say why
+            self.last_error = f"{exc.code}: {exc.message}"
+            log.error("publishing a computed job failed: %s", self.last_error)
+            return None  # no new job while that one holds the slot (it would read "conflict")
         self.cut_cheque_digits()
         pending = self.pending()
         self.last_poll = datetime.now(UTC)

@@ -50,7 +50,9 @@ SynthOpt = Annotated[
 ]
 
 
-def _reader(model: str, model_dir: Path | None) -> ChequeReader:
+def load_reader(model: str, model_dir: Path | None) -> ChequeReader:
+    """The cheque reader a command names: `--model-dir` (a saved folder) wins over `--model`
+    (a registry version or alias)."""
     from inkwell.cheques.reader import ChequeReader
 
     if model_dir is not None:
@@ -255,7 +257,7 @@ def cut_digits_cmd(
             "it, or cut with --by reader",
             param_hint="--by",
         )
-    reader = _reader(model, model_dir) if by == "reader" else None
+    reader = load_reader(model, model_dir) if by == "reader" else None
     out.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, int]] = []
     overlaps: list[float] = []
@@ -307,7 +309,18 @@ def finetune(
         float, typer.Option(min=0.05, max=1.0, help="Share of each batch from reviewed fields.")
     ] = 0.5,
     lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle).")] = 5e-4,
-    synth_style: SynthOpt = "real",
+    synth_style: Annotated[
+        str,
+        typer.Option(
+            "--synth",
+            help="Synthetic replay style: classic, real, or both (half each: the two styles "
+            "the shipped reader learnt in turn).",
+        ),
+    ] = "real",
+    distill_weight: Annotated[
+        float,
+        typer.Option(min=0.0, help="Distillation to the parent on the replayed rows (0: off)."),
+    ] = 10.0,
     review_rate: Annotated[
         float, typer.Option(min=0.0, max=0.5, help="Target fraction sent to human review.")
     ] = 0.05,
@@ -318,6 +331,7 @@ def finetune(
     """Fine-tune a reader on real reviewed fields with synthetic replay; recalibrate on real."""
     from inkwell.cheques.dataset import read_labels
     from inkwell.cheques.finetune import (
+        REPLAY_STYLES,
         FinetuneConfig,
         finetune_reader,
         load_real_fields,
@@ -325,11 +339,10 @@ def finetune(
     )
     from inkwell.cheques.pools import load_pool
     from inkwell.cheques.reader import ChequeReader
-    from inkwell.cheques.synth import SYNTH_STYLES
     from inkwell.cheques.train import TrainHooks
     from inkwell.console import console, progress_bar
 
-    check_choice(synth_style, SYNTH_STYLES, "--synth")
+    check_choice(synth_style, REPLAY_STYLES, "--synth")
     rows = read_labels(folder, labels)
     n_cal = max(1, round(calibrate_share * len(rows)))
     train_rows, cal_rows = split_rows(rows, n_cal, seed + 1)
@@ -340,6 +353,7 @@ def finetune(
         lr=lr,
         seed=seed,
         synth_style=synth_style,
+        distill_weight=distill_weight,
         review_rate=review_rate,
         threads=threads,
     )
@@ -407,7 +421,7 @@ def eval_cmd(
     check_choice(layout, LAYOUTS, "--layout")
     check_choice(decoder, ("greedy", "beam"), "--decoder")
     rates = _parse_rates(review)
-    reader = _reader(model, model_dir)
+    reader = load_reader(model, model_dir)
     total = len(read_labels(folder, labels))
     with progress_bar() as progress:
         task = progress.add_task("reading", total=total, info="")
@@ -473,7 +487,7 @@ def read(
 
     check_choice(layout, LAYOUTS, "--layout")
     check_choice(decoder, ("greedy", "beam"), "--decoder")
-    reader = _reader(model, model_dir)
+    reader = load_reader(model, model_dir)
     failed = 0
     for path in files:
         if not path.is_file():

@@ -20,26 +20,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
 from inkwell.cheques.calibrate import Calibration
 from inkwell.cheques.dataset import LabelledImage, read_labels
 from inkwell.cheques.metrics import EvalReport
+from inkwell.cheques.model import CRNN, frames_for
 from inkwell.cheques.pools import DigitPool
 from inkwell.cheques.preprocess import prepare_field
 from inkwell.cheques.reader import ChequeReader, to_gray
 from inkwell.cheques.stream import FieldBatch, FieldStream, collate
-from inkwell.cheques.synth import synth_config
+from inkwell.cheques.synth import SYNTH_STYLES, synth_config
 from inkwell.cheques.train import (
     ChequeTrainConfig,
     TrainHooks,
+    batch_logits,
     calibrate_reader,
+    ctc_of,
     fit_recogniser,
 )
 from inkwell.errors import InvalidInputError, NoInkError
 
 RealField = tuple[np.ndarray, str]  # gray image (1 = white) and its digit string
+REPLAY_STYLES = (*SYNTH_STYLES, "both")
 
 
 @dataclass(frozen=True)
@@ -56,10 +61,22 @@ class FinetuneConfig:
     review_rate: float = 0.05
     eval_every: int = 250
     threads: int | None = None
+    # learning without forgetting: pull the replayed synthetic rows toward the stable reader's
+    # per-frame posteriors (softened by the temperature); 0 turns it off. With BatchNorm's
+    # statistics kept, this holds the synthetic drop of a 150-step job to ~0.2 pp (vs 2-3 pp
+    # without; docs/benchmarks.md "Continual cheque stream")
+    distill_weight: float = 10.0
+    distill_temperature: float = 2.0
+    freeze_norm_stats: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.real_fraction <= 1.0:
             raise InvalidInputError("real_fraction must be in (0, 1].")
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise InvalidInputError(
+                "distill_weight must be >= 0 and distill_temperature > 0 "
+                f"(got {self.distill_weight} and {self.distill_temperature})."
+            )
         if self.batch_size < 2 or self.steps < 1:
             raise InvalidInputError("batch_size must be >= 2 and steps >= 1.")
 
@@ -76,6 +93,7 @@ class FinetuneConfig:
             synth_style=self.synth_style,
             workers=0,
             threads=self.threads,
+            freeze_norm_stats=self.freeze_norm_stats,
         )
 
 
@@ -164,6 +182,18 @@ def real_batches(fields: Sequence[RealField], batch_size: int = 64) -> list[Fiel
     return [collate(prepared[i : i + batch_size]) for i in range(0, len(prepared), batch_size)]
 
 
+def replay_styles(style: str) -> tuple[str, ...]:
+    """The synthetic styles a fine-tuning batch replays: one of `SYNTH_STYLES`, or `both`
+    (half classic, half real: the two styles the shipped reader was trained on in turn)."""
+    if style == "both":
+        return SYNTH_STYLES
+    if style not in SYNTH_STYLES:
+        raise InvalidInputError(
+            f"unknown replay style {style!r}; use one of {', '.join(REPLAY_STYLES)}"
+        )
+    return (style,)
+
+
 class MixedStream:
     """Endless batches: `real_fraction` augmented real fields + synthetic replay fields."""
 
@@ -175,15 +205,22 @@ class MixedStream:
         self.n_real = max(1, round(cfg.batch_size * cfg.real_fraction))
         self.n_synth = cfg.batch_size - self.n_real
         self.rng = np.random.default_rng([cfg.seed, 31])
-        self.synth: Iterator[FieldBatch] | None = None
-        if self.n_synth > 0:
-            stream = FieldStream(
-                pool,
-                seed=cfg.seed + 20_000,
-                batch_size=self.n_synth,
-                cfg=synth_config(cfg.synth_style, blank_rate=0.02),
+        styles = replay_styles(cfg.synth_style)
+        # the replayed rows split between the styles (the first style takes the remainder)
+        shares = [self.n_synth // len(styles)] * len(styles)
+        shares[0] += self.n_synth - sum(shares)
+        self.synth: list[Iterator[FieldBatch]] = [
+            iter(
+                FieldStream(
+                    pool,
+                    seed=cfg.seed + 20_000 + k,
+                    batch_size=share,
+                    cfg=synth_config(style, blank_rate=0.02),
+                )
             )
-            self.synth = iter(stream)
+            for k, (style, share) in enumerate(zip(styles, shares, strict=True))
+            if share > 0
+        ]
 
     def __iter__(self) -> Iterator[FieldBatch]:
         return self
@@ -196,12 +233,45 @@ class MixedStream:
                 prepared.append((prepare_field(augment_real(gray, self.rng)).pixels, label))
             except NoInkError:
                 continue
-        if self.synth is not None:
-            synth = next(self.synth)
+        real_rows = len(prepared)
+        for stream in self.synth:
+            synth = next(stream)
             # unpad the synthetic batch back to fields so one collate pads them all together
             for row, width in enumerate(synth.widths.tolist()):
                 prepared.append((synth.inputs[row, 0, :, :width].numpy(), synth.labels[row]))
-        return collate(prepared)
+        batch = collate(prepared)
+        batch.replay = torch.arange(len(prepared)) >= real_rows
+        return batch
+
+
+class ReplayDistillation:
+    """CTC on every row plus, on the replayed rows, the KL divergence from the stable reader's
+    per-frame posteriors (learning without forgetting, Li & Hoiem 2017; per-frame distillation
+    suits CTC because student and teacher share the frame grid).
+
+    The reviewed rows learn the corrections freely; the replayed synthetic rows are held to
+    what stable already reads well, which keeps the synthetic accuracy the gate checks."""
+
+    def __init__(self, teacher: CRNN, weight: float, temperature: float) -> None:
+        self.teacher = teacher.eval()
+        self.weight = weight
+        self.temperature = temperature
+
+    def __call__(self, model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
+        logits = batch_logits(model, batch, bf16)
+        loss = ctc_of(logits, batch)
+        rows = batch.replay
+        if self.weight <= 0 or rows is None or not bool(rows.any()):
+            return loss
+        with torch.no_grad():
+            target = batch_logits(self.teacher, batch, bf16)[rows]
+        frames = frames_for(batch.widths[rows])
+        valid = torch.arange(logits.shape[1])[None, :] < frames[:, None]
+        t = self.temperature
+        teacher_log = F.log_softmax(target / t, dim=-1)
+        student_log = F.log_softmax(logits[rows] / t, dim=-1)
+        kl = (teacher_log.exp() * (teacher_log - student_log)).sum(-1)
+        return loss + self.weight * t * t * kl[valid].mean()
 
 
 @dataclass
@@ -223,9 +293,11 @@ def finetune_reader(
     cfg: FinetuneConfig,
     *,
     hooks: TrainHooks | None = None,
+    teacher: ChequeReader | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune a copy of `reader` on `train` with synthetic replay from `pool`; recalibrate
-    on `calibration_fields` (real reviewed fields kept out of training)."""
+    on `calibration_fields` (real reviewed fields kept out of training). The replayed rows are
+    distilled to `teacher` (default: `reader` itself; the trainer passes its lineage's base)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -234,7 +306,13 @@ def finetune_reader(
     model.load_state_dict(reader.model.state_dict())
     val = real_batches(calibration_fields)
     loop_cfg = replace(cfg.train_config(), bf16=False)
-    fit = fit_recogniser(model, MixedStream(train, pool, cfg), loop_cfg, val=val, hooks=hooks)
+    source = (teacher or reader).model
+    frozen = type(source)(source.config)
+    frozen.load_state_dict(source.state_dict())
+    loss_fn = ReplayDistillation(frozen, cfg.distill_weight, cfg.distill_temperature)
+    fit = fit_recogniser(
+        model, MixedStream(train, pool, cfg), loop_cfg, val=val, hooks=hooks, loss_fn=loss_fn
+    )
     calibration, report = calibrate_reader(model, val, cfg.review_rate)
     meta = {
         **reader.meta,
@@ -242,6 +320,7 @@ def finetune_reader(
         "finetune": {
             **asdict(cfg),
             "parent_version": reader.version,
+            "distilled_to": (teacher or reader).version,
             "real_fields": len(train),
             "calibration_fields": len(calibration_fields),
         },

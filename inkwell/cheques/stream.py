@@ -30,6 +30,8 @@ class FieldBatch:
     targets: torch.Tensor  # concatenated class indices (digit d → d + 1)
     target_lengths: torch.Tensor
     labels: list[str]
+    # rows replayed from earlier data (synthetic fields in a fine-tuning batch); None: no such
+    replay: torch.Tensor | None = None
 
 
 def encode_label(label: str) -> list[int]:

@@ -63,6 +63,9 @@ class ChequeTrainConfig:
     workers: int = 1
     bf16: bool | None = None  # None: use bfloat16 autocast when the CPU supports it
     threads: int | None = None
+    # keep BatchNorm's running statistics (fine-tuning: a few batches of another domain must not
+    # move the statistics every other input is normalised with)
+    freeze_norm_stats: bool = False
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ChequeTrainConfig:
@@ -105,20 +108,33 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def ctc_loss(model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
-    """Mean CTC loss of one batch (logits in bfloat16 autocast when asked, loss in float32)."""
+def batch_logits(model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
+    """Per-frame logits (N × frames × classes, float32) of a training batch (bfloat16 autocast
+    when asked)."""
     inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
-    frames = frames_for(batch.widths)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(inputs, frames)
-    log_probs = F.log_softmax(logits.float(), dim=-1).permute(1, 0, 2)
+        logits = model(inputs, frames_for(batch.widths))
+    return logits.float()
+
+
+def ctc_of(logits: torch.Tensor, batch: FieldBatch) -> torch.Tensor:
+    """Mean CTC loss of a batch's logits against its labels (float32)."""
+    log_probs = F.log_softmax(logits, dim=-1).permute(1, 0, 2)
     return F.ctc_loss(
         log_probs,
         batch.targets,
-        frames,
+        frames_for(batch.widths),
         batch.target_lengths,
         zero_infinity=True,
     )
+
+
+def ctc_loss(model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
+    """Mean CTC loss of one batch: the loss of `fit_recogniser` unless it is given another."""
+    return ctc_of(batch_logits(model, batch, bf16), batch)
+
+
+BatchLoss = Callable[[CRNN, FieldBatch, bool], torch.Tensor]
 
 
 @torch.inference_mode()
@@ -163,12 +179,18 @@ def fit_recogniser(
     *,
     val: list[FieldBatch] | None = None,
     hooks: TrainHooks | None = None,
+    loss_fn: BatchLoss = ctc_loss,
 ) -> FitResult:
-    """Train `model` in place for `cfg.steps` batches (AdamW, one-cycle LR, gradient clip)."""
+    """Train `model` in place for `cfg.steps` batches (AdamW, one-cycle LR, gradient clip);
+    `loss_fn(model, batch, bf16)` is the loss of one batch (CTC unless given another)."""
     hooks = hooks or TrainHooks()
     bf16 = bf16_available() if cfg.bf16 is None else cfg.bf16
     model.to(memory_format=torch.channels_last)
     model.train()
+    if cfg.freeze_norm_stats:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, total_steps=max(2, cfg.steps), pct_start=0.15
@@ -177,7 +199,7 @@ def fit_recogniser(
     started = time.perf_counter()
     smoothed = math.nan
     for step in range(1, cfg.steps + 1):
-        loss = ctc_loss(model, next(batches), bf16)
+        loss = loss_fn(model, next(batches), bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

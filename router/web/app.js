@@ -529,16 +529,21 @@ function setupRollout() {
   };
   for (const [id, [action, body]] of Object.entries(actions)) {
     $(id).addEventListener("click", () => rolloutAction(action, body));
+    // the same buttons for the cheque model's own rollout (`?model=cheques`)
+    $(`c${id}`).addEventListener("click", () => rolloutAction(action, body, "cheques"));
   }
 }
 
-async function rolloutAction(action, body) {
-  const msg = $("rollout-notice");
+async function rolloutAction(action, body, model = "digits") {
+  const cheques = model === "cheques";
+  const msg = $(cheques ? "cheque-rollout-notice" : "rollout-notice");
   notice(msg, `${action}…`);
   try {
     const headers = body ? { "Content-Type": "application/json" } : {};
-    const { data } = await call(`/admin/rollout/${action}`, { method: "POST", body, headers, key: adminKey() });
-    renderRollout(data);
+    const path = `/admin/rollout/${action}` + (cheques ? "?model=cheques" : "");
+    const { data } = await call(path, { method: "POST", body, headers, key: adminKey() });
+    if (cheques) renderChequeRollout(data);
+    else renderRollout(data);
     notice(msg, `${action}: done`, "ok");
     refreshOverview();
   } catch (err) {
@@ -617,6 +622,11 @@ function renderChequeRollout(c) {
   $("rc-canary").textContent = c && c.canary_version ? `v${c.canary_version}` : "none";
   $("rc-stable").textContent = stable ? `v${stable}` : "—";
   $("rc-weight").textContent = `${Number((c && c.weight) || 0).toFixed(0)} %`;
+  const live = phase === "canary" || phase === "paused";
+  $("cact-promote").disabled = !live;
+  $("cact-rollback").disabled = !live;
+  $("cact-pause").disabled = phase !== "canary";
+  $("cact-resume").disabled = phase !== "paused";
   const v = c && c.last_verdict;
   box.dataset.result = v ? v.result : "none";
   if (!c) {

@@ -174,3 +174,28 @@ def test_a_full_sqlite_database_refuses_with_store_full_and_keeps_what_it_stored
     assert raised.value.status_code == 507 and raised.value.code == "store_full"
     stored = store.get(kept)
     assert stored is not None and stored.image == b"first"
+
+
+def test_a_daily_quota_counts_exactly_under_concurrent_uploads(database_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = SampleStore(database_url)
+    with ThreadPoolExecutor(8) as pool:
+        taken = list(pool.map(lambda _: store.take_daily_quota("k1", 20_000, 25), range(60)))
+    assert taken.count(True) == 25  # never more, never fewer, whoever inserted the day's row
+    assert not store.take_daily_quota("k1", 20_000, 25)
+    assert store.take_daily_quota("k2", 20_000, 25)  # each key its own count
+    assert store.take_daily_quota("k1", 20_001, 25)  # and each day
+    assert not store.take_daily_quota("k3", 20_001, 0)
+
+
+def test_old_days_of_a_keys_quota_are_forgotten(database_url: str) -> None:
+    from sqlalchemy import select
+
+    from inkwell.store import KeyUsage
+
+    store = SampleStore(database_url)
+    assert store.take_daily_quota("k1", 100, 5)
+    assert store.take_daily_quota("k1", 120, 5)  # the first upload of a later day prunes
+    with store.session() as session:
+        assert session.scalars(select(KeyUsage.day).where(KeyUsage.key_id == "k1")).all() == [120]

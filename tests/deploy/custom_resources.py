@@ -1,9 +1,10 @@
-"""Validation of the Argo Rollouts resources, which kubernetes-validate has no schemas for.
+"""Validation of the custom resources kubernetes-validate has no schemas for: Argo Rollouts'
+and the prometheus-operator's.
 
-Two layers, as the Argo controller itself checks them: each resource against its strict JSON
-schema shipped in k8s/schemas/argoproj.io (made by k8s/schemas/build.py from the CRDs), then
-what a schema cannot see: the AnalysisTemplates, Services and arguments a Rollout names exist
-in the same rendered overlay.
+Each resource against its strict JSON schema shipped in k8s/schemas/<group> (made by
+k8s/schemas/build.py from the CRDs); for Argo, as its controller checks them, also what a
+schema cannot see: the AnalysisTemplates, Services and arguments a Rollout names exist in the
+same rendered overlay.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from tests.deploy.helpers import K8S
 
 SCHEMAS = K8S / "schemas"
 ARGO_GROUP = "argoproj.io/"
+MONITORING_GROUP = "monitoring.coreos.com/"
+# API groups whose kinds are validated against the schemas in k8s/schemas.
+SHIPPED_GROUPS = (ARGO_GROUP, MONITORING_GROUP)
 
 
 def schema_path_for(doc: dict[str, Any]) -> str:
@@ -41,8 +45,17 @@ def schema_errors(doc: dict[str, Any]) -> list[str]:
     where = f"{doc['kind']}/{doc['metadata']['name']}"
     return [
         f"{where}: {'.'.join(str(p) for p in error.absolute_path)}: {error.message}"
-        for error in _validator(relative).iter_errors(doc)
+        for error in map(_cause, _validator(relative).iter_errors(doc))
     ]
+
+
+def _cause(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """The error that says what is wrong: for an optional field (`anyOf: [X, null]`) the one
+    inside X ("'groupby' was unexpected"), not "is not valid under any of the given schemas"."""
+    while error.context:
+        not_null = [e for e in error.context if e.schema != {"type": "null"}]
+        error = jsonschema.exceptions.best_match(not_null or error.context)
+    return error
 
 
 def _analysis_refs(rollout: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -107,4 +120,13 @@ def reference_errors(docs: list[dict[str, Any]]) -> list[str]:
 def argo_errors(docs: list[dict[str, Any]]) -> list[str]:
     """Schema and reference errors of every Argo resource in one rendered overlay."""
     errors = [e for d in docs if d["apiVersion"].startswith(ARGO_GROUP) for e in schema_errors(d)]
+    return errors + reference_errors(docs)
+
+
+def custom_resource_errors(docs: list[dict[str, Any]]) -> list[str]:
+    """Every error of the custom resources in one rendered overlay: each against its shipped
+    schema, and the references of the Argo ones."""
+    errors = [
+        e for d in docs if d["apiVersion"].startswith(SHIPPED_GROUPS) for e in schema_errors(d)
+    ]
     return errors + reference_errors(docs)

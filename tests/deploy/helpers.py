@@ -158,3 +158,48 @@ def yaml_documents(text: str) -> list[dict[str, Any]]:
 
 def amtool() -> str:
     return tool("amtool", "apt-get install prometheus-alertmanager (Debian's package ships amtool)")
+
+
+# ---- MLflow as Compose runs it, on this machine -------------------------------------------
+
+
+def compose_mlflow(
+    compose: Mapping[str, Any], work: Path, port: int
+) -> tuple[list[str], dict[str, str]]:
+    """`inkwell mlflow server` with Compose's options and environment (one `load_compose()`,
+    so its keys match the users job's): this port, one worker, sqlite stores under `work`."""
+    spec = compose["services"]["mlflow"]
+    argv = [
+        a.replace("--port=5000", f"--port={port}")
+        .replace("--host=0.0.0.0", "--host=127.0.0.1")
+        .replace("--workers=2", "--workers=1")
+        for a in [sys.executable, "-m", "inkwell", *spec["command"][1:]]
+    ]
+    env = environment(spec)
+    env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    env["INKWELL_MLFLOW_AUTH_DATABASE_URI"] = f"sqlite:///{work / 'mlflow-auth.db'}"
+    # The Compose list plus this machine's address (the clients here reach 127.0.0.1:<port>).
+    env["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",127.0.0.1:{port}"
+    return argv, env
+
+
+def compose_mlflow_users(
+    compose: Mapping[str, Any], base_env: Mapping[str, str], tracking_uri: str
+) -> subprocess.CompletedProcess[str]:
+    """Compose's one-shot `mlflow-users` job against `tracking_uri` (users and grants)."""
+    spec = compose["services"]["mlflow-users"]
+    env = {**base_env, **environment(spec), "INKWELL_TRACKING_URI": tracking_uri}
+    return subprocess.run(
+        [sys.executable, "-m", "inkwell", *spec["command"][1:]],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def mlflow_login(compose: Mapping[str, Any], service: str) -> dict[str, str]:
+    """The MLflow user and password Compose gives `service`."""
+    env = environment(compose["services"][service])
+    return {k: env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}

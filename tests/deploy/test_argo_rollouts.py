@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,6 +23,9 @@ from tests.deploy.test_kubernetes import _k8s_tree, kustomize
 
 # Every test reads the overlays as `kubectl kustomize` renders them (a process).
 pytestmark = pytest.mark.integration
+
+QUALITY = "inkwell-canary-quality"
+ROUTER_WEIGHT = "inkwell-router-weight"
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +45,15 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
     return found
 
 
-def _analysis_run(template: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """The AnalysisRun Argo makes from `template` for one step: its metrics, arguments set."""
+def _analysis_run(
+    template: dict[str, Any], namespace: str, values: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The AnalysisRun Argo makes from `template` for one step: its metrics, arguments set
+    (`values` by name, else the template's value, else the namespace)."""
+    given = values or {}
     args = [
-        {"name": a["name"], "value": a.get("value", namespace)} for a in template["spec"]["args"]
+        {"name": a["name"], "value": given.get(a["name"], a.get("value", namespace))}
+        for a in template["spec"]["args"]
     ]
     return {
         "apiVersion": "argoproj.io/v1alpha1",
@@ -63,8 +72,13 @@ def test_argo_resources_pass_the_shipped_strict_schemas(
     argo = [d for d in docs["prod-argo"] if d["apiVersion"].startswith("argoproj.io/")]
     assert {d["kind"] for d in argo} == {"Rollout", "AnalysisTemplate"}
     assert argo_errors(docs["prod-argo"]) == []
-    run = _analysis_run(_one(argo, "AnalysisTemplate"), "inkwell")
-    assert schema_errors(run) == []
+    templates = [d for d in argo if d["kind"] == "AnalysisTemplate"]
+    assert {t["metadata"]["name"] for t in templates} == {
+        "inkwell-canary-quality",
+        "inkwell-router-weight",
+    }
+    for template in templates:
+        assert schema_errors(_analysis_run(template, "inkwell")) == []
 
 
 def test_a_rollout_with_an_unknown_field_fails_validation(
@@ -103,11 +117,13 @@ def test_a_rollout_step_missing_a_template_argument_fails_validation(
     docs: dict[str, list[dict[str, Any]]],
 ) -> None:
     broken = copy.deepcopy(docs["prod-argo"])
-    step = next(
-        s for s in _one(broken, "Rollout")["spec"]["strategy"]["canary"]["steps"] if "analysis" in s
-    )
-    step["analysis"]["args"] = []
+    steps = _one(broken, "Rollout")["spec"]["strategy"]["canary"]["steps"]
+    quality = next(s for s in steps if _template_of(s) == QUALITY)
+    quality["analysis"]["args"] = []
     assert any("needs the arguments ['namespace']" in e for e in argo_errors(broken))
+    router = next(s for s in steps if _template_of(s) == ROUTER_WEIGHT)
+    router["analysis"]["args"] = router["analysis"]["args"][1:]
+    assert any("needs the arguments ['weight']" in e for e in argo_errors(broken))
 
 
 def test_a_rollout_naming_a_missing_or_foreign_service_fails_validation(
@@ -124,7 +140,7 @@ def test_a_rollout_naming_a_missing_or_foreign_service_fails_validation(
 def test_an_analysis_run_with_an_unknown_provider_field_fails_validation(
     docs: dict[str, list[dict[str, Any]]],
 ) -> None:
-    run = _analysis_run(_one(docs["prod-argo"], "AnalysisTemplate"), "inkwell")
+    run = _analysis_run(_one(docs["prod-argo"], "AnalysisTemplate", QUALITY), "inkwell")
     run["spec"]["metrics"][0]["provider"]["prometheus"]["querry"] = "up"
     assert any("querry" in e for e in schema_errors(run))
 
@@ -172,9 +188,9 @@ def test_the_rollout_replaces_the_service_deployments_and_the_router_controller(
         }
     )
     assert settings.controller is False
+    # The Rollout's steps set the router's share; before the first release ran, nobody.
+    assert settings.canary_weight == 0
     canary = rollout["spec"]["strategy"]["canary"]
-    first_weight = next(s["setWeight"] for s in canary["steps"] if "setWeight" in s)
-    assert settings.canary_weight == first_weight, "the canary's pods follow its share of users"
     assert settings.stable_url == f"http://{canary['stableService']}:8001"
     assert settings.canary_url == f"http://{canary['canaryService']}:8002"
     assert canary["stableMetadata"]["labels"] == {"inkwell.io/variant": "stable"}
@@ -187,9 +203,11 @@ def test_the_rollout_judges_the_canary_with_inkwells_model_quality_checks(
     argo = docs["prod-argo"]
     rollout = _one(argo, "Rollout")
     steps = rollout["spec"]["strategy"]["canary"]["steps"]
-    kinds = [next(iter(step)) for step in steps]
-    assert kinds.index("setWeight") < kinds.index("pause") < kinds.index("analysis")
-    analysis = steps[kinds.index("analysis")]["analysis"]
+    judged = [i for i, step in enumerate(steps) if _template_of(step) == QUALITY]
+    assert len(judged) == 3
+    for index in judged:  # each check reads 5-minute rates that filled after the step's weight
+        assert "pause" in steps[index - 1] and "setWeight" in steps[index - 3]
+    analysis = steps[judged[0]]["analysis"]
     (ref,) = analysis["templates"]
     template = _one(argo, "AnalysisTemplate", ref["templateName"])
     queries = " ".join(m["provider"]["prometheus"]["query"] for m in template["spec"]["metrics"])
@@ -202,6 +220,112 @@ def test_the_rollout_judges_the_canary_with_inkwells_model_quality_checks(
     assert analysis["args"] == [
         {"name": "namespace", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
     ]
+
+
+def _template_of(step: dict[str, Any]) -> str | None:
+    if "analysis" not in step:
+        return None
+    (ref,) = step["analysis"]["templates"]
+    return str(ref["templateName"])
+
+
+def _router_weight(step: dict[str, Any]) -> float:
+    (arg,) = [a for a in step["analysis"]["args"] if a["name"] == "weight"]
+    return float(arg["value"])
+
+
+def test_the_rollout_climbs_a_staircase_of_pods_and_users_together(
+    docs: dict[str, list[dict[str, Any]]],
+) -> None:
+    """5 -> 20 -> 50 -> 100 % for the canary's pods and for its users, each check judging a
+    canary whose share of users equals its share of pods (capacity follows the traffic)."""
+    steps = _one(docs["prod-argo"], "Rollout")["spec"]["strategy"]["canary"]["steps"]
+    pods, users = 0, None
+    pod_weights, user_weights = [], []
+    for step in steps:
+        if "setWeight" in step:
+            pods = step["setWeight"]
+            pod_weights.append(pods)
+            # Only the last step may give stable's pods away, once no user is left on them.
+            assert pods < 100 or users == 100
+        elif _template_of(step) == ROUTER_WEIGHT:
+            users = _router_weight(step)
+            user_weights.append(users)
+            assert users <= pods or pods == 50, "users ahead of the pods before the last step"
+        elif _template_of(step) == QUALITY:
+            assert users == pods, f"judged at {users} % of users on {pods} % of the pods"
+    assert pod_weights == [5, 20, 50, 100]
+    assert user_weights == [0, 5, 20, 50, 100]
+    assert _template_of(steps[0]) == ROUTER_WEIGHT, "a new canary starts with no users"
+
+
+def test_the_router_weight_step_drives_a_real_router(
+    docs: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """The AnalysisRun's web request, as Argo sends it, against a real router: the PUT sets the
+    split and the step's successCondition holds on the answer (and fails for another weight)."""
+    import json
+
+    import httpx
+
+    from router.app import create_app
+    from router.settings import RouterSettings
+    from tests.router.router_fakes import FakeService, serve_in_thread
+
+    key = "argo-step-admin-key-0123456789"
+    template = _one(docs["prod-argo"], "AnalysisTemplate", ROUTER_WEIGHT)
+    run = _analysis_run(template, "inkwell", {"weight": "20", "admin-key": key})
+    args = {a["name"]: a["value"] for a in run["spec"]["args"]}
+    (metric,) = run["spec"]["metrics"]
+
+    def substituted(text: str) -> str:
+        return re.sub(r"\{\{args\.([\w-]+)\}\}", lambda m: args[m[1]], text)
+
+    web = metric["provider"]["web"]
+    stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
+    with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
+        settings = RouterSettings(
+            home=tmp_path,
+            stable_url=stable_url,
+            canary_url=canary_url,
+            controller=False,
+            admin_api_key=key,
+        )
+        with serve_in_thread(create_app(settings)) as router_url:
+            url = substituted(web["url"])
+            assert url.startswith("http://inkwell-router.inkwell.svc:8000/")
+            answer = httpx.request(
+                web["method"],
+                url.replace("http://inkwell-router.inkwell.svc:8000", router_url),
+                headers={h["key"]: substituted(h["value"]) for h in web["headers"]},
+                content=substituted(web["body"]),
+                timeout=web["timeoutSeconds"],
+            )
+            assert answer.status_code == 200, answer.text
+            now = httpx.get(f"{router_url}/admin/canary/weight", headers={"X-API-Key": key})
+    assert now.json()["weight"] == 20
+    assert web["jsonPath"] == "{$.weight}"
+    result = json.loads(answer.text)["weight"]
+    condition = re.fullmatch(r"result == (\S+)", substituted(metric["successCondition"]))
+    assert condition is not None and result == float(condition[1])
+    other = re.fullmatch(
+        r"result == (\S+)", metric["successCondition"].replace("{{args.weight}}", "50")
+    )
+    assert other is not None and result != float(other[1])
+
+
+def test_the_router_weight_step_reads_the_admin_key_from_the_generated_secret(
+    docs: dict[str, list[dict[str, Any]]],
+) -> None:
+    template = _one(docs["prod-argo"], "AnalysisTemplate", ROUTER_WEIGHT)
+    (key,) = [a for a in template["spec"]["args"] if a["name"] == "admin-key"]
+    ref = key["valueFrom"]["secretKeyRef"]
+    secret = _one(docs["prod-argo"], "Secret", ref["name"])  # the hashed name kustomize made
+    assert ref["key"] in secret["data"]
+    router = _one(docs["prod-argo"], "Deployment", "inkwell-router")
+    env = router["spec"]["template"]["spec"]["containers"][0]["env"]
+    (admin,) = [e for e in env if e["name"] == "INKWELL_ROUTER_ADMIN_API_KEY"]
+    assert admin["valueFrom"]["secretKeyRef"] == ref, "the step's key is the router's admin key"
 
 
 def test_the_rollout_pods_are_prods_stable_pods(docs: dict[str, list[dict[str, Any]]]) -> None:
@@ -257,8 +381,8 @@ def test_the_servicemonitor_scrapes_each_pod_once_labelled_by_its_role(
         assert re.fullmatch(label["regex"], pod_variant)
 
 
-def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> None:
-    """k8s/schemas/build.py's strictness, on a CRD-shaped schema."""
+def _schemas_build() -> ModuleType:
+    """k8s/schemas/build.py, imported from its path (a script, not a package)."""
     import importlib.util
 
     from tests.deploy.helpers import K8S
@@ -267,6 +391,12 @@ def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> N
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
+    return build
+
+
+def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> None:
+    """k8s/schemas/build.py's strictness, on a CRD-shaped schema."""
+    build = _schemas_build()
     crd = {
         "type": "object",
         "properties": {
@@ -280,6 +410,19 @@ def test_schema_build_closes_listed_objects_and_keeps_free_form_ones_open() -> N
     assert strict["properties"]["steps"]["items"]["additionalProperties"] is False
     assert strict["properties"]["plugins"] == {"type": ["object", "null"], "properties": {}}
     assert strict["properties"]["labels"]["additionalProperties"] == {"type": "string"}
+
+
+def test_schema_build_drops_pydantic_annotations_but_not_fields_of_those_names() -> None:
+    """The prometheus-operator schemas come from pydantic models: their `title`s and `default`s
+    go, a field called `title` stays."""
+    build = _schemas_build()
+    model = {
+        "title": "Rule",
+        "properties": {"title": {"type": "string", "title": "Title", "default": ""}},
+    }
+    assert build.without(model, build.PYDANTIC_ONLY) == {
+        "properties": {"title": {"type": "string"}}
+    }
 
 
 # ---- the relabelling, in a real Prometheus -----------------------------------------------

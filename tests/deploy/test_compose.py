@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import click
 import pytest
 import typer.main
 import yaml
@@ -50,6 +51,19 @@ COMPONENTS: dict[str, tuple[str, str, list[str]]] = {
     ),
     "router": ("router.settings", "RouterSettings", ["inkwell", "router"]),
     "trainer": ("trainer.settings", "TrainerSettings", ["inkwell", "trainer"]),
+    "mlflow-users": (
+        "inkwell.settings",
+        "RegistryAccessSettings",
+        ["inkwell", "mlflow", "init-users"],
+    ),
+}
+# The MLflow user each component runs as (docs/deploy.md): only the services are read-only.
+MLFLOW_USERS = {
+    "init": "inkwell-trainer",
+    "trainer": "inkwell-trainer",
+    "router": "inkwell-router",
+    "service-stable": "inkwell-service",
+    "service-canary": "inkwell-service",
 }
 # Read by the image's health check (docker/healthcheck.py), not by a settings class.
 NON_SETTINGS_KEYS = {"INKWELL_HEALTHCHECK_URL"}
@@ -88,6 +102,7 @@ def _cli() -> Any:
 def test_compose_defines_the_whole_system(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
         "postgres",
+        "mlflow-users",
         "minio",
         "minio-bucket",
         "mlflow",
@@ -113,6 +128,27 @@ def test_example_env_file_sets_every_required_variable() -> None:
     assert compose_config().returncode == 0
 
 
+def _example_env(service: str) -> dict[str, str]:
+    """The service's environment with the example .env copied without replacing its values."""
+    result = compose_config()
+    assert result.returncode == 0, result.stderr
+    return environment(json.loads(result.stdout)["services"][service])
+
+
+def _refusal(
+    settings_cls: type[Any], env: dict[str, str], clean_env: pytest.MonkeyPatch, service: str
+) -> str:
+    """Read `settings_cls` from `env` as the process would at start; the refusal's text."""
+    from pydantic import ValidationError
+
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    extra = {"variant": "stable"} if service.startswith("service") else {}
+    with pytest.raises(ValidationError, match="placeholder") as refused:
+        settings_cls(**extra)
+    return str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("service", "variable"),
     [
@@ -124,17 +160,55 @@ def test_example_env_file_sets_every_required_variable() -> None:
 def test_the_example_placeholder_keys_are_refused_at_start(
     service: str, variable: str, clean_env: pytest.MonkeyPatch
 ) -> None:
-    from pydantic import ValidationError
-
-    result = compose_config()  # the example .env copied without replacing its values
-    assert result.returncode == 0, result.stderr
-    env = environment(json.loads(result.stdout)["services"][service])
+    env = _example_env(service)
     assert env[variable].startswith("change-me")
-    for key, value in env.items():
-        clean_env.setenv(key, value)
-    extra = {"variant": "stable"} if service.startswith("service") else {}
-    with pytest.raises(ValidationError, match="placeholder"):
-        _settings_class(service)(**extra)
+    _refusal(_settings_class(service), env, clean_env, service)
+
+
+@pytest.mark.parametrize("service", ["service-stable", "router", "trainer"])
+def test_the_example_mlflow_passwords_are_refused_at_start(
+    service: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    # every other key real, so only the MLflow password can be what is refused
+    env = {k: "x" * 32 if "API_KEY" in k else v for k, v in _example_env(service).items()}
+    refused = _refusal(_settings_class(service), env, clean_env, service)
+    assert "MLFLOW_TRACKING_PASSWORD" in refused
+
+
+@pytest.mark.parametrize("service", ["mlflow", "mlflow-users"])
+def test_the_example_mlflow_admin_secrets_are_refused_at_start(
+    service: str, clean_env: pytest.MonkeyPatch
+) -> None:
+    from inkwell.settings import RegistryAccessSettings
+
+    env = _example_env(service)
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("change-me")
+    refused = _refusal(RegistryAccessSettings, env, clean_env, service)
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in refused
+
+
+def test_each_component_runs_as_its_own_mlflow_user_and_only_the_trainer_seeds(
+    compose: dict[str, Any],
+) -> None:
+    for service, user in MLFLOW_USERS.items():
+        env = environment(compose["services"][service])
+        assert env["MLFLOW_TRACKING_USERNAME"] == user, service
+    for service in ("service-stable", "service-canary"):
+        # read-only: seeding the shipped models would be refused, the trainer does it
+        assert environment(compose["services"][service])["INKWELL_SEED_SHIPPED"] == "false"
+    users = environment(compose["services"]["mlflow-users"])
+    passwords = {
+        users["INKWELL_MLFLOW_TRAINER_PASSWORD"],
+        users["INKWELL_MLFLOW_ROUTER_PASSWORD"],
+        users["INKWELL_MLFLOW_SERVICE_PASSWORD"],
+    }
+    assert len(passwords) == 3
+    service = environment(compose["services"]["service-stable"])
+    assert service["MLFLOW_TRACKING_PASSWORD"] == users["INKWELL_MLFLOW_SERVICE_PASSWORD"]
+    admin = environment(compose["services"]["mlflow"])["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert users["MLFLOW_AUTH_ADMIN_PASSWORD"] == admin
+    assert not any(admin == v for s in MLFLOW_USERS for v in environment(
+        compose["services"][s]).values())  # fmt: skip
 
 
 def test_router_and_trainer_have_separate_admin_keys(compose: dict[str, Any]) -> None:
@@ -153,7 +227,11 @@ def test_each_container_runs_a_command_the_cli_really_has(
     cli = _cli()
     sub = cli.commands.get(command[1])
     assert sub is not None, f"`inkwell {command[1]}` does not exist"
-    context = sub.make_context(command[1], list(command[2:]), resilient_parsing=False)
+    args = list(command[2:])
+    while args and isinstance(sub, click.Group):  # `inkwell mlflow init-users`
+        sub = sub.commands.get(args.pop(0))
+        assert sub is not None, f"`{' '.join(command)}` does not exist"
+    context = sub.make_context(command[1], args, resilient_parsing=False)
     assert context.params is not None
 
 
@@ -168,7 +246,7 @@ def test_environment_keys_are_read_by_the_components_settings_class(
     assert not unknown, f"{service} sets variables {settings_cls.__name__} never reads: {unknown}"
 
 
-@pytest.mark.parametrize("service", [s for s in COMPONENTS if s != "init"])
+@pytest.mark.parametrize("service", [s for s in COMPONENTS if s not in ("init", "mlflow-users")])
 def test_settings_validate_and_listen_where_compose_expects(
     compose: dict[str, Any], service: str, clean_env: pytest.MonkeyPatch
 ) -> None:
@@ -208,10 +286,13 @@ def test_mlflow_server_options_exist_and_accept_the_clients_host_header(
 ) -> None:
     import mlflow.cli
 
+    from inkwell.settings import RegistryAccessSettings
+
     spec = compose["services"]["mlflow"]
-    assert spec["command"][:2] == ["mlflow", "server"]
+    # `inkwell mlflow server` writes the auth config, then runs `mlflow server` with the rest
+    assert spec["command"][:3] == ["inkwell", "mlflow", "server"]
     server = mlflow.cli.server
-    context = server.make_context("server", list(spec["command"][2:]))
+    context = server.make_context("server", list(spec["command"][3:]))
     assert context.params["serve_artifacts"] is True
     assert context.params["artifacts_destination"].startswith("s3://")
     envvars = {p.envvar for p in server.params if p.envvar}
@@ -220,6 +301,7 @@ def test_mlflow_server_options_exist_and_accept_the_clients_host_header(
     env = environment(spec)
     for key in env:
         known = NON_SETTINGS_KEYS | s3_keys | {"HOME"}
+        known |= settings_env_keys(RegistryAccessSettings)  # the auth config
         assert key in envvars or key in known, f"mlflow ignores {key}"
     allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     tracking = urlsplit(environment(compose["services"]["router"])["INKWELL_TRACKING_URI"])

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.custom_resources import argo_errors, schema_errors
+from tests.deploy.custom_resources import SHIPPED_GROUPS, custom_resource_errors, schema_errors
 from tests.deploy.helpers import (
     DASHBOARDS_DIR,
     K8S,
@@ -41,8 +41,9 @@ from tests.deploy.helpers import (
 pytestmark = pytest.mark.integration
 
 # Overlays built on prod: schema-validated and checked on what they add.
-EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo")
+EXTRA_OVERLAYS = ("prod-gpu", "prod-capacity", "prod-argo", "ingress-nginx")
 KIND_SUFFIX = {
+    "AlertmanagerConfig": "alertmanagerconfig",
     "AnalysisTemplate": "analysistemplate",
     "ConfigMap": "configmap",
     "CronJob": "cronjob",
@@ -71,20 +72,26 @@ DEPRECATED_KUSTOMIZE_FIELDS = {
     "vars",
     "imageTags",
 }
-CRD_GROUP = "monitoring.coreos.com/"
-# Custom resources validated against the strict schemas shipped in k8s/schemas instead.
-SHIPPED_CRD_GROUP = "argoproj.io/"
 # Container command -> settings class that reads its environment.
 SETTINGS = {
     "service": ("service.settings", "ServiceSettings"),
     "router": ("router.settings", "RouterSettings"),
     "trainer": ("trainer.settings", "TrainerSettings"),
     "train": ("inkwell.settings", "CoreSettings"),
+    "mlflow": ("inkwell.settings", "RegistryAccessSettings"),
+}
+# The MLflow user each `inkwell` command runs as (docs/deploy.md): only the services read only.
+MLFLOW_USERS = {
+    "service": "inkwell-service",
+    "router": "inkwell-router",
+    "trainer": "inkwell-trainer",
+    "train": "inkwell-trainer",
 }
 PREFIXES = {
     "INKWELL_SERVICE_": "service",
     "INKWELL_ROUTER_": "router",
     "INKWELL_TRAINER_": "trainer",
+    "INKWELL_MLFLOW_": "mlflow",
 }
 
 
@@ -158,18 +165,18 @@ def test_overlay_passes_strict_schema_validation(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     output = (result.stdout + result.stderr).splitlines()
+    # Custom resources are validated against the strict schemas shipped in k8s/schemas instead.
     unchecked = [
         line
         for line in output
-        if line.startswith("WARN") and CRD_GROUP not in line and SHIPPED_CRD_GROUP not in line
+        if line.startswith("WARN") and not any(group in line for group in SHIPPED_GROUPS)
     ]
     assert not unchecked, "resources without a schema:\n" + "\n".join(unchecked)
     passed = [line for line in output if "passed for resource" in line]
     docs = yaml_documents(rendered[overlay])
-    crds = sum(1 for d in docs if d["apiVersion"].startswith(CRD_GROUP))
-    shipped = [d for d in docs if d["apiVersion"].startswith(SHIPPED_CRD_GROUP)]
-    assert argo_errors(docs) == []
-    assert len(passed) + crds + len(shipped) == len(docs)
+    shipped = [d for d in docs if d["apiVersion"].startswith(SHIPPED_GROUPS)]
+    assert custom_resource_errors(docs) == []
+    assert len(passed) + len(shipped) == len(docs)
 
 
 @pytest.mark.integration
@@ -182,6 +189,18 @@ def test_schema_validation_rejects_an_unknown_field(tmp_path: Path) -> None:
         [validate, "--strict", "-"], input=yaml.safe_dump(service), capture_output=True, text=True
     )
     assert result.returncode != 0
+
+
+def test_operator_resources_with_an_unknown_field_fail_their_shipped_schema(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    """ServiceMonitor, PrometheusRule and AlertmanagerConfig are checked as strictly as the
+    built-in kinds (schemas in k8s/schemas/monitoring.coreos.com)."""
+    for kind in ("ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"):
+        (doc,) = _by_kind(resources["prod"], kind)
+        assert schema_errors(doc) == [], kind
+        broken = {**doc, "spec": {**doc["spec"], "selectr": {}}}
+        assert any("'selectr' was unexpected" in e for e in schema_errors(broken)), kind
 
 
 @pytest.mark.integration
@@ -250,6 +269,7 @@ def test_workloads_use_stable_canary_names(
         "inkwell-mlflow",
         "inkwell-minio",
         "inkwell-minio-bucket",
+        "inkwell-mlflow-users",
         "inkwell-postgres",
         "inkwell-postgres-backup",
     } | ({"inkwell-mnist"} if overlay == "prod" else set())
@@ -479,6 +499,18 @@ def test_shared_configmap_keys_are_all_read_by_some_component(
         assert key in known, f"inkwell-config sets {key}, which no settings class reads"
 
 
+def test_the_ingress_controller_closes_clients_that_trickle_their_headers(
+    resources: dict[str, list[dict[str, Any]]],
+) -> None:
+    # uvicorn has no header-read timeout (docs/reliability.md): the edge must have a short one
+    (config,) = resources["ingress-nginx"]
+    assert config["kind"] == "ConfigMap"
+    assert config["metadata"] == {**config["metadata"], "name": "ingress-nginx-controller"}
+    assert config["metadata"]["namespace"] == "ingress-nginx"
+    assert 0 < int(config["data"]["client-header-timeout"]) <= 10  # ingress-nginx default: 60
+    assert 0 < int(config["data"]["client-body-timeout"]) <= 60
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_container_environment_validates_in_its_settings_class(
     resources: dict[str, list[dict[str, Any]]],
@@ -510,6 +542,11 @@ def test_each_container_environment_validates_in_its_settings_class(
                     {"variant": args[args.index("--variant") + 1]} if "--variant" in args else {}
                 )
                 settings = settings_cls(**extra)
+            checked += 1
+            if args[1] == "mlflow":  # the server itself, and its users job
+                if args[2] == "init-users":
+                    assert settings.resolved_tracking_uri == "http://inkwell-mlflow:5000"
+                continue
             assert settings.resolved_tracking_uri == "http://inkwell-mlflow:5000"
             assert settings.resolved_database_url.startswith(
                 "postgresql+psycopg://inkwell:"
@@ -520,8 +557,33 @@ def test_each_container_environment_validates_in_its_settings_class(
                 assert [p["containerPort"] for p in container["ports"]] == [port]
                 annotations = workload["spec"]["template"]["metadata"]["annotations"]
                 assert annotations["prometheus.io/port"] == str(port)
-            checked += 1
     assert checked >= 1
+
+
+@pytest.mark.parametrize("overlay", [*OVERLAYS, "prod-argo"])
+def test_each_component_runs_as_its_own_mlflow_user_and_the_server_requires_one(
+    resources: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    docs = resources[overlay]
+    seen = set()
+    for workload in [*_workloads(docs), *_by_kind(docs, "Rollout")]:  # prod-argo's services
+        for container in _containers(workload):
+            args = container.get("args", [])
+            if args[:1] != ["inkwell"]:
+                continue
+            env = _container_env(container, docs)
+            if args[1] == "mlflow":
+                assert args[2] in ("server", "init-users")
+                assert len(env["MLFLOW_AUTH_ADMIN_PASSWORD"]) >= 16
+                continue
+            assert env["MLFLOW_TRACKING_USERNAME"] == MLFLOW_USERS[args[1]], container["name"]
+            assert len(env["MLFLOW_TRACKING_PASSWORD"]) >= 16
+            if args[1] == "service":  # read-only: the trainer seeds the shipped models
+                assert env["INKWELL_SEED_SHIPPED"] == "false"
+            seen.add(args[1])
+    assert seen == set(MLFLOW_USERS)
+    server = next(w for w in _workloads(docs) if w["metadata"]["name"] == "inkwell-mlflow")
+    assert next(_containers(server))["args"][:3] == ["inkwell", "mlflow", "server"]
 
 
 # ---- monitoring ConfigMaps ----------------------------------------------------------------
@@ -752,10 +814,14 @@ def test_argo_analysis_templates_declare_every_argument_and_condition() -> None:
                 "interval",
                 "count",
                 "failureLimit",
+                "consecutiveErrorLimit",
                 "successCondition",
                 "provider",
             }, metric["name"]
-            assert "result[0]" in metric["successCondition"], metric["name"]
-            prometheus = metric["provider"]["prometheus"]
-            used = set(re.findall(r"{{args\.([a-z-]+)}}", json.dumps(prometheus)))
+            (kind,) = metric["provider"]
+            # A query's result is a vector, a web call's the value at its jsonPath.
+            result = {"prometheus": "result[0]", "web": "result"}[kind]
+            assert result in metric["successCondition"], metric["name"]
+            text = json.dumps(metric)
+            used = set(re.findall(r"{{args\.([a-z-]+)}}", text))
             assert used <= declared and "namespace" in used, metric["name"]

@@ -3,9 +3,10 @@
 Starts a real S3-compatible server (moto's, from PyPI) and two `mlflow server` processes with the
 options and environment docker-compose.yml gives MLflow (artifacts proxied to
 `s3://<bucket>/`, `MLFLOW_S3_ENDPOINT_URL` pointing at the S3 server), sharing one backend store
-and one bucket. The trainer's registry code registers a model through the first replica; a
-stable service started against the second replica loads it by alias. Neither client holds S3
-credentials: the servers proxy the artifacts.
+and one bucket, with authentication as Compose runs it (its `mlflow-users` job makes the users).
+The trainer's registry code registers a model through the first replica as the trainer user; a
+stable service started against the second replica loads it by alias as the read-only service
+user. Neither client holds S3 credentials: the servers proxy the artifacts.
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from inkwell.registry import ARTIFACT_DIR, WEIGHTS_FILE
 from tests.deploy.conftest import Processes
-from tests.deploy.helpers import REPO, environment, load_compose
+from tests.deploy.helpers import (
+    REPO,
+    compose_mlflow,
+    compose_mlflow_users,
+    environment,
+    load_compose,
+    mlflow_login,
+)
 from tests.harness import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -40,7 +49,8 @@ print("REGISTERED", out.version.version, out.version.source)
 
 
 def _client_env(home: Path, mnist: Path, tracking_uri: str) -> dict[str, str]:
-    """A component's environment: no S3 keys, no MLflow variables, only the tracking URI."""
+    """A component's environment: no S3 keys, no MLflow variables, only the tracking URI (its
+    MLflow login is added by the caller)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("INKWELL_", "MLFLOW_", "AWS_"))}
     env.update(
         {
@@ -63,23 +73,23 @@ def _start_s3(processes: Processes, work: Path) -> str:
     return url
 
 
-def _start_mlflow(processes: Processes, work: Path, name: str, s3_url: str, bucket: str) -> str:
-    """`mlflow server` as Compose runs it, with this machine's port and S3 endpoint."""
-    spec = load_compose()["services"]["mlflow"]
+def _start_mlflow(
+    processes: Processes,
+    compose: dict[str, Any],
+    work: Path,
+    name: str,
+    s3_url: str,
+    bucket: str,
+) -> str:
+    """`inkwell mlflow server` as Compose runs it, with this machine's port and S3 endpoint;
+    both replicas share the backend store and the user store, as in Compose."""
     port = free_port()
-    argv = [
-        a.replace("--port=5000", f"--port={port}")
-        .replace("--host=0.0.0.0", "--host=127.0.0.1")
-        .replace("--workers=2", "--workers=1")
-        for a in [sys.executable, "-m", "mlflow", *spec["command"][1:]]
-    ]
-    shipped = environment(spec)
+    argv, shipped = compose_mlflow(compose, work, port)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
     env |= shipped | S3_KEYS
-    env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     env["MLFLOW_S3_ENDPOINT_URL"] = s3_url
-    env["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",127.0.0.1:{port}"
     env["HOME"] = str(work)
+    env["PYTHONPATH"] = str(REPO)
     argv = [a for a in argv if not a.startswith("--artifacts-destination")]
     argv.append(f"--artifacts-destination=s3://{bucket}/")
     processes.start(name, argv, env, work)
@@ -109,12 +119,17 @@ def test_two_mlflow_replicas_share_the_bucket_and_a_service_loads_by_alias(
     s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **_boto_keys())
     bucket = "inkwell-artifacts"
     s3.create_bucket(Bucket=bucket)
-    first = _start_mlflow(processes, tmp_path, "mlflow-a", s3_url, bucket)
-    second = _start_mlflow(processes, tmp_path, "mlflow-b", s3_url, bucket)
+    compose = load_compose()
+    first = _start_mlflow(processes, compose, tmp_path, "mlflow-a", s3_url, bucket)
+    # the replica starts on the user store the first one made (admin bootstrapped once)
+    second = _start_mlflow(processes, compose, tmp_path, "mlflow-b", s3_url, bucket)
+    users = compose_mlflow_users(compose, _client_env(tmp_path, mnist_dir, first), first)
+    assert users.returncode == 0, users.stdout + users.stderr
 
     registered = subprocess.run(
         [sys.executable, "-c", REGISTER],
-        env=_client_env(tmp_path / "trainer-home", mnist_dir, first),
+        env=_client_env(tmp_path / "trainer-home", mnist_dir, first)
+        | mlflow_login(compose, "trainer"),
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -130,7 +145,12 @@ def test_two_mlflow_replicas_share_the_bucket_and_a_service_loads_by_alias(
         "service-stable",
         [sys.executable, "-c", CLI, "service", "--variant", "stable"],
         _client_env(tmp_path / "service-home", mnist_dir, second)
-        | {"INKWELL_SERVICE_PORT": str(port), "INKWELL_SERVICE_TORCH_THREADS": "1"},
+        | mlflow_login(compose, "service-stable")
+        | {
+            "INKWELL_SERVICE_PORT": str(port),
+            "INKWELL_SERVICE_TORCH_THREADS": "1",
+            "INKWELL_SEED_SHIPPED": "false",
+        },
         tmp_path,
     )
     ready = f"http://127.0.0.1:{port}/readyz"

@@ -1,7 +1,9 @@
 """The Compose system on one machine, and the shipped rules and dashboards against it.
 
 Starts, as separate processes on free ports: the MLflow server with the options and
-environment docker-compose.yml gives it (SQLite instead of PostgreSQL); the `init` job's command
+environment docker-compose.yml gives it (with authentication; SQLite instead of PostgreSQL) and
+its `mlflow-users` job, every component below acting as the MLflow user Compose gives it
+(trainer, router, read-only service); the `init` job's command
 against it (twice: it must register the base model once); a second tiny model as `canary`; the
 stable and canary services, the trainer and the router (its rollout controller reading
 analysis metrics from this Prometheus, as in Compose), all using the MLflow server; and Debian's
@@ -33,8 +35,10 @@ from tests.deploy.helpers import (
     MONITORING,
     REPO,
     RULES_DIR,
-    environment,
+    compose_mlflow,
+    compose_mlflow_users,
     load_compose,
+    mlflow_login,
     prometheus,
 )
 from tests.deploy.test_monitoring import all_rules, build_module, dashboards
@@ -68,6 +72,7 @@ class LiveSystem:
     init_outputs: list[str]
     ports: dict[str, int]
     processes: Processes
+    mlflow_login: tuple[str, str]  # the read-only service user's
 
     def query(self, expr: str) -> dict[str, Any]:
         answer = httpx.get(f"{self.prometheus}/api/v1/query", params={"query": expr}, timeout=10)
@@ -117,28 +122,25 @@ def _finish(process: subprocess.Popen[str]) -> str:
     return output
 
 
-def _start_mlflow(processes: Processes, work: Path, env: dict[str, str]) -> str:
-    """`mlflow server` as Compose runs it, with this machine's paths and port."""
-    spec = load_compose()["services"]["mlflow"]
+def _start_mlflow(
+    processes: Processes, compose: dict[str, Any], work: Path, env: dict[str, str]
+) -> str:
+    """`inkwell mlflow server` as Compose runs it (with authentication), with this machine's
+    paths and port, then Compose's `mlflow-users` job."""
     port = free_port()
-    argv = [sys.executable, "-m", "mlflow", *spec["command"][1:]]
+    argv, shipped = compose_mlflow(compose, work, port)
     artifacts = work / "mlflow-artifacts"
+    # Artifacts on a local folder here; the S3 store has its own live test
+    # (test_mlflow_s3_live.py).
     argv = [
-        # Artifacts on a local folder here; the S3 store has its own live test
-        # (test_mlflow_s3_live.py).
         re.sub(r"^--artifacts-destination=.*", f"--artifacts-destination={artifacts}", a)
-        .replace("--port=5000", f"--port={port}")
-        .replace("--host=0.0.0.0", "--host=127.0.0.1")
-        .replace("--workers=2", "--workers=1")
         for a in argv
     ]
-    server_env = env | environment(spec)
-    server_env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    # The Compose list plus this machine's address (the clients here reach 127.0.0.1:<port>).
-    server_env["MLFLOW_SERVER_ALLOWED_HOSTS"] += f",127.0.0.1:{port}"
-    processes.start("mlflow", argv, server_env, work)
+    processes.start("mlflow", argv, env | shipped, work)
     url = f"http://127.0.0.1:{port}"
     processes.wait_http("mlflow", f"{url}/health", timeout=180)
+    users = compose_mlflow_users(compose, env, url)
+    assert users.returncode == 0, users.stdout + users.stderr
     return url
 
 
@@ -247,18 +249,23 @@ def _start_live(
         env,
         work,
     )
-    mlflow_url = _start_mlflow(processes, work, env)
+    compose = load_compose()  # once: its generated keys must agree between services
+    mlflow_url = _start_mlflow(processes, compose, work, env)
     env["INKWELL_TRACKING_URI"] = mlflow_url
+    # Each component as the MLflow user Compose gives it.
+    trainer_env = env | mlflow_login(compose, "trainer")
     # Compose's `init`: registers v1 as stable. Its second run (below) must do nothing.
-    init_outputs = [_finish(_spawn(_init_command(), env, work))]
-    second_init = _spawn(_init_command(), env, work)
-    canary = _spawn([sys.executable, "-c", REGISTER_CANARY], env, work)
+    init_outputs = [_finish(_spawn(_init_command(), trainer_env, work))]
+    second_init = _spawn(_init_command(), trainer_env, work)
+    canary = _spawn([sys.executable, "-c", REGISTER_CANARY], trainer_env, work)
     for variant in ("stable", "canary"):
         processes.start(
             f"service-{variant}",
             _inkwell("service", "--variant", variant),
             env
+            | mlflow_login(compose, f"service-{variant}")
             | {
+                "INKWELL_SEED_SHIPPED": "false",
                 "INKWELL_SERVICE_PORT": str(ports[variant]),
                 "INKWELL_SERVICE_API_KEYS": UPLOAD_KEY,
                 "INKWELL_SERVICE_POLL_INTERVAL_S": "1",
@@ -269,7 +276,7 @@ def _start_live(
     processes.start(
         "trainer",
         _inkwell("trainer"),
-        env
+        trainer_env
         | {
             "INKWELL_TRAINER_PORT": str(ports["trainer"]),
             "INKWELL_TRAINER_ADMIN_API_KEY": ADMIN_KEY,
@@ -296,6 +303,7 @@ def _start_live(
         "router",
         _inkwell("router"),
         env
+        | mlflow_login(compose, "router")
         | {
             "INKWELL_ROUTER_PORT": str(ports["router"]),
             "INKWELL_ROUTER_STABLE_URL": f"http://127.0.0.1:{ports['stable']}",
@@ -317,8 +325,16 @@ def _start_live(
     processes.wait_http("trainer", f"http://127.0.0.1:{ports['trainer']}/healthz", timeout=180)
     router = f"http://127.0.0.1:{ports['router']}"
     processes.wait_http("router", f"{router}/readyz", timeout=180)
+    service_login = mlflow_login(compose, "service-stable")
     system = LiveSystem(
-        prom_url, router, mlflow_url, work / "mlflow-artifacts", init_outputs, ports, processes
+        prom_url,
+        router,
+        mlflow_url,
+        work / "mlflow-artifacts",
+        init_outputs,
+        ports,
+        processes,
+        (service_login["MLFLOW_TRACKING_USERNAME"], service_login["MLFLOW_TRACKING_PASSWORD"]),
     )
     _wait_for_canary_in_rollout(router)
     _send_traffic(system, mnist_dir)
@@ -377,8 +393,11 @@ def test_init_job_registers_the_base_model_once_through_the_artifact_proxy(
 
 def test_mlflow_accepts_the_compose_host_name_and_refuses_others(live: LiveSystem) -> None:
     search = f"{live.mlflow}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert httpx.get(search, headers={"Host": "mlflow:5000"}).status_code == 200
-    assert httpx.get(search, headers={"Host": "attacker.example:5000"}).status_code == 403
+    # checking a password (PBKDF2) on a machine busy retraining takes a while
+    client = httpx.Client(auth=live.mlflow_login, timeout=30)
+    assert client.get(search, headers={"Host": "mlflow:5000"}).status_code == 200
+    assert client.get(search, headers={"Host": "attacker.example:5000"}).status_code == 403
+    assert httpx.get(search, headers={"Host": "mlflow:5000"}, timeout=30).status_code == 401
 
 
 def test_prometheus_scrapes_every_component_under_its_shipped_job_name(

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 
+from router.analysis import Sample
 from router.capacity import KubernetesScaler, canary_pods
 from router.controller import RolloutController
 from router.metrics import RouterMetrics
 from router.state import Phase
 from tests.router.router_fakes import serve_in_thread
-from tests.router.test_router_controller import INTERVAL, Harness, healthy
+from tests.router.test_router_controller import INTERVAL, Harness, healthy, traffic
 
 NAMESPACE = "inkwell"
 TOKEN = "service-account-token"
@@ -183,3 +184,113 @@ def test_an_unreachable_api_server_holds_the_weight(tmp_path):
 
     asyncio.run(step())
     assert asyncio.run(h.controller.load()).weight == 5
+
+
+# ---- issue 22's target: a canary at 50 % is not failed on latency for want of pods ----------
+
+# Requests per analysis window the whole fleet receives, and what one pod serves at 100 %
+# utilisation: ten stable pods run at half load before the rollout.
+FLEET_REQUESTS = 500
+POD_CAPACITY = 100
+SERVICE_TIME_S = 0.005
+OVERLOADED_S = 2.0
+
+
+def queueing_latency(requests: float, pods: int) -> float:
+    """A pod's latency at its load (M/M/1: service time / (1 - utilisation)); a saturated
+    variant queues until requests time out."""
+    utilisation = requests / (max(pods, 1) * POD_CAPACITY)
+    return SERVICE_TIME_S / (1 - utilisation) if utilisation < 0.9 else OVERLOADED_S
+
+
+class LoadedFleet:
+    """Metrics of a fleet whose latency follows each variant's load per ready pod: the
+    router's split (the rollout state's weight) decides the load, the API server's ready pods
+    the capacity, as in a cluster."""
+
+    name = "loaded-fleet"
+
+    def __init__(self, harness: Harness, api: FakeApiServer) -> None:
+        self.harness, self.api = harness, api
+        self.latencies: list[tuple[float, float, float]] = []  # (weight, canary s, stable s)
+
+    async def observe(self) -> None:
+        return None
+
+    async def windows(self, *seconds: float) -> list[list[Sample]]:
+        state = await asyncio.to_thread(self.harness.store.load, self.harness.settings.model_name)
+        weight = state.weight if state.serving_canary else 0.0
+        canary_requests = FLEET_REQUESTS * weight / 100
+        stable_requests = FLEET_REQUESTS - canary_requests
+        canary = queueing_latency(canary_requests, self.api.ready["inkwell-service-canary"])
+        stable = queueing_latency(stable_requests, self.api.ready["inkwell-service-stable"])
+        self.latencies.append((weight, canary, stable))
+        samples = traffic("canary", "2", round(canary_requests), latency=canary) + traffic(
+            "stable", "1", round(stable_requests), latency=stable
+        )
+        return [samples for _ in seconds]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def run_rollout(tmp_path, *, scale: bool) -> tuple[list[float], Phase, LoadedFleet]:
+    """A rollout of a good canary on the loaded fleet until it passes its 50 % step (the weight
+    reaches 100) or is rolled back; with `scale` the controller raises the canary HPA and the
+    kubelet readies the pods it asks for before the next tick."""
+    api = FakeApiServer()
+    h = Harness(tmp_path)
+    fleet = LoadedFleet(h, api)
+    h.source = fleet  # type: ignore[assignment]
+
+    async def rollout(url: str) -> tuple[list[float], Phase]:
+        scaler = KubernetesScaler(url, NAMESPACE, token=TOKEN) if scale else None
+        controller = RolloutController(
+            h.settings,
+            h.store,
+            h.aliases,
+            fleet,
+            RouterMetrics(),
+            h.served,
+            clock=h.clock,
+            capacity=scaler,
+        )
+        weights: list[float] = []
+        try:
+            state = await controller.tick()
+            for _ in range(40):
+                weights.append(state.weight)
+                if state.weight == 100 or state.phase in (Phase.ROLLED_BACK, Phase.ROLLING_BACK):
+                    break
+                if scale:  # the kubelet: the pods the HPA minimum asks for become ready
+                    api.ready["inkwell-service-canary"] = api.hpa["minReplicas"]
+                h.clock.now += INTERVAL
+                state = await controller.tick()
+            return weights, state.phase
+        finally:
+            if scaler is not None:
+                await scaler.aclose()
+
+    with serve_in_thread(api.app()) as url:
+        weights, phase = asyncio.run(rollout(url))
+    return weights, phase, fleet
+
+
+def test_a_good_canary_passes_its_50_percent_step_without_failing_latency_for_want_of_pods(
+    tmp_path,
+):
+    weights, phase, fleet = run_rollout(tmp_path, scale=True)
+    # 100 % is reached only once the 50 % step's analysis passed, latency check included.
+    assert phase is Phase.CANARY and weights[-1] == 100, weights
+    assert {5, 25, 50} <= set(weights)
+    at_half = [(c, s) for w, c, s in fleet.latencies if w == 50]
+    assert at_half and all(c < 1.5 * s + 0.025 for c, s in at_half), at_half
+
+
+def test_without_the_scaler_the_same_canary_is_rolled_back_for_its_latency(tmp_path):
+    """The control: one canary pod under a growing share saturates, and the latency check
+    rolls back a canary whose only fault is its size."""
+    weights, phase, fleet = run_rollout(tmp_path, scale=False)
+    assert phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK), weights
+    assert max(weights) < 50
+    assert any(c == OVERLOADED_S for _, c, _ in fleet.latencies)

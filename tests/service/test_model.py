@@ -6,10 +6,12 @@ import time
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
-from inkwell.errors import ModelNotReadyError
+from inkwell.errors import ModelNotFoundError, ModelNotReadyError
 from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE
+from service.main import create_app
 from service.model import DigitModel
 from tests.outage import Mode, failing_server
 from tests.service.conftest import TrainedRegistry
@@ -166,3 +168,36 @@ def test_a_tracking_server_failing_after_the_first_load_keeps_the_last_good_mode
     assert outcome.error is not None and outcome.error.code == "registry_unavailable"
     assert model.ready and model.version == trained_registry.v1.version
     assert model.predict(trained_registry.test_images[:2] / 255.0).probabilities.shape == (2, 10)
+
+
+def test_pinned_version_is_served_whatever_the_alias_says(
+    trained_registry: TrainedRegistry, restore_aliases: None
+) -> None:
+    model = DigitModel(
+        trained_registry.settings(), STABLE, pinned_version=trained_registry.v2.version
+    )
+    assert model.load().swapped and model.version == trained_registry.v2.version
+    trained_registry.registry().set_alias("inkwell-digits", STABLE, trained_registry.v1.version)
+    outcome = model.refresh()
+    assert not outcome.swapped and model.version == trained_registry.v2.version
+
+
+def test_service_refuses_to_start_with_a_pinned_version_the_registry_lacks(
+    trained_registry: TrainedRegistry,
+) -> None:
+    app = create_app(trained_registry.settings(model_version="999"))
+    with pytest.raises(ModelNotFoundError) as failed, TestClient(app):
+        pass
+    message = failed.value.message
+    assert "INKWELL_SERVICE_MODEL_VERSION=999" in message and "no version 999" in message
+
+
+def test_service_with_a_pinned_version_reports_it_when_ready(
+    trained_registry: TrainedRegistry,
+) -> None:
+    pinned = trained_registry.v2.version
+    app = create_app(trained_registry.settings(model_version=pinned, poll_interval_s=60))
+    with TestClient(app) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["model_version"] == pinned

@@ -277,10 +277,29 @@ def test_uploads_over_a_keys_daily_quota_are_429_until_the_next_utc_day(
     user = f"user-{uuid.uuid4().hex[:8]}"
     images = [encode(trained_registry.test_images[i]) for i in range(40, 43)]
     with TestClient(create_app(settings)) as client:
-        client.app.state.context.upload_limiter.clock = clock  # type: ignore[attr-defined]
+        client.app.state.context.upload_quota.clock = clock  # type: ignore[attr-defined]
         assert [upload(client, images[i], "6", user).status_code for i in (0, 1)] == [201, 201]
         over = upload(client, images[2], "6", user)
         assert "quota of 2 uploads" in assert_error(over, 429, "quota_exceeded")["message"]
         assert over.headers["Retry-After"] == "57600"
         clock.now += 57_600
         assert upload(client, images[2], "6", user).status_code == 201
+
+
+def test_a_keys_daily_quota_is_shared_by_every_process_on_one_database(
+    trained_registry: TrainedRegistry,
+) -> None:
+    # two services (as two workers or replicas) on the same sample database
+    settings = trained_registry.settings(
+        poll_interval_s=60, upload_rate_per_s=0, upload_daily_quota=3
+    )
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    images = [encode(trained_registry.test_images[i]) for i in range(50, 54)]
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        assert first.app.state.context is not second.app.state.context  # type: ignore[attr-defined]
+        assert upload(first, images[0], "7", user).status_code == 201
+        assert upload(second, images[1], "7", user).status_code == 201
+        assert upload(first, images[2], "7", user).status_code == 201
+        over = upload(second, images[3], "7", user)  # its own process saw one upload only
+        assert "quota of 3 uploads" in assert_error(over, 429, "quota_exceeded")["message"]
+        assert upload(first, images[3], "7", user).status_code == 429

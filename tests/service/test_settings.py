@@ -82,3 +82,23 @@ def test_a_short_key_or_malformed_scope_is_refused_at_start_up(
     monkeypatch.setenv("INKWELL_SERVICE_API_KEYS", entry)
     with pytest.raises(ValidationError, match=hint):
         ServiceSettings()
+
+
+@pytest.mark.parametrize("value", ["latest", "0", "v3", "-1"])
+def test_pinned_model_version_must_be_a_version_number(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str
+) -> None:
+    monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
+    monkeypatch.setenv("INKWELL_SERVICE_MODEL_VERSION", value)
+    with pytest.raises(ValidationError, match="model_version"):
+        ServiceSettings()
+
+
+def test_pinned_model_version_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
+    monkeypatch.setenv("INKWELL_SERVICE_MODEL_VERSION", "12")
+    assert ServiceSettings().model_version == "12"
+    monkeypatch.delenv("INKWELL_SERVICE_MODEL_VERSION")
+    assert ServiceSettings().model_version is None

@@ -11,6 +11,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from inkwell.registry import Registry
+from inkwell.settings import STABLE
 from inkwell.store import SampleStore
 from tests.postgres import Cluster
 from tests.trainer.conftest import MnistArrays, upload
@@ -162,6 +164,9 @@ def test_trainer_seeds_an_empty_registry_and_says_what_retraining_needs(
     with TestClient(create_app(settings, worker=worker, poll=False)) as client:
         status = client.get("/v1/status").json()
     assert status["stable_version"] == "1"  # the shipped base model, seeded at start
+    # and the shipped cheque reader: the services may only read the registry (docs/deploy.md)
+    cheques = Registry(settings).get_version(settings.cheque_model_name, STABLE)
+    assert cheques.tags["source"] == "shipped"
     mnist = status["mnist"]
     assert mnist["found"] is False and mnist["path"] is None
     assert "Retraining needs MNIST" in mnist["message"]

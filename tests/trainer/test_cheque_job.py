@@ -14,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -178,10 +179,58 @@ def test_interrupted_cheque_job_resumes_its_plan_and_registers_once(
     assert [v.tags.get("cheque_job") for v in versions].count(plan.job_id) == 1
 
 
+def _promote_forgetful_stable(home: Path, mnist_dir: Path) -> None:
+    """v2, child of the shipped v1, becomes stable: it reads synthetic amounts worse (a blank
+    bias makes it drop digits), as a lineage that forgot a little at every job would."""
+    registry = Registry(CoreSettings(home=home, data_dir=mnist_dir))
+    reader = ChequeReader.from_dir(SHIPPED)
+    with torch.no_grad():
+        reader.model.classify.bias[0] += 4.0
+    with registry.start_run("forgetful") as run, tempfile.TemporaryDirectory() as tmp:
+        registry.register_files(
+            "inkwell-cheques",
+            run.info.run_id,
+            reader.save(Path(tmp)),
+            reader.meta,
+            tags={"parent_version": "1"},
+            aliases=(STABLE,),
+        )
+
+
+def test_forgetting_cannot_add_up_over_jobs_the_base_version_bounds_it(
+    home: Path, mnist_dir: Path
+) -> None:
+    _promote_forgetful_stable(home, mnist_dir)
+    upload_reviewed(home, mnist_dir)
+    settings = trainer_settings(home, mnist_dir)
+    outcome = worker_for(settings).poll_cheques()
+    assert outcome is not None and outcome.status == "rejected", outcome
+    gate = outcome.gate
+    assert gate.metrics["synthetic_drop_pp"] <= settings.cheque_max_synthetic_drop_pp  # vs v2
+    assert gate.metrics["base_synthetic_drop_pp"] > 0.5
+    assert any("below the base version v1's" in r for r in gate.reasons), gate.reasons
+    candidate = ChequeReader.load(str(outcome.version), registry=Registry(settings))
+    assert candidate.meta["finetune"]["parent_version"] == "2"
+    assert candidate.meta["finetune"]["distilled_to"] == "1"  # the lineage's base
+
+
+def test_without_the_base_bound_the_same_job_is_judged_against_stable_alone(
+    home: Path, mnist_dir: Path
+) -> None:
+    _promote_forgetful_stable(home, mnist_dir)
+    upload_reviewed(home, mnist_dir)
+    settings = trainer_settings(
+        home, mnist_dir, cheque_max_base_synthetic_drop_pp=None, cheque_distill_from="stable"
+    )
+    outcome = worker_for(settings).poll_cheques()
+    assert outcome is not None and outcome.status == "passed", outcome.gate.reasons
+    assert "base_synthetic_drop_pp" not in outcome.gate.metrics
+    candidate = ChequeReader.load(str(outcome.version), registry=Registry(settings))
+    assert candidate.meta["finetune"]["distilled_to"] == "2"
+
+
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
-    import torch
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from inkwell.errors import RegistryUnavailableError
+from inkwell.errors import DiskFullError, RegistryUnavailableError
 from inkwell.model import DigitNet, ModelConfig
 from inkwell.registry import Registry
 from inkwell.settings import CANARY
@@ -22,8 +24,10 @@ from inkwell.store import ACCEPTED, TRAINED, SampleStore
 from tests.outage import failing_server
 from tests.trainer.conftest import REPO, MnistArrays, upload
 from trainer.pipeline import BUFFER_FILE, WEIGHTS_FILE, Retrainer, save_weights
+from trainer.plan import JobPlan
 from trainer.settings import TrainerSettings
-from trainer.state import TrainerState
+from trainer.state import JobView, TrainerState
+from trainer.worker import Worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -98,16 +102,17 @@ def test_a_job_killed_after_registering_is_completed_on_restart(
     settings = TrainerSettings()
     crashed = Retrainer(settings, store=store)
     job, plan = crashed.compute_job("test")
+    assert plan.candidate is not None
     # the process dies right after creating the version, before tagging it complete
     registry = Registry(settings)
-    candidate = DigitNet(ModelConfig.from_dict(plan["model_config"]))
-    candidate.load_state_dict(torch.load(plan["weights"], weights_only=True))
+    candidate = DigitNet(ModelConfig.from_dict(plan.candidate.model_config))
+    candidate.load_state_dict(torch.load(plan.candidate.weights, weights_only=True))
     half = registry.register_digit_model(
         candidate,
-        plan["run_id"],
-        meta=plan["meta"],
-        tags={**plan["tags"], "complete": "false"},
-        extra_files={BUFFER_FILE: Path(plan["buffer"])},
+        plan.run_id,
+        meta=plan.candidate.meta,
+        tags={**plan.candidate.tags, "complete": "false"},
+        extra_files={BUFFER_FILE: plan.candidate.buffer},
     )
     assert crashed.state.watermark() == 0
 
@@ -118,7 +123,7 @@ def test_a_job_killed_after_registering_is_completed_on_restart(
     assert info.tags["complete"] == "true"
     versions = registry.list_versions(settings.model_name)
     assert [v.version for v in versions] == [half.version, registered_base]  # no duplicate
-    if plan["passed"]:
+    if plan.passed:
         assert registry.get_version(settings.model_name, CANARY).version == half.version
     assert crashed.state.watermark() == max(ids)
     assert crashed.state.job(job.id).status == "done"
@@ -148,18 +153,47 @@ def test_one_job_learns_at_most_max_samples_per_job_and_the_rest_stay_pending(
     assert tags["watermark"] == str(ids[23])
 
 
+def _computed_job(
+    settings: TrainerSettings,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[int], JobView, JobPlan]:
+    """32 uploads and a job computed from them (trained and gated, not published)."""
+    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
+    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
+    job, plan = Retrainer(settings, store=store).compute_job("test")
+    computed = Retrainer(settings, store=store).state.job(job.id)
+    assert computed is not None and computed.status == "computed"
+    return ids, computed, plan
+
+
+def _publishes_once_when_healthy_again(
+    settings: TrainerSettings, store: SampleStore, base: str, ids: list[int]
+) -> None:
+    """The next poll publishes the waiting job: one new version, complete, watermark moved."""
+    retrainer = Retrainer(settings, store=store)
+    notes = retrainer.reconcile()
+    registry = Registry(settings)
+    versions = [v.version for v in registry.list_versions(settings.model_name)]
+    assert versions == [str(int(base) + 1), base]  # registered once
+    assert notes and f"version {versions[0]}" in notes[0]
+    assert registry.get_version(settings.model_name, versions[0]).tags["complete"] == "true"
+    assert retrainer.state.watermark() == max(ids)
+    job = retrainer.state.last_job()
+    assert job is not None and job.status == "done"
+
+
 def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_publishes_once(
     registered_base: str,
     store: SampleStore,
     mnist: MnistArrays,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("INKWELL_TRAINER_HPO_TRIALS", "1")
-    ids = upload(store, "alice", mnist.test_images[:32], mnist.test_labels[:32])
     settings = TrainerSettings()
-    job, plan = Retrainer(settings, store=store).compute_job("test")
-    assert Path(plan["weights"]).is_file()
-    assert not list(Path(plan["weights"]).parent.glob("*.tmp"))  # renamed into place
+    ids, job, plan = _computed_job(settings, store, mnist, monkeypatch)
+    assert plan.candidate is not None and plan.candidate.weights.is_file()
+    assert not list(plan.candidate.weights.parent.glob("*.tmp"))  # renamed into place
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -175,15 +209,48 @@ def test_publishing_while_mlflow_fails_keeps_the_job_computed_and_a_later_poll_p
         assert broken.state.job(job.id).status == "computed"
         assert broken.state.watermark() == 0
 
-    notes = Retrainer(settings, store=store).reconcile()
+    _publishes_once_when_healthy_again(settings, store, registered_base, ids)
 
-    registry = Registry(settings)
-    versions = [v.version for v in registry.list_versions(settings.model_name)]
-    assert versions == [str(int(registered_base) + 1), registered_base]  # registered once
-    assert notes and f"version {versions[0]}" in notes[0]
-    assert registry.get_version(settings.model_name, versions[0]).tags["complete"] == "true"
-    assert broken.state.watermark() == max(ids)
-    assert broken.state.job(job.id).status == "done"
+
+def test_a_full_disk_while_publishing_reads_as_disk_full_not_as_mlflow_down(
+    registered_base: str,
+    store: SampleStore,
+    mnist: MnistArrays,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = TrainerSettings(publish_attempts=3, publish_backoff_seconds=0.1)
+    ids, job, _ = _computed_job(settings, store, mnist, monkeypatch)
+
+    # The filesystem edge: every file copied into the (embedded) MLflow artifact store fails as
+    # a full disk does; MLflow itself runs unchanged.
+    real_copyfile = shutil.copyfile
+    writes: list[str] = []
+
+    def full_artifact_store(src: str, dst: str, *args: object, **kwargs: object) -> object:
+        if Path(dst).resolve().is_relative_to(settings.artifact_root.resolve()):
+            writes.append(str(dst))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real_copyfile(src, dst, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shutil, "copyfile", full_artifact_store)
+    retrainer = Retrainer(settings, store=store)
+    worker = Worker(retrainer, settings)
+    worker.poll_once()  # the worker's reconcile publishes the computed job
+
+    assert worker.last_error is not None and worker.last_error.startswith("disk_full: ")
+    assert "No space left on device" in worker.last_error
+    assert "MLflow" not in worker.last_error.split("(")[0]  # not "MLflow unavailable"
+    assert len(writes) == 1  # no pointless retries against a full disk
+    assert retrainer.state.job(job.id).status == "computed"
+    assert retrainer.state.watermark() == 0
+    failures = retrainer.metrics.publish_failures
+    assert failures.labels(reason="disk_full")._value.get() == 1
+    assert failures.labels(reason="registry_unavailable")._value.get() == 0
+    with pytest.raises(DiskFullError, match="stays computed"):
+        Retrainer(settings, store=store).reconcile()
+
+    monkeypatch.setattr(shutil, "copyfile", real_copyfile)  # space freed
+    _publishes_once_when_healthy_again(settings, store, registered_base, ids)
 
 
 _FULL_DISK = """

@@ -4,6 +4,7 @@ Run against SQLite and real PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -95,7 +96,7 @@ def test_the_heartbeat_keeps_the_lease_alive_past_its_length(
         assert current is not None and current.lease_until is not None
         assert current.lease_until > datetime.now(UTC)
     assert not lost.is_set()
-    state.mark_computed(job.id, {"job_id": job.id})
+    state.mark_computed(job.id, json.dumps({"job_id": job.id}))
     assert state.job(job.id).status == COMPUTED
 
 
@@ -112,7 +113,7 @@ def test_a_job_taken_over_cannot_be_finished_by_its_old_owner(
     assert not second.claim(stale_view)  # the same expired lease is won once
     assert not old.renew(job.id)
     with pytest.raises(ConflictError, match="taken over"):
-        old.mark_computed(job.id, {"job_id": job.id})
+        old.mark_computed(job.id, json.dumps({"job_id": job.id}))
     assert first.job(job.id).owner == first.owner
 
 
@@ -143,7 +144,7 @@ def test_a_capped_job_commits_its_samples_and_leaves_the_rest_pending(
     taken = state.new_samples(store.max_id(), lineage=[], limit=4)
     assert [s.id for s in taken] == ids[:4]
     job = state.begin_job("test", "1")
-    state.mark_computed(job.id, {"job_id": job.id})
+    state.mark_computed(job.id, json.dumps({"job_id": job.id}))
 
     state.commit_job(
         job.id,

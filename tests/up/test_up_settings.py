@@ -27,6 +27,7 @@ from inkwell_app.up import (
     resolve_keys,
     seed_shipped_models,
 )
+from router.settings import RouterSettings
 
 KEYS = Keys("client-key", "admin-key", "test", "test", "trainer-key", "test")
 
@@ -167,25 +168,61 @@ def test_configured_keys_win_over_key_files(
     monkeypatch.setenv(
         "INKWELL_SERVICE_API_KEYS", " upload-key-0123456789:alice , k2-0123456789abcdef"
     )
-    env = {
-        "INKWELL_ROUTER_ADMIN_API_KEY": "boss",
-        "INKWELL_TRAINER_ADMIN_API_KEY": "trainer-boss",
-    }
-    keys = resolve_keys(settings, env)
+    monkeypatch.setenv("INKWELL_ROUTER_ADMIN_API_KEY", "router-boss-0123456789")
+    monkeypatch.setenv("INKWELL_TRAINER_ADMIN_API_KEY", "trainer-boss-0123456789")
+    keys = resolve_keys(settings)
     # the key itself, as a client sends it: the service's settings split off the user scope
     assert keys.api_key == "upload-key-0123456789"
-    assert (keys.admin_key, keys.trainer_key) == ("boss", "trainer-boss")
+    assert (keys.admin_key, keys.trainer_key) == (
+        "router-boss-0123456789",
+        "trainer-boss-0123456789",
+    )
     assert keys.api_key_source == "INKWELL_SERVICE_API_KEYS"
+    assert keys.admin_key_source == "INKWELL_ROUTER_ADMIN_API_KEY"
+    assert keys.trainer_key_source == "INKWELL_TRAINER_ADMIN_API_KEY"
     assert not (settings.home / "api.key").exists()
     specs = {spec.name: spec for spec in build_specs(settings, keys, prometheus=None)}
     assert "INKWELL_SERVICE_API_KEYS" not in specs["service-stable"].env  # the user's own stays
-    monkeypatch.delenv("INKWELL_SERVICE_API_KEYS")
-    generated = resolve_keys(settings, {})
+    assert "INKWELL_TRAINER_ADMIN_API_KEY" not in specs["trainer"].env
+    assert specs["router"].env["INKWELL_ROUTER_ADMIN_API_KEY"] == "router-boss-0123456789"
+    for name in ("SERVICE_API_KEYS", "ROUTER_ADMIN_API_KEY", "TRAINER_ADMIN_API_KEY"):
+        monkeypatch.delenv(f"INKWELL_{name}")
+    generated = resolve_keys(settings)
     assert generated.api_key == (settings.home / "api.key").read_text()
     # the router reads the same file when it runs without INKWELL_ROUTER_ADMIN_API_KEY
     assert generated.admin_key == (settings.home / "router-admin.key").read_text()
     assert generated.trainer_key == (settings.home / "trainer-admin.key").read_text()
     assert generated.trainer_key != generated.admin_key
+
+
+def test_a_weak_admin_key_is_refused_by_up_as_the_router_would(
+    settings: UpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INKWELL_ROUTER_ADMIN_API_KEY", "boss")
+    with pytest.raises(ValidationError, match="at least 16"):
+        resolve_keys(settings)
+    assert not (settings.home / "router-admin.key").exists()
+
+
+def test_components_are_configured_through_their_own_settings_names(
+    settings: UpSettings,
+) -> None:
+    specs = {spec.name: spec for spec in build_specs(settings, KEYS, prometheus=None)}
+    given = {
+        name.removeprefix("INKWELL_ROUTER_").lower(): value
+        for name, value in specs["router"].env.items()
+        if name.startswith("INKWELL_ROUTER_")
+    }
+    assert set(given) <= set(RouterSettings.model_fields)
+    del given["admin_api_key"]  # the test's stand-in key is too short to validate
+    router = RouterSettings.model_validate(given)
+    assert (router.stable_url, router.canary_url) == (
+        settings.url(settings.stable_port),
+        settings.url(settings.canary_port),
+    )
+    assert router.trainer_url == settings.url(settings.trainer_port)
+    assert router.port == settings.router_port
+    assert specs["trainer"].env["INKWELL_TRAINER_PORT"] == str(settings.trainer_port)
 
 
 def test_a_taken_port_is_reported_with_the_setting_to_change(settings: UpSettings) -> None:

@@ -315,7 +315,56 @@ def test_rollout_panel_shows_the_cheque_rollout_next_to_the_digit_one(page, web_
     assert page.inner_text("#rc-canary") == "none"
     assert page.inner_text("#rc-weight") == "0 %"
     assert page.inner_text("#cheque-verdict") == "No analysis yet."
+    assert page.locator("#cact-promote").is_disabled()  # nothing to steer without a canary
     shot(page, "11-cheque-rollout")
+
+
+def test_the_cheque_rollout_buttons_steer_the_cheque_canary_alone(page, web_stack) -> None:
+    import tempfile
+
+    import inkwell.shipped
+    from inkwell.cheques.reader import ChequeReader
+    from inkwell.registry import Registry
+    from inkwell.settings import CoreSettings
+
+    page.wait_for_selector("#cheque-phase[data-phase='idle']", timeout=60_000)
+    registry = Registry(CoreSettings(home=web_stack.home))
+    reader = ChequeReader.from_dir(Path(inkwell.shipped.__file__).parent / "cheques")
+    with registry.start_run("cheque-canary") as run, tempfile.TemporaryDirectory() as tmp:
+        info = registry.register_files(
+            "inkwell-cheques",
+            run.info.run_id,
+            reader.save(Path(tmp)),
+            reader.meta,
+            aliases=("canary",),
+        )
+    page.wait_for_selector("#cheque-phase[data-phase='canary']", timeout=60_000)
+    assert page.inner_text("#rc-canary") == f"v{info.version}"
+    digit_phase = page.get_attribute("#phase", "data-phase")
+
+    page.click("#cact-pause")
+    page.wait_for_selector("#cheque-phase[data-phase='paused']")
+    assert page.locator("#cact-resume").is_enabled() and page.locator("#cact-pause").is_disabled()
+    page.click("#cact-resume")
+    page.wait_for_selector("#cheque-phase[data-phase='canary']")
+
+    page.click("#cact-rollback")
+    page.wait_for_selector("#cheque-phase[data-phase='rolled_back']", timeout=60_000)
+    assert page.locator("#cact-promote").is_disabled()
+    assert "rollback: done" in page.inner_text("#cheque-rollout-notice")
+    assert page.get_attribute("#phase", "data-phase") == digit_phase  # the digit one untouched
+    shot(page, "11b-cheque-rolled-back")
+
+    def cheque_aliases() -> dict[str, str]:
+        current = Registry(CoreSettings(home=web_stack.home))
+        return {
+            alias: v.version
+            for v in current.list_versions("inkwell-cheques")
+            for alias in v.aliases
+        }
+
+    wait_until(lambda: "canary" not in cheque_aliases(), 30, "cheque canary alias removal")
+    assert cheque_aliases()["stable"] == "1"
 
 
 def read_field(
