@@ -263,8 +263,8 @@ class ReplayDistillation:
         rows = batch.replay
         if self.weight <= 0 or rows is None or not bool(rows.any()):
             return loss
-        with torch.no_grad():
-            target = batch_logits(self.teacher, batch, bf16)[rows]
+        with torch.no_grad():  # the teacher reads the replayed rows only
+            target = batch_logits(self.teacher, batch, bf16, rows)
         frames = frames_for(batch.widths[rows])
         valid = torch.arange(logits.shape[1])[None, :] < frames[:, None]
         t = self.temperature
@@ -306,10 +306,8 @@ def finetune_reader(
     model.load_state_dict(reader.model.state_dict())
     val = real_batches(calibration_fields)
     loop_cfg = replace(cfg.train_config(), bf16=False)
-    source = (teacher or reader).model
-    frozen = type(source)(source.config)
-    frozen.load_state_dict(source.state_dict())
-    loss_fn = ReplayDistillation(frozen, cfg.distill_weight, cfg.distill_temperature)
+    source = teacher or reader  # read only, in eval mode, never trained
+    loss_fn = ReplayDistillation(source.model, cfg.distill_weight, cfg.distill_temperature)
     fit = fit_recogniser(
         model, MixedStream(train, pool, cfg), loop_cfg, val=val, hooks=hooks, loss_fn=loss_fn
     )
@@ -320,7 +318,7 @@ def finetune_reader(
         "finetune": {
             **asdict(cfg),
             "parent_version": reader.version,
-            "distilled_to": (teacher or reader).version,
+            "distilled_to": source.version,
             "real_fields": len(train),
             "calibration_fields": len(calibration_fields),
         },

@@ -108,12 +108,17 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def batch_logits(model: CRNN, batch: FieldBatch, bf16: bool) -> torch.Tensor:
-    """Per-frame logits (N × frames × classes, float32) of a training batch (bfloat16 autocast
-    when asked)."""
-    inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
+def batch_logits(
+    model: CRNN, batch: FieldBatch, bf16: bool, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-frame logits (N × frames × classes, float32) of a training batch, or of its `rows`
+    only (a boolean mask; the padded width, so the frame grid, stays the batch's); bfloat16
+    autocast when asked."""
+    inputs, widths = batch.inputs, batch.widths
+    if rows is not None:
+        inputs, widths = inputs[rows], widths[rows]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        logits = model(inputs, frames_for(batch.widths))
+        logits = model(inputs.contiguous(memory_format=torch.channels_last), frames_for(widths))
     return logits.float()
 
 
