@@ -600,14 +600,19 @@ function renderRollout(s) {
   }));
   $("r-interval").textContent = s.analysis_interval_s ? `${s.analysis_interval_s} s` : "—";
   $("r-source").textContent = s.metrics_source || "—";
-  const live = s.phase === "canary" || s.phase === "paused";
-  $("act-promote").disabled = !live;
-  $("act-rollback").disabled = !live;
-  $("act-pause").disabled = s.phase !== "canary";
-  $("act-resume").disabled = s.phase !== "paused";
+  enableActions("act", s.phase);
   renderVerdict(s.last_verdict || s.analysis, s);
   renderServing(s.served_versions);
   if ("cheques" in s) renderChequeRollout(s.cheques); // an action's answer has no `cheques`
+}
+
+// A rollout's buttons (ids `${prefix}-promote`, …) as its phase allows them.
+function enableActions(prefix, phase) {
+  const live = phase === "canary" || phase === "paused";
+  $(`${prefix}-promote`).disabled = !live;
+  $(`${prefix}-rollback`).disabled = !live;
+  $(`${prefix}-pause`).disabled = phase !== "canary";
+  $(`${prefix}-resume`).disabled = phase !== "paused";
 }
 
 // The cheque model's own rollout (null while INKWELL_ROUTER_CHEQUE_ROLLOUT is off).
@@ -622,11 +627,7 @@ function renderChequeRollout(c) {
   $("rc-canary").textContent = c && c.canary_version ? `v${c.canary_version}` : "none";
   $("rc-stable").textContent = stable ? `v${stable}` : "—";
   $("rc-weight").textContent = `${Number((c && c.weight) || 0).toFixed(0)} %`;
-  const live = phase === "canary" || phase === "paused";
-  $("cact-promote").disabled = !live;
-  $("cact-rollback").disabled = !live;
-  $("cact-pause").disabled = phase !== "canary";
-  $("cact-resume").disabled = phase !== "paused";
+  enableActions("cact", phase);
   const v = c && c.last_verdict;
   box.dataset.result = v ? v.result : "none";
   if (!c) {
