@@ -37,7 +37,11 @@ system-packages:
 # a file's tests stay on one worker, so a module's fixtures (servers, models) start once.
 TEST_WORKERS ?= 3
 
-test: system-packages $(STAMP) lint typecheck
+# apt-get and pip side by side (on a fresh machine the Debian packages install while pip
+# unpacks torch); each one's output is printed whole when it ends (-O).
+test:
+	$(MAKE) --no-print-directory -j2 -O system-packages install
+	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:

@@ -80,6 +80,13 @@ def inkwell_home(
     return home
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """With pytest-xdist, keep the file order `pytest_collection_modifyitems` gives (xdist's
+    `--no-loadscope-reorder`; an addopt would break `pytest -p no:xdist`)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files holding slow tests first, then files with more tests first; a file's own tests keep
     their order.
@@ -87,8 +94,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     Under `make test` (`--dist loadfile`) a file is one unit of work. pytest-xdist's own order
     (most tests first) handed out the long files with few tests (the end-to-end loop, the
     router's rollouts, fuzzing, `inkwell up`) last, so one worker finished them alone while the
-    others idled. Started first, the short files fill in around them; pyproject.toml passes
-    `--no-loadscope-reorder` so xdist keeps this order.
+    others idled. Started first, the short files fill in around them; `pytest_configure` turns
+    xdist's loadscope reorder off so it keeps this order.
     """
     counts: dict[Path, int] = {}
     slow: dict[Path, int] = {}
