@@ -116,6 +116,7 @@ class ChequeRetrainer:
         self._pools: dict[str, DigitPool] = {}
         self._synthetic_test: list[FieldBatch] | None = None
         self._synthetic: dict[str, float] = {}  # version → synthetic test accuracy
+        self._bases: dict[str, ChequeReader] = {}  # version → the lineage's base, as loaded
 
     # ---- persisted state ---------------------------------------------------------------------
     @property
@@ -242,11 +243,17 @@ class ChequeRetrainer:
         return accuracy
 
     def base_of(self, stable: ChequeReader) -> ChequeReader:
-        """The version stable's lineage started from (`parent_version` tags), loaded."""
+        """The version stable's lineage started from (`parent_version` tags), loaded once."""
         if stable.info is None:
             return stable
         root = self.registry.lineage(stable.info)[-1]
-        return stable if root == stable.version else ChequeReader.load(root, registry=self.registry)
+        if root == stable.version:
+            return stable
+        # Registered versions never change, and the base is only read (teacher, synthetic
+        # accuracy): load it once per worker, not once per job.
+        if root not in self._bases:
+            self._bases[root] = ChequeReader.load(root, registry=self.registry)
+        return self._bases[root]
 
     def gate(
         self,

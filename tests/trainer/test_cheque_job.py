@@ -214,6 +214,22 @@ def test_forgetting_cannot_add_up_over_jobs_the_base_version_bounds_it(
     assert candidate.meta["finetune"]["distilled_to"] == "1"  # the lineage's base
 
 
+def test_the_lineage_base_is_loaded_once_per_worker_not_once_per_job(
+    home: Path, mnist_dir: Path
+) -> None:
+    _promote_forgetful_stable(home, mnist_dir)
+    settings = trainer_settings(home, mnist_dir)
+    retrainer = ChequeRetrainer(settings)
+    stable = ChequeReader.load(STABLE, registry=Registry(settings))
+    base = retrainer.base_of(stable)
+    assert (stable.version, base.version) == ("2", "1")
+    again = ChequeReader.load(STABLE, registry=Registry(settings))  # the next job's stable
+    assert retrainer.base_of(again) is base
+    # a stable that is its own lineage's base is itself
+    shipped = ChequeReader.load("1", registry=Registry(settings))
+    assert retrainer.base_of(shipped) is shipped
+
+
 def test_without_the_base_bound_the_same_job_is_judged_against_stable_alone(
     home: Path, mnist_dir: Path
 ) -> None:
