@@ -83,7 +83,9 @@ class ServiceContext:
             on_batch=self.metrics.observe_batch,
             on_shed=self.metrics.request_shed,
         )
-        self.cheques = ChequeModel(settings, settings.variant)
+        self.cheques = ChequeModel(
+            settings, settings.variant, pinned_version=settings.cheque_model_version
+        )
         self._store: SampleStore | None = None
         self._decoding: Decoding | None = None
         self._store_lock = threading.Lock()
@@ -167,7 +169,9 @@ class ServiceContext:
             await run_in_threadpool(self.seed_shipped)
         outcome = await self.refresh_model()
         self._refuse_missing_pin(outcome)
-        await self.refresh_cheque_model()
+        cheque_outcome = await self.refresh_cheque_model()
+        if cheque_outcome is not None:
+            self._refuse_missing_pin(cheque_outcome, cheques=True)
         await self.batcher.start()
         # Last: everything loaded so far lives as long as the process; see inkwell.heap.
         self._heap.freeze()
@@ -187,16 +191,27 @@ class ServiceContext:
             self._heap.thaw()
         self.metrics.worker_exited()
 
-    def _refuse_missing_pin(self, outcome: RefreshOutcome) -> None:
+    def _refuse_missing_pin(self, outcome: RefreshOutcome, *, cheques: bool = False) -> None:
         """A pinned version the registry does not have is a deployment mistake: stop now, not
         wait unready. (An unreachable registry is not: the poller keeps trying.)"""
-        pinned = self.settings.model_version
+        if cheques:
+            pinned, variable, name = (
+                self.settings.cheque_model_version,
+                "INKWELL_SERVICE_CHEQUE_MODEL_VERSION",
+                self.cheques.name,
+            )
+        else:
+            pinned, variable, name = (
+                self.settings.model_version,
+                "INKWELL_SERVICE_MODEL_VERSION",
+                self.model.name,
+            )
         if pinned is None or not isinstance(outcome.error, ModelNotFoundError):
             return
         raise ModelNotFoundError(
-            f"INKWELL_SERVICE_MODEL_VERSION={pinned}, but the registry has no version "
-            f"{pinned} of {self.model.name!r}. Pick a registered version (`inkwell models`), "
-            f"or unset it to follow the alias {self.settings.variant!r}."
+            f"{variable}={pinned}, but the registry has no version {pinned} of {name!r}. Pick "
+            f"a registered version (`inkwell models`), or unset it to follow the alias "
+            f"{self.settings.variant!r}."
         )
 
     def seed_shipped(self) -> None:

@@ -56,6 +56,13 @@ class ServiceSettings(CoreSettings):
         "following the variant's alias (pod-level canaries, reproducible rollbacks). The "
         "service refuses to start when the registry has no such version.",
     )
+    cheque_model_version: str | None = Field(
+        default=None,
+        pattern=r"^[1-9][0-9]*$",
+        description="Serve exactly this registry version of the cheque model instead of "
+        "following the variant's alias (INKWELL_SERVICE_MODEL_VERSION's twin for cheques). The "
+        "service refuses to start when the registry has no such version.",
+    )
     host: str = "127.0.0.1"
     workers: int = Field(
         default=1,

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from inkwell.cheques.reader import ChequeReader
 from inkwell.contract import IMAGE_KEY_HEADER, MODEL_VERSION_HEADER, PREDICTION_HEADER
+from inkwell.errors import ModelNotFoundError
 from inkwell.registry import Registry
 from inkwell.settings import STABLE, CoreSettings
 from router.payload import peek, prediction_of, version_of
@@ -197,3 +198,36 @@ def test_readiness_reports_the_served_cheque_version(inkwell_home: Path, mnist_d
         ready = app.get("/readyz").json()
     assert ready["variant"] == "stable"
     assert ready["cheque_model_version"] == "1"
+
+
+def test_a_pinned_cheque_version_is_served_instead_of_the_alias(
+    inkwell_home: Path, mnist_dir: Path
+) -> None:
+    with TestClient(create_app(settings_for(inkwell_home, mnist_dir, seed_shipped=True))):
+        pass  # seeds the shipped reader as v1 (stable)
+    registry = Registry(CoreSettings(home=inkwell_home, data_dir=mnist_dir))
+    with registry.start_run("cheque-pin-test") as run, tempfile.TemporaryDirectory() as tmp:
+        meta = ChequeReader.build_meta(
+            TINY, calibration={"temperature": 1.0, "review_threshold": 0.5}
+        )
+        files = always_five().save(Path(tmp))
+        v2 = registry.register_files("inkwell-cheques", run.info.run_id, files, meta)
+    registry.set_alias("inkwell-cheques", STABLE, v2.version)
+    pinned = settings_for(inkwell_home, mnist_dir).model_copy(update={"cheque_model_version": "1"})
+    with TestClient(create_app(pinned)) as app:
+        assert app.get("/readyz").json()["cheque_model_version"] == "1"
+    with TestClient(create_app(settings_for(inkwell_home, mnist_dir))) as app:
+        assert app.get("/readyz").json()["cheque_model_version"] == v2.version
+
+
+def test_service_refuses_to_start_with_a_pinned_cheque_version_the_registry_lacks(
+    registered_home: Path, mnist_dir: Path
+) -> None:
+    pinned = settings_for(registered_home, mnist_dir).model_copy(
+        update={"cheque_model_version": "999"}
+    )
+    with pytest.raises(ModelNotFoundError) as failed, TestClient(create_app(pinned)):
+        pass
+    message = failed.value.message
+    assert "INKWELL_SERVICE_CHEQUE_MODEL_VERSION=999" in message and "no version 999" in message
+    assert "inkwell-cheques" in message
