@@ -1,7 +1,7 @@
 """End to end through the CLI: train (dry run) registers stable; eval prints the accuracy line.
 
-The commands run in this process (`tests.cli.invoke`); training and evaluating also run once
-through the real entry point (`tests.cli.run`).
+The commands run in this process (`tests.cli.invoke`) but `inkwell train`, which also runs
+once through the real entry point (`tests.cli.run`; `inkwell eval` does in test_eval_images).
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ from tests.cli import invoke, run
 
 @pytest.mark.integration
 def test_train_dry_run_registers_stable_and_eval_prints_accuracy(
-    inkwell_home: Path, tmp_path: Path
+    inkwell_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trained = run("train", "--dry-run", "--width", "4", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert "registered inkwell-digits v1 (stable)" in trained.stdout
     other = tmp_path / "other"
     other.mkdir()
-    evaluated = run("eval", "--model", "stable", cwd=other)
-    assert evaluated.returncode == 0, evaluated.stderr
+    monkeypatch.chdir(other)  # the registry is found through INKWELL_HOME, not the directory
+    evaluated = invoke("eval", "--model", "stable")
+    assert evaluated.exit_code == 0, evaluated.output
     assert re.search(r"^accuracy \d{1,3}\.\d\d %$", evaluated.stdout, re.MULTILINE)
     # the run used the base recipe: 4 epochs, Adam at its peak lr, one stem convolution
     registry = Registry()
