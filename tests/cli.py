@@ -14,9 +14,11 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from unittest import mock
 
 from typer.testing import CliRunner, Result
 
+from inkwell.console import console
 from inkwell_app.cli import _register_components, app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +35,10 @@ def invoke(*args: str) -> Result:
     so that a failing test shows its traceback.
     """
     _register_components()
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": COLUMNS}, catch_exceptions=False)
+    # rich reads COLUMNS once, when the shared console is made: pytest-xdist's workers have
+    # COLUMNS=80 then, which would wrap long paths in the messages the tests read
+    with mock.patch.object(console, "_width", int(COLUMNS)):
+        return CliRunner().invoke(app, list(args), env={"COLUMNS": COLUMNS}, catch_exceptions=False)
 
 
 def run(
