@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperGroup
 
 from inkwell.console import DataOpt, check_choice, console, progress_bar, progress_step
 from inkwell.errors import InkwellError
 from inkwell.optim import OPTIMIZERS
 
+
+class _InkwellGroup(TyperGroup):
+    """The root command: a domain error anywhere below becomes one clear line and exit 2, for
+    the console script and for a test that runs the command line in process alike."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except InkwellError as exc:
+            console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
+            sys.exit(2)
+
+
 app = typer.Typer(
+    cls=_InkwellGroup,
     help="Inkwell: digit and cheque-amount recognition with canary rollouts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -150,13 +166,25 @@ def eval_cmd(
             "refused) instead of tables.",
         ),
     ] = False,
+    test_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Evaluate on the first N MNIST test images only (default: all 10,000): a "
+            "quick check, not a number to compare models by.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a digit model on the 10,000 MNIST test images or on a folder of real digits."""
+    if test_size is not None and images is not None:
+        raise typer.BadParameter(
+            "limits the MNIST test set: leave it out with --images", param_hint="--test-size"
+        )
     from inkwell.data import load_split
     from inkwell.digit_images import FolderEvaluation
     from inkwell.registry import Registry, load_digit_dir
     from inkwell.train import split_tensors
-    from inkwell.training import evaluate
+    from inkwell.training import EvalResult, evaluate
 
     if model_dir is not None:
         net, _meta = load_digit_dir(model_dir)
@@ -165,9 +193,14 @@ def eval_cmd(
         loaded = Registry().load_digit_model(model)
         net = loaded.model
         source = f"{loaded.info.name} v{loaded.info.version} ({model})"
+
+    def mnist_test() -> EvalResult:
+        x, y = split_tensors(load_split("test", data))
+        return evaluate(net, x[:test_size], y[:test_size])
+
     if as_json:
         if images is None:
-            result = evaluate(net, *split_tensors(load_split("test", data)))
+            result = mnist_test()
             correct = sum(result.confusion[d][d] for d in range(len(result.confusion)))
             outcome = FolderEvaluation(result.n, correct, [], result)
         else:
@@ -179,7 +212,9 @@ def eval_cmd(
         return
     console.print(f"model {source}{' (folder)' if model_dir is not None else ''}")
     if images is None:
-        result = evaluate(net, *split_tensors(load_split("test", data)))
+        result = mnist_test()
+        if test_size is not None:
+            console.print(f"the first {result.n} MNIST test images")
         console.print(f"accuracy {100 * result.accuracy:.2f} %")
     else:
         from inkwell.digit_images import evaluate_digit_folder, load_digit_folder, read_digit_labels
@@ -229,8 +264,10 @@ def models(name: Annotated[str | None, typer.Option(help="Registered model name.
     console.print(table)
 
 
+@functools.cache
 def _register_components() -> None:
-    """Attach the component CLIs (service, trainer, router, cheques), `up`, `mlflow` and `bench`."""
+    """Attach the component CLIs (service, trainer, router, cheques), `up`, `mlflow` and `bench`
+    (once a process: tests build the command line in process many times)."""
     # imported here, not at the top: `inkwell_app.up` imports BASE_EPOCHS from this module
     from bench.cli import bench_app
     from inkwell.cheques import cli as cheques_cli
@@ -245,10 +282,6 @@ def _register_components() -> None:
 
 
 def main() -> None:
-    """Entry point: domain errors become one clear line and exit status 2."""
+    """Entry point (the `inkwell` console script)."""
     _register_components()
-    try:
-        app()
-    except InkwellError as exc:
-        console.print(f"[red]error[/red] ({exc.code}): {exc.message}")
-        sys.exit(2)
+    app()

@@ -164,10 +164,11 @@ def wait_http(
     wait_until(lambda: ok(httpx.get(url, timeout=2.0)), timeout, url, proc, interval=0.3)
 
 
-# `ctypes.util.find_library` runs these the first time some library is imported lazily, and
-# MLflow (through GitPython) runs `git version` at the first run or registration in a process:
-# not processes the test starts, and whichever test comes first would otherwise be blamed.
-LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump", "git"})
+# `ctypes.util.find_library` runs these the first time some library is imported lazily,
+# MLflow (through GitPython) runs `git version` at the first run or registration in a process,
+# and `platform.processor()` runs `uname -p` the first time a library asks: not processes the
+# test starts, and whichever test comes first would otherwise be blamed.
+LIBRARY_LOOKUPS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump", "git", "uname"})
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 The model is a small DigitNet really trained on MNIST (seconds) and saved as a model folder;
 the folders hold MNIST test digits redrawn as scans (dark ink on light paper, upscaled, off
-centre), which only the serving preprocessing turns back into MNIST format.
+centre), which only the serving preprocessing turns back into MNIST format. One test runs the
+real `inkwell` entry point; the others run the command in this process (`tests.cli.invoke`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +23,12 @@ from inkwell.data import load_split
 from inkwell.digit_images import evaluate_digit_folder, load_digit_folder
 from inkwell.registry import load_digit_dir
 from inkwell.shipped import SHIPPED_DIR
+from tests.cli import invoke, run
 
 REPO = Path(__file__).resolve().parents[2]
 CHEQUES_DIR = Path(
     os.environ.get("INKWELL_CHEQUES_DATA_DIR", REPO.parent / "shared" / "data" / "orand-car-a")
 )
-
-
-def inkwell(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def accuracy_line(stdout: str) -> float:
@@ -86,7 +74,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
 def test_eval_images_prints_the_accuracy_of_a_model_folder_on_scanned_digits(
     model_dir: Path, scans: Path, tmp_path: Path
 ) -> None:
-    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(scans), cwd=tmp_path)
+    result = run("eval", "--model-dir", str(model_dir), "--images", str(scans), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"100 images in {scans}" in result.stdout
     printed = accuracy_line(result.stdout)
@@ -108,31 +96,26 @@ def test_wrong_labels_lower_the_accuracy(model_dir: Path, scans: Path, tmp_path:
     assert evaluate_digit_folder(model, load_digit_folder(shifted)).accuracy < 0.2
 
 
-@pytest.mark.integration
 def test_images_preprocessing_refuses_count_as_errors(model_dir: Path, tmp_path: Path) -> None:
     blank = io.BytesIO()
     Image.fromarray(np.full((40, 40), 230, np.uint8)).save(blank, "PNG")
     folder = write_folder(
         tmp_path / "with-blank", [("blank.png", blank.getvalue(), "3"), ("junk.png", b"xx", "4")]
     )
-    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(folder), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = invoke("eval", "--model-dir", str(model_dir), "--images", str(folder))
+    assert result.exit_code == 0, result.output
     assert accuracy_line(result.stdout) == 0.0
     assert "refused by preprocessing (counted as errors): 2" in result.stdout
     assert "no_ink" in result.stdout and "invalid_image" in result.stdout
 
 
-@pytest.mark.integration
 def test_missing_labels_file_says_what_to_add(model_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = inkwell(
-        "eval", "--model-dir", str(model_dir), "--images", str(tmp_path / "empty"), cwd=tmp_path
-    )
-    assert result.returncode == 2
+    result = invoke("eval", "--model-dir", str(model_dir), "--images", str(tmp_path / "empty"))
+    assert result.exit_code == 2
     assert "No labels file" in result.stdout and "filename,digit" in result.stdout
 
 
-@pytest.mark.integration
 def test_ill_formed_labels_are_listed_by_line(model_dir: Path, scans: Path, tmp_path: Path) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -140,29 +123,41 @@ def test_ill_formed_labels_are_listed_by_line(model_dir: Path, scans: Path, tmp_
     (folder / "labels.csv").write_text(
         "filename,digit\na.png,12\nmissing.png,3\na.png,3,extra\na.png,x\n"
     )
-    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(folder), cwd=tmp_path)
-    assert result.returncode == 2
+    result = invoke("eval", "--model-dir", str(model_dir), "--images", str(folder))
+    assert result.exit_code == 2
     out = " ".join(result.stdout.split())
     assert "4 bad row(s)" in out
     for fragment in ("line 2", "not one digit", "line 3", "does not exist", "line 4", "line 5"):
         assert fragment in out, out
 
 
-@pytest.mark.integration
 def test_model_dir_without_a_model_is_a_clear_error(scans: Path, tmp_path: Path) -> None:
-    result = inkwell("eval", "--model-dir", str(tmp_path), "--images", str(scans), cwd=tmp_path)
-    assert result.returncode == 2
+    result = invoke("eval", "--model-dir", str(tmp_path), "--images", str(scans))
+    assert result.exit_code == 2
     assert "holds no digit model" in " ".join(result.stdout.split())
 
 
-@pytest.mark.integration
-def test_model_dir_alone_evaluates_on_mnist_test(model_dir: Path, tmp_path: Path) -> None:
-    result = inkwell("eval", "--model-dir", str(model_dir), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_model_dir_alone_evaluates_on_mnist_test(model_dir: Path) -> None:
+    result = invoke("eval", "--model-dir", str(model_dir), "--test-size", "1000")
+    assert result.exit_code == 0, result.output
+    assert "the first 1000 MNIST test images" in result.stdout
     assert accuracy_line(result.stdout) >= 80.0
+    as_json = invoke("eval", "--model-dir", str(model_dir), "--test-size", "300", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    report = json.loads(as_json.stdout)
+    assert report["images"] == "mnist-test" and report["total"] == 300
 
 
-@pytest.mark.integration
+def test_test_size_is_refused_with_images_and_below_one(model_dir: Path, scans: Path) -> None:
+    with_images = invoke("eval", "--model-dir", str(model_dir), "--images", str(scans),
+                         "--test-size", "10")  # fmt: skip
+    assert with_images.exit_code == 2
+    assert "--test-size" in with_images.output and "--images" in with_images.output
+    zero = invoke("eval", "--model-dir", str(model_dir), "--test-size", "0")
+    assert zero.exit_code == 2
+    assert "--test-size" in zero.output
+
+
 def test_real_cheque_digits_cut_by_their_boxes_are_evaluated(
     model_dir: Path, tmp_path: Path
 ) -> None:
@@ -182,8 +177,8 @@ def test_real_cheque_digits_cut_by_their_boxes_are_evaluated(
         field.crop((x, y, x + w, y + h)).save(buffer, "PNG")
         digits.append((f"real{i}.png", buffer.getvalue(), row["digit"]))
     folder = write_folder(tmp_path / "real", digits)
-    result = inkwell("eval", "--model-dir", str(model_dir), "--images", str(folder), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = invoke("eval", "--model-dir", str(model_dir), "--images", str(folder))
+    assert result.exit_code == 0, result.output
     assert f"200 images in {folder}" in result.stdout
     assert accuracy_line(result.stdout) > 30.0  # far above chance, far below MNIST
 
@@ -209,13 +204,12 @@ def test_folder_report_has_per_class_accuracy_confusion_and_refusals(
     )
 
 
-@pytest.mark.integration
 def test_eval_images_json_prints_one_report_object(
     model_dir: Path, scans: Path, tmp_path: Path
 ) -> None:
     args = ("eval", "--model-dir", str(model_dir), "--images", str(scans), "--json")
-    result = inkwell(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # nothing but the JSON object on stdout
     model, _ = load_digit_dir(model_dir)
     expected = evaluate_digit_folder(model, load_digit_folder(scans)).to_dict()
@@ -223,12 +217,11 @@ def test_eval_images_json_prints_one_report_object(
     assert report["total"] == 100 and len(report["confusion"]) == 10
 
 
-@pytest.mark.integration
 def test_eval_images_json_with_a_missing_labels_file_is_still_a_clear_error(
     model_dir: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "empty").mkdir()
     args = ("eval", "--model-dir", str(model_dir), "--images", str(tmp_path / "empty"), "--json")
-    result = inkwell(*args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "No labels file" in result.stdout + result.stderr
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert "No labels file" in result.output

@@ -1,10 +1,11 @@
-"""`inkwell rollout ...` against a running router: status, actions, and clear errors."""
+"""`inkwell rollout ...` against a running router: status, actions, and clear errors.
+
+The commands run in this process (`tests.cli.invoke`) but for one, through the real entry point.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,10 +14,9 @@ import pytest
 
 from router.app import create_app
 from router.settings import RouterSettings
+from tests.cli import invoke, run
 from tests.harness import free_port
 from tests.router.router_fakes import FakeService, serve_in_thread
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class InMemoryAliases:
@@ -38,16 +38,19 @@ class InMemoryAliases:
 
 
 def cli_env(home: Path) -> dict[str, str]:
+    """This process's environment with no INKWELL_ setting but INKWELL_HOME (the admin key's)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INKWELL_")}
-    env.update(PYTHONPATH=str(REPO), INKWELL_HOME=str(home), COLUMNS="200")
-    return env
+    return {**env, "INKWELL_HOME": str(home)}
 
 
-def inkwell(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from inkwell_app.cli import main; main()", *args],
-        env=cli_env(home), capture_output=True, text=True, timeout=300, cwd=REPO,
-    )  # fmt: skip
+@pytest.fixture
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`cli_env(tmp_path)` for the commands this test runs in process."""
+    for name in os.environ:
+        if name.startswith("INKWELL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("INKWELL_HOME", str(tmp_path))
+    return tmp_path
 
 
 def wait_for_phase(url: str, key: str, phase: str, timeout: float = 10) -> None:
@@ -60,48 +63,48 @@ def wait_for_phase(url: str, key: str, phase: str, timeout: float = 10) -> None:
     raise TimeoutError(f"rollout never reached {phase}")
 
 
-@pytest.mark.integration
-def test_rollout_commands_steer_a_running_router(tmp_path):
+def test_rollout_commands_steer_a_running_router(cli_home: Path) -> None:
     stable, canary = FakeService("stable", "1"), FakeService("canary", "2")
     aliases = InMemoryAliases()
     with serve_in_thread(stable.app()) as stable_url, serve_in_thread(canary.app()) as canary_url:
         settings = RouterSettings(
-            home=tmp_path, stable_url=stable_url, canary_url=canary_url,
+            home=cli_home, stable_url=stable_url, canary_url=canary_url,
             analysis_interval_s=600, registry_poll_s=0.1, probe_interval_s=0.1,
         )  # fmt: skip
         with serve_in_thread(create_app(settings, aliases=aliases), port=free_port()) as url:
             aliases.set_alias("canary", "2")
             # the router wrote its admin key into INKWELL_HOME; the CLI finds it there
-            key = (tmp_path / "router-admin.key").read_text()
+            key = (cli_home / "router-admin.key").read_text()
             wait_for_phase(url, key, "canary")
-            script = (
-                "from inkwell_app.cli import main; import sys\n"
-                "url = sys.argv[1]\n"
-                "for args in (['rollout', 'pause'], ['rollout', 'status'], "
-                "['rollout', 'rollback', '--reason', 'cli test'], ['rollout', 'events']):\n"
-                "    sys.argv = ['inkwell', *args, '--url', url]\n"
-                "    try:\n"
-                "        main()\n"
-                "    except SystemExit as exit:\n"
-                "        if exit.code: raise\n"
-            )
-            done = subprocess.run(
-                [sys.executable, "-c", script, url], env=cli_env(tmp_path), capture_output=True,
-                text=True, timeout=300, cwd=REPO,
-            )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "paused" in done.stdout and "rolled_back" in done.stdout
+            output = ""
+            for args in (
+                ("pause",),
+                ("status",),
+                ("rollback", "--reason", "cli test"),
+                ("events",),
+            ):
+                done = invoke("rollout", *args, "--url", url)
+                output += done.output
+                assert done.exit_code == 0, output
+    assert "paused" in output and "rolled_back" in output
     assert aliases.tags["2"]["rolled_back"].startswith("cli test")
     assert "canary" not in aliases.aliases
 
 
 @pytest.mark.integration
-def test_rollout_without_a_key_or_router_says_how_to_fix_it(tmp_path):
-    no_key = inkwell(tmp_path, "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}")
+def test_rollout_without_a_key_says_how_to_set_one(tmp_path: Path) -> None:
+    # through the real entry point: the `inkwell rollout` group's one test as a process
+    no_key = run(
+        "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}",
+        cwd=tmp_path, env=cli_env(tmp_path),
+    )  # fmt: skip
     assert no_key.returncode == 2
     assert "api_key_required" in no_key.stdout and "INKWELL_ROUTER_ADMIN_API_KEY" in no_key.stdout
-    no_router = inkwell(
-        tmp_path, "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}", "--key", "k"
+
+
+def test_rollout_without_a_router_says_how_to_start_one(cli_home: Path) -> None:
+    no_router = invoke(
+        "rollout", "status", "--url", f"http://127.0.0.1:{free_port()}", "--key", "k"
     )
-    assert no_router.returncode == 2
+    assert no_router.exit_code == 2
     assert "upstream_unavailable" in no_router.stdout and "inkwell router" in no_router.stdout

@@ -28,6 +28,7 @@ from inkwell_app.up import (
     seed_shipped_models,
 )
 from router.settings import RouterSettings
+from tests.cli import invoke
 
 KEYS = Keys("client-key", "admin-key", "test", "test", "trainer-key", "test")
 
@@ -55,6 +56,15 @@ def test_components_come_from_the_environment_in_start_order(
     monkeypatch.setenv("INKWELL_UP_COMPONENTS", "router,database")
     with pytest.raises(ValidationError, match="unknown components"):
         UpSettings()
+
+
+def test_an_unknown_component_to_skip_is_a_usage_error(
+    settings: UpSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INKWELL_HOME", str(settings.home))
+    result = invoke("up", "--skip", "database")
+    assert result.exit_code == 2
+    assert "service-stable, service-canary, trainer, router" in result.output
 
 
 def test_specs_wire_every_component_to_the_others(settings: UpSettings) -> None:
