@@ -224,6 +224,15 @@ class RegistryAccessSettings(CoreSettings):
         default=None,
         description="SQLAlchemy URL of MLflow's user store; default sqlite:///<home>/mlflow-auth.db.",
     )
+    auth_cache_ttl_s: int = Field(
+        default=60,
+        ge=0,
+        description="Seconds a checked username and password stay trusted by one server process "
+        "(MLflow's auth_cache_ttl_seconds). Checking a password costs ~0.1 s of CPU (scrypt) and "
+        "every component polls the registry, so 0 (check every request) keeps a core busy on "
+        "passwords. A password changed through MLflow's API takes effect at once on the server "
+        "process that took the change; on its other workers and replicas within this time.",
+    )
     trainer_username: str = "inkwell-trainer"
     trainer_password: ApiKey | None = None
     router_username: str = "inkwell-router"

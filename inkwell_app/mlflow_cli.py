@@ -27,8 +27,9 @@ DEFAULT_PERMISSION = "NO_PERMISSIONS"
 AUTH_CONFIG_FILE = "basic_auth.ini"
 
 
-def auth_config_text(database_uri: str, admin_username: str) -> str:
-    """The `[mlflow]` section MLflow's basic-auth app reads (`MLFLOW_AUTH_CONFIG_PATH`)."""
+def auth_config_text(database_uri: str, admin_username: str, cache_ttl_s: int = 0) -> str:
+    """The `[mlflow]` section MLflow's basic-auth app reads (`MLFLOW_AUTH_CONFIG_PATH`);
+    `cache_ttl_s` > 0 trusts a checked password that long (MLflow's credential cache)."""
 
     # configparser interpolates `%`: a password in the URL may hold one.
     def escape(value: str) -> str:
@@ -40,6 +41,7 @@ def auth_config_text(database_uri: str, admin_username: str) -> str:
         f"database_uri = {escape(database_uri)}\n"
         f"admin_username = {escape(admin_username)}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"auth_cache_ttl_seconds = {cache_ttl_s}\n"
     )
 
 
@@ -60,7 +62,8 @@ def server(ctx: typer.Context) -> None:
 
     Reads MLFLOW_AUTH_ADMIN_USERNAME (default admin), MLFLOW_AUTH_ADMIN_PASSWORD (creates the
     admin on the first start), MLFLOW_FLASK_SERVER_SECRET_KEY and
-    INKWELL_MLFLOW_AUTH_DATABASE_URI (the user store).
+    INKWELL_MLFLOW_AUTH_DATABASE_URI (the user store) and INKWELL_MLFLOW_AUTH_CACHE_TTL_S (how
+    long a checked password is trusted, default 60 s).
     """
     from inkwell.settings import RegistryAccessSettings
 
@@ -78,7 +81,11 @@ def server(ctx: typer.Context) -> None:
     config = folder / AUTH_CONFIG_FILE
     config.touch(mode=0o600)
     config.write_text(
-        auth_config_text(settings.resolved_auth_database_uri, settings.admin_username)
+        auth_config_text(
+            settings.resolved_auth_database_uri,
+            settings.admin_username,
+            settings.auth_cache_ttl_s,
+        )
     )
     os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
     command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", *ctx.args]

@@ -156,6 +156,52 @@ def test_running_the_init_step_again_rotates_a_password(
     assert httpx.get(get, params={"name": MODEL}, auth=("inkwell-service", new)).status_code == 200
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_checked_password_is_trusted_for_the_cache_ttl_not_checked_per_request(
+    auth_server: AuthServer,
+) -> None:
+    """Each password check costs ~0.1 s of CPU; the server trusts a checked one for
+    INKWELL_MLFLOW_AUTH_CACHE_TTL_S (60 s). A change that bypasses this server process (here:
+    straight in the user store, as another replica's would) shows the cache at work."""
+    import sqlite3
+
+    from werkzeug.security import generate_password_hash
+
+    auth_server.init_users()
+    get = f"{auth_server.url}/api/2.0/mlflow/registered-models/get"
+    old = ("inkwell-service", PASSWORDS["INKWELL_MLFLOW_SERVICE_PASSWORD"])
+    assert httpx.get(get, params={"name": MODEL}, auth=old).status_code == 200
+    with sqlite3.connect(auth_server.home / "mlflow-auth.db") as store:
+        changed = store.execute(
+            "UPDATE users SET password_hash = ? WHERE username = ?",
+            (generate_password_hash("elsewhere-rotated-password-0123"), old[0]),
+        )
+        assert changed.rowcount == 1
+    assert httpx.get(get, params={"name": MODEL}, auth=old).status_code == 200  # still trusted
+    rotated = (old[0], "elsewhere-rotated-password-0123")
+    assert httpx.get(get, params={"name": MODEL}, auth=rotated).status_code == 200
+    wrong = (old[0], "never-was-the-password-0123")
+    assert httpx.get(get, params={"name": MODEL}, auth=wrong).status_code == 401
+
+
+def test_the_auth_config_sets_the_credential_cache_mlflow_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.server.auth.config import read_auth_config
+
+    from inkwell.settings import RegistryAccessSettings
+
+    ttl = RegistryAccessSettings().auth_cache_ttl_s
+    assert ttl == 60
+    config = tmp_path / "basic_auth.ini"
+    config.write_text(auth_config_text("sqlite:///auth.db", "admin", ttl))
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(config))
+    read = read_auth_config()
+    assert read.auth_cache_ttl_seconds == 60
+    assert read.default_permission == "NO_PERMISSIONS"
+
+
 def test_a_placeholder_tracking_password_is_refused_at_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
