@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import Result
 
+from tests.cli import invoke
 from tests.harness import free_port
 from tests.router import e2e_harness as h
 
@@ -354,21 +354,13 @@ def test_rollout_cli_and_admin_api_need_the_key(system, stop_later):
     stop_later.append(router)
     assert httpx.get(f"{router_url}/admin/rollout").status_code == 401
     assert httpx.post(f"{router_url}/admin/rollout/promote").status_code == 401
-    env = h.base_env(system.home, system.mnist)
-    base = [sys.executable, "-c", h.CLI, "rollout"]
 
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*base, *args, "--url", router_url],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=h.REPO,
-        )
+    # in this process (tests/router/test_router_cli.py runs the real entry point)
+    def cli(*args: str) -> Result:
+        return invoke("rollout", *args, "--url", router_url)
 
     denied = cli("status", "--key", "not-the-key")
-    assert denied.returncode == 2 and "invalid_api_key" in denied.stdout
+    assert denied.exit_code == 2 and "invalid_api_key" in denied.stdout
     version = h.register(system.home, system.models.good, ("canary",), "manual")
     h.wait_phase(router_url, ("canary",), 30, router, version)
     key = {"X-API-Key": h.ADMIN_KEY}
@@ -377,7 +369,7 @@ def test_rollout_cli_and_admin_api_need_the_key(system, stop_later):
     resumed = httpx.post(f"{router_url}/admin/rollout/resume", headers=key, timeout=30)
     assert resumed.json()["phase"] == "canary"
     done = cli("rollback", "--key", h.ADMIN_KEY, "--json")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["phase"] == "rolled_back"
     _, tags = h.registry_state(system.home, version)
     assert "rolled back manually" in tags["rolled_back"]
