@@ -207,6 +207,7 @@ class ServiceStarter:
     def start(
         self, variant: str = STABLE, *, env: dict[str, str] | None = None, wait: bool = True
     ) -> LiveService:
+        """Start one service process; wait until it is ready unless `wait` is false."""
         port = free_port()
         log = self.log_dir / f"service-{len(self.started)}.log"
         code = "from inkwell_app.cli import main; main()"
@@ -224,6 +225,7 @@ class ServiceStarter:
         return service
 
     def stop_all(self) -> None:
+        """Stop every process started here that still runs (SIGTERM, then SIGKILL)."""
         for service in self.started:
             if service.process.poll() is None:
                 service.process.terminate()
