@@ -6,18 +6,32 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.router.router_fakes import FakeService, serve_in_thread
+from tests.router.router_fakes import FakeService, SharedServer, shared_server
+
+
+@pytest.fixture(scope="module")
+def stable_server() -> Iterator[SharedServer]:
+    """The server the module's fake stable services are served on, one test at a time."""
+    with shared_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def canary_server() -> Iterator[SharedServer]:
+    """The server the module's fake canary services are served on, one test at a time."""
+    with shared_server() as server:
+        yield server
 
 
 @pytest.fixture
-def stable_service() -> Iterator[tuple[FakeService, str]]:
+def stable_service(stable_server: SharedServer) -> Iterator[tuple[FakeService, str]]:
     service = FakeService("stable", "1")
-    with serve_in_thread(service.app()) as url:
+    with stable_server.serving(service.app()) as url:
         yield service, url
 
 
 @pytest.fixture
-def canary_service() -> Iterator[tuple[FakeService, str]]:
+def canary_service(canary_server: SharedServer) -> Iterator[tuple[FakeService, str]]:
     service = FakeService("canary", "2")
-    with serve_in_thread(service.app()) as url:
+    with canary_server.serving(service.app()) as url:
         yield service, url

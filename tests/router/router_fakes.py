@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -69,6 +70,51 @@ def serve_in_thread(app, port: int | None = None, **options: object) -> Iterator
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
+
+
+class SharedServer:
+    """One server in a thread for a module's tests, serving each test's own app in turn.
+
+    Starting and stopping a uvicorn server costs a test 0.1-0.3 s (its shutdown alone waits
+    0.1 s); the tests that only need a fresh fake upstream get one on this server instead.
+    Between tests (no app) it answers 503.
+    """
+
+    def __init__(self) -> None:
+        self.app: Any = None
+        self.url = ""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":  # the fakes have no start-up work of their own
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        app = self.app
+        if app is None:
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b"no test is using this server"})
+            return
+        await app(scope, receive, send)
+
+    @contextmanager
+    def serving(self, app: Any) -> Iterator[str]:
+        """Serve `app` for the block; yields the server's URL."""
+        self.app = app
+        try:
+            yield self.url
+        finally:
+            self.app = None
+
+
+@contextmanager
+def shared_server() -> Iterator[SharedServer]:
+    """A `SharedServer` running until the block ends."""
+    server = SharedServer()
+    with serve_in_thread(server) as url:
+        server.url = url
+        yield server
 
 
 def digit_of(body: bytes) -> int:

@@ -28,7 +28,8 @@ def test_a_slow_stable_and_slow_clients_leave_health_checks_and_canary_users_ans
     answers: list[tuple[int, str, float]] = []
     stop = threading.Event()
     with (
-        serve_in_thread(stable.app()) as stable_url,
+        # its hanging predictions are cancelled when the test ends, not waited for (10 s)
+        serve_in_thread(stable.app(), timeout_graceful_shutdown=0.5) as stable_url,
         serve_in_thread(canary.app()) as canary_url,
         router(
             tmp_path, stable_url, canary_url, canary_weight=50, stable_timeout_s=STABLE_TIMEOUT_S

@@ -15,7 +15,7 @@ from router.app import create_app
 from router.routing import user_position
 from router.settings import RouterSettings
 from router.state import Phase, RolloutState
-from tests.harness import free_port
+from tests.harness import free_port, wait_until
 from tests.router.router_fakes import FakeService, digit_of, serve_in_thread
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"not really a png but the fake service does not care"
@@ -262,7 +262,8 @@ def test_shadow_mode_never_changes_responses(
         while canary.predictions < 30 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert canary.predictions == 30
-        time.sleep(0.2)
+        comparisons = "inkwell_router_shadow_comparisons_total"
+        wait_until(lambda: metric(client, comparisons) >= 30, 5, "30 shadow comparisons")
         disagree = metric(client, "inkwell_router_shadow_comparisons_total", agree="false")
         agree = metric(client, "inkwell_router_shadow_comparisons_total", agree="true")
         assert (agree, disagree) == (0, 30)
@@ -288,7 +289,8 @@ def test_shadow_agreement_is_measured(
     ) as client:
         for i in range(10):
             predict(client, image(i))
-        time.sleep(0.5)
+        comparisons = "inkwell_router_shadow_comparisons_total"
+        wait_until(lambda: metric(client, comparisons) >= 10, 5, "10 shadow comparisons")
         assert (
             metric(
                 client,

@@ -19,7 +19,7 @@ from router.app import create_app
 from router.cli import forwarding_options
 from router.settings import RouterSettings
 from router.sources import parse_exposition
-from tests.router.router_fakes import serve_in_thread
+from tests.router.router_fakes import SharedServer, serve_in_thread
 
 ADMIN_KEY = "router-admin-key-for-tests-0123456789"
 TESTER_KEY = "router-tester-key-for-tests-9876543210"
@@ -66,9 +66,11 @@ class Recorder:
 
 
 @pytest.fixture
-def upstreams() -> Iterator[tuple[Recorder, str, Recorder, str]]:
+def upstreams(
+    stable_server: SharedServer, canary_server: SharedServer
+) -> Iterator[tuple[Recorder, str, Recorder, str]]:
     stable, canary = Recorder("stable", "1"), Recorder("canary", "2")
-    with serve_in_thread(stable) as stable_url, serve_in_thread(canary) as canary_url:
+    with stable_server.serving(stable) as stable_url, canary_server.serving(canary) as canary_url:
         yield stable, stable_url, canary, canary_url
 
 

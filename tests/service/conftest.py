@@ -1,4 +1,4 @@
-"""Service test fixtures: a real MLflow sqlite registry holding small, really trained models."""
+"""Service test fixtures: a real MLflow sqlite registry holding the small shipped digit model."""
 
 from __future__ import annotations
 
@@ -22,24 +22,23 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from inkwell.data import load_split
-from inkwell.model import DigitNet, ModelConfig
-from inkwell.registry import Registry, VersionInfo
+from inkwell.registry import Registry, VersionInfo, load_digit_dir
 from inkwell.settings import CANARY, STABLE, CoreSettings
+from inkwell.shipped import shipped_model
 from inkwell.train import split_tensors
-from inkwell.training import TrainConfig, evaluate, fit
+from inkwell.training import evaluate
 from service.main import create_app
 from service.settings import ServiceSettings
+from tests.conftest import copy_mlflow_db
 from tests.harness import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_IMAGES = 4000
-TRAIN_STEPS = 200
 API_KEY = "test-key-0123456789"
 
 
 @dataclass(frozen=True)
 class TrainedRegistry:
-    """A home with an MLflow sqlite registry: v1 (stable) and v2 (canary), both trained."""
+    """A home with an MLflow sqlite registry: v1 (stable) and v2 (canary), the shipped model."""
 
     home: Path
     data_dir: Path
@@ -65,26 +64,25 @@ class TrainedRegistry:
         return Registry(CoreSettings(home=self.home, data_dir=self.data_dir))
 
 
-def train_tiny(x: torch.Tensor, y: torch.Tensor, seed: int) -> DigitNet:
-    torch.manual_seed(seed)
-    model = DigitNet(ModelConfig(width=8))
-    cfg = TrainConfig(epochs=10, batch_size=64, seed=seed, max_steps=TRAIN_STEPS, augment=False)
-    fit(model, (x, y), cfg)
-    return model.eval()
-
-
 @pytest.fixture(scope="session")
-def trained_registry(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> TrainedRegistry:
-    """Train a tiny model on real MNIST (seconds); register it as v1 (stable) and v2 (canary)."""
+def trained_registry(
+    tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, empty_mlflow_db: Path
+) -> TrainedRegistry:
+    """The shipped digit model registered as v1 (stable) and v2 (canary) in a home of its own.
+
+    The shipped model is trained on all of MNIST and loads in milliseconds, where training even a
+    tiny one in every test process took seconds of CPU; these tests follow versions and requests,
+    not what a training recipe achieves (tests/core/test_shipped.py guards the shipped model).
+    """
     data_dir = mnist_dir
-    home = tmp_path_factory.mktemp("service-home")
+    home = copy_mlflow_db(empty_mlflow_db, tmp_path_factory.mktemp("service-home"))
     torch.set_num_threads(1)
-    train_x, train_y = split_tensors(load_split("train", data_dir))
     test = load_split("test", data_dir)
-    x, y = train_x[:TRAIN_IMAGES], train_y[:TRAIN_IMAGES]
     registry = Registry(CoreSettings(home=home, data_dir=data_dir))
     test_x, test_y = split_tensors(test)
-    model = train_tiny(x, y, seed=0)
+    shipped = shipped_model("digits")
+    assert shipped is not None, "the package ships no digit model"
+    model, _meta = load_digit_dir(shipped.folder)
     accuracy = evaluate(model, test_x[:1000], test_y[:1000]).accuracy
     versions = []
     # v2 (canary) has the same weights: these tests follow versions, not accuracy differences.
@@ -198,41 +196,67 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
     raise TimeoutError(f"service at {url} not ready in {timeout} s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def start_service(
-    trained_registry: TrainedRegistry, tmp_path: Path
-) -> Iterator[Callable[..., LiveService]]:
-    """Start real service processes through the `inkwell service` CLI; all killed afterwards."""
-    started: list[LiveService] = []
+class ServiceStarter:
+    """Starts real service processes through the `inkwell service` CLI and stops them all."""
+
+    def __init__(self, registry: TrainedRegistry, log_dir: Path) -> None:
+        self.registry = registry
+        self.log_dir = log_dir
+        self.started: list[LiveService] = []
 
     def start(
-        variant: str = STABLE, *, env: dict[str, str] | None = None, wait: bool = True
+        self, variant: str = STABLE, *, env: dict[str, str] | None = None, wait: bool = True
     ) -> LiveService:
+        """Start one service process; wait until it is ready unless `wait` is false."""
         port = free_port()
-        log = tmp_path / f"service-{len(started)}.log"
+        log = self.log_dir / f"service-{len(self.started)}.log"
         code = "from inkwell_app.cli import main; main()"
         process = subprocess.Popen(
             [sys.executable, "-c", code, "service", "--variant", variant, "--port", str(port)],
-            env=env or service_env(trained_registry),
+            env=env or service_env(self.registry),
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
         service = LiveService(process, f"http://127.0.0.1:{port}", log)
-        started.append(service)
+        self.started.append(service)
         if wait:
             wait_ready(service.url, process, log)
         return service
 
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.process.terminate()
-            try:
-                service.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                service.process.kill()
-                service.process.wait(timeout=10)
+    def stop_all(self) -> None:
+        """Stop every process started here that still runs (SIGTERM, then SIGKILL)."""
+        for service in self.started:
+            if service.process.poll() is None:
+                service.process.terminate()
+                try:
+                    service.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    service.process.kill()
+                    service.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_service(
+    trained_registry: TrainedRegistry, tmp_path: Path
+) -> Iterator[Callable[..., LiveService]]:
+    """Start real service processes of the test's own (to kill, restart or configure)."""
+    starter = ServiceStarter(trained_registry, tmp_path)
+    yield starter.start
+    starter.stop_all()
+
+
+@pytest.fixture(scope="module")
+def shared_service(
+    trained_registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveService]:
+    """One stable service with the default test settings, shared by a module's tests that
+    neither kill it, restart it nor move its aliases (a start costs seconds of CPU)."""
+    starter = ServiceStarter(trained_registry, tmp_path_factory.mktemp("shared-service"))
+    try:
+        yield starter.start(STABLE)
+    finally:
+        starter.stop_all()
 
 
 @pytest.fixture(scope="module")

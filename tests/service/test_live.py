@@ -18,7 +18,7 @@ import pytest
 from inkwell.settings import CANARY, STABLE
 from inkwell.store import SampleStore
 from tests.cheques.helpers import field_image
-from tests.harness import free_port, png
+from tests.harness import free_port, png, wait_until
 from tests.service.conftest import (
     API_KEY,
     LiveService,
@@ -73,21 +73,19 @@ def test_alias_move_hot_reloads_while_a_client_keeps_requesting(
                 else:
                     versions.append(response.json()["model_version"])
 
+    v1, v2 = trained_registry.v1.version, trained_registry.v2.version
     worker = threading.Thread(target=keep_requesting)
     worker.start()
     try:
-        time.sleep(1.0)
-        trained_registry.registry().set_alias("inkwell-digits", STABLE, trained_registry.v2.version)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and trained_registry.v2.version not in versions[-5:]:
-            time.sleep(0.1)
-        time.sleep(0.5)
+        wait_until(lambda: len(versions) >= 10 or bool(failures), 30, "answers from v1")
+        trained_registry.registry().set_alias("inkwell-digits", STABLE, v2)
+        # then keep requesting until v2 has answered 10 times in a row (or something failed)
+        wait_until(lambda: versions[-10:] == [v2] * 10 or bool(failures), 30, "10 answers from v2")
     finally:
         stop.set()
         worker.join(timeout=30)
     assert failures == []
     assert len(versions) >= 20, "the client should have kept requesting through the swap"
-    v1, v2 = trained_registry.v1.version, trained_registry.v2.version
     assert versions[0] == v1 and versions[-1] == v2
     switch = versions.index(v2)
     assert set(versions[:switch]) == {v1} and set(versions[switch:]) == {v2}  # one clean swap
