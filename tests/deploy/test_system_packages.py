@@ -54,11 +54,20 @@ def test_nothing_is_installed_when_every_package_is_there(tmp_path: Path) -> Non
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
-def test_make_test_installs_the_packages_before_anything_else() -> None:
+@pytest.mark.integration
+def test_make_test_installs_the_packages_before_any_check_or_test() -> None:
+    # what `make test` would run, in order (make -n runs nothing but the recursive makes)
+    planned = subprocess.run(
+        ["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+
+    def first(command: str) -> int:
+        return next(i for i, line in enumerate(planned) if command in line)
+
+    packages = first("scripts/system-packages")
+    for later in ("ruff check", "mypy", "pytest"):
+        assert packages < first(later), planned
     makefile = (REPO / "Makefile").read_text()
-    prerequisites = re.search(r"^test:(.*)$", makefile, re.MULTILINE)
-    assert prerequisites is not None
-    assert prerequisites.group(1).split()[0] == "system-packages"
     assert re.search(r"^system-packages:\n\tscripts/system-packages$", makefile, re.MULTILINE)
 
 
