@@ -231,7 +231,6 @@ class ServiceContext:
         outcome = await run_in_threadpool(self.model.refresh)
         if outcome.swapped and outcome.version is not None:
             self.metrics.model_swapped(self.model.name, previous, outcome.version)
-            self._refreeze_after_start()
         elif outcome.error is not None:
             self.metrics.load_failed(outcome.error.code)
         return outcome
@@ -244,13 +243,7 @@ class ServiceContext:
         outcome = await run_in_threadpool(self.cheques.refresh)
         if outcome.swapped and outcome.version is not None:
             self.metrics.cheque_model_swapped(self.cheques.name, previous, outcome.version)
-            self._refreeze_after_start()
         return outcome
-
-    def _refreeze_after_start(self) -> None:
-        # A swap after start-up: the new model joins the frozen heap, the old one's cycles go.
-        if self._started:
-            self._heap.refreeze()
 
     async def _poll(self) -> None:
         while True:
