@@ -81,9 +81,10 @@ def start_router(
         "min_agreement": 0.85,
         "accuracy_drop": 0.1,
         "reload_timeout_s": 30,
-        # this machine's cores are shared with other processes: latency noise of tens of ms
-        # between two identical services is normal here, a slow canary adds hundreds
-        "latency_margin_ms": 100,
+        # this machine's cores are shared with other processes: under the full suite a good
+        # canary's p95 over its first ~30 requests has been 180 ms above stable's; the slow
+        # canary (test_router_e2e.py) adds 700 ms to every request
+        "latency_margin_ms": 250,
     }
     defaults.update(settings)
     env.update({f"INKWELL_ROUTER_{k.upper()}": str(v) for k, v in defaults.items()})

@@ -63,7 +63,9 @@ def test_a_slow_stable_and_slow_clients_leave_health_checks_and_canary_users_ans
             for thread in threads:
                 thread.join(timeout=30)
         assert slow.connected == 200
-    assert probes and all(status == 200 for _, status, _ in probes), probes
+    assert probes and all(status == 200 for _, status, _ in probes), [
+        p for p in probes if p[1] != 200
+    ]
     assert max(took for _, _, took in probes) < 1.0, sorted(probes, key=lambda p: -p[2])[:5]
     # the hanging stable costs its own users a bounded wait and a clear error, never a hang
     assert answers and {(status, code) for status, code, _ in answers} <= {
