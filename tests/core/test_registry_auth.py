@@ -21,6 +21,7 @@ from inkwell.registry import Registry
 from inkwell.settings import CANARY, STABLE, CoreSettings
 from inkwell_app.cli import app
 from inkwell_app.mlflow_cli import auth_config_text, register
+from tests.conftest import copy_mlflow_db
 from tests.harness import Process, child_env, free_port, wait_http
 
 ADMIN_PASSWORD = "admin-password-0123456789"
@@ -52,8 +53,13 @@ class AuthServer:
         return done.stdout
 
 
-@pytest.fixture
-def auth_server(inkwell_home: Path, mnist_dir: Path) -> Iterator[AuthServer]:
+@pytest.fixture(scope="module")
+def shared_auth_server(
+    tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path, empty_mlflow_db: Path
+) -> Iterator[AuthServer]:
+    """One server for the file (a start is ~10 s of CPU: migrations, the admin's password).
+    Every test runs the init step first, which sets every password and grant back."""
+    inkwell_home = copy_mlflow_db(empty_mlflow_db, tmp_path_factory.mktemp("auth") / "home")
     port = free_port()
     env = child_env(inkwell_home, mnist_dir)
     env.update(
@@ -78,6 +84,12 @@ def auth_server(inkwell_home: Path, mnist_dir: Path) -> Iterator[AuthServer]:
         yield AuthServer(f"http://127.0.0.1:{port}", inkwell_home, env)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def auth_server(shared_auth_server: AuthServer, inkwell_home: Path) -> AuthServer:
+    """The file's server, with this test's own INKWELL_HOME for anything it runs in process."""
+    return shared_auth_server
 
 
 def act_as(monkeypatch: pytest.MonkeyPatch, username: str) -> None:
