@@ -17,7 +17,7 @@ from inkwell.cheques.reader import ChequeReader, ChequeReading
 from inkwell.errors import InkwellError, ModelNotFoundError, ModelNotReadyError
 from inkwell.preprocessing import ImageLimits
 from inkwell.registry import Registry
-from inkwell.settings import STABLE, CoreSettings
+from inkwell.settings import STABLE
 from service.hotswap import AliasFollowingModel
 
 log = logging.getLogger("inkwell.service.cheques")
@@ -30,22 +30,13 @@ class ChequeModel(AliasFollowingModel[ChequeReader]):
     quiet_when_missing = True
     log = log
 
-    def __init__(
-        self, settings: CoreSettings, variant: str, *, pinned_version: str | None = None
-    ) -> None:
-        super().__init__(settings, variant)
-        self.pinned_version = pinned_version
-
     @property
     def name(self) -> str:
         """The registered cheque model name."""
         return self.settings.cheque_model_name
 
     def resolve(self, registry: Registry) -> tuple[str, str]:
-        """The pinned version when there is one; else the variant's alias, else stable's: a
-        digit canary never leaves cheques unserved."""
-        if self.pinned_version is not None:
-            return self.variant, registry.get_version(self.name, self.pinned_version).version
+        """The variant's alias, else stable's: a digit canary never leaves cheques unserved."""
         aliases = [self.variant] if self.variant == STABLE else [self.variant, STABLE]
         for alias in aliases:
             info = registry.find_version(self.name, alias)

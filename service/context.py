@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import cv2
@@ -34,7 +34,7 @@ from inkwell.heap import StartupFreeze
 from inkwell.store import SampleStore
 from service.batching import MicroBatcher
 from service.cheques import ChequeModel
-from service.hotswap import RefreshOutcome
+from service.hotswap import AliasFollowingModel, RefreshOutcome
 from service.inputs import Decoding
 from service.metrics import ServiceMetrics
 from service.model import DigitModel
@@ -168,10 +168,11 @@ class ServiceContext:
         if self.settings.seed_shipped:
             await run_in_threadpool(self.seed_shipped)
         outcome = await self.refresh_model()
-        self._refuse_missing_pin(outcome)
+        self._refuse_missing_pin(outcome, self.model, "INKWELL_SERVICE_MODEL_VERSION")
         cheque_outcome = await self.refresh_cheque_model()
         if cheque_outcome is not None:
-            self._refuse_missing_pin(cheque_outcome, cheques=True)
+            variable = "INKWELL_SERVICE_CHEQUE_MODEL_VERSION"
+            self._refuse_missing_pin(cheque_outcome, self.cheques, variable)
         await self.batcher.start()
         # Last: everything loaded so far lives as long as the process; see inkwell.heap.
         self._heap.freeze()
@@ -191,26 +192,17 @@ class ServiceContext:
             self._heap.thaw()
         self.metrics.worker_exited()
 
-    def _refuse_missing_pin(self, outcome: RefreshOutcome, *, cheques: bool = False) -> None:
+    def _refuse_missing_pin(
+        self, outcome: RefreshOutcome, model: AliasFollowingModel[Any], variable: str
+    ) -> None:
         """A pinned version the registry does not have is a deployment mistake: stop now, not
         wait unready. (An unreachable registry is not: the poller keeps trying.)"""
-        if cheques:
-            pinned, variable, name = (
-                self.settings.cheque_model_version,
-                "INKWELL_SERVICE_CHEQUE_MODEL_VERSION",
-                self.cheques.name,
-            )
-        else:
-            pinned, variable, name = (
-                self.settings.model_version,
-                "INKWELL_SERVICE_MODEL_VERSION",
-                self.model.name,
-            )
+        pinned = model.pinned_version
         if pinned is None or not isinstance(outcome.error, ModelNotFoundError):
             return
         raise ModelNotFoundError(
-            f"{variable}={pinned}, but the registry has no version {pinned} of {name!r}. Pick "
-            f"a registered version (`inkwell models`), or unset it to follow the alias "
+            f"{variable}={pinned}, but the registry has no version {pinned} of {model.name!r}. "
+            f"Pick a registered version (`inkwell models`), or unset it to follow the alias "
             f"{self.settings.variant!r}."
         )
 

@@ -48,9 +48,13 @@ class AliasFollowingModel(ABC, Generic[Served]):
     quiet_when_missing = False
     log = logging.getLogger("inkwell.service.model")
 
-    def __init__(self, settings: CoreSettings, variant: str) -> None:
+    def __init__(
+        self, settings: CoreSettings, variant: str, *, pinned_version: str | None = None
+    ) -> None:
         self.settings = settings
         self.variant = variant
+        # serve exactly this version, whatever the aliases say (the variant still names it)
+        self.pinned_version = pinned_version
         self._registry: Registry | None = None
         self._current: Served | None = None
         self._alias: str | None = None
@@ -63,6 +67,12 @@ class AliasFollowingModel(ABC, Generic[Served]):
     @abstractmethod
     def resolve(self, registry: Registry) -> tuple[str, str]:
         """(alias, version) to serve; ModelNotFoundError when no alias points anywhere."""
+
+    def _target(self, registry: Registry) -> tuple[str, str]:
+        """The pinned version when there is one, else what `resolve` finds."""
+        if self.pinned_version is not None:
+            return self.variant, registry.get_version(self.name, self.pinned_version).version
+        return self.resolve(registry)
 
     @abstractmethod
     def load_version(self, registry: Registry, version: str) -> Served:
@@ -99,7 +109,7 @@ class AliasFollowingModel(ABC, Generic[Served]):
         Raises the registry's error (ModelNotFoundError, RegistryUnavailableError) on failure.
         """
         registry = self._registry_client()
-        alias, version = self.resolve(registry)
+        alias, version = self._target(registry)
         current = self._current
         if current is not None and current.version == version:
             self._alias = alias

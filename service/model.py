@@ -92,9 +92,8 @@ class DigitModel(AliasFollowingModel[ServedModel]):
         optimize: bool = True,
         pinned_version: str | None = None,
     ) -> None:
-        super().__init__(settings, variant)
+        super().__init__(settings, variant, pinned_version=pinned_version)
         self.optimize = optimize
-        self.pinned_version = pinned_version
 
     @property
     def name(self) -> str:
@@ -102,10 +101,7 @@ class DigitModel(AliasFollowingModel[ServedModel]):
         return self.settings.model_name
 
     def resolve(self, registry: Registry) -> tuple[str, str]:
-        """The pinned version when there is one, else the variant's own alias (a digit model
-        never falls back to another alias)."""
-        if self.pinned_version is not None:
-            return self.variant, registry.get_version(self.name, self.pinned_version).version
+        """The variant's own alias (a digit model never falls back to another alias)."""
         return self.variant, registry.get_version(self.name, self.variant).version
 
     def load_version(self, registry: Registry, version: str) -> ServedModel:
